@@ -1,0 +1,44 @@
+# Two entry points, both self-contained on a fresh machine:
+#   make reproduce   -> default Snakemake pipeline (offline, CPU)
+#   make test        -> the test suite
+# Everything is installed into .venv from the pinned envs/requirements-cpu.txt.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.recpar-installed
+CORES  ?= 2
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: reproduce test bench lint clean-results venv
+
+venv: $(STAMP)
+
+# torch first: the pinned CPU build lies on local disk; installing anything that depends on
+# torch before it would pull the multi-GB CUDA build from PyPI.
+$(STAMP): envs/requirements-cpu.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r envs/requirements-cpu.txt
+	# recbole only provides the packaged ml-100k files; its runtime deps (ray, ...) are not needed.
+	$(PY) -m pip install -q --no-deps recbole==1.2.1
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+reproduce: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH snakemake --cores $(CORES) --profile profiles/default
+
+test: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q
+
+bench: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q bench --benchmark-only
+
+lint: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH snakemake --lint
+
+clean-results:
+	rm -rf results .snakemake
