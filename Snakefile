@@ -1,0 +1,23 @@
+# recpar pipeline: data -> Table I -> baseline (+ most-popular reference).
+# Rules are declarations; every step is a `recpar` CLI command (see workflow/rules/).
+from snakemake.utils import min_version, validate
+
+min_version("8.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        "paper_tables/table1.md",
+        "paper_tables/baseline_quality.md",

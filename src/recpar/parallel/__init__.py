@@ -1,0 +1,1 @@
+"""Parallel plans and the functions that apply them to the single-device model."""

@@ -1,0 +1,89 @@
+"""`ParallelPlan`: the one validated description of how a run is parallelised.
+
+Degrees follow torchtitan's `ParallelDims`: dp × tp × pp must equal the world size, or the
+plan raises with the numbers in the message. Validation happens before any rank starts
+(`recpar train` validates in the launcher process), so a wrong plan never costs a rendezvous.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+SCHEMES = ("baseline", "dp", "zero", "mp", "hybrid", "deepspeed")
+PIPELINE_SCHEDULES = ("1f1b", "gpipe", "interleaved-1f1b")
+PARTITION_METHODS = ("uniform", "balanced")
+
+
+class PlanError(ValueError):
+    """A plan that cannot run: raised before any rank starts."""
+
+
+@dataclass(frozen=True)
+class ParallelPlan:
+    """Degrees of parallelism for one run (world_size = dp × tp × pp)."""
+
+    scheme: str = "baseline"
+    """One of SCHEMES; `baseline` is single-device training."""
+    dp: int = 1
+    """Data-parallel degree (outermost: replicas that each see a shard of the batch)."""
+    tp: int = 1
+    """Tensor-parallel degree (innermost: ranks that split each layer's weights)."""
+    pp: int = 1
+    """Pipeline-parallel degree (number of stages the layer stack is cut into)."""
+    num_microbatches: int = 1
+    """Micro-batches per global step for the pipeline (bubble fraction (pp−1)/m for GPipe/1F1B)."""
+    pipeline_schedule: str = "1f1b"
+    """One of PIPELINE_SCHEDULES."""
+    partition_method: str = "uniform"
+    """How stages are cut: `uniform` (equal layer counts) or `balanced` (profiled cost)."""
+
+    @property
+    def world_size(self) -> int:
+        return self.dp * self.tp * self.pp
+
+    def validate(
+        self,
+        world_size: int | None = None,
+        n_heads: int | None = None,
+        n_layers: int | None = None,
+    ) -> "ParallelPlan":
+        """Check the plan against the job and model; raise PlanError naming the numbers."""
+        if self.scheme not in SCHEMES:
+            raise PlanError(f"unknown scheme {self.scheme!r}; known: {', '.join(SCHEMES)}")
+        for name in ("dp", "tp", "pp", "num_microbatches"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise PlanError(f"{name} must be a positive integer, got {v!r}")
+        if self.pipeline_schedule not in PIPELINE_SCHEDULES:
+            raise PlanError(
+                f"unknown pipeline_schedule {self.pipeline_schedule!r}; "
+                f"known: {', '.join(PIPELINE_SCHEDULES)}"
+            )
+        if self.partition_method not in PARTITION_METHODS:
+            raise PlanError(
+                f"unknown partition_method {self.partition_method!r}; "
+                f"known: {', '.join(PARTITION_METHODS)}"
+            )
+        if self.scheme == "baseline" and self.world_size != 1:
+            raise PlanError(
+                f"scheme baseline is single-device but dp×tp×pp = {self.dp}×{self.tp}×{self.pp} "
+                f"= {self.world_size}"
+            )
+        if world_size is not None and self.world_size != world_size:
+            raise PlanError(
+                f"dp×tp×pp = {self.dp}×{self.tp}×{self.pp} = {self.world_size} "
+                f"does not equal the world size {world_size}"
+            )
+        if n_heads is not None and n_heads % self.tp:
+            raise PlanError(f"n_heads = {n_heads} is not divisible by tp = {self.tp}")
+        if n_layers is not None and n_layers < self.pp:
+            raise PlanError(f"n_layers = {n_layers} is fewer than pipeline stages pp = {self.pp}")
+        if self.pp > 1 and self.num_microbatches < self.pp:
+            raise PlanError(
+                f"num_microbatches = {self.num_microbatches} < pp = {self.pp}: "
+                "every stage would idle for most of the step"
+            )
+        return self
+
+    def to_record(self) -> dict:
+        return {**asdict(self), "world_size": self.world_size}

@@ -1,0 +1,61 @@
+"""Checkpoints: `last.pt` (resume an interrupted run) and `best.pt` (early-stopping winner).
+
+Both are written atomically (temp file + rename), so a run killed while saving leaves the
+previous checkpoint intact. A checkpoint carries a fingerprint of the run's configuration; a
+resume with a different configuration is refused with both fingerprints in the message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed (other config, unreadable file)."""
+
+
+def fingerprint(config: dict) -> str:
+    """sha256 of the canonical JSON of everything that must match for a resume."""
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def save(path: str | Path, state: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load(path: str | Path, expect_fingerprint: str | None = None) -> dict:
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises several types for truncated/corrupt files
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from e
+    got = state.get("fingerprint")
+    if expect_fingerprint is not None and got != expect_fingerprint:
+        raise CheckpointError(
+            f"{path}: written by a run with config fingerprint {got}, this run is "
+            f"{expect_fingerprint}; delete the directory or use another --out"
+        )
+    return state
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

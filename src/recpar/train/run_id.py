@@ -1,0 +1,22 @@
+"""Run ids that spell out what ran, e.g. `baseline-tiny-n1`, `dp8-topk0.01-ring-n2`."""
+
+from __future__ import annotations
+
+from recpar.parallel.plan import ParallelPlan
+
+
+def make_run_id(plan: ParallelPlan, model_size: str, nodes: int = 1,
+                grad_sync: str | None = None) -> str:
+    """`<degrees>[-<grad sync>]-<model size>-n<nodes>`; degrees name only what is > 1."""
+    if plan.scheme == "baseline":
+        head = "baseline"
+    else:
+        degrees = [f"{k}{getattr(plan, k)}" for k in ("dp", "tp", "pp") if getattr(plan, k) > 1]
+        head = "".join(degrees) or plan.scheme
+        if plan.scheme in ("zero", "deepspeed"):
+            head = f"{plan.scheme}-{head}"
+    parts = [head]
+    if grad_sync:
+        parts.append(grad_sync)
+    parts += [model_size, f"n{nodes}"]
+    return "-".join(parts)

@@ -1,0 +1,33 @@
+import pytest
+
+from recpar.parallel.plan import ParallelPlan, PlanError
+
+
+def test_degrees_multiply_to_world_size():
+    plan = ParallelPlan(scheme="hybrid", dp=2, tp=2, pp=2, num_microbatches=4)
+    assert plan.world_size == 8
+    assert plan.validate(world_size=8, n_heads=4, n_layers=4) is plan
+
+
+def test_world_size_mismatch_names_the_numbers():
+    with pytest.raises(PlanError, match=r"2×2×1 = 4 does not equal the world size 8"):
+        ParallelPlan(scheme="hybrid", dp=2, tp=2).validate(world_size=8)
+
+
+@pytest.mark.parametrize("kwargs, msg", [
+    (dict(scheme="mp", tp=3), "n_heads = 4 is not divisible by tp = 3"),
+    (dict(scheme="mp", pp=8, num_microbatches=8), "n_layers = 4 is fewer than pipeline stages pp = 8"),
+    (dict(scheme="mp", pp=2, num_microbatches=1), "num_microbatches = 1 < pp = 2"),
+    (dict(scheme="baseline", dp=2), "single-device"),
+    (dict(scheme="nope"), "unknown scheme 'nope'"),
+    (dict(scheme="dp", dp=0), "dp must be a positive integer"),
+    (dict(scheme="mp", pipeline_schedule="zigzag"), "unknown pipeline_schedule"),
+])
+def test_invalid_plans(kwargs, msg):
+    with pytest.raises(PlanError, match=msg):
+        ParallelPlan(**kwargs).validate(n_heads=4, n_layers=4)
+
+
+def test_record_has_world_size():
+    rec = ParallelPlan(scheme="dp", dp=4).to_record()
+    assert rec["world_size"] == 4 and rec["dp"] == 4 and rec["scheme"] == "dp"

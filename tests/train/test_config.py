@@ -1,0 +1,31 @@
+import pytest
+
+from recpar.train.config import ConfigError, TrainConfig
+from recpar.train.run_id import make_run_id
+from recpar.parallel.plan import ParallelPlan
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match="unknown train option.*learning_rate"):
+        TrainConfig.from_mapping({"learning_rate": 0.1})
+
+
+@pytest.mark.parametrize("key, value", [("lr", 0), ("global_batch_size", -1), ("device", "tpu"),
+                                        ("warmup_steps", -2), ("early_stopping_metric", "auc")])
+def test_bad_values_name_the_key(key, value):
+    with pytest.raises(ConfigError, match=f"train.{key}"):
+        TrainConfig.from_mapping({key: value})
+
+
+def test_betas_round_trip():
+    cfg = TrainConfig.from_mapping({"betas": [0.8, 0.9]})
+    assert cfg.betas == (0.8, 0.9)
+    assert cfg.to_record()["betas"] == [0.8, 0.9]
+
+
+def test_run_ids_spell_out_the_plan():
+    assert make_run_id(ParallelPlan(), "tiny") == "baseline-tiny-n1"
+    assert make_run_id(ParallelPlan(scheme="dp", dp=8), "tiny", nodes=2,
+                       grad_sync="topk0.01-ring") == "dp8-topk0.01-ring-tiny-n2"
+    assert make_run_id(ParallelPlan(scheme="hybrid", dp=2, tp=2, pp=2, num_microbatches=4),
+                       "small") == "dp2tp2pp2-small-n1"

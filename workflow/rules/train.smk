@@ -1,0 +1,41 @@
+# Training runs; one job per run and seed, each writing a schema-validated record.json.
+
+
+rule baseline:
+    input:
+        stats=f"{DATA}/{{dataset}}/stats.json",
+        emb=f"{DATA}/{{dataset}}/item_text_emb.npy",
+    output:
+        record="results/{dataset}/baseline-{size}-n1/seed{seed}/record.json",
+    log:
+        "logs/{dataset}/baseline-{size}-n1/seed{seed}.log",
+    params:
+        args=train_args,
+        data=lambda w: f"{DATA}/{w.dataset}",
+        out=lambda w, output: os.path.dirname(output.record),
+    threads: 2
+    resources:
+        mem_mb=4096,
+        runtime=60,
+    shell:
+        "recpar train --scheme baseline --data {params.data} --out {params.out}"
+        " --model-size {wildcards.size} --seed {wildcards.seed} {params.args} --no-progress"
+        " > {log} 2>&1"
+
+
+rule most_popular:
+    input:
+        stats=f"{DATA}/{{dataset}}/stats.json",
+    output:
+        record="results/{dataset}/most-popular/seed{seed}/record.json",
+    log:
+        "logs/{dataset}/most-popular/seed{seed}.log",
+    params:
+        data=lambda w: f"{DATA}/{w.dataset}",
+        out=lambda w, output: os.path.dirname(output.record),
+    resources:
+        mem_mb=2048,
+        runtime=10,
+    shell:
+        "recpar eval popularity --data {params.data} --out {params.out}"
+        " --model-size {MODEL_SIZE} --seed {wildcards.seed} > {log} 2>&1"
