@@ -1,4 +1,4 @@
-# Helpers shared by the rule files: paths and CLI arguments derived from the config.
+# Helpers shared by the workflow files (paths and CLI arguments derived from the config).
 import os
 
 

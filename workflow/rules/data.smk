@@ -5,14 +5,17 @@ rule download:
     output:
         reviews=f"{RAW}/amazon-electronics-2014/reviews_Electronics_5.json.gz",
         meta=f"{RAW}/amazon-electronics-2014/meta_Electronics.json.gz",
+    conda:
+        "../../envs/environment.yaml"
     log:
         "logs/data/download-amazon-electronics-2014.log",
     params:
         base_url=lambda w: source_opts("amazon-electronics-2014").get("base_url", ""),
+        raw=lambda w, output: os.path.dirname(output.reviews),
     resources:
         runtime=120,
     shell:
-        "recpar data download --source amazon-electronics-2014 --raw-dir {RAW}/amazon-electronics-2014"
+        "recpar data download --source amazon-electronics-2014 --raw-dir {params.raw}"
         " --base-url '{params.base_url}' > {log} 2>&1"
 
 
@@ -24,6 +27,8 @@ rule prepare:
         train=f"{DATA}/{{source}}/train.parquet",
         valid=f"{DATA}/{{source}}/valid.parquet",
         test=f"{DATA}/{{source}}/test.parquet",
+    conda:
+        "../../envs/environment.yaml"
     log:
         "logs/data/prepare-{source}.log",
     params:
@@ -43,6 +48,8 @@ rule embed:
         stats=f"{DATA}/{{source}}/stats.json",
     output:
         emb=f"{DATA}/{{source}}/item_text_emb.npy",
+    conda:
+        "../../envs/environment.yaml"
     log:
         "logs/data/embed-{source}.log",
     params:
@@ -64,6 +71,8 @@ rule table1:
             caption="../report/table1.rst",
             category="Table I",
         ),
+    conda:
+        "../../envs/environment.yaml"
     log:
         "logs/report/table1.log",
     shell:

@@ -11,6 +11,8 @@ rule baseline_quality:
             caption="../report/baseline_quality.rst",
             category="Quality",
         ),
+    conda:
+        "../../envs/environment.yaml"
     log:
         "logs/report/baseline_quality.log",
     shell:

@@ -7,6 +7,8 @@ rule baseline:
         emb=f"{DATA}/{{dataset}}/item_text_emb.npy",
     output:
         record="results/{dataset}/baseline-{size}-n1/seed{seed}/record.json",
+    conda:
+        "../../envs/environment.yaml"
     log:
         "logs/{dataset}/baseline-{size}-n1/seed{seed}.log",
     params:
@@ -28,14 +30,17 @@ rule most_popular:
         stats=f"{DATA}/{{dataset}}/stats.json",
     output:
         record="results/{dataset}/most-popular/seed{seed}/record.json",
+    conda:
+        "../../envs/environment.yaml"
     log:
         "logs/{dataset}/most-popular/seed{seed}.log",
     params:
         data=lambda w: f"{DATA}/{w.dataset}",
         out=lambda w, output: os.path.dirname(output.record),
+        size=MODEL_SIZE,
     resources:
         mem_mb=2048,
         runtime=10,
     shell:
         "recpar eval popularity --data {params.data} --out {params.out}"
-        " --model-size {MODEL_SIZE} --seed {wildcards.seed} > {log} 2>&1"
+        " --model-size {params.size} --seed {wildcards.seed} > {log} 2>&1"
