@@ -1,0 +1,259 @@
+"""Measured inputs of the emulated cluster's profile: CPU FLOP/s, reduce rate, link α/β.
+
+The emulated profile is only as good as these measurements, so each is a real timing on the
+machine at hand (torch kernels; torch.distributed gloo for the loopback link) and its
+`source` says how it was taken. The inter-node link comes from the cluster's calibration file
+(written by recpar.cluster when it shapes links); accepted keys are listed in
+`inter_node_from_calibration`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import yaml
+
+from recpar.perfmodel.hardware import ProfileError, profile_from_mapping
+
+
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo (no host name)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def mem_gib() -> float:
+    """Host memory in GiB from /proc/meminfo."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) / 2**20  # kB -> GiB
+    raise OSError("MemTotal not found in /proc/meminfo")
+
+
+def _median_time(fn, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
+def measure_matmul_flops(n: int = 1024, repeats: int = 10, threads: int | None = None) -> float:
+    """Sustained fp32 FLOP/s of torch.mm on n×n matrices (2n³ FLOPs per product)."""
+    import torch
+
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        t = _median_time(lambda: torch.mm(a, b), repeats)
+    finally:
+        torch.set_num_threads(old)
+    return 2.0 * n**3 / t
+
+
+def measure_reduce_bytes_per_s(n_bytes: int = 64 * 2**20, repeats: int = 10) -> float:
+    """Bytes/s of an in-place fp32 add (a += b): the γ of a local reduction."""
+    import torch
+
+    n = n_bytes // 4
+    a, b = torch.randn(n), torch.randn(n)
+    t = _median_time(lambda: a.add_(b), repeats)
+    return n_bytes / t
+
+
+def fit_alpha_beta(sizes_bytes: Sequence[float], times_s: Sequence[float]) -> tuple[float, float]:
+    """Relative-error least-squares fit of t = α + n·β (numpy.linalg.lstsq); α clamped at 0."""
+    n = np.asarray(sizes_bytes, dtype=float)
+    t = np.asarray(times_s, dtype=float)
+    if n.shape != t.shape or n.size < 2 or np.unique(n).size < 2:
+        raise ValueError("fit_alpha_beta needs >= 2 distinct sizes with one time each")
+    # weight rows by 1/t so small messages (which fix α) count as much as large ones (β)
+    w = 1.0 / np.maximum(t, 1e-12)
+    A = np.stack([np.ones_like(n), n], axis=1) * w[:, None]
+    (alpha, beta), *_ = np.linalg.lstsq(A, t * w, rcond=None)
+    if beta <= 0:
+        raise ValueError(f"fitted beta {beta:.3g} s/B is not positive: timings are too noisy")
+    return max(0.0, float(alpha)), float(beta)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pingpong_worker(rank: int, port: int, sizes: list[int], repeats: int, out: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=2)
+    try:
+        res = []
+        warm = torch.zeros(1024)
+        for _ in range(20):  # first messages pay for connection set-up: keep them out
+            if rank == 0:
+                dist.send(warm, 1)
+                dist.recv(warm, 1)
+            else:
+                dist.recv(warm, 0)
+                dist.send(warm, 0)
+        for n in sizes:
+            buf = torch.zeros(max(1, n // 4))
+            ts = []
+            for i in range(repeats + 2):
+                dist.barrier()
+                t0 = time.perf_counter()
+                if rank == 0:
+                    dist.send(buf, 1)
+                    dist.recv(buf, 1)
+                else:
+                    dist.recv(buf, 0)
+                    dist.send(buf, 0)
+                if i >= 2:
+                    ts.append((time.perf_counter() - t0) / 2)  # one way
+            res.append(float(np.median(ts)))
+        if rank == 0:
+            Path(out).write_text(json.dumps({"sizes": sizes, "times_s": res}))
+    finally:
+        dist.destroy_process_group()
+
+
+def measure_loopback_link(sizes: Sequence[int] = (4096, 2**18, 2**20, 2**22, 2**24),
+                          repeats: int = 10) -> dict[str, Any]:
+    """Fit α, β of gloo send/recv between two local processes (loopback TCP)."""
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "pingpong.json")
+        mp.start_processes(_pingpong_worker, args=(_free_port(), list(sizes), repeats, out),
+                           nprocs=2, join=True, start_method="spawn")
+        data = json.loads(Path(out).read_text())
+    alpha, beta = fit_alpha_beta(data["sizes"], data["times_s"])
+    return {"latency_s": alpha, "bandwidth_bytes_per_s": 1.0 / beta, **data}
+
+
+def inter_node_from_calibration(cal: Mapping[str, Any], where: str) -> tuple[float, float]:
+    """(latency_s, bandwidth_bytes_per_s) of the shaped inter-node link from a calibration file.
+
+    Accepted keys, top level or under `inter_node`: bandwidth as `bandwidth_bytes_per_s` or
+    `measured_rate_mbit_per_s`; one-way latency as `latency_s` or `delay_ms`.
+    """
+    node = cal.get("inter_node", cal) if isinstance(cal, Mapping) else None
+    if not isinstance(node, Mapping):
+        raise ProfileError(f"{where}: expected a mapping")
+    if "bandwidth_bytes_per_s" in node:
+        bw = float(node["bandwidth_bytes_per_s"])
+    elif "measured_rate_mbit_per_s" in node:
+        bw = float(node["measured_rate_mbit_per_s"]) * 1e6 / 8
+    else:
+        raise ProfileError(f"{where}: missing bandwidth_bytes_per_s (or measured_rate_mbit_per_s)")
+    if "latency_s" in node:
+        lat = float(node["latency_s"])
+    elif "delay_ms" in node:
+        lat = float(node["delay_ms"]) / 1e3
+    else:
+        raise ProfileError(f"{where}: missing latency_s (or delay_ms)")
+    if not bw > 0 or lat < 0:
+        raise ProfileError(f"{where}: bandwidth must be > 0 and latency >= 0, got {bw}, {lat}")
+    return lat, bw
+
+
+def emulated_profile_mapping(*, ranks_per_node: int, threads_per_rank: int,
+                             inter_latency_s: float, inter_bandwidth_bytes_per_s: float,
+                             inter_source: str, flops_per_s: float, reduce_bytes_per_s: float,
+                             loopback: Mapping[str, float], cpu_name: str, mem_gib: float,
+                             efficiency: float = 1.0,
+                             efficiency_source: str = "assumed: 1.0 until a baseline run "
+                                                      "is measured") -> dict[str, Any]:
+    """The emulated profile as a mapping (validated by `profile_from_mapping` before return)."""
+    m = {
+        "name": "emulated",
+        "description": f"emulated nodes of {ranks_per_node} rank(s) on one CPU host "
+                       f"({cpu_name})",
+        "devices_per_node": {"value": ranks_per_node,
+                             "source": "measured: topology of the calibration run"},
+        "device": {
+            "name": cpu_name,
+            "compute_dtype": "fp32",
+            "peak_flops_per_s": {"fp32": {
+                "value": flops_per_s,
+                "source": f"measured: torch.mm 1024x1024 fp32, {threads_per_rank} thread(s)"}},
+            "efficiency": {"value": efficiency, "source": efficiency_source},
+            "memory_gib": {"value": mem_gib / ranks_per_node,
+                           "source": "measured: /proc/meminfo MemTotal / ranks per node"},
+            "reduce_bytes_per_s": {"value": reduce_bytes_per_s,
+                                   "source": "measured: torch.add_ on 64 MiB fp32"},
+        },
+        "links": {
+            "intra_node": {
+                "latency_s": {"value": loopback["latency_s"],
+                              "source": "measured: gloo send/recv ping-pong on loopback, "
+                                        "least-squares alpha"},
+                "bandwidth_bytes_per_s": {"value": loopback["bandwidth_bytes_per_s"],
+                                          "source": "measured: gloo send/recv ping-pong on "
+                                                    "loopback, 1/beta"},
+            },
+            "inter_node": {
+                "latency_s": {"value": inter_latency_s, "source": inter_source},
+                "bandwidth_bytes_per_s": {"value": inter_bandwidth_bytes_per_s,
+                                          "source": inter_source},
+                "nics_per_node": {"value": 1,
+                                  "source": "emulated topology: one shaped veth per node"},
+            },
+        },
+    }
+    profile_from_mapping(m, "<emulated profile>")
+    return m
+
+
+def write_profile(mapping: Mapping[str, Any], path: str | Path) -> Path:
+    """Write a profile YAML atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(yaml.safe_dump(dict(mapping), sort_keys=False))
+    os.replace(tmp, path)
+    return path
+
+
+def efficiency_from_record(record: Mapping[str, Any], peak_flops_per_s: float,
+                           where: str = "<record>") -> float:
+    """Achieved model FLOP/s of a single-rank run ÷ peak: the measured efficiency.
+
+    achieved = train_flops_per_sequence × metrics.throughput_samples_per_s (the model's own
+    FLOP count, costs.ModelShape). Only a world-size-1 run measures compute alone.
+    """
+    from recpar.perfmodel.predict import scenario_from_record
+
+    sc = scenario_from_record(record, where)
+    if sc.plan.world_size != 1:
+        raise ProfileError(f"{where}: efficiency needs a single-rank (baseline) run, "
+                           f"got world size {sc.plan.world_size}")
+    tput = (record.get("metrics") or {}).get("throughput_samples_per_s")
+    if not isinstance(tput, (int, float)) or tput <= 0:
+        raise ProfileError(f"{where}: metrics.throughput_samples_per_s missing or not > 0")
+    eff = sc.shape.train_flops_per_sequence * tput / peak_flops_per_s
+    if not 0 < eff <= 1:
+        raise ProfileError(f"{where}: measured efficiency {eff:.3f} is outside (0, 1]: the "
+                           "record's model shape or the FLOP/s measurement is off")
+    return eff

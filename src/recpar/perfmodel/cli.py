@@ -1,0 +1,228 @@
+"""`recpar perfmodel ...`: project the paper's tables, predict/validate run records, calibrate.
+
+    recpar perfmodel project  --hardware paper-a100 [--model-size medium] --out DIR
+    recpar perfmodel predict  --record run.json --hardware PROFILE [--out FILE]
+    recpar perfmodel validate --records a.json b.json ... --hardware PROFILE --out DIR
+    recpar perfmodel calibrate --inter-node FILE --ranks-per-node N [--baseline-record R] --out P
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from recpar.perfmodel.costs import CostInputError
+from recpar.perfmodel.hardware import ProfileError, load_profile
+
+_ERRORS = (CostInputError, ProfileError)
+
+
+def _fail(msg: str) -> SystemExit:
+    return SystemExit(f"recpar: {msg}")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols and not isinstance(r[k], (dict, list))]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, default=str) + "\n"
+
+
+def _read_json(path: str) -> dict:
+    p = Path(path)
+    try:
+        return json.loads(p.read_text())
+    except FileNotFoundError:
+        raise _fail(f"{p}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise _fail(f"{p}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def _profile(name: str):
+    try:
+        return load_profile(name)
+    except ProfileError as e:
+        raise _fail(str(e)) from None
+
+
+def _overrides(pairs: list[str] | None) -> dict[str, int]:
+    out = {}
+    for p in pairs or []:
+        k, sep, v = p.partition("=")
+        if not sep or not k:
+            raise _fail(f"--set expects KEY=VALUE, got {p!r}")
+        try:
+            out[k] = int(v)
+        except ValueError:
+            raise _fail(f"--set {k}: expected an integer, got {v!r}") from None
+    return out
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    from recpar.perfmodel.predict import ProjectionSettings, project_paper_tables
+
+    hw = _profile(args.hardware)
+    try:
+        nodes = tuple(int(x) for x in args.nodes.split(","))
+    except ValueError:
+        raise _fail(f"--nodes expects comma-separated integers, got {args.nodes!r}") from None
+    settings = ProjectionSettings(shape_name=args.model_size,
+                                  shape_overrides=tuple(sorted(_overrides(args.set).items())),
+                                  batch_per_gpu=args.batch_per_gpu,
+                                  num_microbatches=args.micro_batches, nodes=nodes)
+    try:
+        res = project_paper_tables(hw, settings)
+    except _ERRORS as e:
+        raise _fail(str(e)) from None
+    out = Path(args.out)
+    files = {
+        "table2_projected.csv": _csv(res["table2"]),
+        "table3_projected.csv": _csv(res["table3"]),
+        "hardware_sources.csv": _csv(res["sources"]),
+        "projection.json": _json(res),
+    }
+    for name, text in files.items():  # all rendered before any is written
+        _atomic_write(out / name, text)
+    print(f"wrote {', '.join(files)} to {out} (projected, {hw.name}, model {args.model_size})")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from recpar.perfmodel.predict import predict_record
+
+    hw = _profile(args.hardware)
+    rec = _read_json(args.record)
+    try:
+        res = predict_record(rec, hw, args.record, _overrides(args.set))
+    except _ERRORS as e:
+        raise _fail(str(e)) from None
+    text = _json(res)
+    if args.out:
+        _atomic_write(Path(args.out), text)
+    else:
+        print(text, end="")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from recpar.perfmodel.predict import validation_rows
+
+    hw = _profile(args.hardware)
+    recs = [(p, _read_json(p)) for p in args.records]
+    try:
+        rows = validation_rows(recs, hw, _overrides(args.set))
+    except _ERRORS as e:
+        raise _fail(str(e)) from None
+    out = Path(args.out)
+    _atomic_write(out / "validation_projected_vs_measured.csv", _csv(rows))
+    errs = [abs(r["iter_error_pct"]) for r in rows if r["iter_error_pct"] is not None]
+    if errs:
+        print(f"{len(errs)} record(s): max |iteration-time error| {max(errs):.1f} %, "
+              f"{sum(r['within_target'] for r in rows if r['within_target'] is not None)} "
+              f"within ±15 %")
+    else:
+        print("no record had a measured iter_ms: nothing to compare")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import yaml
+
+    from recpar.perfmodel import calibrate as cal
+
+    try:
+        text = Path(args.inter_node).read_text()
+    except FileNotFoundError:
+        raise _fail(f"{args.inter_node}: calibration file not found") from None
+    try:
+        lat, bw = cal.inter_node_from_calibration(yaml.safe_load(text), args.inter_node)
+    except (ProfileError, yaml.YAMLError, TypeError, ValueError) as e:
+        raise _fail(str(e).splitlines()[0]) from None
+    flops = cal.measure_matmul_flops(threads=args.threads_per_rank)
+    reduce_rate = cal.measure_reduce_bytes_per_s()
+    loop = cal.measure_loopback_link()
+    eff, eff_src = 1.0, "assumed: 1.0 until a baseline run is measured"
+    if args.baseline_record:
+        try:
+            eff = cal.efficiency_from_record(_read_json(args.baseline_record), flops,
+                                             args.baseline_record)
+        except _ERRORS as e:
+            raise _fail(str(e)) from None
+        eff_src = f"measured: baseline run {Path(args.baseline_record).name}"
+    m = cal.emulated_profile_mapping(
+        ranks_per_node=args.ranks_per_node, threads_per_rank=args.threads_per_rank,
+        inter_latency_s=lat, inter_bandwidth_bytes_per_s=bw,
+        inter_source=f"measured: cluster calibration file {Path(args.inter_node).name}",
+        flops_per_s=flops, reduce_bytes_per_s=reduce_rate, loopback=loop,
+        cpu_name=cal.cpu_model(), mem_gib=cal.mem_gib(), efficiency=eff,
+        efficiency_source=eff_src)
+    cal.write_profile(m, args.out)
+    print(f"wrote {args.out}: {flops / 1e9:.1f} GFLOP/s, loopback "
+          f"{loop['bandwidth_bytes_per_s'] / 1e9:.2f} GB/s α={loop['latency_s'] * 1e6:.0f} µs")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `perfmodel` and its sub-commands to the top-level `recpar` parser."""
+    from recpar.perfmodel.predict import DEFAULT_PROJECTION_SHAPE, PROJECTION_SHAPES
+
+    p = subparsers.add_parser("perfmodel", help="analytic performance model (projections)")
+    sub = p.add_subparsers(dest="perfmodel_command", required=True)
+
+    pr = sub.add_parser("project", help="project Tables II-III on a hardware profile")
+    pr.add_argument("--hardware", default="paper-a100", help="profile name or YAML path")
+    pr.add_argument("--model-size", default=DEFAULT_PROJECTION_SHAPE,
+                    choices=sorted(PROJECTION_SHAPES))
+    pr.add_argument("--set", action="append", metavar="KEY=INT",
+                    help="override a model-shape field, e.g. --set seq_len=200")
+    pr.add_argument("--batch-per-gpu", type=int, default=256)
+    pr.add_argument("--micro-batches", type=int, default=8)
+    pr.add_argument("--nodes", default="1,2,3,4", help="comma-separated node counts")
+    pr.add_argument("--out", required=True, help="output directory")
+    pr.set_defaults(func=cmd_project)
+
+    pd = sub.add_parser("predict", help="projected iteration time of one run record")
+    pd.add_argument("--record", required=True)
+    pd.add_argument("--hardware", required=True, help="profile name or YAML path")
+    pd.add_argument("--set", action="append", metavar="KEY=INT",
+                    help="override a model-shape field (e.g. vocab_size)")
+    pd.add_argument("--out", help="JSON file (default: stdout)")
+    pd.set_defaults(func=cmd_predict)
+
+    va = sub.add_parser("validate", help="projected vs measured table for run records")
+    va.add_argument("--records", nargs="+", required=True)
+    va.add_argument("--hardware", required=True, help="profile name or YAML path")
+    va.add_argument("--set", action="append", metavar="KEY=INT")
+    va.add_argument("--out", required=True, help="output directory")
+    va.set_defaults(func=cmd_validate)
+
+    ca = sub.add_parser("calibrate", help="measure this host and write an emulated profile")
+    ca.add_argument("--inter-node", required=True,
+                    help="cluster link calibration (YAML/JSON: bandwidth + latency)")
+    ca.add_argument("--ranks-per-node", type=int, required=True)
+    ca.add_argument("--threads-per-rank", type=int, default=1)
+    ca.add_argument("--baseline-record", help="single-rank run record: measured efficiency")
+    ca.add_argument("--out", required=True, help="profile YAML to write")
+    ca.set_defaults(func=cmd_calibrate)

@@ -1,0 +1,300 @@
+"""Hardware profiles as data: device peak, efficiency, link latency/bandwidth, each with a source.
+
+A profile is a YAML file. Every number is a mapping `{value: <number>, source: <text>}` so a
+projection can say where each input came from; a source starting with `assumed` marks a
+number we chose, `measured` one we measured, anything else a citation. Packaged profiles live
+in `recpar/perfmodel/profiles/` and are named by their file stem (`paper-a100`, `emulated`);
+a user passes the path of their own file instead. Layout (all keys required unless noted):
+
+    name: str
+    description: str
+    devices_per_node: {value, source}        # accelerators (or ranks) per node
+    max_nodes: {value, source}               # optional
+    device:
+      name: str
+      compute_dtype: bf16 | fp16 | tf32 | fp32
+      peak_flops_per_s: {<dtype>: {value, source}, ...}   # must contain compute_dtype
+      efficiency: {value, source}            # achieved model FLOP/s ÷ peak, in (0, 1]
+      memory_gib: {value, source}
+      memory_bandwidth_bytes_per_s: {value, source}   # optional; gives γ when no reduce rate
+      reduce_bytes_per_s: {value, source}    # optional; local sum rate (γ = 1 / this)
+    links:
+      intra_node: {latency_s: {value, source}, bandwidth_bytes_per_s: {value, source}}
+      inter_node: {latency_s: ..., bandwidth_bytes_per_s: ..., nics_per_node: {value, source}}
+
+Bandwidths are per direction, per device for intra_node and per NIC for inter_node.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from recpar.perfmodel.collectives import LinkCost
+
+DTYPES = ("bf16", "fp16", "tf32", "fp32")
+PROFILE_PACKAGE = "recpar.perfmodel.profiles"
+
+
+class ProfileError(ValueError):
+    """A hardware profile that cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One number of a profile and where it came from."""
+
+    value: float
+    """The number, in the unit its key names."""
+    source: str
+    """Citation, or `assumed: why`, or `measured: how`."""
+
+
+@dataclass(frozen=True)
+class LinkProfile:
+    """One network level."""
+
+    latency_s: Figure
+    """Per-message latency α in seconds."""
+    bandwidth_bytes_per_s: Figure
+    """Achievable bandwidth per direction of one stream (bytes/s)."""
+    nics_per_node: Figure | None = None
+    """inter_node only: NICs per node; concurrent cross-node streams share them."""
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """A cluster the performance model can price plans on."""
+
+    name: str
+    """Short identifier (`paper-a100`, `emulated`, ...)."""
+    description: str
+    """One line saying what the profile describes."""
+    devices_per_node: Figure
+    """Accelerators (ranks) per node."""
+    device_name: str
+    """Device model, e.g. NVIDIA A100-SXM4-40GB."""
+    compute_dtype: str
+    """Dtype whose peak prices the model's matmuls."""
+    peak_flops_per_s: dict[str, Figure]
+    """Dense peak FLOP/s per dtype."""
+    efficiency: Figure
+    """Achieved model FLOP/s divided by peak (measured where the device is at hand)."""
+    memory_gib: Figure
+    """Device memory in GiB."""
+    intra_node: LinkProfile
+    """Link between devices of one node."""
+    inter_node: LinkProfile
+    """Link between nodes (per NIC)."""
+    reduce_bytes_per_s: Figure | None = None
+    """Local reduction rate (γ = 1 / this); None: derived from memory bandwidth or 0."""
+    memory_bandwidth_bytes_per_s: Figure | None = None
+    """Device memory bandwidth (bytes/s); used for γ when reduce_bytes_per_s is absent."""
+    max_nodes: Figure | None = None
+    """Largest node count the profile describes (None: unbounded)."""
+    path: str = ""
+    """File the profile was read from."""
+    figures: dict[str, Figure] = field(default_factory=dict, compare=False)
+    """Every figure by dotted key (for the sources table)."""
+
+    @property
+    def gpus_per_node(self) -> int:
+        return int(self.devices_per_node.value)
+
+    @property
+    def sustained_flops_per_s(self) -> float:
+        """peak[compute_dtype] × efficiency: the FLOP rate compute time is priced at."""
+        return self.peak_flops_per_s[self.compute_dtype].value * self.efficiency.value
+
+    @property
+    def gamma_s_per_byte(self) -> float:
+        if self.reduce_bytes_per_s is not None:
+            return 1.0 / self.reduce_bytes_per_s.value
+        if self.memory_bandwidth_bytes_per_s is not None:
+            # a + b -> c touches 3 bytes of memory per byte reduced (two reads, one write)
+            return 3.0 / self.memory_bandwidth_bytes_per_s.value
+        return 0.0
+
+    def intra_link(self) -> LinkCost:
+        return LinkCost(self.intra_node.latency_s.value,
+                        1.0 / self.intra_node.bandwidth_bytes_per_s.value, self.gamma_s_per_byte)
+
+    def inter_link(self, streams_per_node: int = 1) -> LinkCost:
+        """Cross-node link for one stream when `streams_per_node` streams leave each node."""
+        nics = int(self.inter_node.nics_per_node.value) if self.inter_node.nics_per_node else 1
+        share = max(1, math.ceil(streams_per_node / nics))
+        return LinkCost(self.inter_node.latency_s.value,
+                        share / self.inter_node.bandwidth_bytes_per_s.value,
+                        self.gamma_s_per_byte)
+
+    def sources(self) -> list[dict[str, Any]]:
+        """Rows (key, value, source) for every figure: goes next to every projection."""
+        return [{"profile": self.name, "key": k, "value": f.value, "source": f.source}
+                for k, f in sorted(self.figures.items())]
+
+
+# --- loading and validation ------------------------------------------------------------------
+
+class _Reader:
+    """Walks a parsed YAML mapping, raising one-line errors that name file and dotted key."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.figures: dict[str, Figure] = {}
+
+    def fail(self, key: str, what: str) -> ProfileError:
+        return ProfileError(f"{self.where}: {key}: {what}")
+
+    def mapping(self, node: Any, key: str) -> dict:
+        if not isinstance(node, dict):
+            raise self.fail(key, f"expected a mapping, got {type(node).__name__}")
+        return node
+
+    def text(self, node: dict, key: str, prefix: str) -> str:
+        full = f"{prefix}{key}"
+        if key not in node:
+            raise self.fail(full, "missing")
+        v = node[key]
+        if not isinstance(v, str) or not v.strip():
+            raise self.fail(full, f"expected a non-empty string, got {v!r}")
+        return v
+
+    def figure(self, node: dict, key: str, prefix: str, *, required: bool = True,
+               lo: float = 0.0, lo_open: bool = True, hi: float | None = None,
+               integer: bool = False) -> Figure | None:
+        full = f"{prefix}{key}"
+        if key not in node or node[key] is None:
+            if required:
+                raise self.fail(full, "missing")
+            return None
+        m = self.mapping(node[key], full)
+        unknown = sorted(set(m) - {"value", "source", "note"})
+        if unknown:
+            raise self.fail(full, f"unknown field(s) {', '.join(unknown)}; "
+                                  "expected value, source (and optional note)")
+        if "source" not in m or not isinstance(m["source"], str) or not m["source"].strip():
+            raise self.fail(f"{full}.source", "missing: every figure needs a source "
+                                              "(citation, 'assumed: ...' or 'measured: ...')")
+        v = m.get("value")
+        if isinstance(v, str):  # YAML 1.1 reads 312e12 (no dot) as a string
+            try:
+                v = float(v)
+            except ValueError:
+                pass
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise self.fail(f"{full}.value", f"expected a finite number, got {m.get('value')!r}")
+        if (v <= lo) if lo_open else (v < lo):
+            raise self.fail(f"{full}.value", f"must be {'>' if lo_open else '>='} {lo}, got {v}")
+        if hi is not None and v > hi:
+            raise self.fail(f"{full}.value", f"must be <= {hi}, got {v}")
+        if integer and int(v) != v:
+            raise self.fail(f"{full}.value", f"must be an integer, got {v}")
+        fig = Figure(float(v), m["source"].strip())
+        self.figures[full] = fig
+        return fig
+
+
+def _link(r: _Reader, node: dict, key: str, inter: bool) -> LinkProfile:
+    m = r.mapping(node.get(key), f"links.{key}") if key in node else None
+    if m is None:
+        raise r.fail(f"links.{key}", "missing")
+    p = f"links.{key}."
+    allowed = {"latency_s", "bandwidth_bytes_per_s"} | ({"nics_per_node"} if inter else set())
+    unknown = sorted(set(m) - allowed)
+    if unknown:
+        raise r.fail(f"links.{key}", f"unknown key(s) {', '.join(unknown)}; "
+                                     f"known: {', '.join(sorted(allowed))}")
+    return LinkProfile(
+        latency_s=r.figure(m, "latency_s", p, lo_open=False),
+        bandwidth_bytes_per_s=r.figure(m, "bandwidth_bytes_per_s", p),
+        nics_per_node=r.figure(m, "nics_per_node", p, required=False, integer=True)
+        if inter else None,
+    )
+
+
+def profile_from_mapping(data: Any, where: str = "<profile>") -> HardwareProfile:
+    """Validate a parsed profile; raise ProfileError naming `where` and the offending key."""
+    r = _Reader(where)
+    top = r.mapping(data, "(top level)")
+    known = {"name", "description", "devices_per_node", "max_nodes", "device", "links"}
+    unknown = sorted(set(top) - known)
+    if unknown:
+        raise r.fail(unknown[0], f"unknown key; known: {', '.join(sorted(known))}")
+    name = r.text(top, "name", "")
+    description = r.text(top, "description", "")
+    devices_per_node = r.figure(top, "devices_per_node", "", integer=True)
+    max_nodes = r.figure(top, "max_nodes", "", required=False, integer=True)
+    if "device" not in top:
+        raise r.fail("device", "missing")
+    dev = r.mapping(top["device"], "device")
+    dev_known = {"name", "compute_dtype", "peak_flops_per_s", "efficiency", "memory_gib",
+                 "memory_bandwidth_bytes_per_s", "reduce_bytes_per_s"}
+    unknown = sorted(set(dev) - dev_known)
+    if unknown:
+        raise r.fail(f"device.{unknown[0]}", f"unknown key; known: {', '.join(sorted(dev_known))}")
+    device_name = r.text(dev, "name", "device.")
+    dtype = r.text(dev, "compute_dtype", "device.")
+    if dtype not in DTYPES:
+        raise r.fail("device.compute_dtype", f"must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if "peak_flops_per_s" not in dev:
+        raise r.fail("device.peak_flops_per_s", "missing")
+    peaks_node = r.mapping(dev["peak_flops_per_s"], "device.peak_flops_per_s")
+    peaks: dict[str, Figure] = {}
+    for k in peaks_node:
+        if k not in DTYPES:
+            raise r.fail(f"device.peak_flops_per_s.{k}", f"unknown dtype; known: {', '.join(DTYPES)}")
+        peaks[k] = r.figure(peaks_node, k, "device.peak_flops_per_s.")
+    if dtype not in peaks:
+        raise r.fail(f"device.peak_flops_per_s.{dtype}", "missing (it is the compute_dtype)")
+    efficiency = r.figure(dev, "efficiency", "device.", hi=1.0)
+    memory_gib = r.figure(dev, "memory_gib", "device.")
+    mem_bw = r.figure(dev, "memory_bandwidth_bytes_per_s", "device.", required=False)
+    reduce_bw = r.figure(dev, "reduce_bytes_per_s", "device.", required=False)
+    if "links" not in top:
+        raise r.fail("links", "missing")
+    links = r.mapping(top["links"], "links")
+    unknown = sorted(set(links) - {"intra_node", "inter_node"})
+    if unknown:
+        raise r.fail(f"links.{unknown[0]}", "unknown key; known: inter_node, intra_node")
+    intra = _link(r, links, "intra_node", inter=False)
+    inter = _link(r, links, "inter_node", inter=True)
+    return HardwareProfile(
+        name=name, description=description, devices_per_node=devices_per_node,
+        device_name=device_name, compute_dtype=dtype, peak_flops_per_s=peaks,
+        efficiency=efficiency, memory_gib=memory_gib, intra_node=intra, inter_node=inter,
+        reduce_bytes_per_s=reduce_bw, memory_bandwidth_bytes_per_s=mem_bw, max_nodes=max_nodes,
+        path=where, figures=dict(r.figures))
+
+
+def packaged_profiles() -> list[str]:
+    """Names of the profiles shipped with recpar."""
+    return sorted(p.name[:-5] for p in resources.files(PROFILE_PACKAGE).iterdir()
+                  if p.name.endswith(".yaml") and not p.name.endswith(".template.yaml"))
+
+
+def load_profile(name_or_path: str | Path) -> HardwareProfile:
+    """Load a packaged profile by name, or a user's YAML file by path."""
+    s = str(name_or_path)
+    if s.endswith((".yaml", ".yml")) or "/" in s or Path(s).exists():
+        path = Path(s)
+        if not path.is_file():
+            raise ProfileError(f"{path}: hardware profile file not found")
+        text, where = path.read_text(), str(path)
+    else:
+        if s not in packaged_profiles():
+            raise ProfileError(f"unknown hardware profile {s!r}; packaged: "
+                               f"{', '.join(packaged_profiles())} (or pass a YAML path)")
+        res = resources.files(PROFILE_PACKAGE) / f"{s}.yaml"
+        text, where = res.read_text(), f"{s}.yaml"
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ProfileError(f"{where}: not valid YAML{at}") from None
+    return profile_from_mapping(data, where)

@@ -1,0 +1,1 @@
+"""Packaged hardware profiles (YAML); see recpar.perfmodel.hardware for the layout."""

@@ -1,0 +1,58 @@
+"""`recpar perfmodel` sub-commands through argparse, as recpar.cli wires them."""
+
+import argparse
+import csv
+import json
+
+import pytest
+
+from recpar.perfmodel import cli
+
+from .test_predict import record
+
+
+def run(argv):
+    ap = argparse.ArgumentParser(prog="recpar")
+    cli.register(ap.add_subparsers(dest="group", required=True))
+    args = ap.parse_args(argv)
+    return args.func(args)
+
+
+def test_project_writes_labelled_tables(tmp_path):
+    out = tmp_path / "proj"
+    assert run(["perfmodel", "project", "--hardware", "paper-a100", "--model-size", "small",
+                "--nodes", "1,2", "--out", str(out)]) == 0
+    rows = list(csv.DictReader((out / "table2_projected.csv").open()))
+    assert [r["scheme"] for r in rows] == ["baseline", "dp", "mp", "hybrid"]
+    assert {r["kind"] for r in rows} == {"projected"}
+    assert (out / "table3_projected.csv").exists() and (out / "hardware_sources.csv").exists()
+    assert json.loads((out / "projection.json").read_text())["assumptions"]["model_size"] == \
+        "small"
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_predict_prints_json(tmp_path, capsys):
+    rp = tmp_path / "run.json"
+    rp.write_text(json.dumps(record()))
+    assert run(["perfmodel", "predict", "--record", str(rp), "--hardware", "paper-a100"]) == 0
+    assert json.loads(capsys.readouterr().out)["kind"] == "projected"
+
+
+def test_validate_writes_table(tmp_path):
+    rp = tmp_path / "run.json"
+    rp.write_text(json.dumps(record()))
+    assert run(["perfmodel", "validate", "--records", str(rp), "--hardware", "paper-a100",
+                "--out", str(tmp_path / "v")]) == 0
+    rows = list(csv.DictReader((tmp_path / "v" / "validation_projected_vs_measured.csv").open()))
+    assert rows[0]["measured_iter_ms"] == "10.0"
+
+
+def test_bad_input_is_one_line(tmp_path):
+    with pytest.raises(SystemExit, match=r"^recpar: unknown hardware profile 'x100'"):
+        run(["perfmodel", "project", "--hardware", "x100", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"^recpar: .*nope.json: file not found"):
+        run(["perfmodel", "predict", "--record", str(tmp_path / "nope.json"),
+             "--hardware", "paper-a100"])
+    with pytest.raises(SystemExit, match="--set expects KEY=VALUE"):
+        run(["perfmodel", "project", "--set", "seq_len", "--out", str(tmp_path)])
+    assert not any(tmp_path.iterdir())  # nothing written on failure

@@ -1,0 +1,84 @@
+"""Run-record predictions, the validation table, and the labelled paper projections."""
+
+import pytest
+
+from recpar.perfmodel.costs import CostInputError
+from recpar.perfmodel.hardware import load_profile
+from recpar.perfmodel.predict import (KIND, PAPER_TABLE2, ProjectionSettings, predict_record,
+                                      project_paper_tables, scenario_from_record,
+                                      validation_rows)
+
+
+def record(**over):
+    r = {
+        "run_id": "dp2-ring", "scheme": "dp",
+        "plan": {"dp": 2, "tp": 1, "pp": 1, "world_size": 2, "num_microbatches": 1},
+        "topology": {"kind": "emulated", "nodes": 2, "ranks_per_node": 1},
+        "config": {"model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "max_seq_len": 20,
+                             "text_dim": 0},
+                   "train": {"global_batch_size": 16, "device": "cpu"},
+                   "grad_sync": {"algorithm": "ring", "compression": "none"}},
+        "dataset": {"stats": {"n_items": 99}},
+        "metrics": {"iter_ms": 10.0, "comm_ms_per_iter": 2.0},
+    }
+    r.update(over)
+    return r
+
+
+def test_scenario_from_record_reads_plan_topology_and_vocab():
+    sc = scenario_from_record(record())
+    assert sc.shape.vocab_size == 100  # n_items + padding id
+    assert sc.plan.data_parallel_size == 2 and sc.topology.nodes == 2
+    assert sc.precision.activation_bytes == 4  # CPU run: fp32 activations
+    with pytest.raises(CostInputError, match="r.json: missing config.train.global_batch_size"):
+        bad = record()
+        del bad["config"]["train"]["global_batch_size"]
+        scenario_from_record(bad, "r.json")
+
+
+def test_predict_record_is_labelled_projected(toy_hw):
+    out = predict_record(record(), toy_hw)
+    assert out["kind"] == KIND == "projected"
+    assert out["iter_ms"] > 0 and 0 <= out["comm_share"] < 1
+
+
+def test_validation_rows_report_signed_error(toy_hw):
+    pred = predict_record(record(), toy_hw)
+    measured = record(metrics={"iter_ms": pred["iter_ms"] * 1.25,
+                               "comm_ms_per_iter": pred["comm_ms_per_iter"] / 2})
+    slow = record(metrics={"iter_ms": pred["iter_ms"] / 2})
+    none = record(metrics={})
+    rows = validation_rows([("a", measured), ("b", slow), ("c", none)], toy_hw)
+    assert rows[0]["iter_error_pct"] == pytest.approx(-20.0)
+    assert rows[0]["comm_error_pct"] == pytest.approx(100.0)
+    assert rows[0]["within_target"] is False
+    assert rows[1]["iter_error_pct"] == pytest.approx(100.0)
+    assert rows[2]["iter_error_pct"] is None and rows[2]["within_target"] is None
+    assert all(r["kind"] == "projected" for r in rows)
+
+
+def test_paper_projection_rows_are_labelled_and_consistent():
+    hw = load_profile("paper-a100")
+    res = project_paper_tables(hw, ProjectionSettings(shape_name="small", nodes=(1, 2)))
+    t2, t3 = res["table2"], res["table3"]
+    assert [r["scheme"] for r in t2] == ["baseline", "dp", "mp", "hybrid"]
+    assert all(r["kind"] == "projected" for r in t2 + t3)
+    assert res["assumptions"]["kind"] == "projected"
+    assert t2[0]["speedup"] == 1.0
+    mp = next(r for r in t2 if r["scheme"] == "mp")
+    assert (mp["tp"], mp["pp"], mp["gpus"]) == (4, 2, 8)
+    for r in t2:
+        assert r["paper_throughput_samples_per_s"] == PAPER_TABLE2[r["scheme"]]["throughput"]
+        assert r["speedup"] == pytest.approx(r["throughput_samples_per_s"]
+                                             / t2[0]["throughput_samples_per_s"])
+        assert r["dp"] * r["tp"] * r["pp"] == r["gpus"]
+    assert {(r["nodes"], r["scheme"]) for r in t3} >= {(2, "dp"), (2, "mp"), (2, "hybrid")}
+    assert all(r["source"] for r in res["sources"])
+
+
+def test_projection_rejects_unknown_size_and_too_many_nodes():
+    hw = load_profile("paper-a100")
+    with pytest.raises(CostInputError, match="unknown model size 'huge'"):
+        project_paper_tables(hw, ProjectionSettings(shape_name="huge"))
+    with pytest.raises(CostInputError, match="exceed the profile's max_nodes 8"):
+        project_paper_tables(hw, ProjectionSettings(nodes=(1, 9)))
