@@ -1,0 +1,192 @@
+"""Emulated-cluster benchmarks (issue 5): link calibration, all-reduce bus bandwidth, ring vs
+hierarchical all-reduce against the α–β model. Needs root; skipped with the reason otherwise.
+
+    make bench   (or: pytest bench/test_bench_cluster.py --benchmark-only)
+
+Each test runs its measurement once (benchmark.pedantic, 1 round: one run takes 5-60 s) and
+writes what it measured to $RECPAR_BENCH_OUT/cluster.json (default results/bench/), merged per
+test, plus benchmark.extra_info. busbw = algbw × 2(n−1)/n (nccl-tests PERFORMANCE.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+PREFIX = "rpb"  # bench-only prefix: never touches a user's "rp" cluster or the tests' "rpt"
+
+
+def _root_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, tc)"
+    if shutil.which("ip") is None or shutil.which("tc") is None:
+        return "needs iproute2 (ip, tc)"
+    if subprocess.run(["ip", "netns", "list"], capture_output=True).returncode != 0:
+        return "`ip netns` does not work here"
+    return None
+
+
+pytestmark = [pytest.mark.root,
+              pytest.mark.skipif(_root_reason() is not None, reason=_root_reason() or "")]
+
+
+def _out_path() -> Path:
+    return Path(os.environ.get("RECPAR_BENCH_OUT", "results/bench")) / "cluster.json"
+
+
+def _record(key: str, value: dict) -> None:
+    """Merge one result into the JSON file (temp file + rename)."""
+    path = _out_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[key] = value
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    from recpar.cluster import emulated
+
+    state_dir = tmp_path / "state"
+    emulated.down(PREFIX, state_dir)
+
+    def make(nodes, rpn, shape):
+        emulated.down(PREFIX, state_dir)
+        return emulated.up(nodes, rpn, shape, PREFIX, state_dir)
+
+    make.state_dir = state_dir
+    yield make
+    emulated.down(PREFIX, state_dir)
+
+
+def _allreduce(st, state_dir, tmp_path, sizes, algo="flat", iters=3, warmup=1) -> dict:
+    from recpar.cluster.launch import launch
+
+    out = tmp_path / f"ar-{algo}-{st.nodes}x{st.ranks_per_node}.json"
+    rc = launch(st.topology(), ["-m", "recpar.cluster.allreduce_probe", "--sizes", sizes,
+                                "--algo", algo, "--iters", str(iters), "--warmup", str(warmup),
+                                "--out", str(out)],
+                prefix=PREFIX, state_dir=state_dir, timeout_s=540, log_dir=tmp_path / "logs")
+    assert rc == 0, f"all-reduce launch failed with exit code {rc}"
+    res = json.loads(out.read_text())
+    assert all(r["correct"] for r in res["sizes"])
+    return res
+
+
+@pytest.mark.parametrize("rate", ["10mbit", "100mbit", "1gbit"])
+def test_calibration_accuracy(benchmark, cluster, rate):
+    """Achieved TCP rate within 10 % of the configured rate, 10 Mbit/s - 1 Gbit/s."""
+    from recpar.cluster.calibrate import calibrate
+    from recpar.cluster.shaping import LinkShape
+    from recpar.cluster.units import parse_rate
+
+    bits = parse_rate(rate)
+    st = cluster(2, 1, LinkShape(bits))
+    res = benchmark.pedantic(calibrate, args=(st,),
+                             kwargs={"seconds": 2.0, "state_dir": cluster.state_dir},
+                             rounds=1, iterations=1)
+    per_link = [l["rate_bit_per_s"] / bits for l in res["links"]]
+    row = {"configured_rate_bit_per_s": bits, "calibrated_rate_bit_per_s": res["rate_bit_per_s"],
+           "achieved_over_configured": res["rate_bit_per_s"] / bits,
+           "per_link_achieved_over_configured": per_link,
+           "calibrated_latency_s": res["latency_s"]}
+    benchmark.extra_info.update(row)
+    _record(f"calibration_{rate}", row)
+    assert all(0.9 <= r <= 1.1 for r in per_link), row
+
+
+@pytest.mark.parametrize("rate", ["100mbit", "1gbit"])
+def test_allreduce_64mb_2x1_busbw(benchmark, cluster, tmp_path, rate):
+    """2 nodes × 1 rank, 64 MB gloo all-reduce: busbw >= 90 % of the calibrated link rate."""
+    from recpar.cluster.calibrate import calibrate
+    from recpar.cluster.shaping import LinkShape
+    from recpar.cluster.units import parse_rate
+
+    st = cluster(2, 1, LinkShape(parse_rate(rate)))
+    cal = calibrate(st, seconds=2.0, state_dir=cluster.state_dir)
+    from recpar.cluster.emulated import ClusterState
+
+    st = ClusterState.load(PREFIX, cluster.state_dir)
+    res = benchmark.pedantic(_allreduce, args=(st, cluster.state_dir, tmp_path, "64m"),
+                             rounds=1, iterations=1)
+    row = res["sizes"][0]
+    busbw_bit = row["busbw_bytes_per_s"] * 8
+    out = {"configured_rate_bit_per_s": parse_rate(rate),
+           "calibrated_rate_bit_per_s": cal["rate_bit_per_s"],
+           "bytes": row["bytes"], "time_ms": row["time_ms"],
+           "busbw_bit_per_s": busbw_bit,
+           "busbw_over_calibrated": busbw_bit / cal["rate_bit_per_s"]}
+    benchmark.extra_info.update(out)
+    _record(f"allreduce_64mb_2x1_{rate}", out)
+    assert out["busbw_over_calibrated"] >= 0.9, out
+
+
+def test_ring_vs_hierarchical_4x2(benchmark, cluster, tmp_path):
+    """4 nodes × 2 ranks, inter-node link 10× slower than the measured intra-node all-reduce:
+    flat (gloo ring-style) vs hierarchical busbw across sizes, next to the α–β prediction."""
+    from recpar.cluster import netns
+    from recpar.cluster.calibrate import calibrate, measure_pair
+    from recpar.cluster.emulated import ClusterState
+    from recpar.cluster.shaping import LinkShape
+    from recpar.perfmodel.collectives import (LinkCost, hierarchical_all_reduce,
+                                              ring_all_reduce)
+
+    sizes = ["64k", "1m", "16m"]
+    # 1. Intra-node: 2 ranks in one namespace whose uplink is shaped to 10 Mbit/s. The
+    #    all-reduce runs far above 10 Mbit/s and leaves the veth counters unchanged: intra-node
+    #    traffic uses the namespace's loopback.
+    st1 = cluster(1, 2, LinkShape(1e7))
+    ns, dev = st1.names.node_ns(0), st1.names.node_dev(0)
+    before = netns.link_counters(ns, dev)
+    intra = _allreduce(st1, cluster.state_dir, tmp_path, "16m")
+    veth_tx = netns.link_counters(ns, dev)["tx_bytes"] - before["tx_bytes"]
+    intra_busbw = intra["sizes"][0]["busbw_bytes_per_s"]
+    intra_rtt = measure_pair(st1, 0, 0, "pingpong", count=200)["rtt_median_s"]
+    assert intra_busbw * 8 > 10 * 1e7 and veth_tx < 0.01 * intra["sizes"][0]["bytes"]
+    # 2. Four nodes of two ranks; inter-node rate = intra busbw / 10, in whole Mbit/s.
+    inter_bits = max(1e7, min(1e10, round(intra_busbw * 8 / 10 / 1e6) * 1e6))
+    st = cluster(4, 2, LinkShape(inter_bits))
+    cal = calibrate(st, seconds=2.0, state_dir=cluster.state_dir)
+    st = ClusterState.load(PREFIX, cluster.state_dir)
+
+    def both():
+        return (_allreduce(st, cluster.state_dir, tmp_path, ",".join(sizes), "flat"),
+                _allreduce(st, cluster.state_dir, tmp_path, ",".join(sizes), "hierarchical"))
+
+    flat, hier = benchmark.pedantic(both, rounds=1, iterations=1)
+    # α–β model from the measured links (projection, labelled so in the output).
+    intra_link = LinkCost(alpha_s=intra_rtt / 2, beta_s_per_byte=1 / intra_busbw)
+    inter_link = LinkCost(alpha_s=cal["latency_s"], beta_s_per_byte=8 / cal["rate_bit_per_s"])
+    rows = []
+    for f, h in zip(flat["sizes"], hier["sizes"]):
+        n = f["bytes"]
+        # Flat ring over 8 ranks: every step waits for the inter-node hops, one stream per NIC.
+        pred_flat = ring_all_reduce(n, 8, inter_link)
+        # Hierarchical: 2 concurrent inter-node rings share each NIC.
+        pred_hier = hierarchical_all_reduce(n, 4, 2, intra_link, inter_link.shared_by(2))
+        busf = 2 * 7 / 8
+        rows.append({"bytes": n,
+                     "flat_busbw_bit_per_s": f["busbw_bytes_per_s"] * 8,
+                     "hierarchical_busbw_bit_per_s": h["busbw_bytes_per_s"] * 8,
+                     "flat_time_ms": f["time_ms"], "hierarchical_time_ms": h["time_ms"],
+                     "projected_flat_time_ms": pred_flat * 1e3,
+                     "projected_hierarchical_time_ms": pred_hier * 1e3,
+                     "projected_flat_busbw_bit_per_s": n * busf / pred_flat * 8,
+                     "projected_hierarchical_busbw_bit_per_s": n * busf / pred_hier * 8})
+    out = {"intra_node_busbw_bit_per_s": intra_busbw * 8, "intra_node_veth_tx_bytes": veth_tx,
+           "intra_node_rtt_s": intra_rtt, "inter_configured_rate_bit_per_s": inter_bits,
+           "inter_calibrated_rate_bit_per_s": cal["rate_bit_per_s"],
+           "inter_calibrated_latency_s": cal["latency_s"],
+           "model": "recpar.perfmodel.collectives (alpha-beta; projected_* are projections)",
+           "sizes": rows}
+    benchmark.extra_info.update(out)
+    _record("ring_vs_hierarchical_4x2", out)

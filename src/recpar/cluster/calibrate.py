@@ -1,0 +1,104 @@
+"""Measure each emulated link: TCP goodput (bulk transfer) and latency (ping-pong).
+
+For every node i, node i sends to node (i+1) mod N, so each node's uplink (sender side) and each
+node's downlink (receiver side) is crossed once. Rates are goodput of one TCP stream, i.e. what
+gloo can get: about 95 % of the configured L2 rate at MTU 1500 (TCP/IP/Ethernet headers).
+Latency is half the median round trip of 1-byte TCP ping-pongs (includes the software path).
+
+The cluster-level summary keeps the slowest link's rate and the largest latency: the bottleneck
+a ring collective runs at.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from recpar.cluster import netns
+from recpar.cluster.emulated import ClusterState
+from recpar.cluster.netns import ClusterError
+
+PROBE_PORT = 5201
+
+
+def package_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """os.environ + PYTHONPATH that finds this `recpar` (also when it is not installed)."""
+    import recpar
+
+    env = dict(os.environ)
+    src = str(Path(recpar.__file__).resolve().parent.parent)
+    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if src not in parts:
+        env["PYTHONPATH"] = os.pathsep.join([src, *parts])
+    env.update(extra or {})
+    return env
+
+
+def _probe_argv(ns: str, *args: str) -> list[str]:
+    return netns.netns_exec(ns, [sys.executable, "-m", "recpar.cluster.probe", *args])
+
+
+def measure_pair(state: ClusterState, src: int, dst: int, mode: str, seconds: float = 2.0,
+                 count: int = 200, timeout_s: float = 60.0) -> dict:
+    """One measurement from node `src` to node `dst`; returns the probe's JSON (merged)."""
+    names = state.names
+    env = package_env()
+    server = subprocess.Popen(
+        _probe_argv(names.node_ns(dst), "serve", "--bind", names.node_addr(dst),
+                    "--port", str(PROBE_PORT), "--mode", mode, "--timeout-s", str(timeout_s)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = server.stdout.readline().strip()
+        if line != "ready":
+            raise ClusterError(f"probe server on node {dst} did not start: "
+                               f"{(server.stderr.read() or line).strip().splitlines()[-1:]}")
+        client = subprocess.run(
+            _probe_argv(names.node_ns(src), "client", "--connect", names.node_addr(dst),
+                        "--port", str(PROBE_PORT), "--mode", mode, "--seconds", str(seconds),
+                        "--count", str(count), "--timeout-s", str(timeout_s)),
+            capture_output=True, text=True, env=env, timeout=timeout_s + seconds + 10)
+        if client.returncode != 0:
+            raise ClusterError(f"probe client node {src} -> {dst} failed: "
+                               f"{client.stderr.strip().splitlines()[-1:]}")
+        out, err = server.communicate(timeout=timeout_s)
+        if server.returncode != 0:
+            raise ClusterError(f"probe server on node {dst} failed: {err.strip().splitlines()[-1:]}")
+        return {**json.loads(client.stdout.strip().splitlines()[-1]),
+                **json.loads(out.strip().splitlines()[-1])}
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
+def calibrate(state: ClusterState, seconds: float = 2.0, count: int = 200,
+              state_dir: str | os.PathLike | None = None, save: bool = True) -> dict:
+    """Measure every link, store the result in the state file, and return it."""
+    netns.require_root_and_iproute2("cluster calibrate")
+    if state.nodes < 2:
+        raise ClusterError("calibrate needs at least 2 nodes (there is no inter-node link)")
+    links = []
+    for src in range(state.nodes):
+        dst = (src + 1) % state.nodes
+        bulk = measure_pair(state, src, dst, "bulk", seconds=seconds)
+        ping = measure_pair(state, src, dst, "pingpong", count=count)
+        links.append({"src": src, "dst": dst,
+                      "configured": {"src": state.node_shapes[src], "dst": state.node_shapes[dst]},
+                      "rate_bit_per_s": bulk["rate_bit_per_s"],
+                      "bulk_window_s": bulk.get("window_s"),
+                      "rtt_median_s": ping["rtt_median_s"],
+                      "latency_s": ping["rtt_median_s"] / 2})
+    rates = [l["rate_bit_per_s"] for l in links if l["rate_bit_per_s"]]
+    result = {"links": links,
+              "rate_bit_per_s": min(rates) if rates else None,
+              "latency_s": max(l["latency_s"] for l in links),
+              "method": {"bulk_seconds": seconds, "pingpong_count": count,
+                         "rate": "TCP goodput of one stream after a warm-up",
+                         "latency": "half the median 1-byte TCP round trip"}}
+    if save:
+        state.calibration = result
+        state.save(state_dir)
+    return result

@@ -1,0 +1,229 @@
+"""`up`, `down`, `status` of an emulated multi-node cluster on one machine.
+
+N nodes = N network namespaces `<prefix>-n<i>`, each with its own loopback (intra-node traffic)
+and one veth uplink to a Linux bridge in the switch namespace `<prefix>-sw`. Addresses come from
+198.18.0.0/24 (node i = 198.18.0.<i+1>) and exist only inside these namespaces: nothing is
+added to the host's namespace, so the emulator cannot route traffic anywhere else.
+See `recpar.cluster.shaping` for how the uplinks are shaped.
+
+A state file (`<state_dir>/<prefix>.json`, default /run/recpar) records what `up` built and what
+`calibrate` measured, so `down`, `status`, `launch` and `fault` find everything. `down` also
+sweeps by prefix, so a crash that lost the state file leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from recpar.cluster import netns
+from recpar.cluster.netns import ClusterError, Names, run
+from recpar.cluster.shaping import LinkShape, apply_shape, netem_available
+from recpar.cluster.topology import Topology
+
+DEFAULT_STATE_DIR = "/run/recpar"
+STATE_DIR_ENV = "RECPAR_CLUSTER_STATE_DIR"
+
+
+def state_path(prefix: str = netns.DEFAULT_PREFIX, state_dir: str | os.PathLike | None = None) -> Path:
+    """Where the state of the cluster with `prefix` lives."""
+    base = state_dir or os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR
+    return Path(base) / f"{Names(prefix).prefix}.json"
+
+
+@dataclass
+class ClusterState:
+    """What `up` built (and `calibrate` / `fault` later measured or changed)."""
+
+    prefix: str
+    """Name prefix of every object of this cluster."""
+    nodes: int
+    """Number of node namespaces."""
+    ranks_per_node: int
+    """Ranks each node's torchrun agent starts."""
+    base_shape: dict
+    """Configured link of every node (LinkShape.to_dict()): what `up` was asked for."""
+    node_shapes: list[dict]
+    """Current link of each node (differs from base_shape after a `fault link`)."""
+    netem: bool
+    """Whether the kernel has sch_netem (latency emulation possible)."""
+    created_unix_s: float
+    """When `up` finished (time.time())."""
+    calibration: dict | None = None
+    """Result of `calibrate` (see recpar.cluster.calibrate), None until run."""
+    stragglers: dict = field(default_factory=dict)
+    """node index (str) -> pid of a running straggler duty-cycler (see recpar.cluster.fault)."""
+
+    @property
+    def names(self) -> Names:
+        return Names(self.prefix)
+
+    def topology(self) -> Topology:
+        base = LinkShape.from_dict(self.base_shape)
+        cal = self.calibration or {}
+        return Topology(kind="emulated", nodes=self.nodes, ranks_per_node=self.ranks_per_node,
+                        inter_rate_bit_per_s=base.rate_bit_per_s,
+                        inter_latency_s=base.latency_s, inter_loss=base.loss,
+                        calibrated_rate_bit_per_s=cal.get("rate_bit_per_s"),
+                        calibrated_latency_s=cal.get("latency_s"))
+
+    def save(self, state_dir: str | os.PathLike | None = None) -> Path:
+        """Write atomically (temp file + rename)."""
+        path = state_path(self.prefix, state_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(asdict(self), f, indent=2, sort_keys=True)
+                f.write("\n")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, prefix: str = netns.DEFAULT_PREFIX,
+             state_dir: str | os.PathLike | None = None) -> "ClusterState":
+        path = state_path(prefix, state_dir)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ClusterError(f"no emulated cluster with prefix {prefix!r} is up "
+                               f"(no state file {path}); run `recpar cluster up` first") from None
+        except json.JSONDecodeError as e:
+            raise ClusterError(f"{path}: not valid JSON ({e.msg}); run `recpar cluster down`") from None
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise ClusterError(f"{path}: unexpected content ({e}); run `recpar cluster down`") from None
+
+
+def up(nodes: int, ranks_per_node: int, shape: LinkShape, prefix: str = netns.DEFAULT_PREFIX,
+       state_dir: str | os.PathLike | None = None) -> ClusterState:
+    """Build the cluster; idempotent when one with the same configuration is already up.
+
+    On any failure everything built so far is removed again before the error propagates.
+    """
+    names = Names(prefix)
+    if not (isinstance(nodes, int) and 1 <= nodes <= netns.MAX_NODES):
+        raise ValueError(f"nodes: must be an integer in [1, {netns.MAX_NODES}], got {nodes!r}")
+    if not (isinstance(ranks_per_node, int) and ranks_per_node >= 1):
+        raise ValueError(f"ranks_per_node: must be an integer >= 1, got {ranks_per_node!r}")
+    netns.require_root_and_iproute2("cluster up")
+
+    path = state_path(prefix, state_dir)
+    existing = [n for n in netns.list_namespaces() if names.is_namespace(n)]
+    if path.exists() or existing:
+        try:
+            st = ClusterState.load(prefix, state_dir)
+        except ClusterError:
+            st = None
+        wanted_ns = {names.node_ns(i) for i in range(nodes)} | {names.switch_ns}
+        if (st is not None and st.nodes == nodes and st.ranks_per_node == ranks_per_node
+                and LinkShape.from_dict(st.base_shape) == shape and set(existing) == wanted_ns):
+            return st  # already up as asked: nothing to do
+        raise ClusterError(f"an emulated cluster with prefix {prefix!r} is already up with a "
+                           f"different configuration (or half built); run `recpar cluster down` first")
+
+    try:
+        sw = names.switch_ns
+        run(["ip", "netns", "add", sw])
+        run(["ip", "-n", sw, "link", "add", names.bridge, "type", "bridge"])
+        run(["ip", "-n", sw, "link", "set", names.bridge, "up"])
+        run(["ip", "-n", sw, "link", "set", "lo", "up"])
+        netem = netem_available(sw)
+        if shape.latency_s > 0 and not netem:
+            raise ClusterError("--inter-latency needs the kernel's netem qdisc "
+                               "(CONFIG_NET_SCH_NETEM), which this kernel lacks; use 0")
+        for i in range(nodes):
+            ns, dev, peer = names.node_ns(i), names.node_dev(i), names.switch_dev(i)
+            run(["ip", "netns", "add", ns])
+            run(["ip", "-n", ns, "link", "set", "lo", "up"])
+            # Both ends are created directly inside their namespaces: never in the host's.
+            run(["ip", "link", "add", dev, "netns", ns, "type", "veth",
+                 "peer", "name", peer, "netns", sw])
+            run(["ip", "-n", ns, "addr", "add",
+                 f"{names.node_addr(i)}/{netns.SUBNET_PREFIX_LEN}", "dev", dev])
+            run(["ip", "-n", ns, "link", "set", dev, "up"])
+            run(["ip", "-n", sw, "link", "set", peer, "master", names.bridge])
+            run(["ip", "-n", sw, "link", "set", peer, "up"])
+            apply_shape(ns, dev, shape, netem)
+            apply_shape(sw, peer, shape, netem)
+        state = ClusterState(prefix=prefix, nodes=nodes, ranks_per_node=ranks_per_node,
+                             base_shape=shape.to_dict(),
+                             node_shapes=[shape.to_dict() for _ in range(nodes)],
+                             netem=netem, created_unix_s=time.time())
+        state.save(state_dir)
+        return state
+    except BaseException:
+        down(prefix, state_dir)
+        raise
+
+
+def down(prefix: str = netns.DEFAULT_PREFIX, state_dir: str | os.PathLike | None = None) -> dict:
+    """Remove everything with `prefix`: processes in our namespaces, the namespaces (and with
+    them every veth, bridge and qdisc), stray links in the host namespace, the state file.
+    Idempotent. Returns what was removed."""
+    names = Names(prefix)
+    netns.require_root_and_iproute2("cluster down")
+    removed = {"processes": 0, "namespaces": [], "links": [], "state_file": None}
+    path = state_path(prefix, state_dir)
+    # Straggler duty-cyclers run in the host namespace; stop them first (see fault.py).
+    try:
+        from recpar.cluster.fault import stop_stragglers
+
+        stop_stragglers(ClusterState.load(prefix, state_dir), state_dir, save=False)
+    except ClusterError:
+        pass
+    ours = [n for n in netns.list_namespaces() if names.is_namespace(n)]
+    for ns in ours:
+        removed["processes"] += netns.kill_namespace_processes(ns)
+    for ns in ours:
+        run(["ip", "netns", "del", ns])
+        removed["namespaces"].append(ns)
+    for link in netns.list_links(None):  # only after a crash between creation steps
+        if names.owns(link):
+            run(["ip", "link", "del", link], check=False)
+            removed["links"].append(link)
+    if path.exists():
+        path.unlink()
+        removed["state_file"] = str(path)
+    return removed
+
+
+def status(prefix: str = netns.DEFAULT_PREFIX, state_dir: str | os.PathLike | None = None) -> dict:
+    """What is up: the state file's content plus what the kernel actually has."""
+    from recpar.cluster.shaping import qdisc_stats
+
+    names = Names(prefix)
+    netns.require_root_and_iproute2("cluster status")
+    present = sorted(n for n in netns.list_namespaces() if names.is_namespace(n))
+    try:
+        st = ClusterState.load(prefix, state_dir)
+    except ClusterError:
+        st = None
+    out: dict = {"prefix": prefix, "up": st is not None, "namespaces": present,
+                 "state_file": str(state_path(prefix, state_dir)) if st else None}
+    if st is None:
+        out["stray"] = bool(present)
+        return out
+    out["topology"] = st.topology().to_record()
+    out["netem"] = st.netem
+    nodes = []
+    for i in range(st.nodes):
+        ns = names.node_ns(i)
+        entry = {"node": i, "namespace": ns, "address": names.node_addr(i),
+                 "ifname": names.node_dev(i), "shape": st.node_shapes[i],
+                 "processes": len(netns.namespace_pids(ns)) if ns in present else None}
+        if ns in present:
+            entry["uplink_qdisc"] = qdisc_stats(ns, names.node_dev(i))
+        nodes.append(entry)
+    out["nodes"] = nodes
+    out["calibration"] = st.calibration
+    out["stragglers"] = st.stragglers
+    return out

@@ -1,0 +1,230 @@
+"""Start ranks on a topology with torchrun, wait for them, leave nothing behind.
+
+- `local`: `torchrun --standalone --nproc-per-node R <argv>`.
+- `emulated`: one torchrun agent per node namespace (`ip netns exec <prefix>-n<i> torchrun
+  --nnodes N --nproc-per-node R --rdzv-backend c10d --rdzv-endpoint
+  198.18.0.1:<port> --local-addr <node addr> ...`), with GLOO_SOCKET_IFNAME set to the node's
+  uplink so gloo binds to the node's address: traffic to another node crosses the shaped link,
+  traffic to a rank of the same node goes over that namespace's loopback (the kernel delivers
+  packets for a local address via `lo`; tests/cluster measures this).
+
+The launcher waits for all agents, returns the first non-zero exit code, and on a failure (or
+when it is itself interrupted) terminates every other agent's process group. Each agent also gets
+SIGTERM from the kernel if the launcher dies (PR_SET_PDEATHSIG), and torchrun then stops its
+workers; `recpar cluster down` kills whatever is left in our namespaces.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from recpar.cluster import netns
+from recpar.cluster.calibrate import package_env
+from recpar.cluster.emulated import ClusterState
+from recpar.cluster.netns import ClusterError
+from recpar.cluster.topology import Topology
+
+DEFAULT_RDZV_PORT = 29400
+TERM_GRACE_S = 5.0  # torchrun forwards SIGTERM to its workers and waits for them
+_PR_SET_PDEATHSIG = 1
+
+
+def _torchrun() -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run"]
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the launcher dies (Linux prctl)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def agent_commands(topology: Topology, argv: list[str], state: ClusterState | None = None,
+                   log_dir: str | os.PathLike | None = None, rdzv_port: int = DEFAULT_RDZV_PORT,
+                   rdzv_id: str | None = None) -> list[tuple[list[str], dict[str, str]]]:
+    """(command, extra env) for each torchrun agent; pure, so it is unit-testable."""
+    if not argv:
+        raise ValueError("launch: empty command (give a script and its arguments, or -m module)")
+    common = ["--nproc-per-node", str(topology.ranks_per_node), "--max-restarts", "0"]
+    env_topo = topology.to_env()
+    if topology.kind == "local":
+        cmd = [*_torchrun(), "--standalone", *common]
+        if log_dir is not None:
+            cmd += ["--log-dir", str(Path(log_dir) / "node0")]
+        return [([*cmd, *argv], dict(env_topo))]
+    if topology.kind != "emulated":
+        raise ValueError(f"launch: topology kind {topology.kind!r} is started by its scheduler "
+                         f"(srun), not by recpar.cluster.launch")
+    if state is None:
+        raise ValueError("launch: an emulated topology needs the cluster state (recpar cluster up)")
+    if (state.nodes, state.ranks_per_node) != (topology.nodes, topology.ranks_per_node):
+        raise ClusterError(f"launch: topology {topology.nodes}x{topology.ranks_per_node} does not "
+                           f"match the cluster that is up ({state.nodes}x{state.ranks_per_node})")
+    names = state.names
+    rdzv_id = rdzv_id or f"recpar-{uuid.uuid4().hex[:12]}"
+    out = []
+    for i in range(topology.nodes):
+        cmd = [*_torchrun(), "--nnodes", str(topology.nodes), *common,
+               # No --node-rank: c10d rendezvous assigns node ranks in join order (torchrun
+               # ignores --node-rank with a warning); each agent's ranks stay contiguous.
+               "--rdzv-backend", "c10d",
+               "--rdzv-endpoint", f"{names.node_addr(0)}:{rdzv_port}", "--rdzv-id", rdzv_id,
+               # Explicit: node 0's agent hosts the rendezvous store (no hostname guessing).
+               "--rdzv-conf", f"is_host={'true' if i == 0 else 'false'}",
+               "--local-addr", names.node_addr(i)]
+        if log_dir is not None:
+            cmd += ["--log-dir", str(Path(log_dir) / f"node{i}")]
+        env = {**env_topo,
+               "GLOO_SOCKET_IFNAME": names.node_dev(i),
+               "NCCL_SOCKET_IFNAME": names.node_dev(i),
+               "TP_SOCKET_IFNAME": names.node_dev(i),
+               "RECPAR_NODE_INDEX": str(i)}
+        out.append((netns.netns_exec(names.node_ns(i), [*cmd, *argv]), env))
+    return out
+
+
+def _proc_stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, start time in clock ticks) of a live process, from /proc/<pid>/stat."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rfind(")") + 2:].split()  # the command name may contain spaces
+    return int(fields[1]), int(fields[19])
+
+
+def _descendants(roots: list[int]) -> dict[int, int]:
+    """pid -> start time of every live descendant of `roots` (one /proc scan).
+
+    torchrun starts each worker in a session of its own, so killing the agent's process group
+    misses the workers; the launcher remembers the whole tree instead (pid + start time, so a
+    recycled pid is never signalled).
+    """
+    parent: dict[int, int] = {}
+    start: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = _proc_stat(int(entry))
+            if st is not None:
+                parent[int(entry)], start[int(entry)] = st
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parent.items():
+        children.setdefault(ppid, []).append(pid)
+    out: dict[int, int] = {}
+    todo = list(roots)
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in out:
+                out[c] = start[c]
+                todo.append(c)
+    return out
+
+
+def _kill_remembered(tree: dict[int, int]) -> None:
+    for pid, started in tree.items():
+        st = _proc_stat(pid)
+        if st is not None and st[1] == started:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _kill_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def launch(topology: Topology, argv: list[str], env: dict[str, str] | None = None,
+           log_dir: str | os.PathLike | None = None, *, prefix: str = netns.DEFAULT_PREFIX,
+           state_dir: str | os.PathLike | None = None, rdzv_port: int = DEFAULT_RDZV_PORT,
+           fault_schedule: list | None = None, timeout_s: float | None = None) -> int:
+    """Run `argv` (what follows torchrun's options: a script and its args, or `-m module ...`)
+    on `topology`; return 0 or the first non-zero exit code of an agent.
+
+    `fault_schedule`: parsed events (recpar.cluster.fault.load_schedule) run alongside.
+    `timeout_s`: kill everything and return 124 when the run takes longer.
+    """
+    state = None
+    if topology.kind == "emulated":
+        netns.require_root_and_iproute2("cluster launch")
+        state = ClusterState.load(prefix, state_dir)
+        # The record gets the measured link next to the configured one.
+        cal = state.topology()
+        topology = Topology(**{**topology.__dict__,
+                               "calibrated_rate_bit_per_s": cal.calibrated_rate_bit_per_s,
+                               "calibrated_latency_s": cal.calibrated_latency_s,
+                               "inter_rate_bit_per_s": cal.inter_rate_bit_per_s,
+                               "inter_latency_s": cal.inter_latency_s,
+                               "inter_loss": cal.inter_loss})
+    elif fault_schedule:
+        raise ValueError("launch: fault schedules need the emulated topology")
+    commands = agent_commands(topology, argv, state, log_dir, rdzv_port)
+    if log_dir is not None:
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+    base_env = package_env(env)
+    procs: list[subprocess.Popen] = []
+    stop = threading.Event()
+    sched_thread = None
+    tree: dict[int, int] = {}
+    rc = 0
+    try:
+        for cmd, extra in commands:
+            procs.append(subprocess.Popen(cmd, env={**base_env, **extra},
+                                          start_new_session=True, preexec_fn=_die_with_parent))
+        if fault_schedule:
+            from recpar.cluster.fault import run_schedule
+
+            sched_thread = threading.Thread(
+                target=run_schedule, args=(state, fault_schedule, stop, state_dir),
+                name="recpar-fault-schedule", daemon=True)
+            sched_thread.start()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            tree.update(_descendants([p.pid for p in procs]))
+            codes = [p.poll() for p in procs]
+            bad = [c for c in codes if c not in (None, 0)]
+            if bad:
+                rc = bad[0]
+                break
+            if all(c == 0 for c in codes):
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                rc = 124
+                break
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        tree.update(_descendants([p.pid for p in procs]))
+        alive = [p for p in procs if p.poll() is None]
+        for p in alive:
+            _kill_group(p, signal.SIGTERM)
+        end = time.monotonic() + TERM_GRACE_S
+        for p in alive:
+            try:
+                p.wait(timeout=max(0.0, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for p in procs:  # also reap grandchildren left in a finished agent's group
+            _kill_group(p, signal.SIGKILL)
+            p.wait()
+        _kill_remembered(tree)
+        if state is not None:  # our namespaces hold nothing but this run's processes
+            for i in range(state.nodes):
+                netns.kill_namespace_processes(state.names.node_ns(i))
+        if sched_thread is not None:
+            sched_thread.join(timeout=TERM_GRACE_S)
+    return rc

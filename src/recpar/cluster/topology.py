@@ -1,0 +1,110 @@
+"""Which machines (real or emulated) a run used, in the form run records keep.
+
+A `Topology` travels from the launcher to every rank in the environment variable
+`RECPAR_TOPOLOGY` (JSON of `to_record()`), so the training loop can write the topology
+actually used into its run record without knowing how the ranks were started.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+
+KINDS = ("local", "emulated", "slurm")
+ENV_VAR = "RECPAR_TOPOLOGY"
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Nodes, ranks per node and the inter-node link, configured and as measured."""
+
+    kind: str = "local"
+    """'local' (loopback of one machine), 'emulated' (network namespaces + tc), 'slurm'."""
+    nodes: int = 1
+    """Number of nodes (one torchrun agent each)."""
+    ranks_per_node: int = 1
+    """Ranks (processes) per node; torchrun's --nproc-per-node."""
+    inter_rate_bit_per_s: float | None = None
+    """Configured inter-node rate of each node's uplink, bit/s (None: not shaped / unknown)."""
+    inter_latency_s: float | None = None
+    """Configured one-way node-to-node latency added by the emulator, s (None: not set)."""
+    inter_loss: float | None = None
+    """Configured node-to-node packet loss probability (None: not set)."""
+    calibrated_rate_bit_per_s: float | None = None
+    """Measured TCP goodput node 0 -> node 1, bit/s (None until `recpar cluster calibrate`)."""
+    calibrated_latency_s: float | None = None
+    """Measured one-way latency node 0 <-> node 1 (half a TCP ping-pong round trip), s."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"topology.kind: {self.kind!r} is not one of {', '.join(KINDS)}")
+        for name in ("nodes", "ranks_per_node"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"topology.{name}: must be an integer >= 1, got {v!r}")
+        if self.kind == "local" and self.nodes != 1:
+            raise ValueError(f"topology.nodes: a 'local' topology has 1 node, got {self.nodes}")
+        for name in ("inter_rate_bit_per_s", "inter_latency_s", "inter_loss",
+                     "calibrated_rate_bit_per_s", "calibrated_latency_s"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                  or not math.isfinite(v) or v < 0):
+                raise ValueError(f"topology.{name}: must be a finite number >= 0 or null, got {v!r}")
+        if self.inter_loss is not None and self.inter_loss >= 1:
+            raise ValueError(f"topology.inter_loss: must be < 1, got {self.inter_loss!r}")
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.ranks_per_node
+
+    def to_record(self) -> dict:
+        """The run-record form: no hostnames, no addresses; configured next to measured."""
+        return {
+            "kind": self.kind,
+            "nodes": self.nodes,
+            "ranks_per_node": self.ranks_per_node,
+            "world_size": self.world_size,
+            "inter_node": {
+                "configured": {"rate_bit_per_s": self.inter_rate_bit_per_s,
+                               "latency_s": self.inter_latency_s,
+                               "loss": self.inter_loss},
+                "calibrated": {"rate_bit_per_s": self.calibrated_rate_bit_per_s,
+                               "latency_s": self.calibrated_latency_s},
+            },
+        }
+
+    @classmethod
+    def from_record(cls, rec: dict) -> "Topology":
+        """Inverse of `to_record` (tolerates records with only kind/nodes/ranks_per_node)."""
+        if not isinstance(rec, dict):
+            raise ValueError(f"topology: expected an object, got {type(rec).__name__}")
+        missing = [k for k in ("kind", "nodes", "ranks_per_node") if k not in rec]
+        if missing:
+            raise ValueError(f"topology: missing key(s) {', '.join(missing)}")
+        inter = rec.get("inter_node") or {}
+        conf = inter.get("configured") or {}
+        cal = inter.get("calibrated") or {}
+        return cls(kind=rec["kind"], nodes=rec["nodes"], ranks_per_node=rec["ranks_per_node"],
+                   inter_rate_bit_per_s=conf.get("rate_bit_per_s"),
+                   inter_latency_s=conf.get("latency_s"), inter_loss=conf.get("loss"),
+                   calibrated_rate_bit_per_s=cal.get("rate_bit_per_s"),
+                   calibrated_latency_s=cal.get("latency_s"))
+
+    def to_env(self) -> dict[str, str]:
+        """Environment entries that hand this topology to the ranks."""
+        return {ENV_VAR: json.dumps(self.to_record(), sort_keys=True)}
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "Topology | None":
+        """The topology the launcher exported, or None when not started by `launch`."""
+        env = os.environ if environ is None else environ
+        text = env.get(ENV_VAR)
+        if not text:
+            return None
+        try:
+            rec = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{ENV_VAR}: not valid JSON ({e.msg} at char {e.pos})") from None
+        return cls.from_record(rec)

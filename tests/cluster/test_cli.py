@@ -1,0 +1,54 @@
+"""`recpar cluster` argument handling that needs no root."""
+
+import os
+
+import pytest
+
+from recpar.cluster import cli as cluster_cli
+
+
+def _main(argv):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="recpar")
+    sub = parser.add_subparsers(dest="group", required=True)
+    cluster_cli.register(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_up_without_root_says_so_in_one_line(monkeypatch, tmp_path):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(SystemExit) as e:
+        _main(["cluster", "up", "--nodes", "2", "--ranks-per-node", "1", "--inter-bw", "100mbit",
+               "--state-dir", str(tmp_path), "--prefix", "rpu"])
+    msg = str(e.value.code)
+    assert msg.startswith("recpar: ") and "needs root" in msg and "\n" not in msg
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--inter-bw", "lots"], "--inter-bw: cannot parse rate"),
+    (["--inter-latency", "5 parsecs"], "--inter-latency"),
+    (["--loss", "120%"], "--loss"),
+])
+def test_up_bad_values(argv, msg, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        _main(["cluster", "up", "--nodes", "2", "--ranks-per-node", "1",
+               "--state-dir", str(tmp_path), *argv])
+    assert msg in str(e.value.code) and str(e.value.code).startswith("recpar: ")
+
+
+def test_commands_without_a_cluster_point_to_up(tmp_path):
+    for argv in (["cluster", "calibrate"], ["cluster", "fault", "kill-rank", "--node", "0"],
+                 ["cluster", "launch", "--", "x.py"]):
+        with pytest.raises(SystemExit) as e:
+            _main([*argv[:2], "--prefix", "rpu", "--state-dir", str(tmp_path), *argv[2:]]
+                  if argv[1] != "fault" else
+                  [*argv, "--prefix", "rpu", "--state-dir", str(tmp_path)])
+        assert "recpar cluster up" in str(e.value.code)
+
+
+def test_fault_link_needs_a_change(tmp_path):
+    with pytest.raises(SystemExit, match="needs --rate"):
+        _main(["cluster", "fault", "link", "--node", "0", "--state-dir", str(tmp_path)])

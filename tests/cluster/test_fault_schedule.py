@@ -1,0 +1,49 @@
+"""Fault schedule parsing and validation (no root needed)."""
+
+import pytest
+
+from recpar.cluster.fault import load_schedule
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "faults.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_load_schedule_parses_units_and_sorts(tmp_path):
+    p = _write(tmp_path, """
+- {at_s: 10, action: straggler, args: {node: 0, slowdown: 2, duration_s: 5s}}
+- {at_s: 2, action: link, args: {node: 1, rate: 50mbit, loss: 1%, latency: 3ms}}
+- {at_s: 20, action: reset-link, args: {node: 1}}
+- {at_s: 30, action: kill-rank, args: {node: 1, local_rank: 1}}
+""")
+    ev = load_schedule(p)
+    assert [e.action for e in ev] == ["link", "straggler", "reset-link", "kill-rank"]
+    assert ev[0].args == {"node": 1, "rate": 5e7, "loss": pytest.approx(0.01),
+                          "latency": pytest.approx(0.003)}
+    assert ev[1].args["duration_s"] == 5.0
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("{at_s: 1}", "YAML list"),
+    ("- {at_s: 1, action: explode, args: {node: 0}}", r"\[0\]: action 'explode'"),
+    ("- {at_s: -1, action: reset-link, args: {node: 0}}", "at_s must be >= 0"),
+    ("- {at_s: x, action: reset-link, args: {node: 0}}", "at_s 'x'"),
+    ("- {at_s: 1, action: straggler, args: {node: 0}}", "needs duration_s, slowdown"),
+    ("- {at_s: 1, action: link, args: {node: 0, speed: 1}}", "does not take speed"),
+    ("- {at_s: 1, action: link, args: {node: 0, rate: fast}}", r"\[0\]\.args\.rate"),
+    ("- {at_s: 1, action: kill-rank, args: {node: -2}}", "args.node"),
+    ("- {at_s: 1, action: link, when: now, args: {node: 0}}", "unknown key"),
+    ("- [unclosed", "not valid YAML"),
+])
+def test_bad_schedules_name_file_entry_and_value(tmp_path, text, msg):
+    p = _write(tmp_path, text)
+    with pytest.raises(ValueError, match=msg) as e:
+        load_schedule(p)
+    assert str(p) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="fault schedule not found"):
+        load_schedule(tmp_path / "nope.yaml")

@@ -1,0 +1,59 @@
+"""Topology dataclass: validation, record form, env hand-over (no root needed)."""
+
+import json
+
+import pytest
+
+from recpar.cluster.topology import ENV_VAR, Topology
+
+
+def test_record_round_trip_and_no_hostnames():
+    t = Topology("emulated", 4, 2, inter_rate_bit_per_s=1e8, inter_latency_s=0.0, inter_loss=0.0,
+                 calibrated_rate_bit_per_s=9.5e7, calibrated_latency_s=2e-5)
+    rec = t.to_record()
+    assert rec["world_size"] == 8
+    assert rec["inter_node"]["configured"]["rate_bit_per_s"] == 1e8
+    assert rec["inter_node"]["calibrated"]["rate_bit_per_s"] == 9.5e7
+    assert "host" not in json.dumps(rec)
+    assert Topology.from_record(rec) == t
+
+
+def test_env_hand_over():
+    t = Topology("local", 1, 3)
+    env = t.to_env()
+    assert Topology.from_env(env) == t
+    assert Topology.from_env({}) is None
+    with pytest.raises(ValueError, match=ENV_VAR):
+        Topology.from_env({ENV_VAR: "{not json"})
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    ({"kind": "cloud"}, "topology.kind"),
+    ({"nodes": 0, "kind": "emulated"}, "topology.nodes"),
+    ({"ranks_per_node": 1.5}, "topology.ranks_per_node"),
+    ({"kind": "local", "nodes": 2}, "'local' topology has 1 node"),
+    ({"inter_rate_bit_per_s": -1.0}, "inter_rate_bit_per_s"),
+    ({"inter_loss": 1.0}, "inter_loss"),
+])
+def test_validation(kwargs, msg):
+    with pytest.raises(ValueError, match=msg):
+        Topology(**kwargs)
+
+
+def test_from_record_requires_keys():
+    with pytest.raises(ValueError, match="missing key"):
+        Topology.from_record({"kind": "local"})
+
+
+def test_record_matches_run_record_schema():
+    """The training record's schema (recpar.train) must accept what we hand over."""
+    import importlib.resources
+
+    import jsonschema
+
+    schema_text = importlib.resources.files("recpar.train").joinpath("run_record.schema.json")
+    if not schema_text.is_file():
+        pytest.skip("recpar.train run record schema not present in this checkout")
+    schema = json.loads(schema_text.read_text())
+    topo_schema = schema["properties"]["topology"]
+    jsonschema.validate(Topology("emulated", 2, 1, 1e8).to_record(), topo_schema)
