@@ -10,6 +10,7 @@ and test under both protocols -> write the run record. An interrupted run resume
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 from recpar.data.prepared import PreparedDataset
 from recpar.eval.popularity import popularity_scorer
-from recpar.eval.protocols import build_eval_examples, evaluate
+from recpar.eval.protocols import build_eval_examples, evaluate, sample_negatives
 from recpar.model.config import ModelConfig
 from recpar.model.recommender import Recommender
 from recpar.model.sequences import build_training_sequences
@@ -90,6 +91,15 @@ def _text_embeddings(ds: PreparedDataset, use_text: bool) -> torch.Tensor | None
     return torch.from_numpy(emb).float()
 
 
+def _eval_examples(ds: PreparedDataset, max_seq_len: int, seed: int) -> dict:
+    examples = {s: build_eval_examples(ds, s, max_seq_len) for s in ("valid", "test")}
+    for ex in examples.values():
+        # Draw (and cache) the sampled100 negatives now: a dataset too small for the
+        # protocol fails here, before any training, not after it.
+        sample_negatives(ex, seed)
+    return examples
+
+
 def _quality(score_fn, examples: dict, seed: int, batch_size: int) -> dict:
     return {split: {proto: evaluate(score_fn, ex, proto, k=10, batch_size=batch_size, seed=seed)
                     for proto in EVAL_PROTOCOLS}
@@ -101,14 +111,15 @@ def _dataset_record(ds: PreparedDataset) -> dict:
             "stats": ds.stats}
 
 
-def _base_record(spec: RunSpec, ds: PreparedDataset, scheme: str) -> dict:
+def _base_record(spec: RunSpec, ds: PreparedDataset, scheme: str,
+                 model_cfg: ModelConfig | None = None) -> dict:
     return {
         "schema_version": 1,
         "run_id": spec.run_id,
         "scheme": scheme,
         "status": "completed",
         "created_utc": record.utc_now(),
-        "config": {"model": asdict(spec.model), "train": spec.train.to_record(),
+        "config": {"model": asdict(model_cfg or spec.model), "train": spec.train.to_record(),
                    "use_text": spec.use_text},
         "plan": spec.plan.to_record(),
         "topology": spec.topology,
@@ -123,7 +134,7 @@ def _base_record(spec: RunSpec, ds: PreparedDataset, scheme: str) -> dict:
 def run_most_popular(spec: RunSpec) -> dict:
     """The non-learned reference: rank items by training-split popularity."""
     ds = PreparedDataset.load(spec.data_dir)
-    examples = {s: build_eval_examples(ds, s, spec.model.max_seq_len) for s in ("valid", "test")}
+    examples = _eval_examples(ds, spec.model.max_seq_len, spec.seed)
     t0 = time.perf_counter()
     quality = _quality(popularity_scorer(ds), examples, spec.seed, spec.train.eval_batch_size)
     rec = _base_record(spec, ds, "most-popular")
@@ -143,7 +154,9 @@ def train_baseline(spec: RunSpec, progress: bool = True) -> dict:
     _set_determinism(cfg, spec.seed)
     ds = PreparedDataset.load(spec.data_dir)
     text_emb = _text_embeddings(ds, spec.use_text)
-    model_cfg = spec.model
+    # The text width comes from the embeddings the data stage wrote (384 for MiniLM).
+    model_cfg = dataclasses.replace(spec.model,
+                                    text_dim=int(text_emb.shape[1]) if text_emb is not None else 0)
     device = torch.device(cfg.device)
 
     model = Recommender(model_cfg, ds.n_items, text_emb).to(device)
@@ -152,7 +165,7 @@ def train_baseline(spec: RunSpec, progress: bool = True) -> dict:
     # inputs, targets: [N, L] int64, left-padded with 0
     n_seq = inputs.shape[0]
     steps_per_epoch = math.ceil(n_seq / cfg.global_batch_size)
-    examples = {s: build_eval_examples(ds, s, model_cfg.max_seq_len) for s in ("valid", "test")}
+    examples = _eval_examples(ds, model_cfg.max_seq_len, spec.seed)
 
     fp = checkpoint.fingerprint({"model": asdict(model_cfg), "train": cfg.to_record(),
                                  "plan": spec.plan.to_record(), "seed": spec.seed,
@@ -238,7 +251,7 @@ def train_baseline(spec: RunSpec, progress: bool = True) -> dict:
     with torch.no_grad():
         quality = _quality(score_fn, examples, spec.seed, cfg.eval_batch_size)
 
-    rec = _base_record(spec, ds, spec.plan.scheme)
+    rec = _base_record(spec, ds, spec.plan.scheme, model_cfg)
     rec["timing"] = {**window.to_record(), "total_train_s": total_train_s}
     n_params = sum(p.numel() for p in model.parameters())
     rec["metrics"] = {

@@ -1,0 +1,1 @@
+"""recpar.model"""

@@ -1,0 +1,263 @@
+"""The recommender: a GPT-style decoder over item-ID sequences (SASRec-like), single device.
+
+    item embedding  E = item_id_emb.weight + text_proj(text_emb)        [n_items + 1, d]
+    input           x = E[input_ids] + pos_emb[positions]               [B, L, d]
+    blocks          pre-LN: x += attn(ln_1(x)); x += mlp(ln_2(x))       [B, L, d]
+    output          logits = ln_f(x) @ E^T, pad column masked           [B, L, n_items + 1]
+
+Item 0 is padding; inputs are LEFT-padded. This module knows nothing of parallelism. The
+parallel code relies on these names and layouts:
+
+- `blocks[i].attn.qkv`, `.attn.proj`, `.mlp.fc`, `.mlp.proj` are separate `nn.Linear`s, so
+  tensor parallelism can swap them for megatron-core column-/row-parallel layers (qkv and fc
+  column-parallel, the two proj row-parallel); `blocks` is an `nn.ModuleList` a pipeline stage
+  can slice.
+- The qkv output is laid out per head as [q_h | k_h | v_h] (megatron-core's layout), so a
+  contiguous column split gives each tensor-parallel rank whole heads; attention derives the
+  number of local heads from the tensor width, so it works unchanged on a shard.
+- The output layer has no weight of its own: logits use the fused item table (weight tying).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recpar.model.config import ModelConfig
+
+PAD_ITEM = 0  # same constant as recpar.data.prepared.PAD_ITEM
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention through F.scaled_dot_product_attention."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.head_dim = cfg.head_dim
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)  # d -> per head [q_h|k_h|v_h]
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.attn_dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        # x: [B, L, d]; attn_mask: [B, 1, L, L] bool, True = query may attend to key
+        b, l, _ = x.shape
+        qkv = self.qkv(x).view(b, l, -1, 3 * self.head_dim)  # [B, L, H, 3 hd] (H local heads)
+        q, k, v = qkv.transpose(1, 2).split(self.head_dim, dim=-1)  # each [B, H, L, hd]
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask,
+            dropout_p=self.attn_dropout if self.training else 0.0)  # [B, H, L, hd]
+        y = y.transpose(1, 2).reshape(b, l, -1)  # [B, L, H hd]
+        return self.resid_dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward d -> d_ff -> d with GELU."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.proj = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x))))  # [B, L, d]
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.d_model, eps=cfg.layernorm_epsilon)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.d_model, eps=cfg.layernorm_epsilon)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), attn_mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+def attention_mask(input_ids: torch.Tensor) -> torch.Tensor:
+    """[B, L] item ids -> [B, 1, L, L] bool mask: causal, padding keys hidden.
+
+    Every query also sees itself, so a padding query (and an all-padding row) has one key
+    and softmax never normalises over nothing (which would give NaN).
+    """
+    l = input_ids.shape[1]
+    idx = torch.arange(l, device=input_ids.device)
+    causal = idx[None, :] <= idx[:, None]  # [L, L], query row i sees keys j <= i
+    key_real = (input_ids != PAD_ITEM)[:, None, :]  # [B, 1, L]
+    diag = torch.eye(l, dtype=torch.bool, device=input_ids.device)  # [L, L]
+    return ((causal & key_real) | diag)[:, None, :, :]  # [B, 1, L, L]
+
+
+def positions(input_ids: torch.Tensor) -> torch.Tensor:
+    """[B, L] -> [B, L] position of each item counted from the user's oldest item in view.
+
+    Positions count real items (cumsum of the non-pad mask) rather than slots, so the same
+    history gets the same positions however much left padding precedes it, and a training
+    prefix looks exactly like an evaluation history of the same length. Pads get 0.
+    """
+    real = (input_ids != PAD_ITEM).long()
+    return (real.cumsum(dim=1) - 1).clamp(min=0)
+
+
+class Recommender(nn.Module):
+    """Next-item recommender over left-padded item-ID sequences; see the module docstring."""
+
+    def __init__(self, cfg: ModelConfig, n_items: int,
+                 text_emb: torch.Tensor | np.ndarray | None = None):
+        super().__init__()
+        if n_items < 1:
+            raise ValueError(f"Recommender: n_items={n_items} must be >= 1")
+        self.cfg = cfg
+        self.n_items = n_items
+        d = cfg.d_model
+        self.item_id_emb = nn.Embedding(n_items + 1, d, padding_idx=PAD_ITEM)  # [n_items+1, d]
+        if cfg.text_dim:
+            if text_emb is None:
+                raise ValueError(f"Recommender: cfg.text_dim={cfg.text_dim} needs a text "
+                                 f"embedding table [n_items + 1 = {n_items + 1}, {cfg.text_dim}]")
+            text_emb = torch.as_tensor(text_emb, dtype=torch.float32)
+            if tuple(text_emb.shape) != (n_items + 1, cfg.text_dim):
+                raise ValueError(f"Recommender: text_emb has shape {tuple(text_emb.shape)}, "
+                                 f"expected (n_items + 1, text_dim) = "
+                                 f"({n_items + 1}, {cfg.text_dim})")
+            # Frozen, not trained. Non-persistent: checkpoints stay small and the table is
+            # rebuilt from the data; DDP must run with broadcast_buffers=False or it re-sends
+            # this table every step.
+            self.register_buffer("text_emb", text_emb.clone(), persistent=False)
+            self.text_proj = nn.Linear(cfg.text_dim, d)  # text_dim -> d
+        else:
+            if text_emb is not None:
+                raise ValueError(
+                    f"Recommender: got a text embedding table of shape {tuple(text_emb.shape)} "
+                    f"but cfg.text_dim=0 (no text fusion); set text_dim={text_emb.shape[-1]} "
+                    "or pass text_emb=None")
+            self.text_emb = None
+            self.text_proj = None
+        self.pos_emb = nn.Embedding(cfg.max_seq_len, d)  # [max_seq_len, d]
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(d, eps=cfg.layernorm_epsilon)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 / megatron-core init: N(0, init_std), residual outputs N(0, std/sqrt(2L))."""
+        std = self.cfg.init_std
+        out_std = std / math.sqrt(2.0 * self.cfg.n_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                is_out = name.endswith("attn.proj") or name.endswith("mlp.proj")
+                nn.init.normal_(module.weight, mean=0.0, std=out_std if is_out else std)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        with torch.no_grad():
+            self.item_id_emb.weight[PAD_ITEM].zero_()
+
+    # --- embeddings ---------------------------------------------------------------------------
+
+    def item_embeddings(self) -> torch.Tensor:
+        """The fused item table [n_items + 1, d]: ID embedding + projected text embedding."""
+        table = self.item_id_emb.weight  # [n_items + 1, d]
+        if self.text_proj is not None:
+            table = table + self.text_proj(self.text_emb)  # [n_items+1, text_dim] -> [.., d]
+        return table
+
+    def embed(self, input_ids: torch.Tensor,
+              item_table: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, L] ids -> [B, L, d] fused item embedding + position embedding (pre-dropout).
+
+        With `item_table` (from `item_embeddings()`) rows are gathered from it; without, the
+        fusion is done for the B*L looked-up items only (cheaper than the whole table).
+        """
+        if input_ids.dim() != 2:
+            raise ValueError(f"Recommender: input_ids must be [B, L], got {tuple(input_ids.shape)}")
+        if input_ids.shape[1] > self.cfg.max_seq_len:
+            raise ValueError(f"Recommender: sequence length {input_ids.shape[1]} exceeds "
+                             f"max_seq_len={self.cfg.max_seq_len}")
+        if item_table is not None:
+            x = F.embedding(input_ids, item_table)  # [B, L, d]
+        else:
+            x = self.item_id_emb(input_ids)  # [B, L, d]
+            if self.text_proj is not None:
+                x = x + self.text_proj(F.embedding(input_ids, self.text_emb))  # [B, L, d]
+        return x + self.pos_emb(positions(input_ids))
+
+    # --- forward ------------------------------------------------------------------------------
+
+    def forward(self, input_ids: torch.Tensor,
+                item_table: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, L] left-padded item ids -> [B, L, d] final hidden states (after ln_f)."""
+        mask = attention_mask(input_ids)  # [B, 1, L, L]
+        x = self.drop(self.embed(input_ids, item_table))  # [B, L, d]
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.ln_f(x)
+
+    def logits(self, hidden: torch.Tensor,
+               item_table: torch.Tensor | None = None) -> torch.Tensor:
+        """[..., d] -> [..., n_items + 1] scores against the tied item table; pad column -inf."""
+        table = self.item_embeddings() if item_table is None else item_table
+        scores = hidden @ table.t()  # [..., n_items + 1]
+        pad = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
+        pad[PAD_ITEM] = True
+        return scores.masked_fill(pad, float("-inf"))
+
+    def loss_sum(self, input_ids: torch.Tensor,
+                 targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of next-item cross-entropy over valid positions, number of valid positions).
+
+        A position is valid when its target is a real item and its input is too (a target
+        after pure padding has no history to be predicted from). Full softmax over items
+        1..n_items: the pad column is -inf, so it takes no probability mass. Shapes are
+        static (no host sync); memory is the [B, L, n_items + 1] logits.
+        """
+        if targets.shape != input_ids.shape:
+            raise ValueError(f"Recommender: targets {tuple(targets.shape)} and input_ids "
+                             f"{tuple(input_ids.shape)} differ in shape")
+        table = self.item_embeddings()  # one text projection per step, shared in and out
+        hidden = self.forward(input_ids, item_table=table)  # [B, L, d]
+        logits = self.logits(hidden, item_table=table)  # [B, L, n_items + 1]
+        valid = (targets != PAD_ITEM) & (input_ids != PAD_ITEM)  # [B, L]
+        tgt = targets.masked_fill(~valid, -100)  # -100: cross_entropy's ignore_index
+        total = F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), ignore_index=-100,
+                                reduction="sum")
+        return total, valid.sum()
+
+    def loss(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean next-item cross-entropy over valid positions (0 when there are none)."""
+        total, count = self.loss_sum(input_ids, targets)
+        return total / count.clamp(min=1)
+
+    def score_last(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[B, L] histories -> [B, n_items + 1] scores for the next item (pad column -inf).
+
+        Reads the last position, which holds the most recent item under left padding. Callers
+        put the model in eval mode and no_grad themselves.
+        """
+        hidden = self.forward(input_ids)[:, -1]  # [B, d]
+        return self.logits(hidden)
+
+    @classmethod
+    def from_prepared(cls, cfg: ModelConfig, ds) -> "Recommender":
+        """Build for a `recpar.data.prepared.PreparedDataset`, loading its text table when
+        cfg.text_dim > 0 (error if the embed step has not run or its width differs)."""
+        text = None
+        if cfg.text_dim:
+            text = ds.item_text_embeddings()
+            if text is None:
+                raise FileNotFoundError(
+                    f"{ds.root / 'item_text_emb.npy'}: no item text embeddings but "
+                    f"text_dim={cfg.text_dim} (run `recpar data embed` or set text_dim=0)")
+        return cls(cfg, ds.n_items, text)
