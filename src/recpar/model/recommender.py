@@ -229,11 +229,20 @@ class Recommender(nn.Module):
         table = self.item_embeddings()  # one text projection per step, shared in and out
         hidden = self.forward(input_ids, item_table=table)  # [B, L, d]
         logits = self.logits(hidden, item_table=table)  # [B, L, n_items + 1]
-        valid = (targets != PAD_ITEM) & (input_ids != PAD_ITEM)  # [B, L]
+        valid = self.valid_positions(input_ids, targets)  # [B, L]
         tgt = targets.masked_fill(~valid, -100)  # -100: cross_entropy's ignore_index
         total = F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), ignore_index=-100,
                                 reduction="sum")
         return total, valid.sum()
+
+    @staticmethod
+    def valid_positions(input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """[B, L] bool: positions that count in the loss (real target after a real input).
+
+        Data-parallel ranks use it on the whole global batch to normalise their local loss
+        sums by the global count, which makes the averaged gradient equal the single-device one.
+        """
+        return (targets != PAD_ITEM) & (input_ids != PAD_ITEM)
 
     def loss(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean next-item cross-entropy over valid positions (0 when there are none)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import yaml
@@ -31,6 +32,22 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train one run and write its record")
     p.add_argument("--scheme", default="baseline", choices=SCHEMES)
     _add_common(p)
+    par = p.add_argument_group("parallelism (scheme dp)")
+    par.add_argument("--dp", type=int, default=1, help="data-parallel degree (ranks)")
+    par.add_argument("--topology", default="local", choices=["local", "emulated"],
+                     help="where ranks run; emulated needs `recpar cluster up` first")
+    par.add_argument("--nodes", type=int, default=1,
+                     help="nodes the dp ranks are spread over (emulated: must match the cluster)")
+    par.add_argument("--grad-sync", default="ring", help="all-reduce algorithm: ring | hierarchical")
+    par.add_argument("--compressor", default="none",
+                     help="none | sign | topk | powersgd | fp16 | bf16")
+    par.add_argument("--topk-ratio", type=float, default=0.01, help="k as a fraction, in (0, 1]")
+    par.add_argument("--no-error-feedback", action="store_true")
+    par.add_argument("--no-overlap", action="store_true",
+                     help="overlap_grad_reduce=False: each bucket's reduction blocks backward")
+    par.add_argument("--bucket-size", type=int, default=None,
+                     help="gradient bucket size in elements (megatron-core bucket_size)")
+    par.add_argument("--timeout-s", type=float, default=None, help="kill the job after this long")
     p.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="non-learned references")
@@ -51,10 +68,11 @@ def _parse_kv(items: list[str], what: str) -> dict:
 
 
 def _spec(args, scheme: str):
+    from recpar.comm.config import GradSyncConfig
     from recpar.model.config import ModelConfig
     from recpar.train.config import TrainConfig
     from recpar.train.loop import RunSpec
-    from recpar.train.run_id import make_run_id
+    from recpar.train.run_id import grad_sync_id, make_run_id
 
     train_values = {}
     if args.train_config:
@@ -68,22 +86,78 @@ def _spec(args, scheme: str):
     train = TrainConfig.from_mapping(train_values)
     model = ModelConfig.named(args.model_size, **_parse_kv(args.model_override,
                                                            "--model-override"))
-    plan = ParallelPlan(scheme=scheme)
-    run_id = args.run_id or make_run_id(plan, args.model_size)
+    dp = getattr(args, "dp", 1)
+    plan = ParallelPlan(scheme=scheme, dp=dp)
+    nodes = getattr(args, "nodes", 1)
+    grad_sync = GradSyncConfig()
+    sync_id = None
+    if scheme == "dp":
+        if dp % nodes:
+            raise ValueError(f"--dp {dp} ranks cannot be spread evenly over --nodes {nodes}")
+        grad_sync = GradSyncConfig(algorithm=args.grad_sync, compressor=args.compressor,
+                                   topk_ratio=args.topk_ratio,
+                                   error_feedback=not args.no_error_feedback,
+                                   ranks_per_node=dp // nodes,
+                                   overlap_grad_reduce=not args.no_overlap,
+                                   bucket_size=args.bucket_size).validate(dp)
+        sync_id = grad_sync_id(grad_sync)
+    plan.validate(world_size=plan.world_size, n_heads=model.n_heads, n_layers=model.n_layers)
+    train.validate()
+    if train.global_batch_size % dp:
+        raise ValueError(f"train.global_batch_size = {train.global_batch_size} is not divisible "
+                         f"by dp = {dp}")
+    run_id = args.run_id or make_run_id(plan, args.model_size, nodes=nodes, grad_sync=sync_id)
+    kind = getattr(args, "topology", "local")
+    if kind == "local":
+        # All ranks on this machine; --nodes only groups them into logical nodes (what the
+        # hierarchical all-reduce's sub-groups are built from).
+        topology = {"kind": "local", "nodes": 1, "ranks_per_node": dp, "logical_nodes": nodes}
+    else:
+        topology = {"kind": kind, "nodes": nodes, "ranks_per_node": dp // nodes}
     return RunSpec(data_dir=args.data, out_dir=args.out, run_id=run_id, model=model, train=train,
-                   plan=plan, seed=args.seed, use_text=not args.no_text)
+                   plan=plan, seed=args.seed, use_text=not args.no_text, topology=topology,
+                   grad_sync=grad_sync)
 
 
 def cmd_train(args) -> int:
-    if args.scheme != "baseline":
+    if args.scheme not in ("baseline", "dp"):
         raise ValueError(f"scheme {args.scheme!r} is not implemented yet in this checkout "
-                         "(only 'baseline' is)")
-    from recpar.train.loop import train_baseline
+                         "(baseline and dp are)")
+    if args.scheme == "baseline" and args.dp != 1:
+        raise ValueError(f"scheme baseline runs on one device; got --dp {args.dp} (use --scheme dp)")
+    spec = _spec(args, args.scheme)  # everything validated before any rank starts
+    if args.scheme == "baseline":
+        from recpar.train.loop import train
 
-    rec = train_baseline(_spec(args, args.scheme), progress=not args.no_progress)
+        rec = train(spec, progress=not args.no_progress)
+    else:
+        rec = _launch_ranks(spec, args)
     print(json.dumps({"run_id": rec["run_id"], "metrics": rec["metrics"],
                       "test": rec["quality"]["test"]}, indent=1))
     return 0
+
+
+def _launch_ranks(spec, args) -> dict:
+    """Write the validated spec, start dp ranks with torchrun on the topology, read the record."""
+    from recpar.cluster.launch import launch
+    from recpar.cluster.topology import Topology
+    from recpar.data.prepared import PreparedDataset
+    from recpar.train import record
+    from recpar.train.spec import spec_to_dict
+
+    PreparedDataset.load(spec.data_dir)  # a missing dataset fails here, not in every rank
+    spec.out_dir.mkdir(parents=True, exist_ok=True)
+    spec_path = spec.out_dir / "spec.json"
+    spec_path.write_text(json.dumps(spec_to_dict(spec), indent=1))
+    topo = Topology(kind=spec.topology["kind"], nodes=spec.topology["nodes"],
+                    ranks_per_node=spec.topology["ranks_per_node"])
+    # One intra-op thread per rank when ranks share the CPU cores; more would oversubscribe.
+    env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // spec.plan.world_size))}
+    code = launch(topo, ["-m", "recpar.train.worker", str(spec_path)], env=env,
+                  timeout_s=args.timeout_s)
+    if code != 0:
+        raise RuntimeError(f"recpar train: ranks exited with code {code} (see the log above)")
+    return record.read(spec.out_dir / "record.json")
 
 
 def cmd_popularity(args) -> int:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from recpar.data.prepared import PreparedDataset
@@ -26,6 +28,8 @@ from recpar.eval.protocols import build_eval_examples, evaluate, sample_negative
 from recpar.model.config import ModelConfig
 from recpar.model.recommender import Recommender
 from recpar.model.sequences import build_training_sequences
+from recpar.comm.config import GradSyncConfig
+from recpar.parallel.data_parallel import TrainStep, apply_dp
 from recpar.parallel.plan import ParallelPlan
 from recpar.train import checkpoint, record
 from recpar.train.config import EVAL_PROTOCOLS, TrainConfig
@@ -59,6 +63,8 @@ class RunSpec:
     topology: dict = field(default_factory=lambda: {"kind": "local", "nodes": 1,
                                                      "ranks_per_node": 1})
     """Topology actually used (recpar.cluster provides it for multi-node runs)."""
+    grad_sync: GradSyncConfig = field(default_factory=GradSyncConfig)
+    """How data-parallel gradients travel (ignored when dp = 1)."""
 
 
 def _set_determinism(cfg: TrainConfig, seed: int) -> None:
@@ -120,6 +126,7 @@ def _base_record(spec: RunSpec, ds: PreparedDataset, scheme: str,
         "status": "completed",
         "created_utc": record.utc_now(),
         "config": {"model": asdict(model_cfg or spec.model), "train": spec.train.to_record(),
+                   "grad_sync": spec.grad_sync.to_dict() if spec.plan.dp > 1 else None,
                    "use_text": spec.use_text},
         "plan": spec.plan.to_record(),
         "topology": spec.topology,
@@ -147,10 +154,61 @@ def run_most_popular(spec: RunSpec) -> dict:
     return rec
 
 
-def train_baseline(spec: RunSpec, progress: bool = True) -> dict:
-    """Single-device training; returns (and writes) the run record."""
+def _dist() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _bcast(obj, rank: int, world: int):
+    """Rank 0's value of a small Python object, on every rank."""
+    if world == 1:
+        return obj
+    box = [obj if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _measure_compute_only(step_module, ddp, inputs, targets, idx_batches, rank, world, device,
+                          n_steps: int) -> list[float]:
+    """Forward+backward ms of steps WITHOUT gradient synchronisation (DDP no_sync).
+
+    Subtracted from the synchronised forward+backward time of the timed window, this gives the
+    exposed communication time: what overlap with backward did not hide. No optimiser step is
+    taken, so the trained weights are untouched.
+    """
+    times = []
+    for idx in idx_batches[:n_steps]:
+        local = idx[rank::world]
+        x, y = inputs[local].to(device), targets[local].to(device)
+        gcount = Recommender.valid_positions(inputs[idx], targets[idx]).sum().to(device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with ddp.no_sync():
+            loss, _ = ddp(x, y, gcount)
+            loss.backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(1e3 * (time.perf_counter() - t0))
+        step_module.zero_grad(set_to_none=True)
+    return times
+
+
+def train(spec: RunSpec, progress: bool = True) -> dict | None:
+    """Train one run (single device, or synchronous DP under torchrun); returns the record on
+    rank 0 (None on other ranks). The record is written by rank 0 only."""
     cfg = spec.train.validate()
-    spec.plan.validate(world_size=1, n_heads=spec.model.n_heads, n_layers=spec.model.n_layers)
+    rank, world = _dist()
+    spec.plan.validate(world_size=world, n_heads=spec.model.n_heads, n_layers=spec.model.n_layers)
+    if spec.plan.tp > 1 or spec.plan.pp > 1:
+        raise ValueError(f"plan tp={spec.plan.tp}, pp={spec.plan.pp}: tensor/pipeline "
+                         "parallelism is not wired into the training loop yet")
+    dp = spec.plan.dp
+    if cfg.global_batch_size % dp:
+        raise ValueError(f"train.global_batch_size = {cfg.global_batch_size} is not divisible "
+                         f"by dp = {dp}")
+    progress = progress and rank == 0
     _set_determinism(cfg, spec.seed)
     ds = PreparedDataset.load(spec.data_dir)
     text_emb = _text_embeddings(ds, spec.use_text)
@@ -158,21 +216,33 @@ def train_baseline(spec: RunSpec, progress: bool = True) -> dict:
     model_cfg = dataclasses.replace(spec.model,
                                     text_dim=int(text_emb.shape[1]) if text_emb is not None else 0)
     device = torch.device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
 
+    # Same seed on every rank: identical initial weights without a broadcast.
     model = Recommender(model_cfg, ds.n_items, text_emb).to(device)
+    step_module = TrainStep(model, dp_size=dp)
+    ddp, sync_state = None, None
+    runner = step_module
+    if dp > 1:
+        ddp, sync_state = apply_dp(step_module, spec.grad_sync, device)
+        runner = ddp
     opt = _optimizer(model, cfg)
     inputs, targets = build_training_sequences(ds.train, model_cfg.max_seq_len)
     # inputs, targets: [N, L] int64, left-padded with 0
     n_seq = inputs.shape[0]
     steps_per_epoch = math.ceil(n_seq / cfg.global_batch_size)
-    examples = _eval_examples(ds, model_cfg.max_seq_len, spec.seed)
+    examples = _eval_examples(ds, model_cfg.max_seq_len, spec.seed) if rank == 0 else None
 
     fp = checkpoint.fingerprint({"model": asdict(model_cfg), "train": cfg.to_record(),
                                  "plan": spec.plan.to_record(), "seed": spec.seed,
+                                 "grad_sync": spec.grad_sync.to_dict() if dp > 1 else None,
                                  "data": str(ds.stats), "use_text": spec.use_text})
     out = Path(spec.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     last_path, best_path = out / "last.pt", out / "best.pt"
+    comm_path = out / f"grad-sync-rank{rank}.pt"
     start_epoch, step, best, bad_epochs, history = 0, 0, -1.0, 0, []
     notes: list[str] = []
     if last_path.exists():
@@ -182,52 +252,80 @@ def train_baseline(spec: RunSpec, progress: bool = True) -> dict:
         checkpoint.set_rng_state(state["rng"])
         start_epoch, step = state["epoch"] + 1, state["step"]
         best, bad_epochs, history = state["best"], state["bad_epochs"], state["history"]
+        if sync_state is not None and comm_path.exists():
+            sync_state.load_state_dict(checkpoint.load(comm_path, expect_fingerprint=fp)["state"])
         notes.append(f"resumed from {last_path.name} after epoch {state['epoch']}")
 
-    window = StepWindow(cfg.warmup_steps, cfg.timed_steps, cfg.device)
     # A resumed run measures its window on the steps it actually runs.
+    window = StepWindow(cfg.warmup_steps, cfg.timed_steps, cfg.device)
+
     def score_fn(hist: torch.Tensor) -> torch.Tensor:
         return model.score_last(hist.to(device))
 
     t_train0 = time.perf_counter()
     stop = False
+    fb_ms_in_window: list[float] = []
+    comm_stats: dict = {}
+    first_epoch_batches = None
     for epoch in range(start_epoch, cfg.max_epochs):
         model.train()
+        # Identical permutation on every rank; rank r takes every dp-th row of each batch.
         g = torch.Generator().manual_seed(spec.seed * 100_003 + epoch)
         perm = torch.randperm(n_seq, generator=g)
+        batches = [perm[b * cfg.global_batch_size:(b + 1) * cfg.global_batch_size]
+                   for b in range(steps_per_epoch)]
+        first_epoch_batches = first_epoch_batches or batches
         losses = []
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", disable=not progress,
-                   leave=False, mininterval=2.0)
-        for b in bar:
-            idx = perm[b * cfg.global_batch_size:(b + 1) * cfg.global_batch_size]
-            x, y = inputs[idx].to(device), targets[idx].to(device)
+        bar = tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False,
+                   mininterval=2.0)
+        for idx in bar:
+            local = idx[rank::dp]
+            x, y = inputs[local].to(device), targets[local].to(device)
+            gcount = Recommender.valid_positions(inputs[idx], targets[idx]).sum().to(device)
+            was_open = window.open
             window.before_step()
-            loss = model.loss(x, y)
+            if window.open and not was_open and sync_state is not None:
+                sync_state.stats.snapshot_and_reset()  # drop warm-up: count the window only
+            in_window = window.open
+            t0 = time.perf_counter()
+            loss, loss_sum = runner(x, y, gcount)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # with DDP: returns once every bucket is reduced
+            if window.open and device.type == "cuda":
+                torch.cuda.synchronize()
+            fb_ms = 1e3 * (time.perf_counter() - t0)
             if cfg.clip_grad:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
             opt.step()
-            window.after_step(samples=int(x.shape[0]), tokens=int((y != 0).sum()))
-            losses.append(float(loss.detach()))
+            if window.open:
+                fb_ms_in_window.append(fb_ms)
+            window.after_step(samples=int(idx.numel()), tokens=int(gcount))
+            if in_window and window.closed and sync_state is not None:
+                comm_stats = sync_state.stats.snapshot_and_reset(window.steps_in_window)
+            losses.append(float(loss_sum) / max(1, int(gcount)) * dp)
             step += 1
             if cfg.max_steps and step >= cfg.max_steps:
                 stop = True
                 break
+        # Mean global loss: local sums are per-rank shares; report rank 0's share x dp as an
+        # estimate only when dp > 1 (exact for dp = 1).
         entry = {"epoch": epoch, "step": step, "train_loss": float(np.mean(losses))}
         if (epoch + 1) % cfg.eval_every == 0 or stop:
-            model.eval()
-            with torch.no_grad():
-                v = evaluate(score_fn, examples["valid"], "full", k=10,
-                             batch_size=cfg.eval_batch_size, seed=spec.seed)
-            metric = v[cfg.early_stopping_metric]
-            entry[f"valid_{cfg.early_stopping_metric}"] = metric
-            if metric > best:
-                best, bad_epochs = metric, 0
-                checkpoint.save(best_path, {"model": model.state_dict(), "epoch": epoch,
-                                            "fingerprint": fp, "metric": metric})
-            else:
-                bad_epochs += 1
+            improved = False
+            if rank == 0:
+                model.eval()
+                with torch.no_grad():
+                    v = evaluate(score_fn, examples["valid"], "full", k=10,
+                                 batch_size=cfg.eval_batch_size, seed=spec.seed)
+                metric = v[cfg.early_stopping_metric]
+                entry[f"valid_{cfg.early_stopping_metric}"] = metric
+                improved = metric > best
+                if improved:
+                    best = metric
+                    checkpoint.save(best_path, {"model": model.state_dict(), "epoch": epoch,
+                                                "fingerprint": fp, "metric": metric})
+            improved, best = _bcast((improved, best), rank, world)
+            bad_epochs = 0 if improved else bad_epochs + 1
             if bad_epochs >= cfg.patience:
                 stop = True
                 notes.append(f"early stop after epoch {epoch}: no better valid "
@@ -236,14 +334,44 @@ def train_baseline(spec: RunSpec, progress: bool = True) -> dict:
         if progress:
             tqdm.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                 for k, v in entry.items()))
-        checkpoint.save(last_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                    "rng": checkpoint.rng_state(), "epoch": epoch, "step": step,
-                                    "best": best, "bad_epochs": bad_epochs, "history": history,
-                                    "fingerprint": fp})
+        if rank == 0:
+            checkpoint.save(last_path, {"model": model.state_dict(),
+                                        "optimizer": opt.state_dict(),
+                                        "rng": checkpoint.rng_state(), "epoch": epoch,
+                                        "step": step, "best": best, "bad_epochs": bad_epochs,
+                                        "history": history, "fingerprint": fp})
+        if sync_state is not None:
+            checkpoint.save(comm_path, {"state": sync_state.state_dict(), "fingerprint": fp})
+        stop = _bcast(stop, rank, world)
         if stop:
             break
     window.close()
+    if window.steps_in_window and sync_state is not None and not comm_stats:
+        comm_stats = sync_state.stats.snapshot_and_reset(window.steps_in_window)
     total_train_s = time.perf_counter() - t_train0
+
+    timing_metrics = window.metrics()
+    if fb_ms_in_window:
+        timing_metrics["fwd_bwd_ms_per_iter"] = float(np.mean(fb_ms_in_window))
+    if ddp is not None and fb_ms_in_window and first_epoch_batches:
+        model.train()
+        nosync = _measure_compute_only(step_module, ddp, inputs, targets, first_epoch_batches,
+                                       rank, dp, device, n_steps=min(10, len(fb_ms_in_window)))
+        compute_fb = float(np.mean(nosync))
+        timing_metrics["fwd_bwd_no_sync_ms_per_iter"] = compute_fb
+        timing_metrics["exposed_comm_ms_per_iter"] = max(
+            0.0, timing_metrics["fwd_bwd_ms_per_iter"] - compute_fb)
+        timing_metrics["comm_share_pct"] = (100.0 * timing_metrics["exposed_comm_ms_per_iter"]
+                                            / timing_metrics["iter_ms"])
+    rank_metrics = {**timing_metrics, **comm_stats, "peak_rss_gib": peak_rss_gib()}
+    all_ranks = [rank_metrics]
+    if world > 1:
+        all_ranks = [None] * world
+        dist.all_gather_object(all_ranks, rank_metrics)
+    if sync_state is not None:
+        sync_state.close()
+    if rank != 0:
+        return None
 
     if best_path.exists():
         model.load_state_dict(checkpoint.load(best_path, expect_fingerprint=fp)["model"])
@@ -254,20 +382,35 @@ def train_baseline(spec: RunSpec, progress: bool = True) -> dict:
     rec = _base_record(spec, ds, spec.plan.scheme, model_cfg)
     rec["timing"] = {**window.to_record(), "total_train_s": total_train_s}
     n_params = sum(p.numel() for p in model.parameters())
-    rec["metrics"] = {
-        **window.metrics(),
-        "comm_ms_per_iter": 0.0,  # single device: no communication by construction
-        "peak_rss_gib": peak_rss_gib(),
+    metrics = {
+        **timing_metrics,
+        "comm_ms_per_iter": 0.0 if dp == 1 else comm_stats.get("comm_ms_per_iter"),
         "peak_device_mem_gib": (torch.cuda.max_memory_allocated() / 2**30
-                                if cfg.device == "cuda" else None),
+                                if device.type == "cuda" else None),
         "params_count": n_params,
         "train_sequences_count": n_seq,
         "steps_count": step,
         "epochs_count": len(history),
         "best_valid_metric": best,
     }
+    if timing_metrics.get("throughput_samples_per_s") is not None:
+        metrics["throughput_samples_per_s_per_device"] = (
+            timing_metrics["throughput_samples_per_s"] / world)
+    for k, v in comm_stats.items():
+        metrics.setdefault(k, v)
+    # Per-rank spread of what each rank measured (max over ranks is what the slowest sees).
+    for key in ("peak_rss_gib", "comm_ms_per_iter", "exposed_comm_ms_per_iter",
+                "payload_bytes_per_rank_per_iter", "cpu_util_pct"):
+        vals = [r[key] for r in all_ranks if r.get(key) is not None]
+        if vals:
+            metrics[f"{key}_max_over_ranks"] = float(max(vals))
+    metrics["peak_rss_gib"] = rank_metrics["peak_rss_gib"]
+    rec["metrics"] = metrics
     rec["quality"] = quality
     rec["history"] = history
     rec["notes"] = notes
     record.write(rec, out / "record.json")
     return rec
+
+
+train_baseline = train

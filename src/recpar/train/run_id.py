@@ -20,3 +20,18 @@ def make_run_id(plan: ParallelPlan, model_size: str, nodes: int = 1,
         parts.append(grad_sync)
     parts += [model_size, f"n{nodes}"]
     return "-".join(parts)
+
+
+def grad_sync_id(cfg) -> str:
+    """`ring`, `hierarchical`, `topk0.01-ring`, `sign-ring`, `powersgd-ring`, plus `-nooverlap`."""
+    parts = []
+    if cfg.compressor == "topk":
+        parts.append(f"topk{cfg.topk_ratio:g}")
+    elif cfg.compressor != "none":
+        parts.append(cfg.compressor)
+    if cfg.compressor != "none" and not cfg.error_feedback:
+        parts.append("noef")
+    parts.append(cfg.algorithm)
+    if not cfg.overlap_grad_reduce:
+        parts.append("nooverlap")
+    return "-".join(parts)

@@ -1,0 +1,44 @@
+"""Entry point of one rank: `python -m recpar.train.worker SPEC.json` (started by torchrun).
+
+The launcher (`recpar train` with dp > 1) validated everything and wrote the spec; a rank only
+joins the process group, reads the topology it runs on, trains, and leaves the group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from recpar.train.spec import spec_from_dict
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m recpar.train.worker SPEC.json", file=sys.stderr)
+        return 2
+    spec = spec_from_dict(json.loads(Path(argv[0]).read_text()))
+    backend = "nccl" if spec.train.device == "cuda" else "gloo"
+    dist.init_process_group(backend, timeout=timedelta(minutes=30))
+    try:
+        from recpar.cluster.topology import Topology
+
+        if os.environ.get("RECPAR_TOPOLOGY"):
+            spec.topology = {**spec.topology, **Topology.from_env().to_record()}
+        from recpar.train.loop import train
+
+        train(spec, progress=dist.get_rank() == 0 and sys.stderr.isatty())
+    finally:
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+    sys.exit(main())

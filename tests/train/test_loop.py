@@ -1,0 +1,104 @@
+"""Single-device training end to end on a small prepared dataset: record, determinism, resume."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from recpar.model.config import ModelConfig
+from recpar.train import checkpoint, loop, record
+from recpar.train.checkpoint import CheckpointError
+from recpar.train.config import TrainConfig
+from recpar.train.loop import DataMissingError, RunSpec, train
+
+MODEL = ModelConfig.named("tiny", max_seq_len=20, dropout=0.1)
+TRAIN = TrainConfig(max_epochs=3, patience=5, warmup_steps=2, timed_steps=4,
+                    global_batch_size=64)
+
+
+def _spec(data, out, **kw):
+    return RunSpec(data_dir=data, out_dir=out, run_id="baseline-tiny-n1", model=MODEL,
+                   train=kw.pop("train", TRAIN), seed=kw.pop("seed", 0), **kw)
+
+
+def _weights(path):
+    return torch.load(path, weights_only=False)["model"]
+
+
+def test_baseline_writes_a_valid_record_with_both_protocols(small_prepared, tmp_path):
+    rec = train(_spec(small_prepared, tmp_path / "run"), progress=False)
+    again = record.read(tmp_path / "run" / "record.json")  # schema-validated on read
+    assert again["run_id"] == rec["run_id"] == "baseline-tiny-n1"
+    for split in ("valid", "test"):
+        for proto in ("full", "sampled100"):
+            q = rec["quality"][split][proto]
+            assert q["protocol"] == proto and q["n_examples"] > 0
+    m = rec["metrics"]
+    assert m["throughput_samples_per_s"] > 0 and m["comm_ms_per_iter"] == 0.0
+    assert rec["timing"]["timed_steps"] == 4 and rec["timing"]["warmup_steps"] == 2
+    assert rec["config"]["model"]["text_dim"] == 8  # width taken from the embeddings on disk
+    assert len(rec["history"]) == 3
+    assert (tmp_path / "run" / "best.pt").exists() and (tmp_path / "run" / "last.pt").exists()
+
+
+def test_same_seed_same_weights_other_seed_differs(small_prepared, tmp_path):
+    short = dataclasses.replace(TRAIN, max_epochs=1)
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        train(_spec(small_prepared, tmp_path / name, train=short, seed=seed), progress=False)
+    a, b, c = (_weights(tmp_path / n / "last.pt") for n in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_interrupted_run_resumes_to_the_same_result(small_prepared, tmp_path, monkeypatch):
+    train(_spec(small_prepared, tmp_path / "ref"), progress=False)
+
+    real_save = checkpoint.save
+    saves = {"last": 0}
+
+    def crash_after_first_epoch(path, state):
+        real_save(path, state)
+        if path.name == "last.pt":
+            saves["last"] += 1
+            if saves["last"] == 1:
+                raise KeyboardInterrupt("simulated kill after epoch 0")
+
+    monkeypatch.setattr(checkpoint, "save", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(_spec(small_prepared, tmp_path / "run"), progress=False)
+    assert not (tmp_path / "run" / "record.json").exists()
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    rec = train(_spec(small_prepared, tmp_path / "run"), progress=False)
+    assert rec["notes"][0] == "resumed from last.pt after epoch 0"
+    ref = record.read(tmp_path / "ref" / "record.json")
+    assert [h["train_loss"] for h in rec["history"]] == [h["train_loss"] for h in ref["history"]]
+    assert rec["quality"] == ref["quality"]
+    w_ref, w_run = _weights(tmp_path / "ref" / "last.pt"), _weights(tmp_path / "run" / "last.pt")
+    assert all(torch.equal(w_ref[k], w_run[k]) for k in w_ref)
+
+
+def test_resume_with_another_config_is_refused(small_prepared, tmp_path):
+    short = dataclasses.replace(TRAIN, max_epochs=1)
+    train(_spec(small_prepared, tmp_path / "run", train=short), progress=False)
+    other = dataclasses.replace(short, lr=0.5)
+    with pytest.raises(CheckpointError, match="config fingerprint"):
+        train(_spec(small_prepared, tmp_path / "run", train=other), progress=False)
+
+
+def test_missing_embeddings_name_the_file(small_prepared, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(small_prepared, data)
+    (data / "item_text_emb.npy").unlink()
+    with pytest.raises(DataMissingError, match="item_text_emb.npy"):
+        train(_spec(data, tmp_path / "run"), progress=False)
+    assert not (tmp_path / "run" / "record.json").exists()
+
+
+def test_most_popular_record(small_prepared, tmp_path):
+    rec = loop.run_most_popular(_spec(small_prepared, tmp_path / "pop"))
+    assert rec["scheme"] == "most-popular"
+    assert 0 <= rec["quality"]["test"]["full"]["hr_at_10"] <= 1
+    json.loads((tmp_path / "pop" / "record.json").read_text())
