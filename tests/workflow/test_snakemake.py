@@ -58,3 +58,27 @@ def test_default_dag_is_the_documented_slice():
     assert r.returncode == 0, r.stderr
     for rule in ("prepare", "embed", "table1", "baseline", "most_popular", "baseline_quality"):
         assert rule in r.stdout, r.stdout
+
+
+@pytest.mark.pipeline
+def test_tiny_pipeline_runs_end_to_end(tmp_path):
+    """The whole default DAG on the shrunk `.test` grid, in a scratch working directory."""
+    shutil.copytree(ROOT / ".test" / "config", tmp_path / "config")
+    r = _snakemake("-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--cores", "2",
+                   timeout=900)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    table1 = (tmp_path / "paper_tables" / "table1.md").read_text()
+    assert "192,403" in table1 and "movielens-100k" in table1 and "synthetic-amazon" in table1
+    quality = (tmp_path / "paper_tables" / "baseline_quality.md").read_text()
+    assert "baseline-tiny-n1 | 2 |" in quality and "most-popular | 2 |" in quality
+    for run in ("baseline-tiny-n1", "most-popular"):
+        for seed in (0, 1):
+            rec = tmp_path / "results" / "movielens-100k" / run / f"seed{seed}" / "record.json"
+            from recpar.train import record
+            assert record.read(rec)["seed"] == seed
+    logs = sorted(p.name for p in (tmp_path / "logs").rglob("*.log"))
+    assert "prepare-movielens-100k.log" in logs and "table1.log" in logs
+    # A second run has nothing to do.
+    r2 = _snakemake("-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--cores", "2",
+                    "-n")
+    assert "Nothing to be done" in r2.stdout + r2.stderr
