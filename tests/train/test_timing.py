@@ -40,3 +40,14 @@ def test_no_window_when_training_shorter_than_warmup():
     w.close()
     assert w.metrics()["throughput_samples_per_s"] is None
     assert w.to_record()["window_s"] is None
+
+
+def test_paused_time_between_epochs_is_excluded():
+    w = StepWindow(warmup_steps=1, timed_steps=4)
+    _run(w, 3, dt=0.002)  # warm-up + 2 timed steps
+    w.pause()
+    time.sleep(0.3)  # "validation": must not count
+    _run(w, 2, dt=0.002)  # resumes on the next step, closes after 4 timed steps
+    rec = w.to_record()
+    assert w.closed and rec["timed_steps"] == 4 and rec["window_segments"] == 2
+    assert 0.008 <= rec["window_s"] < 0.2, rec["window_s"]

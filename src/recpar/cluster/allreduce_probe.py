@@ -21,11 +21,10 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
-from pathlib import Path
-
 import torch
+
+from recpar.atomic_write import write_text
 import torch.distributed as dist
 
 
@@ -136,11 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                   "topology": json.loads(os.environ.get("RECPAR_TOPOLOGY", "null"))}
         text = json.dumps(result, indent=2)
         if a.out:
-            out = Path(a.out)
-            fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.replace(tmp, out)
+            write_text(a.out, text)
         else:
             print(text)
     return 0 if all(r["correct"] for r in rows) else 1

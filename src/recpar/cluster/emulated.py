@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from recpar.atomic_write import write_text
 from recpar.cluster import netns
 from recpar.cluster.netns import ClusterError, Names, run
 from recpar.cluster.shaping import LinkShape, apply_shape, netem_available
@@ -74,16 +74,7 @@ class ClusterState:
     def save(self, state_dir: str | os.PathLike | None = None) -> Path:
         """Write atomically (temp file + rename)."""
         path = state_path(self.prefix, state_dir)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(asdict(self), f, indent=2, sort_keys=True)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text(path, json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
         return path
 
     @classmethod

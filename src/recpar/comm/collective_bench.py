@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import Any, Sequence
 import torch
 import torch.distributed as dist
 
+from recpar.atomic_write import write_text
 from recpar.comm.config import GradSyncConfig
 from recpar.comm.hooks import SyntheticBucket, make_grad_sync_hook
 
@@ -194,15 +193,7 @@ def write_results(rows: Sequence[BenchRow], csv_path: Path, json_path: Path, met
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, text)
 
 
 def format_row(row: BenchRow) -> str:

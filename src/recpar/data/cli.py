@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 
+from recpar.atomic_write import write_text
 from recpar.data.errors import DataError
 from recpar.data.prepared import PreparedDataError
 
@@ -146,15 +145,6 @@ def _table1(args: argparse.Namespace) -> int:
     except DataError as e:
         raise _fail(e) from None
     out: Path = args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.fchmod(fd, 0o644)  # mkstemp creates 0600
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(out, text)
     sys.stdout.write(text)
     return 0

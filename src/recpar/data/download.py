@@ -22,7 +22,6 @@ import http.client
 import os
 import re
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -32,6 +31,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from recpar.atomic_write import write_text
 from recpar.data.errors import DataError
 
 CHUNK_BYTES = 1 << 20  # 1 MiB read/write/hash block
@@ -100,12 +100,7 @@ def sidecar_path(path: Path) -> Path:
 
 def write_sidecar(path: Path, digest: str) -> None:
     """Write `<digest>  <name>` (sha256sum format) atomically beside `path`."""
-    side = sidecar_path(path)
-    fd, tmp = tempfile.mkstemp(prefix=side.name + ".", suffix=".tmp", dir=side.parent)
-    os.fchmod(fd, 0o644)  # mkstemp creates 0600
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{digest}  {path.name}\n")
-    os.replace(tmp, side)
+    write_text(sidecar_path(path), f"{digest}  {path.name}\n")
 
 
 def ensure_file(

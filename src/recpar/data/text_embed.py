@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
+from recpar.atomic_write import atomic_open, write_text
 from recpar.data.errors import DataError
 from recpar.data.prepared import PAD_ITEM
 
@@ -189,19 +189,7 @@ def ensure_item_text_embeddings(
     # drop the old record first: a crash between the two renames then leaves no record, so
     # the next run recomputes instead of trusting a mismatched pair
     (data_dir / META_FILE).unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{EMB_FILE}.", suffix=".tmp", dir=data_dir)
-    os.fchmod(fd, 0o644)  # mkstemp creates 0600
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, emb)
-        os.replace(tmp, data_dir / EMB_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fd, tmp = tempfile.mkstemp(prefix=f".{META_FILE}.", suffix=".tmp", dir=data_dir)
-    os.fchmod(fd, 0o644)
-    with os.fdopen(fd, "w") as f:
-        json.dump(meta, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, data_dir / META_FILE)
+    with atomic_open(data_dir / EMB_FILE, "wb") as f:
+        np.save(f, emb)
+    write_text(data_dir / META_FILE, json.dumps(meta, indent=2) + "\n")
     return EmbeddingCache(data_dir / EMB_FILE, name, int(emb.shape[1]), True)

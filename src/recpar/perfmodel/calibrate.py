@@ -228,12 +228,9 @@ def emulated_profile_mapping(*, ranks_per_node: int, threads_per_rank: int,
 
 def write_profile(mapping: Mapping[str, Any], path: str | Path) -> Path:
     """Write a profile YAML atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(dict(mapping), sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    from recpar.atomic_write import write_text
+
+    return write_text(path, yaml.safe_dump(dict(mapping), sort_keys=False))
 
 
 def efficiency_from_record(record: Mapping[str, Any], peak_flops_per_s: float,

@@ -12,10 +12,10 @@ import argparse
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from recpar.atomic_write import write_text
 from recpar.perfmodel.costs import CostInputError
 from recpar.perfmodel.hardware import ProfileError, load_profile
 
@@ -27,10 +27,7 @@ def _fail(msg: str) -> SystemExit:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:

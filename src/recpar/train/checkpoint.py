@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
+
+from recpar.atomic_write import atomic_open
 
 
 class CheckpointError(RuntimeError):
@@ -26,11 +27,8 @@ def fingerprint(config: dict) -> str:
 
 
 def save(path: str | Path, state: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as f:
+        torch.save(state, f)
 
 
 def load(path: str | Path, expect_fingerprint: str | None = None) -> dict:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -307,6 +308,7 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
             if cfg.max_steps and step >= cfg.max_steps:
                 stop = True
                 break
+        window.pause()  # validation and checkpoints below are not training time
         # Mean global loss: local sums are per-rank shares; report rank 0's share x dp as an
         # estimate only when dp > 1 (exact for dp = 1).
         entry = {"epoch": epoch, "step": step, "train_loss": float(np.mean(losses))}
@@ -331,9 +333,10 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
                 notes.append(f"early stop after epoch {epoch}: no better valid "
                              f"{cfg.early_stopping_metric} for {cfg.patience} epochs")
         history.append(entry)
-        if progress:
+        if rank == 0:  # one line per epoch, also in logs where the bar is off
             tqdm.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                for k, v in entry.items()))
+                                for k, v in entry.items()), file=sys.stdout)
+            sys.stdout.flush()
         if rank == 0:
             checkpoint.save(last_path, {"model": model.state_dict(),
                                         "optimizer": opt.state_dict(),

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import jsonschema
 
+from recpar.atomic_write import write_text
+
 SCHEMA_PATH = Path(__file__).with_name("run_record.schema.json")
 # Packages whose versions every record carries (absent ones are recorded as null).
 VERSIONED_PACKAGES = ("torch", "numpy", "pandas", "megatron-core", "deepspeed",
@@ -49,11 +51,7 @@ def write(record: dict, path: str | Path) -> Path:
     """Validate, then write atomically (temp file + rename): a reader never sees half a record."""
     path = Path(path)
     validate(record, str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_text(path, json.dumps(record, indent=2, sort_keys=False) + "\n")
 
 
 def read(path: str | Path) -> dict:
