@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -23,13 +21,9 @@ PREFIX = "rpb"  # bench-only prefix: never touches a user's "rp" cluster or the 
 
 
 def _root_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, tc)"
-    if shutil.which("ip") is None or shutil.which("tc") is None:
-        return "needs iproute2 (ip, tc)"
-    if subprocess.run(["ip", "netns", "list"], capture_output=True).returncode != 0:
-        return "`ip netns` does not work here"
-    return None
+    from recpar.cluster.netns import unavailable_reason
+
+    return unavailable_reason()
 
 
 pytestmark = [pytest.mark.root,

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 
 import pytest
 
@@ -12,13 +9,9 @@ TEST_PREFIX = "rpt"  # not "rp": never disturbs a cluster a user brought up
 
 
 def _root_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, tc)"
-    if shutil.which("ip") is None or shutil.which("tc") is None:
-        return "needs iproute2 (ip, tc)"
-    if subprocess.run(["ip", "netns", "list"], capture_output=True).returncode != 0:
-        return "`ip netns` does not work here"
-    return None
+    from recpar.cluster.netns import unavailable_reason
+
+    return unavailable_reason()
 
 
 ROOT_REASON = _root_reason()

@@ -87,6 +87,15 @@ def run(argv: list[str], check: bool = True, timeout: float = 30.0) -> subproces
     return proc
 
 
+def unavailable_reason() -> str | None:
+    """Why the emulated topology cannot run here (None when it can): tests skip with this."""
+    try:
+        require_root_and_iproute2("the emulated topology")
+    except ClusterError as e:
+        return str(e)
+    return None
+
+
 def require_root_and_iproute2(action: str = "cluster up") -> None:
     """Raise ClusterError (one line) unless we are root and `ip netns` and `tc` work."""
     if os.geteuid() != 0:

@@ -23,22 +23,20 @@ from recpar.perfmodel.hardware import ProfileError, profile_from_mapping
 
 
 def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (no host name)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
+    """CPU model name (no host name); the run records' own reading."""
+    from recpar.train.record import cpu_model as read_cpu_model
+
+    return read_cpu_model() or "unknown CPU"
 
 
 def mem_gib() -> float:
-    """Host memory in GiB from /proc/meminfo."""
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) / 2**20  # kB -> GiB
-    raise OSError("MemTotal not found in /proc/meminfo")
+    """Host memory in GiB; the run records' own reading."""
+    from recpar.train.record import mem_gib as read_mem_gib
+
+    value = read_mem_gib()
+    if value is None:
+        raise OSError("/proc/meminfo: MemTotal not found")
+    return value
 
 
 def _median_time(fn, repeats: int, warmup: int = 2) -> float:

@@ -102,7 +102,7 @@ def git_state(start: Path | None = None) -> dict:
         return {"commit": None, "dirty": None}
 
 
-def _cpu_model() -> str | None:
+def cpu_model() -> str | None:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -112,7 +112,7 @@ def _cpu_model() -> str | None:
     return platform.processor() or None
 
 
-def _mem_gib() -> float | None:
+def mem_gib() -> float | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
@@ -132,11 +132,11 @@ def hardware(device: str = "cpu") -> dict:
             accelerators.append({"name": p.name, "mem_gib": round(p.total_memory / 2**30, 2)})
     return {
         "device": device,
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "machine": platform.machine(),
         "os": f"{platform.system()} {platform.release()}",
         "logical_cpus": os.cpu_count() or 1,
-        "mem_gib": _mem_gib(),
+        "mem_gib": mem_gib(),
         "torch_threads": torch.get_num_threads(),
         "accelerators": accelerators,
     }
