@@ -1,11 +1,13 @@
-"""The single-device training loop and the run record it writes.
+"""The training loop (single device, or one rank of synchronous data parallelism) and the
+run record it writes.
 
 Order of work for one run: load the prepared dataset -> build the model (single-device code,
-`recpar.model`) -> cut training sequences -> AdamW steps with the timing window of
-`recpar.train.timing` -> validate every epoch (full ranking), keep the best checkpoint, stop
-early after `patience` epochs without improvement -> reload the best weights -> evaluate valid
-and test under both protocols -> write the run record. An interrupted run resumes from
-`last.pt` in its output directory.
+`recpar.model`; same seed, so identical on every rank) -> apply data parallelism when dp > 1
+(`recpar.parallel.data_parallel.apply_dp`) -> cut training sequences -> AdamW steps inside the
+timing window of `recpar.train.timing` -> validate every epoch on rank 0 (full ranking), keep
+the best checkpoint, stop early after `patience` epochs without improvement -> reload the best
+weights -> evaluate valid and test under both protocols -> write the run record (rank 0). An
+interrupted run resumes from `last.pt` (and each rank's `grad-sync-rank<r>.pt` residuals).
 """
 
 from __future__ import annotations
@@ -415,5 +417,3 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
     record.write(rec, out / "record.json")
     return rec
 
-
-train_baseline = train

@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import metadata
@@ -141,6 +140,3 @@ def hardware(device: str = "cpu") -> dict:
         "accelerators": accelerators,
     }
 
-
-def command_line() -> str:
-    return " ".join(sys.argv)
