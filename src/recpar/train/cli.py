@@ -32,8 +32,10 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train one run and write its record")
     p.add_argument("--scheme", default="baseline", choices=SCHEMES)
     _add_common(p)
-    par = p.add_argument_group("parallelism (scheme dp)")
+    par = p.add_argument_group("parallelism (schemes dp and zero)")
     par.add_argument("--dp", type=int, default=1, help="data-parallel degree (ranks)")
+    par.add_argument("--zero-stage", type=int, default=1, choices=[1, 2, 3],
+                     help="ZeRO stage for scheme zero (DeepSpeed)")
     par.add_argument("--topology", default="local", choices=["local", "emulated"],
                      help="where ranks run; emulated needs `recpar cluster up` first")
     par.add_argument("--nodes", type=int, default=1,
@@ -91,9 +93,9 @@ def _spec(args, scheme: str):
     nodes = getattr(args, "nodes", 1)
     grad_sync = GradSyncConfig()
     sync_id = None
+    if dp % nodes:
+        raise ValueError(f"--dp {dp} ranks cannot be spread evenly over --nodes {nodes}")
     if scheme == "dp":
-        if dp % nodes:
-            raise ValueError(f"--dp {dp} ranks cannot be spread evenly over --nodes {nodes}")
         grad_sync = GradSyncConfig(algorithm=args.grad_sync, compressor=args.compressor,
                                    topk_ratio=args.topk_ratio,
                                    error_feedback=not args.no_error_feedback,
@@ -101,6 +103,10 @@ def _spec(args, scheme: str):
                                    overlap_grad_reduce=not args.no_overlap,
                                    bucket_size=args.bucket_size).validate(dp)
         sync_id = grad_sync_id(grad_sync)
+    zero_stage = 0
+    if scheme == "zero":
+        zero_stage = args.zero_stage
+        sync_id = f"stage{zero_stage}"
     plan.validate(world_size=plan.world_size, n_heads=model.n_heads, n_layers=model.n_layers)
     train.validate()
     if train.global_batch_size % dp:
@@ -116,13 +122,13 @@ def _spec(args, scheme: str):
         topology = {"kind": kind, "nodes": nodes, "ranks_per_node": dp // nodes}
     return RunSpec(data_dir=args.data, out_dir=args.out, run_id=run_id, model=model, train=train,
                    plan=plan, seed=args.seed, use_text=not args.no_text, topology=topology,
-                   grad_sync=grad_sync)
+                   grad_sync=grad_sync, zero_stage=zero_stage)
 
 
 def cmd_train(args) -> int:
-    if args.scheme not in ("baseline", "dp"):
+    if args.scheme not in ("baseline", "dp", "zero"):
         raise ValueError(f"scheme {args.scheme!r} is not implemented yet in this checkout "
-                         "(baseline and dp are)")
+                         "(baseline, dp and zero are)")
     if args.scheme == "baseline" and args.dp != 1:
         raise ValueError(f"scheme baseline runs on one device; got --dp {args.dp} (use --scheme dp)")
     spec = _spec(args, args.scheme)  # everything validated before any rank starts

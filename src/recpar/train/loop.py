@@ -34,6 +34,7 @@ from recpar.model.sequences import build_training_sequences
 from recpar.comm.config import GradSyncConfig
 from recpar.parallel.data_parallel import TrainStep, apply_dp
 from recpar.parallel.plan import ParallelPlan
+from recpar.parallel.zero import zero_state_dict, zero_step
 from recpar.train import checkpoint, record
 from recpar.train.config import EVAL_PROTOCOLS, TrainConfig
 from recpar.train.timing import StepWindow, peak_rss_gib
@@ -67,7 +68,9 @@ class RunSpec:
                                                      "ranks_per_node": 1})
     """Topology actually used (recpar.cluster provides it for multi-node runs)."""
     grad_sync: GradSyncConfig = field(default_factory=GradSyncConfig)
-    """How data-parallel gradients travel (ignored when dp = 1)."""
+    """How data-parallel gradients travel (scheme dp; ignored when dp = 1)."""
+    zero_stage: int = 0
+    """ZeRO stage 1/2/3 for scheme `zero` (DeepSpeed); 0 otherwise."""
 
 
 def _set_determinism(cfg: TrainConfig, seed: int) -> None:
@@ -226,12 +229,21 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
     # Same seed on every rank: identical initial weights without a broadcast.
     model = Recommender(model_cfg, ds.n_items, text_emb).to(device)
     step_module = TrainStep(model, dp_size=dp)
-    ddp, sync_state = None, None
+    ddp, sync_state, engine, opt = None, None, None, None
     runner = step_module
-    if dp > 1:
+    if spec.plan.scheme == "zero":
+        from recpar.parallel.zero import apply_zero
+
+        # Persistence threshold 0: under ZeRO-3 every parameter is partitioned, not only the
+        # large ones (DeepSpeed keeps tensors below 1e5 elements whole by default).
+        engine = apply_zero(model, cfg, spec.plan, spec.zero_stage,
+                            zero_overrides={"stage3_param_persistence_threshold": 0}
+                            if spec.zero_stage == 3 else None)
+    elif dp > 1:
         ddp, sync_state = apply_dp(step_module, spec.grad_sync, device)
         runner = ddp
-    opt = _optimizer(model, cfg)
+    if engine is None:
+        opt = _optimizer(model, cfg)
     inputs, targets = build_training_sequences(ds.train, model_cfg.max_seq_len)
     # inputs, targets: [N, L] int64, left-padded with 0
     n_seq = inputs.shape[0]
@@ -241,6 +253,7 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
     fp = checkpoint.fingerprint({"model": asdict(model_cfg), "train": cfg.to_record(),
                                  "plan": spec.plan.to_record(), "seed": spec.seed,
                                  "grad_sync": spec.grad_sync.to_dict() if dp > 1 else None,
+                                 "zero_stage": spec.zero_stage,
                                  "data": str(ds.stats), "use_text": spec.use_text})
     out = Path(spec.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -248,10 +261,14 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
     comm_path = out / f"grad-sync-rank{rank}.pt"
     start_epoch, step, best, bad_epochs, history = 0, 0, -1.0, 0, []
     notes: list[str] = []
+    ds_dir = out / "deepspeed"  # ZeRO engine checkpoint (partitioned optimizer state)
     if last_path.exists():
         state = checkpoint.load(last_path, expect_fingerprint=fp)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        if engine is not None:
+            engine.load_checkpoint(str(ds_dir), tag="last")
+        else:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
         checkpoint.set_rng_state(state["rng"])
         start_epoch, step = state["epoch"] + 1, state["step"]
         best, bad_epochs, history = state["best"], state["bad_epochs"], state["history"]
@@ -262,8 +279,13 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
     # A resumed run measures its window on the steps it actually runs.
     window = StepWindow(cfg.warmup_steps, cfg.timed_steps, cfg.device)
 
+    # What rank 0 scores: the model itself, or under ZeRO a plain single-device copy.
+    eval_model = model
+    if engine is not None:
+        eval_model = Recommender(model_cfg, ds.n_items, text_emb).to(device)
+
     def score_fn(hist: torch.Tensor) -> torch.Tensor:
-        return model.score_last(hist.to(device))
+        return eval_model.score_last(hist.to(device))
 
     t_train0 = time.perf_counter()
     stop = False
@@ -291,21 +313,27 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
                 sync_state.stats.snapshot_and_reset()  # drop warm-up: count the window only
             in_window = window.open
             t0 = time.perf_counter()
-            loss, loss_sum = runner(x, y, gcount)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()  # with DDP: returns once every bucket is reduced
-            if window.open and device.type == "cuda":
-                torch.cuda.synchronize()
-            fb_ms = 1e3 * (time.perf_counter() - t0)
-            if cfg.clip_grad:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            opt.step()
-            if window.open:
-                fb_ms_in_window.append(fb_ms)
+            if engine is not None:
+                # DeepSpeed: forward, backward (ZeRO reduce-scatter/all-gather), clipping and
+                # the optimizer step in one call; its loss is already the global mean.
+                loss_mean = float(zero_step(engine, x, y, gcount))
+            else:
+                loss, loss_sum = runner(x, y, gcount)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()  # with DDP: returns once every bucket is reduced
+                if window.open and device.type == "cuda":
+                    torch.cuda.synchronize()
+                fb_ms = 1e3 * (time.perf_counter() - t0)
+                if cfg.clip_grad:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                opt.step()
+                loss_mean = float(loss_sum) / max(1, int(gcount)) * dp
+                if window.open:
+                    fb_ms_in_window.append(fb_ms)
             window.after_step(samples=int(idx.numel()), tokens=int(gcount))
             if in_window and window.closed and sync_state is not None:
                 comm_stats = sync_state.stats.snapshot_and_reset(window.steps_in_window)
-            losses.append(float(loss_sum) / max(1, int(gcount)) * dp)
+            losses.append(loss_mean)
             step += 1
             if cfg.max_steps and step >= cfg.max_steps:
                 stop = True
@@ -316,8 +344,15 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
         entry = {"epoch": epoch, "step": step, "train_loss": float(np.mean(losses))}
         if (epoch + 1) % cfg.eval_every == 0 or stop:
             improved = False
+            if engine is not None:
+                # ZeRO: gather the full weights (a collective on every rank) into rank 0's
+                # plain copy; the engine's own modules carry ZeRO-3 fetch hooks, which are
+                # collectives too and would hang if rank 0 alone ran a forward through them.
+                full = zero_state_dict(engine)
+                if rank == 0:
+                    eval_model.load_state_dict(full)
             if rank == 0:
-                model.eval()
+                eval_model.eval()
                 with torch.no_grad():
                     v = evaluate(score_fn, examples["valid"], "full", k=10,
                                  batch_size=cfg.eval_batch_size, seed=spec.seed)
@@ -326,7 +361,7 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
                 improved = metric > best
                 if improved:
                     best = metric
-                    checkpoint.save(best_path, {"model": model.state_dict(), "epoch": epoch,
+                    checkpoint.save(best_path, {"model": eval_model.state_dict(), "epoch": epoch,
                                                 "fingerprint": fp, "metric": metric})
             improved, best = _bcast((improved, best), rank, world)
             bad_epochs = 0 if improved else bad_epochs + 1
@@ -339,9 +374,11 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
             tqdm.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                 for k, v in entry.items()), file=sys.stdout)
             sys.stdout.flush()
+        if engine is not None:
+            engine.save_checkpoint(str(ds_dir), tag="last")  # collective: every rank
         if rank == 0:
-            checkpoint.save(last_path, {"model": model.state_dict(),
-                                        "optimizer": opt.state_dict(),
+            checkpoint.save(last_path, {"model": None if engine else model.state_dict(),
+                                        "optimizer": None if engine else opt.state_dict(),
                                         "rng": checkpoint.rng_state(), "epoch": epoch,
                                         "step": step, "best": best, "bad_epochs": bad_epochs,
                                         "history": history, "fingerprint": fp})
@@ -379,14 +416,14 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
         return None
 
     if best_path.exists():
-        model.load_state_dict(checkpoint.load(best_path, expect_fingerprint=fp)["model"])
-    model.eval()
+        eval_model.load_state_dict(checkpoint.load(best_path, expect_fingerprint=fp)["model"])
+    eval_model.eval()
     with torch.no_grad():
         quality = _quality(score_fn, examples, spec.seed, cfg.eval_batch_size)
 
     rec = _base_record(spec, ds, spec.plan.scheme, model_cfg)
     rec["timing"] = {**window.to_record(), "total_train_s": total_train_s}
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = sum(p.numel() for p in eval_model.parameters())
     metrics = {
         **timing_metrics,
         "comm_ms_per_iter": 0.0 if dp == 1 else comm_stats.get("comm_ms_per_iter"),

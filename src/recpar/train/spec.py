@@ -18,6 +18,7 @@ def spec_to_dict(spec: RunSpec) -> dict:
         "model": asdict(spec.model), "train": spec.train.to_record(),
         "plan": asdict(spec.plan), "seed": spec.seed, "use_text": spec.use_text,
         "topology": spec.topology, "grad_sync": spec.grad_sync.to_dict(),
+        "zero_stage": spec.zero_stage,
     }
 
 
@@ -27,4 +28,5 @@ def spec_from_dict(d: dict) -> RunSpec:
         model=ModelConfig(**d["model"]), train=TrainConfig.from_mapping(d["train"]),
         plan=ParallelPlan(**d["plan"]), seed=int(d["seed"]), use_text=bool(d["use_text"]),
         topology=d["topology"], grad_sync=GradSyncConfig.from_dict(d["grad_sync"]),
+        zero_stage=int(d.get("zero_stage", 0)),
     )
