@@ -39,7 +39,7 @@ def _rank(rank: int, world: int, init_file: str, out: str) -> None:
     from recpar.model.recommender import Recommender
     from recpar.parallel.data_parallel import TrainStep, apply_dp
     from recpar.train.config import TrainConfig
-    from recpar.train.loop import _optimizer
+    from recpar.train.optim import build_adamw
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
@@ -71,7 +71,7 @@ def _rank(rank: int, world: int, init_file: str, out: str) -> None:
     torch.manual_seed(0)
     rp_model = Recommender(cfg, N_ITEMS, text)
     rp, state = apply_dp(TrainStep(rp_model, dp_size=world), GradSyncConfig(), torch.device("cpu"))
-    rp_opt = _optimizer(rp_model, tcfg)
+    rp_opt = build_adamw(rp_model, tcfg)
 
     def bare_step():
         loss = bare(xl, yl)

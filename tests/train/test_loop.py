@@ -92,7 +92,8 @@ def test_missing_embeddings_name_the_file(small_prepared, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(small_prepared, data)
     (data / "item_text_emb.npy").unlink()
-    with pytest.raises(DataMissingError, match="item_text_emb.npy"):
+    with pytest.raises(DataMissingError,
+                       match=r"item_text_emb.npy.*recpar data embed --data \S*data\b"):
         train(_spec(data, tmp_path / "run"), progress=False)
     assert not (tmp_path / "run" / "record.json").exists()
 

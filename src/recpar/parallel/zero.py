@@ -42,6 +42,7 @@ from torch import nn
 
 from recpar.parallel.plan import ParallelPlan, PlanError
 from recpar.train.config import TrainConfig
+from recpar.train.optim import adamw_param_groups
 
 ZERO_STAGES = (1, 2, 3)
 
@@ -137,16 +138,6 @@ def deepspeed_config(train_cfg: TrainConfig, plan: ParallelPlan, stage: int,
         "steps_per_print": STEPS_PER_PRINT,
         "wall_clock_breakdown": False,
     }
-
-
-def adamw_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay matrices (embeddings, linears), not norms/biases: the baseline loop's grouping."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
 
 
 def _prepare_deepspeed_env(device: str) -> None:

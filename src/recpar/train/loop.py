@@ -37,6 +37,7 @@ from recpar.parallel.plan import ParallelPlan
 from recpar.parallel.zero import zero_state_dict, zero_step
 from recpar.train import checkpoint, record
 from recpar.train.config import EVAL_PROTOCOLS, TrainConfig
+from recpar.train.optim import build_adamw
 from recpar.train.timing import StepWindow, peak_rss_gib
 
 
@@ -81,17 +82,6 @@ def _set_determinism(cfg: TrainConfig, seed: int) -> None:
     torch.use_deterministic_algorithms(cfg.deterministic)
 
 
-def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    # Decay matrices (embeddings, linears), not norms/biases: the usual GPT recipe.
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
-
-
 def _text_embeddings(ds: PreparedDataset, use_text: bool) -> torch.Tensor | None:
     if not use_text:
         return None
@@ -99,7 +89,7 @@ def _text_embeddings(ds: PreparedDataset, use_text: bool) -> torch.Tensor | None
     if emb is None:
         raise DataMissingError(
             f"{ds.root / 'item_text_emb.npy'}: item text embeddings missing "
-            "(run `recpar data embed --data {ds.root}` or train with --no-text)")
+            f"(run `recpar data embed --data {ds.root}` or train with --no-text)")
     return torch.from_numpy(emb).float()
 
 
@@ -243,7 +233,7 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
         ddp, sync_state = apply_dp(step_module, spec.grad_sync, device)
         runner = ddp
     if engine is None:
-        opt = _optimizer(model, cfg)
+        opt = build_adamw(model, cfg)
     inputs, targets = build_training_sequences(ds.train, model_cfg.max_seq_len)
     # inputs, targets: [N, L] int64, left-padded with 0
     n_seq = inputs.shape[0]
