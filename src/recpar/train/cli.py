@@ -32,8 +32,18 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train one run and write its record")
     p.add_argument("--scheme", default="baseline", choices=SCHEMES)
     _add_common(p)
-    par = p.add_argument_group("parallelism (schemes dp and zero)")
+    par = p.add_argument_group("parallelism")
     par.add_argument("--dp", type=int, default=1, help="data-parallel degree (ranks)")
+    par.add_argument("--tp", type=int, default=1,
+                     help="tensor-parallel degree (schemes mp, hybrid, deepspeed)")
+    par.add_argument("--pp", type=int, default=1,
+                     help="pipeline stages (schemes mp, hybrid, deepspeed)")
+    par.add_argument("--microbatches", type=int, default=None,
+                     help="pipeline micro-batches per global batch (default: 2 x pp)")
+    par.add_argument("--pipeline-schedule", default="1f1b",
+                     help="pipeline schedule: 1f1b | gpipe | interleaved-1f1b")
+    par.add_argument("--partition", default="balanced",
+                     help="stage cut: balanced (profiled cost) | uniform (equal layer counts)")
     par.add_argument("--zero-stage", type=int, default=1, choices=[1, 2, 3],
                      help="ZeRO stage for scheme zero (DeepSpeed)")
     par.add_argument("--topology", default="local", choices=["local", "emulated"],
@@ -88,18 +98,26 @@ def _spec(args, scheme: str):
     train = TrainConfig.from_mapping(train_values)
     model = ModelConfig.named(args.model_size, **_parse_kv(args.model_override,
                                                            "--model-override"))
-    dp = getattr(args, "dp", 1)
-    plan = ParallelPlan(scheme=scheme, dp=dp)
+    dp, tp, pp = (getattr(args, k, 1) for k in ("dp", "tp", "pp"))
+    if scheme in ("baseline", "dp", "zero") and (tp, pp) != (1, 1):
+        raise ValueError(f"scheme {scheme} is data-parallel only; got --tp {tp} --pp {pp} "
+                         "(use --scheme mp, hybrid or deepspeed)")
+    microbatches = getattr(args, "microbatches", None) or (2 * pp if pp > 1 else 1)
+    plan = ParallelPlan(scheme=scheme, dp=dp, tp=tp, pp=pp, num_microbatches=microbatches,
+                        pipeline_schedule=getattr(args, "pipeline_schedule", "1f1b"),
+                        partition_method=getattr(args, "partition", "balanced"))
+    world = plan.world_size
     nodes = getattr(args, "nodes", 1)
     grad_sync = GradSyncConfig()
     sync_id = None
-    if dp % nodes:
-        raise ValueError(f"--dp {dp} ranks cannot be spread evenly over --nodes {nodes}")
-    if scheme == "dp":
+    if world % nodes:
+        raise ValueError(f"dp×tp×pp = {world} ranks cannot be spread evenly over "
+                         f"--nodes {nodes}")
+    if scheme in ("dp", "hybrid") and dp > 1:
         grad_sync = GradSyncConfig(algorithm=args.grad_sync, compressor=args.compressor,
                                    topk_ratio=args.topk_ratio,
                                    error_feedback=not args.no_error_feedback,
-                                   ranks_per_node=dp // nodes,
+                                   ranks_per_node=max(1, dp // nodes),
                                    overlap_grad_reduce=not args.no_overlap,
                                    bucket_size=args.bucket_size).validate(dp)
         sync_id = grad_sync_id(grad_sync)
@@ -112,25 +130,32 @@ def _spec(args, scheme: str):
     if train.global_batch_size % dp:
         raise ValueError(f"train.global_batch_size = {train.global_batch_size} is not divisible "
                          f"by dp = {dp}")
+    if pp > 1 and (train.global_batch_size // dp) % microbatches:
+        raise ValueError(f"train.global_batch_size / dp = {train.global_batch_size // dp} "
+                         f"is not divisible by --microbatches {microbatches}")
     run_id = args.run_id or make_run_id(plan, args.model_size, nodes=nodes, grad_sync=sync_id)
     kind = getattr(args, "topology", "local")
     if kind == "local":
         # All ranks on this machine; --nodes only groups them into logical nodes (what the
         # hierarchical all-reduce's sub-groups are built from).
-        topology = {"kind": "local", "nodes": 1, "ranks_per_node": dp, "logical_nodes": nodes}
+        topology = {"kind": "local", "nodes": 1, "ranks_per_node": world,
+                    "logical_nodes": nodes}
     else:
-        topology = {"kind": kind, "nodes": nodes, "ranks_per_node": dp // nodes}
+        topology = {"kind": kind, "nodes": nodes, "ranks_per_node": world // nodes}
     return RunSpec(data_dir=args.data, out_dir=args.out, run_id=run_id, model=model, train=train,
                    plan=plan, seed=args.seed, use_text=not args.no_text, topology=topology,
                    grad_sync=grad_sync, zero_stage=zero_stage)
 
 
 def cmd_train(args) -> int:
-    if args.scheme not in ("baseline", "dp", "zero"):
-        raise ValueError(f"scheme {args.scheme!r} is not implemented yet in this checkout "
-                         "(baseline, dp and zero are)")
-    if args.scheme == "baseline" and args.dp != 1:
-        raise ValueError(f"scheme baseline runs on one device; got --dp {args.dp} (use --scheme dp)")
+    from recpar.train.engines import ENGINES
+
+    if args.scheme not in ENGINES:
+        raise ValueError(f"scheme {args.scheme!r} has no training engine in this checkout "
+                         f"(available: {', '.join(ENGINES)})")
+    if args.scheme == "baseline" and (args.dp, args.tp, args.pp) != (1, 1, 1):
+        raise ValueError(f"scheme baseline runs on one device; got --dp {args.dp} --tp "
+                         f"{args.tp} --pp {args.pp} (use --scheme dp, mp or hybrid)")
     spec = _spec(args, args.scheme)  # everything validated before any rank starts
     if args.scheme == "baseline":
         from recpar.train.loop import train

@@ -1,13 +1,18 @@
-"""The training loop (single device, or one rank of synchronous data parallelism) and the
-run record it writes.
+"""The training loop, the same for every scheme, and the run record it writes.
 
 Order of work for one run: load the prepared dataset -> build the model (single-device code,
-`recpar.model`; same seed, so identical on every rank) -> apply data parallelism when dp > 1
-(`recpar.parallel.data_parallel.apply_dp`) -> cut training sequences -> AdamW steps inside the
-timing window of `recpar.train.timing` -> validate every epoch on rank 0 (full ranking), keep
-the best checkpoint, stop early after `patience` epochs without improvement -> reload the best
-weights -> evaluate valid and test under both protocols -> write the run record (rank 0). An
-interrupted run resumes from `last.pt` (and each rank's `grad-sync-rank<r>.pt` residuals).
+`recpar.model`; same seed, so identical on every rank) -> hand it to the scheme's engine
+(`recpar.train.engines`: it applies the plan's parallelism with the `apply_*` functions of
+`recpar.parallel`) -> cut training sequences -> one engine step per global batch inside the
+timing window of `recpar.train.timing` -> every epoch gather the full weights on rank 0,
+validate (full ranking), keep the best checkpoint, stop early after `patience` epochs without
+improvement -> reload the best weights -> evaluate valid and test under both protocols ->
+write the run record (rank 0).
+
+Checkpoints: `last.pt` and `best.pt` hold the full single-device weights whatever the plan
+(so any two runs compare key by key); each rank's training state (weights or shard,
+optimiser, gradient-sync residuals) lives in `engine-rank<r>.pt` or the engine's own format.
+An interrupted run resumes from them.
 """
 
 from __future__ import annotations
@@ -32,12 +37,10 @@ from recpar.model.config import ModelConfig
 from recpar.model.recommender import Recommender
 from recpar.model.sequences import build_training_sequences
 from recpar.comm.config import GradSyncConfig
-from recpar.parallel.data_parallel import TrainStep, apply_dp
 from recpar.parallel.plan import ParallelPlan
-from recpar.parallel.zero import zero_state_dict, zero_step
 from recpar.train import checkpoint, record
 from recpar.train.config import EVAL_PROTOCOLS, TrainConfig
-from recpar.train.optim import build_adamw
+from recpar.train.engines import EngineContext, build_engine
 from recpar.train.timing import StepWindow, peak_rss_gib
 
 
@@ -165,41 +168,12 @@ def _bcast(obj, rank: int, world: int):
     return box[0]
 
 
-def _measure_compute_only(step_module, ddp, inputs, targets, idx_batches, rank, world, device,
-                          n_steps: int) -> list[float]:
-    """Forward+backward ms of steps WITHOUT gradient synchronisation (DDP no_sync).
-
-    Subtracted from the synchronised forward+backward time of the timed window, this gives the
-    exposed communication time: what overlap with backward did not hide. No optimiser step is
-    taken, so the trained weights are untouched.
-    """
-    times = []
-    for idx in idx_batches[:n_steps]:
-        local = idx[rank::world]
-        x, y = inputs[local].to(device), targets[local].to(device)
-        gcount = Recommender.valid_positions(inputs[idx], targets[idx]).sum().to(device)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with ddp.no_sync():
-            loss, _ = ddp(x, y, gcount)
-            loss.backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(1e3 * (time.perf_counter() - t0))
-        step_module.zero_grad(set_to_none=True)
-    return times
-
-
 def train(spec: RunSpec, progress: bool = True) -> dict | None:
-    """Train one run (single device, or synchronous DP under torchrun); returns the record on
-    rank 0 (None on other ranks). The record is written by rank 0 only."""
+    """Train one run (single device, or one rank of a parallel scheme under torchrun); returns
+    the record on rank 0 (None on other ranks). The record is written by rank 0 only."""
     cfg = spec.train.validate()
     rank, world = _dist()
     spec.plan.validate(world_size=world, n_heads=spec.model.n_heads, n_layers=spec.model.n_layers)
-    if spec.plan.tp > 1 or spec.plan.pp > 1:
-        raise ValueError(f"plan tp={spec.plan.tp}, pp={spec.plan.pp}: tensor/pipeline "
-                         "parallelism is not wired into the training loop yet")
     dp = spec.plan.dp
     if cfg.global_batch_size % dp:
         raise ValueError(f"train.global_batch_size = {cfg.global_batch_size} is not divisible "
@@ -216,26 +190,14 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
 
-    # Same seed on every rank: identical initial weights without a broadcast.
+    # Same seed on every rank: identical initial weights without a broadcast. The engine
+    # applies the plan's parallelism to this single-device model.
     model = Recommender(model_cfg, ds.n_items, text_emb).to(device)
-    step_module = TrainStep(model, dp_size=dp)
-    ddp, sync_state, engine, opt = None, None, None, None
-    runner = step_module
-    if spec.plan.scheme == "zero":
-        from recpar.parallel.zero import apply_zero
-
-        # Persistence threshold 0: under ZeRO-3 every parameter is partitioned, not only the
-        # large ones (DeepSpeed keeps tensors below 1e5 elements whole by default).
-        engine = apply_zero(model, cfg, spec.plan, spec.zero_stage,
-                            zero_overrides={"stage3_param_persistence_threshold": 0}
-                            if spec.zero_stage == 3 else None)
-    elif dp > 1:
-        ddp, sync_state = apply_dp(step_module, spec.grad_sync, device)
-        runner = ddp
-    if engine is None:
-        opt = build_adamw(model, cfg)
     inputs, targets = build_training_sequences(ds.train, model_cfg.max_seq_len)
     # inputs, targets: [N, L] int64, left-padded with 0
+    engine = build_engine(EngineContext(spec=spec, model=model, model_cfg=model_cfg,
+                                        device=device, rank=rank, world=world,
+                                        seq_len=int(inputs.shape[1])))
     n_seq = inputs.shape[0]
     steps_per_epoch = math.ceil(n_seq / cfg.global_batch_size)
     examples = _eval_examples(ds, model_cfg.max_seq_len, spec.seed) if rank == 0 else None
@@ -248,31 +210,25 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
     out = Path(spec.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     last_path, best_path = out / "last.pt", out / "best.pt"
-    comm_path = out / f"grad-sync-rank{rank}.pt"
     start_epoch, step, best, bad_epochs, history = 0, 0, -1.0, 0, []
     notes: list[str] = []
-    ds_dir = out / "deepspeed"  # ZeRO engine checkpoint (partitioned optimizer state)
     if last_path.exists():
         state = checkpoint.load(last_path, expect_fingerprint=fp)
-        if engine is not None:
-            engine.load_checkpoint(str(ds_dir), tag="last")
-        else:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
+        engine.load(out, fp)
         checkpoint.set_rng_state(state["rng"])
         start_epoch, step = state["epoch"] + 1, state["step"]
         best, bad_epochs, history = state["best"], state["bad_epochs"], state["history"]
-        if sync_state is not None and comm_path.exists():
-            sync_state.load_state_dict(checkpoint.load(comm_path, expect_fingerprint=fp)["state"])
         notes.append(f"resumed from {last_path.name} after epoch {state['epoch']}")
 
     # A resumed run measures its window on the steps it actually runs.
     window = StepWindow(cfg.warmup_steps, cfg.timed_steps, cfg.device)
 
-    # What rank 0 scores: the model itself, or under ZeRO a plain single-device copy.
-    eval_model = model
-    if engine is not None:
-        eval_model = Recommender(model_cfg, ds.n_items, text_emb).to(device)
+    # What rank 0 scores: a plain single-device copy filled from the engine's full weights.
+    # Its random init is overwritten; fork_rng keeps it from advancing the training stream.
+    eval_model = None
+    if rank == 0:
+        with torch.random.fork_rng(devices=[]):
+            eval_model = Recommender(model_cfg, ds.n_items, text_emb).to(device)
 
     def score_fn(hist: torch.Tensor) -> torch.Tensor:
         return eval_model.score_last(hist.to(device))
@@ -282,9 +238,10 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
     fb_ms_in_window: list[float] = []
     comm_stats: dict = {}
     first_epoch_batches = None
+    full: dict | None = None
     for epoch in range(start_epoch, cfg.max_epochs):
-        model.train()
-        # Identical permutation on every rank; rank r takes every dp-th row of each batch.
+        engine.train()
+        # Identical permutation on every rank; the engine picks this rank's rows.
         g = torch.Generator().manual_seed(spec.seed * 100_003 + epoch)
         perm = torch.randperm(n_seq, generator=g)
         batches = [perm[b * cfg.global_batch_size:(b + 1) * cfg.global_batch_size]
@@ -294,53 +251,32 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
         bar = tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False,
                    mininterval=2.0)
         for idx in bar:
-            local = idx[rank::dp]
-            x, y = inputs[local].to(device), targets[local].to(device)
-            gcount = Recommender.valid_positions(inputs[idx], targets[idx]).sum().to(device)
             was_open = window.open
             window.before_step()
-            if window.open and not was_open and sync_state is not None:
-                sync_state.stats.snapshot_and_reset()  # drop warm-up: count the window only
+            if window.open and not was_open:
+                engine.window_opened()
             in_window = window.open
-            t0 = time.perf_counter()
-            if engine is not None:
-                # DeepSpeed: forward, backward (ZeRO reduce-scatter/all-gather), clipping and
-                # the optimizer step in one call; its loss is already the global mean.
-                loss_mean = float(zero_step(engine, x, y, gcount))
-            else:
-                loss, loss_sum = runner(x, y, gcount)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()  # with DDP: returns once every bucket is reduced
-                if window.open and device.type == "cuda":
-                    torch.cuda.synchronize()
-                fb_ms = 1e3 * (time.perf_counter() - t0)
-                if cfg.clip_grad:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                opt.step()
-                loss_mean = float(loss_sum) / max(1, int(gcount)) * dp
-                if window.open:
-                    fb_ms_in_window.append(fb_ms)
-            window.after_step(samples=int(idx.numel()), tokens=int(gcount))
-            if in_window and window.closed and sync_state is not None:
-                comm_stats = sync_state.stats.snapshot_and_reset(window.steps_in_window)
-            losses.append(loss_mean)
+            res = engine.step(inputs, targets, idx)
+            if in_window and res.fwd_bwd_ms is not None:
+                fb_ms_in_window.append(res.fwd_bwd_ms)
+            window.after_step(samples=int(idx.numel()),
+                              tokens=int(Recommender.valid_positions(inputs[idx],
+                                                                     targets[idx]).sum()))
+            if in_window and window.closed:
+                comm_stats = engine.window_closed(window.steps_in_window)
+            losses.append(res.loss_mean)
             step += 1
             if cfg.max_steps and step >= cfg.max_steps:
                 stop = True
                 break
         window.pause()  # validation and checkpoints below are not training time
-        # Mean global loss: local sums are per-rank shares; report rank 0's share x dp as an
-        # estimate only when dp > 1 (exact for dp = 1).
         entry = {"epoch": epoch, "step": step, "train_loss": float(np.mean(losses))}
+        # Full single-device weights on rank 0 (a collective for sharded engines).
+        full = engine.full_state_dict()
+        if rank == 0:
+            eval_model.load_state_dict(full)
         if (epoch + 1) % cfg.eval_every == 0 or stop:
             improved = False
-            if engine is not None:
-                # ZeRO: gather the full weights (a collective on every rank) into rank 0's
-                # plain copy; the engine's own modules carry ZeRO-3 fetch hooks, which are
-                # collectives too and would hang if rank 0 alone ran a forward through them.
-                full = zero_state_dict(engine)
-                if rank == 0:
-                    eval_model.load_state_dict(full)
             if rank == 0:
                 eval_model.eval()
                 with torch.no_grad():
@@ -351,7 +287,7 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
                 improved = metric > best
                 if improved:
                     best = metric
-                    checkpoint.save(best_path, {"model": eval_model.state_dict(), "epoch": epoch,
+                    checkpoint.save(best_path, {"model": full, "epoch": epoch,
                                                 "fingerprint": fp, "metric": metric})
             improved, best = _bcast((improved, best), rank, world)
             bad_epochs = 0 if improved else bad_epochs + 1
@@ -364,44 +300,36 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
             tqdm.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                 for k, v in entry.items()), file=sys.stdout)
             sys.stdout.flush()
-        if engine is not None:
-            engine.save_checkpoint(str(ds_dir), tag="last")  # collective: every rank
+        # Engine state first (every rank), then last.pt: last.pt is the commit marker.
+        engine.save(out, fp)
+        if world > 1:
+            dist.barrier()
         if rank == 0:
-            checkpoint.save(last_path, {"model": None if engine else model.state_dict(),
-                                        "optimizer": None if engine else opt.state_dict(),
-                                        "rng": checkpoint.rng_state(), "epoch": epoch,
-                                        "step": step, "best": best, "bad_epochs": bad_epochs,
-                                        "history": history, "fingerprint": fp})
-        if sync_state is not None:
-            checkpoint.save(comm_path, {"state": sync_state.state_dict(), "fingerprint": fp})
+            checkpoint.save(last_path, {"model": full, "rng": checkpoint.rng_state(),
+                                        "epoch": epoch, "step": step, "best": best,
+                                        "bad_epochs": bad_epochs, "history": history,
+                                        "plan": spec.plan.to_record(), "fingerprint": fp})
         stop = _bcast(stop, rank, world)
         if stop:
             break
     window.close()
-    if window.steps_in_window and sync_state is not None and not comm_stats:
-        comm_stats = sync_state.stats.snapshot_and_reset(window.steps_in_window)
+    if window.steps_in_window and not comm_stats:
+        comm_stats = engine.window_closed(window.steps_in_window)
     total_train_s = time.perf_counter() - t_train0
 
     timing_metrics = window.metrics()
     if fb_ms_in_window:
         timing_metrics["fwd_bwd_ms_per_iter"] = float(np.mean(fb_ms_in_window))
-    if ddp is not None and fb_ms_in_window and first_epoch_batches:
-        model.train()
-        nosync = _measure_compute_only(step_module, ddp, inputs, targets, first_epoch_batches,
-                                       rank, dp, device, n_steps=min(10, len(fb_ms_in_window)))
-        compute_fb = float(np.mean(nosync))
-        timing_metrics["fwd_bwd_no_sync_ms_per_iter"] = compute_fb
-        timing_metrics["exposed_comm_ms_per_iter"] = max(
-            0.0, timing_metrics["fwd_bwd_ms_per_iter"] - compute_fb)
-        timing_metrics["comm_share_pct"] = (100.0 * timing_metrics["exposed_comm_ms_per_iter"]
-                                            / timing_metrics["iter_ms"])
+    if first_epoch_batches:
+        timing_metrics.update(engine.finish(inputs, targets, first_epoch_batches,
+                                            {**timing_metrics,
+                                             "timed_steps": window.steps_in_window}))
     rank_metrics = {**timing_metrics, **comm_stats, "peak_rss_gib": peak_rss_gib()}
     all_ranks = [rank_metrics]
     if world > 1:
         all_ranks = [None] * world
         dist.all_gather_object(all_ranks, rank_metrics)
-    if sync_state is not None:
-        sync_state.close()
+    engine.close()
     if rank != 0:
         return None
 
@@ -416,7 +344,7 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
     n_params = sum(p.numel() for p in eval_model.parameters())
     metrics = {
         **timing_metrics,
-        "comm_ms_per_iter": 0.0 if dp == 1 else comm_stats.get("comm_ms_per_iter"),
+        "comm_ms_per_iter": 0.0 if world == 1 else comm_stats.get("comm_ms_per_iter"),
         "peak_device_mem_gib": (torch.cuda.max_memory_allocated() / 2**30
                                 if device.type == "cuda" else None),
         "params_count": n_params,
@@ -425,6 +353,9 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
         "epochs_count": len(history),
         "best_valid_metric": best,
     }
+    if engine.loss_is_estimate:
+        notes.append("train_loss with dp > 1 is rank 0's share x dp (an estimate of the "
+                     "global mean)")
     if timing_metrics.get("throughput_samples_per_s") is not None:
         metrics["throughput_samples_per_s_per_device"] = (
             timing_metrics["throughput_samples_per_s"] / world)
@@ -443,4 +374,3 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
     rec["notes"] = notes
     record.write(rec, out / "record.json")
     return rec
-

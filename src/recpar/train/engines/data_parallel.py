@@ -1,0 +1,117 @@
+"""Engines `baseline` (one device) and `dp` (torch DDP with recpar's gradient-sync hooks).
+
+Both keep a full replica of the model on every rank; `dp` feeds rank r the rows idx[r::dp] of
+each global batch and lets DDP average the gradients (`recpar.parallel.data_parallel`).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from recpar.model.recommender import Recommender
+from recpar.parallel.data_parallel import TrainStep, apply_dp
+from recpar.train.engines.base import Engine, EngineContext, StepResult
+from recpar.train.optim import build_adamw
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+class ReplicaEngine(Engine):
+    """A full model replica per rank: dp = 1 is the baseline, dp > 1 wraps it in DDP."""
+
+    def __init__(self, ctx: EngineContext):
+        super().__init__(ctx)
+        spec = ctx.spec
+        self.dp = spec.plan.dp
+        self.cfg = spec.train
+        self.step_module = TrainStep(ctx.model, dp_size=self.dp)
+        self.runner = self.step_module
+        self.ddp, self.sync_state = None, None
+        if self.dp > 1:
+            self.ddp, self.sync_state = apply_dp(self.step_module, spec.grad_sync, ctx.device)
+            self.runner = self.ddp
+        self.opt = build_adamw(ctx.model, self.cfg)
+        # Rank 0's share x dp estimates the global mean loss when dp > 1 (exact for dp = 1).
+        self.loss_is_estimate = self.dp > 1
+
+    def _local(self, inputs, targets, idx):
+        local = idx[self.ctx.rank::self.dp]
+        dev = self.ctx.device
+        gcount = Recommender.valid_positions(inputs[idx], targets[idx]).sum().to(dev)
+        return inputs[local].to(dev), targets[local].to(dev), gcount
+
+    def step(self, inputs, targets, idx) -> StepResult:
+        x, y, gcount = self._local(inputs, targets, idx)
+        t0 = time.perf_counter()
+        loss, loss_sum = self.runner(x, y, gcount)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()  # with DDP: returns once every bucket is reduced
+        _sync(self.ctx.device)
+        fb_ms = 1e3 * (time.perf_counter() - t0)
+        if self.cfg.clip_grad:
+            torch.nn.utils.clip_grad_norm_(self.ctx.model.parameters(), self.cfg.clip_grad)
+        self.opt.step()
+        return StepResult(loss_mean=float(loss_sum) / max(1, int(gcount)) * self.dp,
+                          fwd_bwd_ms=fb_ms)
+
+    def full_state_dict(self):
+        if self.ctx.rank != 0:
+            return None
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.ctx.model.state_dict().items()}
+
+    def state_dict(self) -> dict:
+        state = {"model": self.ctx.model.state_dict(), "optimizer": self.opt.state_dict()}
+        if self.sync_state is not None:
+            state["grad_sync"] = self.sync_state.state_dict()  # per-bucket EF residuals
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ctx.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        if self.sync_state is not None and "grad_sync" in state:
+            self.sync_state.load_state_dict(state["grad_sync"])
+
+    def window_opened(self) -> None:
+        if self.sync_state is not None:
+            self.sync_state.stats.snapshot_and_reset()  # drop warm-up: count the window only
+
+    def window_closed(self, steps: int) -> dict:
+        if self.sync_state is None or not steps:
+            return {}
+        return self.sync_state.stats.snapshot_and_reset(steps)
+
+    def finish(self, inputs, targets, batches, timing) -> dict:
+        """Exposed communication = synchronised fwd+bwd − fwd+bwd without synchronisation.
+
+        The no-sync steps (DDP `no_sync`) take no optimiser step, so the trained weights are
+        untouched; they run on the first epoch's batches, after training.
+        """
+        fb = timing.get("fwd_bwd_ms_per_iter")
+        if self.ddp is None or fb is None or not batches:
+            return {}
+        self.ctx.model.train()
+        times = []
+        for idx in batches[:min(10, max(1, timing.get("timed_steps", 10)))]:
+            x, y, gcount = self._local(inputs, targets, idx)
+            _sync(self.ctx.device)
+            t0 = time.perf_counter()
+            with self.ddp.no_sync():
+                loss, _ = self.ddp(x, y, gcount)
+                loss.backward()
+            _sync(self.ctx.device)
+            times.append(1e3 * (time.perf_counter() - t0))
+            self.step_module.zero_grad(set_to_none=True)
+        compute = float(np.mean(times))
+        exposed = max(0.0, fb - compute)
+        return {"fwd_bwd_no_sync_ms_per_iter": compute, "exposed_comm_ms_per_iter": exposed,
+                "comm_share_pct": 100.0 * exposed / timing["iter_ms"]}
+
+    def close(self) -> None:
+        if self.sync_state is not None:
+            self.sync_state.close()
