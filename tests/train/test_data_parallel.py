@@ -37,7 +37,7 @@ def _need_ranks():
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--dp", "3", "--nodes", "2"], "--dp 3 ranks cannot be spread evenly over --nodes 2"),
+    (["--dp", "3", "--nodes", "2"], "dp×tp×pp = 3 ranks cannot be spread evenly over --nodes 2"),
     (["--dp", "2", "--grad-sync", "hierarchical"], "'hierarchical' needs >= 2 nodes"),
     (["--dp", "2", "--compressor", "zip"], "grad_sync.compressor: unknown value 'zip'"),
     (["--dp", "2", "--compressor", "topk", "--topk-ratio", "1.5"], "topk_ratio: must be in (0, 1]"),
