@@ -15,9 +15,19 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/cluster.smk"
+
+
+onsuccess:
+    _cluster_down()
+
+
+onerror:
+    _cluster_down()
 
 
 rule all:
     input:
         "paper_tables/table1.md",
         "paper_tables/baseline_quality.md",
+        sweep_records(),

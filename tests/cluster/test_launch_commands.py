@@ -39,10 +39,20 @@ def test_emulated_one_agent_per_namespace():
         assert cmd[-2:] == ["train.py", "--x"]
 
 
+def test_emulated_runs_on_the_first_nodes_of_a_larger_cluster():
+    st = _state(nodes=4, rpn=1)
+    cmds = agent_commands(Topology("emulated", 2, 3), ["x.py"], st)
+    assert [c[3] for c, _ in cmds] == ["rpu-n0", "rpu-n1"]
+    for cmd, env in cmds:
+        assert cmd[cmd.index("--nnodes") + 1] == "2"
+        assert cmd[cmd.index("--nproc-per-node") + 1] == "3"
+        assert Topology.from_env(env).nodes == 2
+
+
 def test_emulated_mismatch_and_bad_input():
     st = _state(nodes=2, rpn=1)
-    with pytest.raises(ClusterError, match="does not match"):
-        agent_commands(Topology("emulated", 2, 2), ["x.py"], st)
+    with pytest.raises(ClusterError, match="needs 3 node"):
+        agent_commands(Topology("emulated", 3, 1), ["x.py"], st)
     with pytest.raises(ValueError, match="empty command"):
         agent_commands(Topology("local", 1, 1), [])
     with pytest.raises(ValueError, match="scheduler"):

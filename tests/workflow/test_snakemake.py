@@ -60,6 +60,20 @@ def test_default_dag_is_the_documented_slice():
         assert rule in r.stdout, r.stdout
 
 
+@pytest.mark.parametrize("config_path", ["config/config.yaml", ".test/config/config.yaml"])
+def test_sweep_run_ids_spell_out_what_runs(config_path):
+    """Each sweep key is the id `recpar train` gives its options, and the options validate."""
+    from recpar.cli import build_parser
+    from recpar.train.cli import _spec, apply_run_options
+
+    cfg = yaml.safe_load((ROOT / config_path).read_text())
+    for run_id, opts in cfg["sweep"]["runs"].items():
+        args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--model-size",
+                                          cfg["model"]["size"]])
+        apply_run_options(args, opts)
+        assert _spec(args, args.scheme).run_id == run_id, (config_path, opts)
+
+
 @pytest.mark.pipeline
 def test_tiny_pipeline_runs_end_to_end(tmp_path):
     """The whole default DAG on the shrunk `.test` grid, in a scratch working directory."""
@@ -71,11 +85,16 @@ def test_tiny_pipeline_runs_end_to_end(tmp_path):
     assert "192,403" in table1 and "movielens-100k" in table1 and "synthetic-amazon" in table1
     quality = (tmp_path / "paper_tables" / "baseline_quality.md").read_text()
     assert "baseline-tiny-n1 | 2 |" in quality and "most-popular | 2 |" in quality
-    for run in ("baseline-tiny-n1", "most-popular"):
+    from recpar.train import record
+
+    for run in ("baseline-tiny-n1", "most-popular", "sweep/baseline-tiny-n1",
+                "sweep/dp2-ring-tiny-n1"):
         for seed in (0, 1):
             rec = tmp_path / "results" / "movielens-100k" / run / f"seed{seed}" / "record.json"
-            from recpar.train import record
             assert record.read(rec)["seed"] == seed
+    sweep_dp = record.read(tmp_path / "results" / "movielens-100k" / "sweep" / "dp2-ring-tiny-n1"
+                           / "seed0" / "record.json")
+    assert sweep_dp["plan"]["dp"] == 2 and sweep_dp["metrics"]["epochs_count"] == 1
     logs = sorted(p.name for p in (tmp_path / "logs").rglob("*.log"))
     assert "prepare-movielens-100k.log" in logs and "table1.log" in logs
     # A second run has nothing to do.

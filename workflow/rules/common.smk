@@ -1,5 +1,7 @@
 # Helpers shared by the workflow files (paths and CLI arguments derived from the config).
+import json
 import os
+import re
 
 
 DATA = "results/data"
@@ -30,12 +32,56 @@ def raw_inputs(wildcards):
     return []
 
 
-def train_args(wildcards):
-    sets = [f"--set {k}={v}" for k, v in config["train"].items()]
+def _train_sets(train):
+    sets = [f"--set {k}={v}" for k, v in train.items()]
     sets += [f"--model-override {k}={v}" for k, v in config["model"].get("overrides", {}).items()]
-    return " ".join(sets)
+    return sets
+
+
+def train_args(wildcards):
+    return " ".join(_train_sets(config["train"]))
+
+
+SWEEP = config["sweep"]
+SWEEP_RUNS = list(SWEEP["runs"])
+
+
+def sweep_args(wildcards):
+    train = {**config["train"], **SWEEP.get("train", {})}
+    opts = json.dumps(SWEEP["runs"][wildcards.run], separators=(",", ":"))
+    flags = _train_sets(train) + [f"--run-options '{opts}'"]
+    if SWEEP["runs"][wildcards.run]["scheme"] != "baseline":
+        flags.append(f"--topology {config['topology']}")
+    return " ".join(flags)
+
+
+CLUSTER_STATE = "results/cluster/state.json"
+
+
+def _cluster_down():
+    """Remove the emulated cluster: its namespaces live only while the workflow needs them."""
+    if config["topology"] == "emulated":
+        shell("recpar cluster down > logs/cluster/down.log 2>&1 || true")
+
+
+def cluster_input(wildcards):
+    """Multi-rank runs on the emulated topology need the cluster up first."""
+    if config["topology"] != "emulated" or SWEEP["runs"][wildcards.run]["scheme"] == "baseline":
+        return []
+    return [CLUSTER_STATE]
+
+
+def sweep_records(seeds=None):
+    return expand("results/{dataset}/sweep/{run}/seed{seed}/record.json",
+                  dataset=config["dataset"], run=SWEEP_RUNS,
+                  seed=seeds if seeds is not None else config["seeds"])
 
 
 def records(run, seeds=None):
     return expand("results/{dataset}/{run}/seed{seed}/record.json", dataset=config["dataset"],
                   run=run, seed=seeds if seeds is not None else config["seeds"])
+
+
+wildcard_constraints:
+    dataset="|".join(re.escape(s) for s in config["sources"]),
+    seed=r"\d+",

@@ -19,6 +19,7 @@ rule baseline:
     resources:
         mem_mb=4096,
         runtime=60,
+        timing_slot=1,
     shell:
         "recpar train --scheme baseline --data {params.data} --out {params.out}"
         " --model-size {wildcards.size} --seed {wildcards.seed} {params.args} --no-progress"
@@ -44,3 +45,34 @@ rule most_popular:
     shell:
         "recpar eval popularity --data {params.data} --out {params.out}"
         " --model-size {params.size} --seed {wildcards.seed} > {log} 2>&1"
+
+
+rule sweep_run:
+    input:
+        stats=f"{DATA}/{{dataset}}/stats.json",
+        emb=f"{DATA}/{{dataset}}/item_text_emb.npy",
+        cluster=cluster_input,
+    output:
+        record="results/{dataset}/sweep/{run}/seed{seed}/record.json",
+    wildcard_constraints:
+        run="|".join(re.escape(r) for r in SWEEP_RUNS),
+    conda:
+        "../../envs/environment.yaml"
+    log:
+        "logs/{dataset}/sweep/{run}/seed{seed}.log",
+    params:
+        args=sweep_args,
+        data=lambda w: f"{DATA}/{w.dataset}",
+        out=lambda w, output: os.path.dirname(output.record),
+        size=MODEL_SIZE,
+    threads: 2
+    resources:
+        mem_mb=8192,
+        runtime=60,
+        # One measured run at a time: runs sharing the cores would distort each other's
+        # throughput (the profile caps timing_slot at 1).
+        timing_slot=1,
+    shell:
+        "recpar train --run-id {wildcards.run} --data {params.data} --out {params.out}"
+        " --model-size {params.size} --seed {wildcards.seed} {params.args} --no-progress"
+        " > {log} 2>&1"

@@ -68,9 +68,12 @@ def agent_commands(topology: Topology, argv: list[str], state: ClusterState | No
                          f"(srun), not by recpar.cluster.launch")
     if state is None:
         raise ValueError("launch: an emulated topology needs the cluster state (recpar cluster up)")
-    if (state.nodes, state.ranks_per_node) != (topology.nodes, topology.ranks_per_node):
-        raise ClusterError(f"launch: topology {topology.nodes}x{topology.ranks_per_node} does not "
-                           f"match the cluster that is up ({state.nodes}x{state.ranks_per_node})")
+    # A run may use the first `topology.nodes` nodes of a larger cluster (one `up` serves a
+    # 1..N-node sweep); a namespace does not limit how many ranks run in it, so ranks per node
+    # is the run's own choice.
+    if topology.nodes > state.nodes:
+        raise ClusterError(f"launch: topology needs {topology.nodes} node(s) but the cluster "
+                           f"that is up has {state.nodes}")
     names = state.names
     rdzv_id = rdzv_id or f"recpar-{uuid.uuid4().hex[:12]}"
     out = []

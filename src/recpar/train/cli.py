@@ -60,6 +60,10 @@ def register(sub) -> None:
     par.add_argument("--bucket-size", type=int, default=None,
                      help="gradient bucket size in elements (megatron-core bucket_size)")
     par.add_argument("--timeout-s", type=float, default=None, help="kill the job after this long")
+    p.add_argument("--run-options", default=None, metavar="JSON",
+                   help="a mapping of this command's options (names with _), e.g. "
+                        "'{\"scheme\": \"dp\", \"dp\": 2}'; used by the Snakemake sweep; "
+                        "false for a boolean option means its --no-... flag")
     p.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="non-learned references")
@@ -147,7 +151,45 @@ def _spec(args, scheme: str):
                    grad_sync=grad_sync, zero_stage=zero_stage)
 
 
+NEGATED_OPTIONS = {"error_feedback": "no_error_feedback", "overlap": "no_overlap",
+                   "staleness_damping": "no_staleness_damping"}
+"""Boolean run options whose `false` is a --no-... flag (dest names)."""
+
+
+def apply_run_options(args, options: dict | str) -> None:
+    """Set `recpar train` options from a mapping (the sweep's `sweep.runs.<id>` entry).
+
+    Keys are option names with _ for -; booleans of NEGATED_OPTIONS map to their --no-... flag.
+    An unknown key or a value of the wrong type fails naming the key.
+    """
+    if isinstance(options, str):
+        try:
+            options = json.loads(options)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--run-options: not valid JSON ({e})") from e
+    if not isinstance(options, dict):
+        raise ValueError(f"--run-options: expected a JSON object, got {type(options).__name__}")
+    for key, value in options.items():
+        if key in NEGATED_OPTIONS:
+            if not isinstance(value, bool):
+                raise ValueError(f"--run-options: {key} must be true or false, got {value!r}")
+            if not hasattr(args, NEGATED_OPTIONS[key]):
+                raise ValueError(f"--run-options: unknown option {key!r}")
+            setattr(args, NEGATED_OPTIONS[key], not value)
+            continue
+        if key in ("data", "out", "run_options", "func") or not hasattr(args, key):
+            raise ValueError(f"--run-options: unknown option {key!r}")
+        default = getattr(args, key)
+        if default is not None and not isinstance(value, type(default)) and not (
+                isinstance(default, float) and isinstance(value, int)):
+            raise ValueError(f"--run-options: {key} = {value!r} should be a "
+                             f"{type(default).__name__}")
+        setattr(args, key, value)
+
+
 def cmd_train(args) -> int:
+    if args.run_options is not None:
+        apply_run_options(args, args.run_options)
     from recpar.train.engines import ENGINES
 
     if args.scheme not in ENGINES:

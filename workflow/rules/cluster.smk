@@ -1,0 +1,19 @@
+# The emulated cluster (topology: emulated): network namespaces with shaped links, built once
+# before the multi-rank runs and removed when the workflow ends (Snakefile onsuccess/onerror).
+
+
+rule cluster_up:
+    output:
+        state=CLUSTER_STATE,
+    conda:
+        "../../envs/environment.yaml"
+    log:
+        "logs/cluster/up.log",
+    params:
+        nodes=config["cluster"]["nodes"],
+        rpn=config["cluster"]["ranks_per_node"],
+        bw=config["cluster"]["inter_bw"],
+    shell:
+        "(recpar cluster up --nodes {params.nodes} --ranks-per-node {params.rpn}"
+        " --inter-bw {params.bw} && recpar cluster calibrate"
+        " && recpar cluster status > {output.state}) > {log} 2>&1"
