@@ -60,16 +60,30 @@ def test_default_dag_is_the_documented_slice():
         assert rule in r.stdout, r.stdout
 
 
-@pytest.mark.parametrize("config_path", ["config/config.yaml", ".test/config/config.yaml"])
+def _merged(base: dict, over: dict) -> dict:
+    """Snakemake's merge of a --configfile over the default one (nested keys updated)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+@pytest.mark.parametrize("config_path", ["config/config.yaml", ".test/config/config.yaml",
+                                         "config/emulated.yaml"])
 def test_sweep_run_ids_spell_out_what_runs(config_path):
-    """Each sweep key is the id `recpar train` gives its options, and the options validate."""
+    """Each sweep key is the id `recpar train` gives its options, and the options validate
+    (plan against the model, batch divisibility with the sweep's train settings)."""
     from recpar.cli import build_parser
     from recpar.train.cli import _spec, apply_run_options
 
     cfg = yaml.safe_load((ROOT / config_path).read_text())
+    if config_path == "config/emulated.yaml":  # used as --configfile over the default
+        cfg = _merged(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), cfg)
+    train = {**cfg["train"], **cfg["sweep"].get("train", {})}
+    sets = [f"--set={k}={v}" for k, v in train.items()]
     for run_id, opts in cfg["sweep"]["runs"].items():
         args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--model-size",
-                                          cfg["model"]["size"]])
+                                          cfg["model"]["size"], *sets])
         apply_run_options(args, opts)
         assert _spec(args, args.scheme).run_id == run_id, (config_path, opts)
 
