@@ -31,3 +31,4 @@ rule all:
         "paper_tables/table1.md",
         "paper_tables/baseline_quality.md",
         sweep_records(),
+        expand("paper_tables/{name}", name=REPORT_TABLES),

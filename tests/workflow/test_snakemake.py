@@ -56,7 +56,8 @@ def test_wrong_config_stops_before_any_job_naming_the_key(tmp_path, mutate, expe
 def test_default_dag_is_the_documented_slice():
     r = _snakemake("-n", "--cores", "1", "--forceall", "--quiet", "rules")
     assert r.returncode == 0, r.stderr
-    for rule in ("prepare", "embed", "table1", "baseline", "most_popular", "baseline_quality"):
+    for rule in ("prepare", "embed", "table1", "baseline", "most_popular", "baseline_quality",
+                 "sweep_run", "paper_tables"):
         assert rule in r.stdout, r.stdout
 
 
@@ -106,6 +107,9 @@ def test_tiny_pipeline_runs_end_to_end(tmp_path):
         for seed in (0, 1):
             rec = tmp_path / "results" / "movielens-100k" / run / f"seed{seed}" / "record.json"
             assert record.read(rec)["seed"] == seed
+    claims = (tmp_path / "paper_tables" / "claims.md").read_text()
+    assert "not run" in claims  # nothing of the paper's scale runs in the tiny grid
+    assert "dp" in (tmp_path / "paper_tables" / "table2.md").read_text()
     sweep_dp = record.read(tmp_path / "results" / "movielens-100k" / "sweep" / "dp2-ring-tiny-n1"
                            / "seed0" / "record.json")
     assert sweep_dp["plan"]["dp"] == 2 and sweep_dp["metrics"]["epochs_count"] == 1
@@ -115,3 +119,14 @@ def test_tiny_pipeline_runs_end_to_end(tmp_path):
     r2 = _snakemake("-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--cores", "2",
                     "-n")
     assert "Nothing to be done" in r2.stdout + r2.stderr
+
+
+def test_report_table_list_matches_the_cli():
+    """The pipeline declares exactly the files `recpar report tables` writes."""
+    import re
+
+    from recpar.report.cli import TABLE_FILES
+
+    common = (ROOT / "workflow" / "rules" / "common.smk").read_text()
+    declared = re.search(r"REPORT_TABLES = \[(.*?)\]", common, re.S).group(1)
+    assert tuple(re.findall(r'"([^"]+)"', declared)) == TABLE_FILES

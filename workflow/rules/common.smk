@@ -85,3 +85,8 @@ def records(run, seeds=None):
 wildcard_constraints:
     dataset="|".join(re.escape(s) for s in config["sources"]),
     seed=r"\d+",
+
+
+# What `recpar report tables` writes (recpar.report.cli.TABLE_FILES; figures are extra).
+REPORT_TABLES = ["table2.md", "table2.csv", "table2.tex", "table3.md", "table3.csv", "table3.tex",
+                 "comm_share.md", "comm_share.csv", "claims.md", "audit.md"]

@@ -18,3 +18,24 @@ rule baseline_quality:
     shell:
         "recpar report quality --records {input.baseline} {input.popular} --out {output}"
         " > {log} 2>&1"
+
+
+rule paper_tables:
+    input:
+        records=sweep_records(),
+        paper="paper_tables/paper.yaml",
+    output:
+        report(
+            expand("paper_tables/{name}", name=REPORT_TABLES),
+            caption="../report/paper_tables.rst",
+            category="Paper tables",
+        ),
+    conda:
+        "../../envs/environment.yaml"
+    log:
+        "logs/report/paper_tables.log",
+    params:
+        out_dir=lambda w, output: os.path.dirname(output[0]),
+    shell:
+        "recpar report tables --records {input.records} --paper {input.paper}"
+        " --out-dir {params.out_dir} > {log} 2>&1"
