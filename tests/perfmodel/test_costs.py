@@ -194,3 +194,28 @@ def test_bad_inputs_name_the_problem(toy_hw):
         PlanShape.from_mapping({"pp": 2, "pipeline_schedule": "zigzag"})
     with pytest.raises(CostInputError, match="grad_sync.algorithm must be one of"):
         GradSync.from_mapping({"algorithm": "butterfly"})
+
+
+def test_shapes_from_the_real_config_and_plan_count_the_real_model():
+    """ModelShape.from_config / PlanShape.from_plan read recpar's own dataclasses, and the
+    cost model's parameter count equals the Recommender's, so memory/FLOP terms describe the
+    model that is trained."""
+    import torch
+
+    from recpar.model.config import ModelConfig
+    from recpar.model.recommender import Recommender
+    from recpar.parallel.plan import ParallelPlan
+    from recpar.perfmodel.costs import ModelShape, PlanShape
+
+    for text_dim in (0, 8):
+        cfg = ModelConfig.named("tiny", max_seq_len=20, text_dim=text_dim)
+        text = torch.randn(51, text_dim) if text_dim else None
+        model = Recommender(cfg, 50, text)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        assert ModelShape.from_config(cfg, 50).trainable_params == trainable
+    plan = ParallelPlan(scheme="hybrid", dp=2, tp=2, pp=2, num_microbatches=4,
+                        pipeline_schedule="gpipe", partition_method="balanced")
+    ps = PlanShape.from_plan(plan)
+    assert (ps.data_parallel_size, ps.tensor_model_parallel_size,
+            ps.pipeline_model_parallel_size, ps.num_microbatches) == (2, 2, 2, 4)
+    assert ps.world_size == plan.world_size and ps.pipeline_schedule == "gpipe"

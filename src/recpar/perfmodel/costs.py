@@ -27,8 +27,14 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
+from typing import TYPE_CHECKING
+
 from recpar.perfmodel import collectives as C
 from recpar.perfmodel.hardware import HardwareProfile
+
+if TYPE_CHECKING:  # the cost model itself needs neither torch nor the model package
+    from recpar.model.config import ModelConfig
+    from recpar.parallel.plan import ParallelPlan
 
 MiB = 2**20
 GiB = 2**30
@@ -87,6 +93,16 @@ class ModelShape:
         "text_dim": ("text_dim",),
         "tied_output": ("tied_output", "tie_output", "share_embeddings_and_output_weights"),
     }
+
+    @classmethod
+    def from_config(cls, cfg: "ModelConfig", n_items: int, tied_output: bool = True
+                    ) -> "ModelShape":
+        """The shape of `recpar.model.Recommender(cfg, n_items)`: the model's own config plus
+        the two facts it takes from the data (vocabulary n_items + 1, text width)."""
+        return cls.from_mapping({"d_model": cfg.d_model, "n_layers": cfg.n_layers,
+                                 "n_heads": cfg.n_heads, "d_ff": cfg.d_ff,
+                                 "seq_len": cfg.max_seq_len, "vocab_size": n_items + 1,
+                                 "text_dim": cfg.text_dim, "tied_output": tied_output})
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any], where: str = "model") -> "ModelShape":
@@ -196,6 +212,16 @@ class PlanShape:
         "partition_method": ("partition_method",),
         "order": ("order",),
     }
+
+    @classmethod
+    def from_plan(cls, plan: "ParallelPlan") -> "PlanShape":
+        """The cost model's view of a validated `recpar.parallel.plan.ParallelPlan` (degrees,
+        micro-batches, schedule and partition carry over; the rank order is megatron-core's,
+        as recpar.parallel.process_groups builds it)."""
+        return cls(data_parallel_size=plan.dp, tensor_model_parallel_size=plan.tp,
+                   pipeline_model_parallel_size=plan.pp, num_microbatches=plan.num_microbatches,
+                   pipeline_schedule=plan.pipeline_schedule,
+                   partition_method=plan.partition_method).validate("plan")
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any], where: str = "plan") -> "PlanShape":
