@@ -114,6 +114,14 @@ def deepspeed_config(train_cfg: TrainConfig, plan: ParallelPlan, stage: int,
         if "stage" in zero_overrides and zero_overrides["stage"] != stage:
             raise PlanError(f"zero_overrides.stage = {zero_overrides['stage']!r} contradicts stage = {stage}")
         zero.update(zero_overrides)
+    return adamw_fp32_config(train_cfg, micro_batch_per_rank, gas, zero)
+
+
+def adamw_fp32_config(train_cfg: TrainConfig, micro_batch_per_rank: int, gas: int,
+                      zero: dict[str, Any]) -> dict[str, Any]:
+    """The DeepSpeed config body every recpar DeepSpeed engine shares: global batch =
+    train_cfg.global_batch_size split as micro_batch_per_rank × gas × dp, torch AdamW with the
+    baseline's hyper-parameters, the baseline's clipping, fp32, `zero` as zero_optimization."""
     return {
         "train_batch_size": train_cfg.global_batch_size,
         "train_micro_batch_size_per_gpu": micro_batch_per_rank,
@@ -140,10 +148,10 @@ def deepspeed_config(train_cfg: TrainConfig, plan: ParallelPlan, stage: int,
     }
 
 
-def _prepare_deepspeed_env(device: str) -> None:
+def _prepare_deepspeed_env(device: str, caller: str = "apply_zero") -> None:
     """Environment DeepSpeed needs, set before its accelerator is first resolved."""
     if "LOCAL_RANK" not in os.environ:
-        raise RuntimeError("apply_zero: environment variable LOCAL_RANK is not set "
+        raise RuntimeError(f"{caller}: environment variable LOCAL_RANK is not set "
                            "(DeepSpeed needs it; torchrun sets it)")
     if device == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -155,6 +163,26 @@ def _skip_shm_op_build() -> None:
 
     compatible = deepspeed.ops.__compatible_ops__  # probed once, cached in the module
     compatible[SHM_COMM_OP] = False
+
+
+def init_deepspeed(device: str, caller: str = "apply_zero"):
+    """Import DeepSpeed for `device` on the initialised torch.distributed group; returns the
+    `deepspeed` module. Sets the environment (module docstring), checks DeepSpeed's accelerator
+    is `device`, skips the shm op build and adopts the existing process group."""
+    import torch.distributed as dist
+
+    _prepare_deepspeed_env(device, caller)
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator().device_name()  # 'cpu' or 'cuda'
+    if accelerator != device:
+        raise RuntimeError(f"{caller}: DeepSpeed's accelerator is {accelerator!r} but "
+                           f"train.device is {device!r} (set DS_ACCELERATOR="
+                           f"{device} before DeepSpeed is first imported)")
+    _skip_shm_op_build()
+    deepspeed.init_distributed(dist_backend=dist.get_backend())  # adopts the existing group
+    return deepspeed
 
 
 def apply_zero(model: nn.Module, train_cfg: TrainConfig, plan: ParallelPlan, stage: int,
@@ -180,17 +208,7 @@ def apply_zero(model: nn.Module, train_cfg: TrainConfig, plan: ParallelPlan, sta
                             f"divisible by dp = {plan.dp}")
         micro_batch_per_rank = train_cfg.global_batch_size // plan.dp
     config = deepspeed_config(train_cfg, plan, stage, micro_batch_per_rank, zero_overrides)
-    _prepare_deepspeed_env(train_cfg.device)
-    import deepspeed
-    from deepspeed.accelerator import get_accelerator
-
-    accelerator = get_accelerator().device_name()  # 'cpu' or 'cuda'
-    if accelerator != train_cfg.device:
-        raise RuntimeError(f"apply_zero: DeepSpeed's accelerator is {accelerator!r} but "
-                           f"train.device is {train_cfg.device!r} (set DS_ACCELERATOR="
-                           f"{train_cfg.device} before DeepSpeed is first imported)")
-    _skip_shm_op_build()
-    deepspeed.init_distributed(dist_backend=dist.get_backend())  # adopts the existing group
+    deepspeed = init_deepspeed(train_cfg.device)
     wrapper = ZeroLossSum(model)
     if stage == 3:
         # loss_sum reads item_id_emb.weight directly (item_embeddings(): the fused, tied item

@@ -1,0 +1,63 @@
+"""Engine `deepspeed`: DeepSpeed pipeline + ZeRO-1 + data parallelism
+(`recpar.parallel.deepspeed_pipeline`) inside the common loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from recpar.parallel.deepspeed_pipeline import (apply_deepspeed_pipeline, pipeline_state_dict,
+                                                pipeline_step)
+from recpar.parallel.plan import PlanError
+from recpar.train.engines.base import Engine, EngineContext, StepResult
+
+CHECKPOINT_DIR = "deepspeed"
+"""Sub-directory of the run directory holding DeepSpeed's checkpoint (tag `last`)."""
+
+
+class DeepSpeedPipelineEngine(Engine):
+    """Schedule, pipeline communication, tied-table and dp reductions, clipping and the ZeRO-1
+    optimiser step are DeepSpeed's (`engine.train_batch`); every rank feeds the same global
+    batch and DeepSpeed's first/last stages of each dp replica read their rows of it."""
+
+    def __init__(self, ctx: EngineContext):
+        super().__init__(ctx)
+        spec = ctx.spec
+        self.engine = apply_deepspeed_pipeline(ctx.model, spec.train, spec.plan)
+        grid = self.engine.grid  # DeepSpeed's pipe x data topology
+        self.dp = grid.data_parallel_size
+        if (self.dp, grid.pipe_parallel_size) != (spec.plan.dp, spec.plan.pp):
+            raise PlanError(f"DeepSpeed's topology has dp = {self.dp}, pp = "
+                            f"{grid.pipe_parallel_size}; the plan has dp = {spec.plan.dp}, "
+                            f"pp = {spec.plan.pp}")
+
+    def step(self, inputs, targets, idx) -> StepResult:
+        # train_batch's loss is the global mean over valid positions (see the module docstring
+        # of recpar.parallel.deepspeed_pipeline), broadcast to every rank.
+        return StepResult(loss_mean=float(pipeline_step(self.engine, inputs[idx], targets[idx])))
+
+    def train(self) -> None:
+        self.engine.module.train()  # the stage's layers (copies), not ctx.model
+
+    def full_state_dict(self):
+        return pipeline_state_dict(self.engine)  # collective; rank 0 gets the weights
+
+    def save(self, out_dir: Path, fingerprint: str) -> None:
+        # DeepSpeed's own format: one file per layer (written by dp replica 0) and each rank's
+        # ZeRO-1 optimizer partition; a collective.
+        self.engine.save_checkpoint(str(Path(out_dir) / CHECKPOINT_DIR), tag="last",
+                                    client_state={"fingerprint": fingerprint})
+
+    def load(self, out_dir: Path, fingerprint: str) -> None:
+        from recpar.train.checkpoint import CheckpointError
+
+        where = Path(out_dir) / CHECKPOINT_DIR
+        path, client = self.engine.load_checkpoint(str(where), tag="last")
+        if path is None:
+            raise CheckpointError(f"{where}: no DeepSpeed checkpoint 'last' although last.pt "
+                                  "exists; delete the directory")
+        if (client or {}).get("fingerprint") != fingerprint:
+            raise CheckpointError(f"{path}: written by a run with config fingerprint "
+                                  f"{(client or {}).get('fingerprint')}, this run is {fingerprint}")
+
+    def close(self) -> None:
+        self.engine.destroy()
