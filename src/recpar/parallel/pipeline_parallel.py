@@ -32,6 +32,15 @@ Design choices:
 Stage metadata (shapes of what travels) is given statically from the micro-batch shape, so
 no metadata-inference forward runs inside the first step; a batch of another size gets its
 own stage objects and schedule (built once, cached), on every rank alike.
+
+**With tensor parallelism** (`apply_pp` over a model `apply_tp` has sharded): the stages
+are cut from the TP shard this rank holds; each TP rank of a stage runs the same schedule,
+so the TP all-reduces inside a stage pair up. Copies keep megatron's process groups shared
+and its TP marks on the parameters (`_copy_module`); the first stage looks up the
+vocab-sharded item table with one all-reduce, the last stage's logits are this rank's vocab
+shard and the loss is megatron's vocab-parallel cross-entropy, as in
+`TensorParallelRecommender`. The gradient norm is summed over the model-parallel group
+(`norm_group`), TP-replicated parameters counted on TP rank 0 only.
 """
 
 from __future__ import annotations
@@ -90,7 +99,47 @@ def microbatch_loss(logits: torch.Tensor, masked_targets: torch.Tensor,
     return total / valid_count
 
 
+def vocab_parallel_microbatch_loss(logits: torch.Tensor, masked_targets: torch.Tensor,
+                                   valid_count: torch.Tensor) -> torch.Tensor:
+    """`microbatch_loss` for vocab-sharded logits [mb, L, V_local] (tensor parallelism).
+
+    megatron's vocab_parallel_cross_entropy has no ignore_index: ignored positions get target
+    item 1 (finite loss) and are zeroed with `where`, so they add neither loss nor gradient.
+    """
+    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+    valid = masked_targets != IGNORE_INDEX  # [mb, L]
+    per_pos = vocab_parallel_cross_entropy(logits, masked_targets.masked_fill(~valid, 1))
+    return torch.where(valid, per_pos, torch.zeros_like(per_pos)).sum() / valid_count
+
+
 # --- stage module ----------------------------------------------------------------------------
+
+_TP_PARAM_ATTRS = ("tensor_model_parallel", "partition_dim", "partition_stride")
+"""megatron's marks on a sharded parameter (read by grad-norm and checkpoint code)."""
+
+
+def _copy_module(module: nn.Module | None) -> nn.Module | None:
+    """deepcopy that shares process groups and keeps megatron's TP marks on the parameters.
+
+    megatron's parallel layers hold their TP group (a ProcessGroup cannot be copied), and a
+    Parameter's deepcopy drops attributes such as `tensor_model_parallel`.
+    """
+    if module is None:
+        return None
+    memo: dict[int, object] = {}
+    for sub in module.modules():
+        for value in vars(sub).values():
+            if isinstance(value, dist.ProcessGroup):
+                memo[id(value)] = value
+    new = copy.deepcopy(module, memo)
+    for p in module.parameters():
+        q = memo.get(id(p))
+        for attr in _TP_PARAM_ATTRS:
+            if q is not None and hasattr(p, attr):
+                setattr(q, attr, getattr(p, attr))
+    return new
+
 
 
 class StageModule(nn.Module):
@@ -99,7 +148,8 @@ class StageModule(nn.Module):
     Parameter names equal the single-device ones (`item_id_emb.weight`, `blocks.3.attn.qkv
     .weight`, `ln_f.bias`, ...), so the stages' state dicts merge into a `Recommender` state
     dict. A stage holding the head but not the embedding carries its own copies of
-    `item_id_emb` and `text_proj` for the tied output layer (module docstring).
+    `item_id_emb` and `text_proj` for the tied output layer (module docstring). Cut from a
+    `TensorParallelRecommender`, it holds this TP rank's shards (`vocab_parallel`).
 
     forward(x, input_ids): x is the [mb, L] item ids on the first stage, else the [mb, L, d]
     hidden states; returns [mb, L, d] hidden states, or on the head stage [mb, L, n_items + 1]
@@ -116,23 +166,37 @@ class StageModule(nn.Module):
         self.max_seq_len = cfg.max_seq_len
         self.has_embedding = start == 0
         self.has_head = stop == n_units
+        # Tensor-parallel model: the item table is this rank's vocab shard.
+        self.vocab_parallel = getattr(model, "tp_size", 1) > 1
         if self.has_embedding or self.has_head:
-            self.item_id_emb = copy.deepcopy(model.item_id_emb)  # [n_items + 1, d]
-            self.text_proj = copy.deepcopy(model.text_proj)  # text_dim -> d, or None
+            # [n_items + 1, d], or [V_local, d] (VocabParallelEmbedding) under TP
+            self.item_id_emb = _copy_module(model.item_id_emb)
+            self.text_proj = _copy_module(model.text_proj)  # text_dim -> d, or None
             # The frozen text table is shared with the model, not copied: it never changes.
             self.register_buffer("text_emb", model.text_emb, persistent=False)
+            if self.vocab_parallel:
+                self.vocab_start_index = model.vocab_start_index
+                self.vocab_end_index = model.vocab_end_index
+                # [V_local] True for the pad item and the vocab padding rows
+                self.register_buffer("tp_vocab_pad_mask", model.tp_vocab_pad_mask,
+                                     persistent=False)
         if self.has_embedding:
-            self.pos_emb = copy.deepcopy(model.pos_emb)
-            self.drop = copy.deepcopy(model.drop)
+            self.pos_emb = _copy_module(model.pos_emb)
+            self.drop = _copy_module(model.drop)
         # ModuleDict keyed by the global block index keeps the single-device names.
         first_block, last_block = max(start, 1) - 1, min(stop, n_units - 1) - 1
-        self.blocks = nn.ModuleDict({str(i): copy.deepcopy(model.blocks[i])
+        self.blocks = nn.ModuleDict({str(i): _copy_module(model.blocks[i])
                                      for i in range(first_block, last_block)})
         if self.has_head:
-            self.ln_f = copy.deepcopy(model.ln_f)
+            self.ln_f = _copy_module(model.ln_f)
 
     def item_table(self) -> torch.Tensor:
-        """Fused item table [n_items + 1, d], as `Recommender.item_embeddings`."""
+        """Fused item table [n_items + 1, d], as `Recommender.item_embeddings` ([V_local, d]
+        under TP, as `TensorParallelRecommender.item_embeddings`)."""
+        if self.vocab_parallel:
+            from recpar.parallel.tensor_parallel import TensorParallelRecommender
+
+            return TensorParallelRecommender.item_embeddings(self)  # type: ignore[arg-type]
         table = self.item_id_emb.weight
         if self.text_proj is not None:
             table = table + self.text_proj(self.text_emb)
@@ -145,11 +209,19 @@ class StageModule(nn.Module):
             if ids.shape[1] > self.max_seq_len:
                 raise ValueError(f"StageModule: sequence length {ids.shape[1]} exceeds "
                                  f"max_seq_len={self.max_seq_len}")
-            # Fuse only the looked-up rows (Recommender.embed without item_table): the same
-            # sum as gathering from the fused table, for mb*L rows instead of all items.
-            x = self.item_id_emb(ids)  # [mb, L, d]
-            if self.text_proj is not None:
-                x = x + self.text_proj(F.embedding(ids, self.text_emb))
+            if self.vocab_parallel and self.text_proj is not None:
+                from recpar.parallel.tensor_parallel import _vocab_parallel_lookup
+
+                # the text rows are sharded too: look up the fused shard, one all-reduce
+                x = _vocab_parallel_lookup(ids, self.item_table(), self.vocab_start_index,
+                                           self.vocab_end_index)  # [mb, L, d]
+            else:
+                # Fuse only the looked-up rows (Recommender.embed without item_table): the
+                # same sum as gathering from the fused table, for mb*L rows, not all items.
+                # (Under TP without text: VocabParallelEmbedding, masked lookup + all-reduce.)
+                x = self.item_id_emb(ids)  # [mb, L, d]
+                if self.text_proj is not None:
+                    x = x + self.text_proj(F.embedding(ids, self.text_emb))
             x = self.drop(x + self.pos_emb(positions(ids)))
         if len(self.blocks):
             mask = attention_mask(input_ids)  # [mb, 1, L, L], recomputed on every stage
@@ -158,6 +230,13 @@ class StageModule(nn.Module):
         if not self.has_head:
             return x  # [mb, L, d]
         h = self.ln_f(x[:, -1] if last_only else x)  # [mb, d] or [mb, L, d]
+        if self.vocab_parallel:
+            from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
+
+            # identity forward; backward all-reduces the hidden-state gradient over TP
+            h = copy_to_tensor_model_parallel_region(h)
+            scores = h @ self.item_table().t()  # [..., V_local]
+            return scores.masked_fill(self.tp_vocab_pad_mask, float("-inf"))
         scores = h @ self.item_table().t()  # [..., n_items + 1]
         pad = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
         pad[PAD_ITEM] = True
@@ -344,6 +423,21 @@ class PipelineRunner:
     """Group of the first and last stage's ranks for the tied-gradient all-reduce."""
     broadcast_loss: bool = True
     """Broadcast the loss from the last stage so every rank returns it."""
+    vocab_parallel: bool = False
+    """Stages hold TP shards of the item table: logits [..., local_cols], vocab-parallel loss."""
+    local_cols: int | None = None
+    """Width of this rank's logits under TP (padded vocab / tp); None = n_cols."""
+    tp_group: object = None
+    """Tensor-parallel group (`score_last` gathers the vocab shards over it)."""
+    tp_rank: int = 0
+    """Rank in the TP group: TP-replicated parameters enter the grad norm on TP rank 0 only."""
+    norm_group: object = None
+    """Group the squared gradient norm is summed over (None = pp_group; under TP megatron's
+    model-parallel group, tp x pp ranks)."""
+    stage_wrappers: list | None = None
+    """Modules handed to torch's PipelineStage instead of `module`'s entries, same order (e.g.
+    DDP over the data-parallel group: torch's stages run DDP's no_sync until the last
+    micro-batch); None = the StageModules themselves."""
     _built: dict = field(default_factory=dict, repr=False)
     _loss_s: float = field(default=0.0, repr=False)
 
@@ -386,7 +480,8 @@ class PipelineRunner:
                  valid_count: torch.Tensor) -> torch.Tensor:
         _sync(self.device)
         t0 = time.perf_counter()
-        loss = microbatch_loss(logits, target, valid_count)
+        loss_fn = vocab_parallel_microbatch_loss if self.vocab_parallel else microbatch_loss
+        loss = loss_fn(logits, target, valid_count)
         _sync(self.device)
         self._loss_s += time.perf_counter() - t0
         return loss
@@ -396,9 +491,10 @@ class PipelineRunner:
         if key in self._built:
             return self._built[key]
         dtype = next(self.module.parameters()).dtype
-        d_model, n_cols = self.d_model, self.n_cols
+        d_model, n_cols = self.d_model, self.local_cols or self.n_cols
         stages = []
-        for s, mod in zip(self.stage_indices, self.module):
+        submods = self.stage_wrappers or list(self.module)
+        for s, mod in zip(self.stage_indices, submods):
             if s == 0:
                 inp = torch.empty(mb, seq_len, dtype=torch.long, device=self.device)  # ids
             else:
@@ -406,7 +502,7 @@ class PipelineRunner:
                                   requires_grad=True)  # hidden states
             if s == self.num_stages - 1:
                 out = torch.empty(mb, seq_len, n_cols, dtype=dtype, device=self.device,
-                                  requires_grad=True)  # logits [mb, L, n_items + 1]
+                                  requires_grad=True)  # logits [mb, L, n_items + 1 or V_local]
             else:
                 out = torch.empty(mb, seq_len, d_model, dtype=dtype, device=self.device,
                                   requires_grad=True)
@@ -421,12 +517,16 @@ class PipelineRunner:
         return built
 
     # -- training --
-    def step(self, input_ids: torch.Tensor, targets: torch.Tensor) -> PipelineStepResult:
+    def step(self, input_ids: torch.Tensor, targets: torch.Tensor,
+             valid_count: torch.Tensor | float | None = None) -> PipelineStepResult:
         """One forward+backward over a global batch on every rank of the pipeline group.
 
         input_ids, targets: [B, L] int64 (the same on every rank); B must be a multiple of
         num_microbatches. Leaves summed gradients in the stage parameters (tied copies
         all-reduced), ready for the optimiser. Collective: all pipeline ranks call it.
+        valid_count: what the loss sum is divided by; None = the valid positions of this
+        batch (a data-parallel replica passes the global batch's count / dp, so that DDP's
+        average over replicas gives the single-device gradient).
         """
         if input_ids.dim() != 2 or targets.shape != input_ids.shape:
             raise ValueError(f"PipelineRunner.step: input_ids {tuple(input_ids.shape)} and "
@@ -439,6 +539,9 @@ class PipelineRunner:
         input_ids, targets = input_ids.to(self.device), targets.to(self.device)
         built = self._schedule_for(b // m, seq_len)
         masked, count = prepare_targets(input_ids, targets)
+        if valid_count is not None:
+            count = torch.as_tensor(valid_count, dtype=torch.float32,
+                                    device=self.device).clamp(min=1)
         for st in built.stages:
             st.reset_counters()
         self._loss_s = 0.0
@@ -507,8 +610,9 @@ class PipelineRunner:
     def clip_grad_norm_(self, max_norm: float) -> float:
         """Clip all stages' gradients to a global L2 norm of max_norm; returns the norm.
 
-        Collective over the pipeline group. The tied table is counted once (the last stage's
-        copy is left out of the norm), so the norm equals the single-device one.
+        Collective over the pipeline group (`norm_group` when set). The tied table is counted
+        once (the last stage's copy is left out of the norm), and under TP replicated
+        parameters once (TP rank 0), so the norm equals the single-device one.
         """
         tied_copies = set()
         if not self.is_first:
@@ -516,11 +620,13 @@ class PipelineRunner:
         elif self.is_last:  # both ends on this rank: count only the first stage's copy
             tied_copies = {id(p) for p in self.module[-1].tied_parameters()}
         grads = [p.grad for p in self.module.parameters()
-                 if p.grad is not None and id(p) not in tied_copies]
+                 if p.grad is not None and id(p) not in tied_copies
+                 and (self.tp_rank == 0 or getattr(p, "tensor_model_parallel", False))]
         sq = (torch.nn.utils.get_total_norm(grads, 2.0).to(torch.float64) ** 2 if grads
               else torch.zeros((), dtype=torch.float64, device=self.device))
         sq = sq.reshape(1).to(self.device)
-        dist.all_reduce(sq, op=dist.ReduceOp.SUM, group=self.pp_group)
+        dist.all_reduce(sq, op=dist.ReduceOp.SUM,
+                        group=self.pp_group if self.norm_group is None else self.norm_group)
         total = sq.sqrt().to(torch.float32).reshape(())
         if max_norm > 0:
             torch.nn.utils.clip_grads_with_norm_(
@@ -556,6 +662,10 @@ class PipelineRunner:
                 x = torch.empty(b, seq_len, d_model, dtype=dtype, device=self.device)
                 dist.recv(x, src=self._global(self._stage_rank(s - 1)), group=self.pp_group)
             x = local[s](x, input_ids=input_ids, last_only=(s == last))
+            if s == last and self.vocab_parallel:  # [B, V_local] -> [B, n_items + 1]
+                shards = [torch.empty_like(x) for _ in range(dist.get_world_size(self.tp_group))]
+                dist.all_gather(shards, x.contiguous(), group=self.tp_group)
+                x = torch.cat(shards, dim=-1)[:, : self.n_cols]
             if s < last and self._stage_rank(s + 1) != self.pp_rank:
                 dist.send(x.contiguous(), dst=self._global(self._stage_rank(s + 1)),
                           group=self.pp_group)
@@ -568,7 +678,9 @@ class PipelineRunner:
         tensors), loadable into a `Recommender` with the same config. Collective; pickles
         the weights through all_gather_object, so meant for checkpoints and checks, not for
         every step."""
-        mine = {k: v.detach().cpu() for mod in self.module for k, v in mod.state_dict().items()}
+        # (non-tensor entries, e.g. megatron's `_extra_state` = None under TP, are skipped)
+        mine = {k: v.detach().cpu() for mod in self.module for k, v in mod.state_dict().items()
+                if isinstance(v, torch.Tensor)}
         gathered: list[dict] = [None] * self.plan.pp  # type: ignore[list-item]
         dist.all_gather_object(gathered, mine, group=self.pp_group)
         merged: dict[str, torch.Tensor] = {}
@@ -620,7 +732,8 @@ def apply_pp(model: Recommender, plan: ParallelPlan, stage_index: int,
         static stage metadata and it is the profiling input.
     pp_group: process group of the pipeline (None = default group, size must be pp).
     embedding_group: group of the ranks holding the first and last stage (tied table); built
-        here when pp_group is the default group, required otherwise when pp > 2.
+        here when pp_group is the default group, required otherwise when pp > 2 (on the
+        ranks of the first and last stage; the others never use it).
     profile: a `Profile` to use, True to profile, None to profile only for `balanced`.
         Profiling runs on pipeline rank 0 and is broadcast, so every rank cuts alike.
     virtual_pipeline_model_parallel_size: stages per rank for interleaved 1F1B (megatron-core's
@@ -679,7 +792,8 @@ def apply_pp(model: Recommender, plan: ParallelPlan, stage_index: int,
                            for s in stage_indices)
 
     first_rank, last_rank = 0, (n_stages - 1) % plan.pp
-    if embedding_group is None and first_rank != last_rank:
+    holds_tied = pp_rank in (first_rank, last_rank)
+    if embedding_group is None and first_rank != last_rank and (holds_tied or pp_group is None):
         if plan.pp == 2:
             embedding_group = pp_group
         elif pp_group is None:
@@ -689,8 +803,16 @@ def apply_pp(model: Recommender, plan: ParallelPlan, stage_index: int,
             raise PlanError("apply_pp: pp > 2 inside a non-default pipeline group needs "
                             "embedding_group (ranks of the first and last stage)")
 
+    tp_fields: dict = {}
+    if getattr(model, "tp_size", 1) > 1:  # stages over a TensorParallelRecommender's shards
+        from recpar.parallel import process_groups as pg
+
+        tp_fields = {"vocab_parallel": True, "local_cols": model.padded_vocab_size // model.tp_size,
+                     "tp_group": pg.tp_group(), "tp_rank": pg.tp_rank(),
+                     "norm_group": pg.model_parallel_group()}
     return PipelineRunner(plan=plan, partition=partition, profile=prof, names=names,
                           pp_rank=pp_rank, stage_indices=stage_indices, module=module,
                           device=device, virtual_stages=v, d_model=model.cfg.d_model,
                           n_cols=model.n_items + 1, pp_group=pp_group,
-                          embedding_group=embedding_group, broadcast_loss=broadcast_loss)
+                          embedding_group=embedding_group, broadcast_loss=broadcast_loss,
+                          **tp_fields)

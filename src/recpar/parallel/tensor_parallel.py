@@ -110,6 +110,9 @@ def _megatron_config(cfg: ModelConfig, plan: ParallelPlan, dtype: torch.dtype):
         **cfg.as_megatron_kwargs(),
         tensor_model_parallel_size=plan.tp,
         pipeline_model_parallel_size=plan.pp,
+        # megatron requires it whenever pp > 1 (dtype of what its schedules send between
+        # stages; ours are torch.distributed.pipelining's, which send the params' dtype)
+        pipeline_dtype=dtype,
         params_dtype=dtype,
         # Allocate on the host (the GPU branch calls torch.cuda.current_device()); apply_tp
         # then moves each new layer to the device the single-device model lives on.

@@ -1,0 +1,184 @@
+"""`recpar train --scheme mp|hybrid`: bad plans fail before any rank starts; TP × PP × DP
+training gives the single-device weights; an interrupted hybrid run resumes.
+
+World sizes: 8 (hybrid tp2×pp2×dp2, real launcher: torchrun --standalone), 2 (mp pp2, real
+launcher), 4 (hybrid tp2×dp2, spawned, killed after epoch 0 and resumed). gloo on CPU.
+
+Tolerance: every run trains the same data from the same initial weights with the same global
+batches; only the order of fp32 summations differs (TP splits the row-parallel matmuls and
+the vocab-parallel softmax into per-rank partial sums plus an all-reduce, PP sums the
+micro-batch gradients, DP averages half-batch gradients). Those differences are ~1e-7
+relative in each gradient. AdamW moves every weight by up to ~lr = 1e-3 per step whatever
+the gradient's size, so an element whose gradient is itself near rounding level can move
+differently: a handful of elements show 1e-6..1e-5, the mean stays ~1e-8. Observed after 10
+steps (shared, noisy 2-core machine; the numbers do not depend on load), max / mean |Δw|:
+pp2 3.0e-6 / 1.6e-9, tp2×dp2 (resumed) 1.1e-5 / 7.2e-9, tp2×pp2×dp2 1.1e-5 / 7.2e-9; the
+existing dp2 scheme on the same config 2.5e-6 / 2.1e-9. A wrong shard, row split or missing
+reduction moves many weights by ~lr (1e-4..1e-3). AdamW is invariant to a constant scale of
+a gradient, so the reported train loss (the global mean) is compared too.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from recpar.cli import main as recpar_main
+from recpar.train import record
+from ..comm.mp_launch import skip_unless_ranks, spawn_ranks
+from . import mp_workers
+
+RECPAR = [sys.executable, "-m", "recpar.cli"]
+COMMON = ["--model-size", "tiny", "--model-override", "max_seq_len=12",
+          "--model-override", "dropout=0.0", "--set", "max_epochs=2", "--set", "patience=5",
+          "--set", "global_batch_size=128", "--set", "warmup_steps=2",
+          "--set", "timed_steps=4", "--no-progress"]
+"""2 epochs of 5 steps (611 sequences; the last batch of 99 rows is split unevenly over
+dp = 2 and padded to whole micro-batches); dropout off (its masks cannot match across
+shards)."""
+WEIGHT_TOL = 3e-5
+"""max |Δw| vs single device after 10 AdamW steps (module docstring: observed <= 1.1e-5)."""
+MEAN_WEIGHT_TOL = 1e-7
+"""mean |Δw| over all weights (observed <= 7.2e-9; a real error moves it to >= ~1e-5)."""
+LOSS_RTOL = 1e-5
+"""Relative difference of the per-epoch mean train loss vs single device."""
+
+
+def _need(world_size: int) -> None:
+    skip_unless_ranks(world_size)
+    if importlib.util.find_spec("megatron") is None:  # pragma: no cover - the env pins it
+        pytest.skip("megatron-core is not installed")
+    if shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None:
+        pytest.skip("torchrun not found next to the interpreter")
+
+
+def _run(args, timeout=600):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(RECPAR + args, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--scheme", "mp", "--tp", "3"], "n_heads = 4 is not divisible by tp = 3"),
+    (["--scheme", "mp", "--tp", "2", "--model-override", "d_ff=255"],
+     "d_ff = 255 is not divisible by tp = 2"),
+    (["--scheme", "mp", "--pp", "5", "--microbatches", "8"],
+     "pp = 5 pipeline stages but the model has only n_layers + 2 = 4 layer units"),
+    (["--scheme", "mp", "--pp", "3", "--microbatches", "4", "--pipeline-schedule",
+      "interleaved-1f1b"], "--pp 3 with interleaved-1f1b = 6 stages"),
+    (["--scheme", "hybrid", "--dp", "2", "--pp", "2", "--microbatches", "3"],
+     "train.global_batch_size / dp = 64 is not divisible by --microbatches 3"),
+    (["--scheme", "mp", "--dp", "2", "--tp", "2"], "scheme mp is tensor/pipeline parallel only"),
+])
+def test_bad_model_parallel_plans_fail_before_any_rank_starts(small_prepared, tmp_path, capsys,
+                                                              extra, message):
+    code = recpar_main(["train", "--data", str(small_prepared), "--out", str(tmp_path / "run"),
+                        *COMMON, *extra])
+    err = capsys.readouterr().err
+    assert code != 0 and message in err, err
+    assert not (tmp_path / "run" / "spec.json").exists()
+
+
+@pytest.fixture(scope="module")
+def baseline_run(small_prepared, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mp-base") / "run"
+    assert recpar_main(["train", "--scheme", "baseline", "--data", str(small_prepared),
+                        "--out", str(out), *COMMON]) == 0
+    return out
+
+
+def _assert_weights_match(a_dir: Path, b_dir: Path) -> None:
+    a = torch.load(a_dir / "last.pt", weights_only=False)["model"]
+    b = torch.load(b_dir / "last.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys()
+    assert all(a[k].shape == b[k].shape for k in a)
+    diff = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
+    assert float(diff.max()) <= WEIGHT_TOL, (float(diff.max()), max(
+        a, key=lambda k: float((a[k] - b[k]).abs().max())))
+    assert float(diff.mean()) <= MEAN_WEIGHT_TOL, float(diff.mean())
+
+
+def _assert_losses_match(base: dict, rec: dict) -> None:
+    assert len(rec["history"]) == len(base["history"]) == 2
+    for h, hb in zip(rec["history"], base["history"]):
+        assert h["train_loss"] == pytest.approx(hb["train_loss"], rel=LOSS_RTOL)
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_hybrid_tp2_pp2_dp2_equals_single_device(small_prepared, baseline_run, tmp_path):
+    """8 ranks: TP pairs inside each pipeline stage, two stages, two DDP replicas."""
+    _need(8)
+    r = _run(["train", "--scheme", "hybrid", "--tp", "2", "--pp", "2", "--dp", "2",
+              "--partition", "uniform", "--data", str(small_prepared),
+              "--out", str(tmp_path / "h"), *COMMON])
+    assert r.returncode == 0, r.stderr[-4000:]
+    rec = record.read(tmp_path / "h" / "record.json")  # schema-validated
+    assert rec["scheme"] == "hybrid" and rec["plan"]["world_size"] == 8
+    assert rec["run_id"] == "dp2tp2pp2-ring-tiny-n1"
+    m = rec["metrics"]
+    # what was measured: DP gradient sync (hook), pipeline per rank, TP bytes (formula)
+    assert m["payload_bytes_per_rank_per_iter"] == m["dense_bytes_per_rank_per_iter"] > 0
+    assert m["comm_ms_per_iter"] > 0
+    assert m["pp_bubble_fraction_theory"] == pytest.approx(1 / 5)  # (p-1)/(m+p-1), m = 4
+    for p in (0, 1):
+        assert 0 <= m[f"pp_rank{p}_bubble_fraction_measured"] < 1
+        assert m[f"pp_rank{p}_compute_ms_per_iter"] > 0
+    # [mb, L, d] activations forward, their gradients back (each TP rank its own copy)
+    assert m["pp_p2p_bytes_per_replica_per_iter"] > 0
+    assert m["tp_allreduce_payload_bytes_per_replica_per_iter"] > 0
+    assert m["peak_rss_gib_max_over_ranks"] > 0
+    base = record.read(baseline_run / "record.json")
+    _assert_losses_match(base, rec)
+    _assert_weights_match(baseline_run, tmp_path / "h")
+
+
+@pytest.mark.multiprocess
+def test_mp_pp2_equals_single_device(small_prepared, baseline_run, tmp_path):
+    """2 ranks: the pipeline alone (tp = 1), GPipe schedule, profiled (balanced) cut."""
+    _need(2)
+    r = _run(["train", "--scheme", "mp", "--pp", "2", "--pipeline-schedule", "gpipe",
+              "--data", str(small_prepared), "--out", str(tmp_path / "pp"), *COMMON])
+    assert r.returncode == 0, r.stderr[-4000:]
+    rec = record.read(tmp_path / "pp" / "record.json")
+    assert rec["run_id"] == "pp2-tiny-n1" and rec["plan"]["pipeline_schedule"] == "gpipe"
+    m = rec["metrics"]
+    assert m["comm_ms_per_iter"] is None  # no DP: nothing timed as gradient sync
+    assert m["pp_tied_grad_payload_bytes_per_iter"] > 0  # rank 0 holds the tied table
+    _assert_losses_match(record.read(baseline_run / "record.json"), rec)
+    _assert_weights_match(baseline_run, tmp_path / "pp")
+
+
+@pytest.mark.multiprocess
+def test_hybrid_tp2_dp2_killed_after_epoch_0_resumes(small_prepared, baseline_run, tmp_path):
+    """4 ranks (spawned): TP inside a replica, DDP over the two replicas; killed after the
+    first epoch's checkpoint, resumed from last.pt + engine-rank<r>.pt (TP shard, AdamW
+    state, grad-sync state). Losing the optimiser state on resume would move the weights by
+    ~lr, far beyond WEIGHT_TOL."""
+    _need(4)
+    from recpar.cli import build_parser
+    from recpar.train.cli import _spec
+    from recpar.train.spec import spec_to_dict
+
+    out = tmp_path / "run"
+    args = build_parser().parse_args(["train", "--scheme", "hybrid", "--tp", "2", "--dp", "2",
+                                      "--data", str(small_prepared), "--out", str(out),
+                                      *COMMON])
+    spec = _spec(args, "hybrid")
+    out.mkdir(parents=True)
+    (tmp_path / "spec.json").write_text(json.dumps(spec_to_dict(spec)))
+    ranks = spawn_ranks(mp_workers.resume_after_kill, 4, tmp_path)
+    assert all(r["killed"] and not r["record_after_kill"] for r in ranks)
+    assert ranks[0]["engine_files_after_kill"] == [f"engine-rank{r}.pt" for r in range(4)]
+    rec = ranks[0]["record"]
+    assert rec["notes"][0] == "resumed from last.pt after epoch 0"
+    assert record.read(out / "record.json")["run_id"] == "dp2tp2-ring-tiny-n1"
+    _assert_losses_match(record.read(baseline_run / "record.json"), rec)
+    _assert_weights_match(baseline_run, out)
