@@ -16,7 +16,8 @@ def test_world_size_mismatch_names_the_numbers():
 
 @pytest.mark.parametrize("kwargs, msg", [
     (dict(scheme="mp", tp=3), "n_heads = 4 is not divisible by tp = 3"),
-    (dict(scheme="mp", pp=8, num_microbatches=8), "n_layers = 4 is fewer than pipeline stages pp = 8"),
+    (dict(scheme="mp", pp=8, num_microbatches=8),
+     "pp = 8 pipeline stages but the model has only n_layers [+] 2 = 6 layer units"),
     (dict(scheme="mp", pp=2, num_microbatches=1), "num_microbatches = 1 < pp = 2"),
     (dict(scheme="baseline", dp=2), "single-device"),
     (dict(scheme="nope"), "unknown scheme 'nope'"),
@@ -26,6 +27,12 @@ def test_world_size_mismatch_names_the_numbers():
 def test_invalid_plans(kwargs, msg):
     with pytest.raises(PlanError, match=msg):
         ParallelPlan(**kwargs).validate(n_heads=4, n_layers=4)
+
+
+def test_stages_may_cut_over_embedding_and_head_units():
+    # 4 blocks + embedding + head = 6 units: pp up to 6 is a valid cut
+    plan = ParallelPlan(scheme="mp", pp=6, num_microbatches=6)
+    assert plan.validate(n_heads=4, n_layers=4) is plan
 
 
 def test_record_has_world_size():

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 
@@ -275,10 +276,12 @@ class ParameterServer:
 
     # --- public -----------------------------------------------------------------------------
 
-    def run_round(self) -> AsyncPSStats:
+    def run_round(self, on_update: Callable[[UpdateRecord, int], None] | None = None
+                  ) -> AsyncPSStats:
         """Send the current parameters to every worker, then apply pushes in arrival order
         until every worker has finished its round. Returns this round's counts (also added to
-        `self.stats`)."""
+        `self.stats`). `on_update(update, token_count)`, if given, is called after each applied
+        update (before its reply is sent), e.g. to drive a timing window."""
         if self._stopped:
             raise AsyncPSError("async_ps: run_round after stop()")
         rs = AsyncPSStats(rounds=1)
@@ -320,6 +323,8 @@ class ParameterServer:
             rs.train_loss_sum += float(header[2])
             rs.train_token_count += int(header[3])
             rs.log.append(UpdateRecord(self.version, src, version_read, tau))
+            if on_update is not None:
+                on_update(rs.log[-1], int(header[3]))
             if kind == KIND_PUSH:
                 self._send_params(src, CMD_PARAMS, rs)
             else:

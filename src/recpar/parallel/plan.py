@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-SCHEMES = ("baseline", "dp", "zero", "mp", "hybrid", "deepspeed")
+SCHEMES = ("baseline", "dp", "zero", "mp", "hybrid", "deepspeed", "async")
 PIPELINE_SCHEDULES = ("1f1b", "gpipe", "interleaved-1f1b")
 PARTITION_METHODS = ("uniform", "balanced")
 
@@ -25,7 +25,8 @@ class ParallelPlan:
     scheme: str = "baseline"
     """One of SCHEMES; `baseline` is single-device training."""
     dp: int = 1
-    """Data-parallel degree (outermost: replicas that each see a shard of the batch)."""
+    """Data-parallel degree (outermost: replicas that each see a shard of the batch). Scheme
+    `async`: all ranks, i.e. 1 parameter server (rank 0) + dp − 1 workers (see batch_shards)."""
     tp: int = 1
     """Tensor-parallel degree (innermost: ranks that split each layer's weights)."""
     pp: int = 1
@@ -40,6 +41,12 @@ class ParallelPlan:
     @property
     def world_size(self) -> int:
         return self.dp * self.tp * self.pp
+
+    @property
+    def batch_shards(self) -> int:
+        """Ranks that split each global batch: dp, except scheme `async`, where rank 0 is the
+        parameter server and the dp − 1 workers take rows idx[w−1::dp−1] (w = 1..dp−1)."""
+        return self.dp - 1 if self.scheme == "async" and self.dp > 1 else self.dp
 
     def validate(
         self,
@@ -69,6 +76,11 @@ class ParallelPlan:
                 f"scheme baseline is single-device but dp×tp×pp = {self.dp}×{self.tp}×{self.pp} "
                 f"= {self.world_size}"
             )
+        if self.scheme == "async" and (self.dp < 2 or (self.tp, self.pp) != (1, 1)):
+            raise PlanError(
+                f"scheme async needs dp >= 2 ranks (rank 0 = parameter server, ranks "
+                f"1..dp-1 = workers) and tp = pp = 1; got dp={self.dp} tp={self.tp} pp={self.pp}"
+            )
         if world_size is not None and self.world_size != world_size:
             raise PlanError(
                 f"dp×tp×pp = {self.dp}×{self.tp}×{self.pp} = {self.world_size} "
@@ -76,8 +88,11 @@ class ParallelPlan:
             )
         if n_heads is not None and n_heads % self.tp:
             raise PlanError(f"n_heads = {n_heads} is not divisible by tp = {self.tp}")
-        if n_layers is not None and n_layers < self.pp:
-            raise PlanError(f"n_layers = {n_layers} is fewer than pipeline stages pp = {self.pp}")
+        # Stages are cut over layer units (embedding, n_layers blocks, head): at most n + 2.
+        if n_layers is not None and self.pp > n_layers + 2:
+            raise PlanError(f"pp = {self.pp} pipeline stages but the model has only "
+                            f"n_layers + 2 = {n_layers + 2} layer units (embedding, "
+                            f"{n_layers} blocks, head)")
         if self.pp > 1 and self.num_microbatches < self.pp:
             raise PlanError(
                 f"num_microbatches = {self.num_microbatches} < pp = {self.pp}: "

@@ -60,6 +60,11 @@ def register(sub) -> None:
     par.add_argument("--bucket-size", type=int, default=None,
                      help="gradient bucket size in elements (megatron-core bucket_size)")
     par.add_argument("--timeout-s", type=float, default=None, help="kill the job after this long")
+    par.add_argument("--no-staleness-damping", action="store_true",
+                     help="scheme async: apply stale gradients undamped (plain async SGD) "
+                          "instead of Formula 12's g / (1 + tau)")
+    par.add_argument("--async-timeout-s", type=float, default=300.0,
+                     help="scheme async: longest wait for one parameter-server message")
     p.add_argument("--run-options", default=None, metavar="JSON",
                    help="a mapping of this command's options (names with _), e.g. "
                         "'{\"scheme\": \"dp\", \"dp\": 2}'; used by the Snakemake sweep; "
@@ -84,6 +89,7 @@ def _parse_kv(items: list[str], what: str) -> dict:
 
 
 def _spec(args, scheme: str):
+    from recpar.comm.async_ps import AsyncPSConfig
     from recpar.comm.config import GradSyncConfig
     from recpar.model.config import ModelConfig
     from recpar.train.config import TrainConfig
@@ -103,7 +109,7 @@ def _spec(args, scheme: str):
     model = ModelConfig.named(args.model_size, **_parse_kv(args.model_override,
                                                            "--model-override"))
     dp, tp, pp = (getattr(args, k, 1) for k in ("dp", "tp", "pp"))
-    if scheme in ("baseline", "dp", "zero") and (tp, pp) != (1, 1):
+    if scheme in ("baseline", "dp", "zero", "async") and (tp, pp) != (1, 1):
         raise ValueError(f"scheme {scheme} is data-parallel only; got --tp {tp} --pp {pp} "
                          "(use --scheme mp, hybrid or deepspeed)")
     microbatches = getattr(args, "microbatches", None) or (2 * pp if pp > 1 else 1)
@@ -131,9 +137,25 @@ def _spec(args, scheme: str):
         sync_id = f"stage{zero_stage}"
     plan.validate(world_size=plan.world_size, n_heads=model.n_heads, n_layers=model.n_layers)
     train.validate()
-    if train.global_batch_size % dp:
+    if scheme in ("mp", "hybrid"):
+        _validate_model_parallel(plan, model)
+    if scheme == "deepspeed":  # tp = 1, DeepSpeed's 1F1B, batch = micro × microbatches × dp
+        from recpar.parallel.deepspeed_pipeline import validate_deepspeed_plan
+
+        validate_deepspeed_plan(plan, train)
+    async_ps = AsyncPSConfig()
+    if scheme == "async":  # dp ranks = 1 parameter server (rank 0) + dp - 1 workers
+        async_ps = AsyncPSConfig(staleness_damping=not args.no_staleness_damping,
+                                 clip_grad=train.clip_grad,
+                                 timeout_s=args.async_timeout_s).validate(world)
+        sync_id = "damped" if async_ps.staleness_damping else "undamped"
+    elif getattr(args, "no_staleness_damping", False):
+        raise ValueError(f"--no-staleness-damping applies to --scheme async only, not {scheme}")
+    shards = plan.batch_shards  # ranks that split each global batch
+    if train.global_batch_size % shards:
+        who = f"dp = {dp}" if shards == dp else f"the {shards} async workers (dp = {dp})"
         raise ValueError(f"train.global_batch_size = {train.global_batch_size} is not divisible "
-                         f"by dp = {dp}")
+                         f"by {who}")
     if pp > 1 and (train.global_batch_size // dp) % microbatches:
         raise ValueError(f"train.global_batch_size / dp = {train.global_batch_size // dp} "
                          f"is not divisible by --microbatches {microbatches}")
@@ -148,7 +170,7 @@ def _spec(args, scheme: str):
         topology = {"kind": kind, "nodes": nodes, "ranks_per_node": world // nodes}
     return RunSpec(data_dir=args.data, out_dir=args.out, run_id=run_id, model=model, train=train,
                    plan=plan, seed=args.seed, use_text=not args.no_text, topology=topology,
-                   grad_sync=grad_sync, zero_stage=zero_stage)
+                   grad_sync=grad_sync, zero_stage=zero_stage, async_ps=async_ps)
 
 
 NEGATED_OPTIONS = {"error_feedback": "no_error_feedback", "overlap": "no_overlap",
@@ -185,6 +207,22 @@ def apply_run_options(args, options: dict | str) -> None:
             raise ValueError(f"--run-options: {key} = {value!r} should be a "
                              f"{type(default).__name__}")
         setattr(args, key, value)
+
+
+def _validate_model_parallel(plan, model) -> None:
+    """Schemes mp and hybrid: what would otherwise fail inside the ranks, with the numbers."""
+    from recpar.parallel.tensor_parallel import validate_tp  # no megatron import
+
+    if plan.scheme == "mp" and plan.dp != 1:
+        raise ValueError(f"scheme mp is tensor/pipeline parallel only; got --dp {plan.dp} "
+                         "(use --scheme hybrid for tp×pp×dp)")
+    validate_tp(model, plan)  # heads and d_ff split into whole shards
+    # interleaved 1F1B: 2 virtual stages per rank (apply_pp's default)
+    stages = plan.pp * (2 if plan.pipeline_schedule == "interleaved-1f1b" else 1)
+    if plan.pp > 1 and stages > model.n_layers + 2:
+        raise ValueError(f"--pp {plan.pp} with {plan.pipeline_schedule} = {stages} stages but "
+                         f"the model has only n_layers + 2 = {model.n_layers + 2} layer units "
+                         f"(embedding, {model.n_layers} blocks, head)")
 
 
 def cmd_train(args) -> int:

@@ -36,6 +36,7 @@ from recpar.eval.protocols import build_eval_examples, evaluate, sample_negative
 from recpar.model.config import ModelConfig
 from recpar.model.recommender import Recommender
 from recpar.model.sequences import build_training_sequences
+from recpar.comm.async_ps import AsyncPSConfig
 from recpar.comm.config import GradSyncConfig
 from recpar.parallel.plan import ParallelPlan
 from recpar.train import checkpoint, record
@@ -75,6 +76,9 @@ class RunSpec:
     """How data-parallel gradients travel (scheme dp; ignored when dp = 1)."""
     zero_stage: int = 0
     """ZeRO stage 1/2/3 for scheme `zero` (DeepSpeed); 0 otherwise."""
+    async_ps: AsyncPSConfig = field(default_factory=AsyncPSConfig)
+    """Parameter-server settings for scheme `async` (damping, timeout); its clip_grad is
+    replaced by train.clip_grad (one clipping setting for every scheme)."""
 
 
 def _set_determinism(cfg: TrainConfig, seed: int) -> None:
@@ -125,7 +129,11 @@ def _base_record(spec: RunSpec, ds: PreparedDataset, scheme: str,
         "status": "completed",
         "created_utc": record.utc_now(),
         "config": {"model": asdict(model_cfg or spec.model), "train": spec.train.to_record(),
-                   "grad_sync": spec.grad_sync.to_dict() if spec.plan.dp > 1 else None,
+                   "grad_sync": (spec.grad_sync.to_dict()
+                                 if spec.plan.dp > 1 and spec.plan.scheme != "async" else None),
+                   **({"async_ps": asdict(dataclasses.replace(
+                       spec.async_ps, clip_grad=spec.train.clip_grad))}
+                      if spec.plan.scheme == "async" else {}),
                    "use_text": spec.use_text},
         "plan": spec.plan.to_record(),
         "topology": spec.topology,
@@ -175,9 +183,9 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
     rank, world = _dist()
     spec.plan.validate(world_size=world, n_heads=spec.model.n_heads, n_layers=spec.model.n_layers)
     dp = spec.plan.dp
-    if cfg.global_batch_size % dp:
+    if cfg.global_batch_size % spec.plan.batch_shards:  # dp, or dp - 1 workers for async
         raise ValueError(f"train.global_batch_size = {cfg.global_batch_size} is not divisible "
-                         f"by dp = {dp}")
+                         f"by the {spec.plan.batch_shards} ranks that split it (dp = {dp})")
     progress = progress and rank == 0
     _set_determinism(cfg, spec.seed)
     ds = PreparedDataset.load(spec.data_dir)
@@ -206,6 +214,9 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
                                  "plan": spec.plan.to_record(), "seed": spec.seed,
                                  "grad_sync": spec.grad_sync.to_dict() if dp > 1 else None,
                                  "zero_stage": spec.zero_stage,
+                                 **({"async_ps": {k: v for k, v in asdict(spec.async_ps).items()
+                                                  if k != "timeout_s"}}  # timeout: may change
+                                    if spec.plan.scheme == "async" else {}),
                                  "data": str(ds.stats), "use_text": spec.use_text})
     out = Path(spec.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -247,9 +258,16 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
         batches = [perm[b * cfg.global_batch_size:(b + 1) * cfg.global_batch_size]
                    for b in range(steps_per_epoch)]
         first_epoch_batches = first_epoch_batches or batches
-        losses = []
-        bar = tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False,
-                   mininterval=2.0)
+        # Engines without one synchronous step per batch (async) train the epoch themselves
+        # and drive the window; see their module for how the window is measured.
+        epoch_batches = batches[:cfg.max_steps - step] if cfg.max_steps else batches
+        losses = engine.run_epoch(inputs, targets, epoch_batches, window)
+        if losses is not None:
+            step += len(epoch_batches)
+            stop = bool(cfg.max_steps) and step >= cfg.max_steps
+        bar = tqdm(batches if losses is None else [], desc=f"epoch {epoch}",
+                   disable=not progress or losses is not None, leave=False, mininterval=2.0)
+        losses = [] if losses is None else losses
         for idx in bar:
             was_open = window.open
             window.before_step()

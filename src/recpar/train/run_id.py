@@ -1,4 +1,5 @@
-"""Run ids that spell out what ran, e.g. `baseline-tiny-n1`, `dp8-topk0.01-ring-n2`."""
+"""Run ids that spell out what ran, e.g. `baseline-tiny-n1`, `dp8-topk0.01-ring-n2`,
+`async4-damped-tiny-n1`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ def make_run_id(plan: ParallelPlan, model_size: str, nodes: int = 1,
     """`<degrees>[-<grad sync>]-<model size>-n<nodes>`; degrees name only what is > 1."""
     if plan.scheme == "baseline":
         head = "baseline"
+    elif plan.scheme == "async":  # `async4-damped-tiny-n1`: 4 ranks = server + 3 workers
+        head = f"async{plan.dp}"
     else:
         degrees = [f"{k}{getattr(plan, k)}" for k in ("dp", "tp", "pp") if getattr(plan, k) > 1]
         head = "".join(degrees) or plan.scheme

@@ -10,6 +10,10 @@ ENGINES: dict[str, str] = {
     "baseline": "recpar.train.engines.data_parallel:ReplicaEngine",
     "dp": "recpar.train.engines.data_parallel:ReplicaEngine",
     "zero": "recpar.train.engines.zero:ZeroEngine",
+    "mp": "recpar.train.engines.model_parallel:ModelParallelEngine",
+    "hybrid": "recpar.train.engines.model_parallel:ModelParallelEngine",
+    "deepspeed": "recpar.train.engines.deepspeed_pipeline:DeepSpeedPipelineEngine",
+    "async": "recpar.train.engines.async_ps:AsyncEngine",
 }
 """scheme -> "module:class" of its engine (imported on use: megatron and DeepSpeed are slow
 to import)."""

@@ -18,6 +18,7 @@ Contract, every method called on every rank unless stated:
   library has its own checkpoint format override `save`/`load` instead.
 - `window_opened()` / `window_closed(steps)`: the timing window's edges (drop warm-up counters,
   return per-iteration communication statistics).
+- `run_epoch(...)` (optional): a whole epoch at once instead of `step` per batch (async).
 - `finish(...)`: metrics measured after training (e.g. the no-sync compute time that gives the
   exposed communication), on every rank.
 """
@@ -84,6 +85,15 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Collective: the single-device state dict on rank 0 (CPU), None elsewhere."""
+
+    def run_epoch(self, inputs: torch.Tensor, targets: torch.Tensor,
+                  batches: list[torch.Tensor], window) -> list[float] | None:
+        """Optional hook for schemes that do not take one synchronous step per global batch
+        (`async`): train on all of `batches` (every rank, same list), drive the loop's
+        `StepWindow` itself (`before_step`/`after_step` once per global batch's worth of work)
+        and return the epoch's losses (the loop averages them). None (the default): the loop
+        calls `step` per batch."""
+        return None
 
     def train(self) -> None:
         """Put the modules this rank trains into training mode (after validation)."""
