@@ -10,9 +10,10 @@ rule cluster_up:
     log:
         "logs/cluster/up.log",
     params:
-        nodes=config["cluster"]["nodes"],
-        rpn=config["cluster"]["ranks_per_node"],
-        bw=config["cluster"]["inter_bw"],
+        # Read when the rule runs: `cluster` is only required with topology: emulated.
+        nodes=lambda w: config["cluster"]["nodes"],
+        rpn=lambda w: config["cluster"]["ranks_per_node"],
+        bw=lambda w: config["cluster"]["inter_bw"],
     shell:
         "(recpar cluster up --nodes {params.nodes} --ranks-per-node {params.rpn}"
         " --inter-bw {params.bw} && recpar cluster calibrate"

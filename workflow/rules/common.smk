@@ -87,6 +87,9 @@ wildcard_constraints:
     seed=r"\d+",
 
 
+# The paper's values and tolerances ship with the workflow (not the working directory).
+PAPER_VALUES = os.path.join(workflow.basedir, "paper_tables", "paper.yaml")
+
 # What `recpar report tables` writes (recpar.report.cli.TABLE_FILES; figures are extra).
 REPORT_TABLES = ["table2.md", "table2.csv", "table2.tex", "table3.md", "table3.csv", "table3.tex",
                  "comm_share.md", "comm_share.csv", "claims.md", "audit.md"]

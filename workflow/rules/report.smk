@@ -23,7 +23,7 @@ rule baseline_quality:
 rule paper_tables:
     input:
         records=sweep_records(),
-        paper="paper_tables/paper.yaml",
+        paper=PAPER_VALUES,
     output:
         report(
             expand("paper_tables/{name}", name=REPORT_TABLES),
