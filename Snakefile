@@ -32,3 +32,4 @@ rule all:
         "paper_tables/baseline_quality.md",
         sweep_records(),
         expand("paper_tables/{name}", name=REPORT_TABLES),
+        quality_delta_target(),

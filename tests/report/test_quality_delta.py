@@ -60,3 +60,17 @@ def test_table_reports_misses(tmp_path):
 def test_bad_inputs_are_named(recs, ref, tol, match):
     with pytest.raises(ValueError, match=match):
         compare_to_reference(recs, ref, tol)
+
+
+def test_cli_writes_the_delta_table(tmp_path):
+    from recpar.cli import main
+
+    paths = [str(record.write(r, tmp_path / f"{r['run_id']}{r['seed']}" / "record.json"))
+             for r in [_rec(REF, 0, 0.20, 0.10), _rec(REF, 1, 0.23, 0.11),
+                       _rec("sign", 0, 0.19, 0.10), _rec("sign", 1, 0.10, 0.05)]]
+    out = tmp_path / "delta.md"
+    assert main(["report", "quality-delta", "--records", *paths, "--reference", REF,
+                 "--out", str(out)]) == 0
+    text = out.read_text()
+    # seed spread of the reference's HR@10 (0.03) is above the floor: it is the tolerance
+    assert "HR@10 full 0.0300" in text and "| sign | 0,1 |" in text

@@ -70,7 +70,7 @@ def _merged(base: dict, over: dict) -> dict:
 
 
 @pytest.mark.parametrize("config_path", ["config/config.yaml", ".test/config/config.yaml",
-                                         "config/emulated.yaml"])
+                                         "config/emulated.yaml", "config/quality_ablation.yaml"])
 def test_sweep_run_ids_spell_out_what_runs(config_path):
     """Each sweep key is the id `recpar train` gives its options, and the options validate
     (plan against the model, batch divisibility with the sweep's train settings)."""
@@ -78,8 +78,11 @@ def test_sweep_run_ids_spell_out_what_runs(config_path):
     from recpar.train.cli import _spec, apply_run_options
 
     cfg = yaml.safe_load((ROOT / config_path).read_text())
-    if config_path == "config/emulated.yaml":  # used as --configfile over the default
+    if config_path.startswith("config/") and config_path != "config/config.yaml":
+        # used as --configfile over the default
         cfg = _merged(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), cfg)
+    reference = cfg["sweep"].get("reference")
+    assert reference is None or reference in cfg["sweep"]["runs"], reference
     train = {**cfg["train"], **cfg["sweep"].get("train", {})}
     sets = [f"--set={k}={v}" for k, v in train.items()]
     for run_id, opts in cfg["sweep"]["runs"].items():
@@ -107,6 +110,8 @@ def test_tiny_pipeline_runs_end_to_end(tmp_path):
         for seed in (0, 1):
             rec = tmp_path / "results" / "movielens-100k" / run / f"seed{seed}" / "record.json"
             assert record.read(rec)["seed"] == seed
+    delta = (tmp_path / "paper_tables" / "quality_delta.md").read_text()
+    assert "| baseline-tiny-n1 (reference) | 0,1 |" in delta and "| dp2-ring-tiny-n1 | 0,1 |" in delta
     claims = (tmp_path / "paper_tables" / "claims.md").read_text()
     assert "not run" in claims  # nothing of the paper's scale runs in the tiny grid
     assert "dp" in (tmp_path / "paper_tables" / "table2.md").read_text()

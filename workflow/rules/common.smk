@@ -93,3 +93,13 @@ PAPER_VALUES = os.path.join(workflow.basedir, "paper_tables", "paper.yaml")
 # What `recpar report tables` writes (recpar.report.cli.TABLE_FILES; figures are extra).
 REPORT_TABLES = ["table2.md", "table2.csv", "table2.tex", "table3.md", "table3.csv", "table3.tex",
                  "comm_share.md", "comm_share.csv", "claims.md", "audit.md"]
+
+
+def quality_delta_target():
+    """paper_tables/quality_delta.md when the sweep names a reference run."""
+    if SWEEP.get("reference") is None:
+        return []
+    if SWEEP["reference"] not in SWEEP["runs"]:
+        raise ValueError(f"config sweep.reference: {SWEEP['reference']!r} is not a key of "
+                         f"sweep.runs ({', '.join(SWEEP_RUNS)})")
+    return ["paper_tables/quality_delta.md"]

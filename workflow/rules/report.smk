@@ -39,3 +39,23 @@ rule paper_tables:
     shell:
         "recpar report tables --records {input.records} --paper {input.paper}"
         " --out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule quality_delta:
+    input:
+        records=sweep_records(),
+    output:
+        report(
+            "paper_tables/quality_delta.md",
+            caption="../report/quality_delta.rst",
+            category="Quality",
+        ),
+    conda:
+        "../../envs/environment.yaml"
+    log:
+        "logs/report/quality_delta.log",
+    params:
+        reference=lambda w: SWEEP["reference"],
+    shell:
+        "recpar report quality-delta --records {input.records} --reference {params.reference}"
+        " --out {output} > {log} 2>&1"

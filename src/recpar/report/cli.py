@@ -13,6 +13,15 @@ def register(sub) -> None:
     q.add_argument("--split", default="test", choices=["valid", "test"])
     q.add_argument("--out", required=True, type=Path)
     q.set_defaults(func=cmd_quality)
+    d = rs.add_parser("quality-delta", help="HR@10/NDCG@10 of each run minus a reference "
+                      "run's, on shared seeds, within a tolerance or by how much it misses")
+    d.add_argument("--records", nargs="+", required=True, type=Path)
+    d.add_argument("--reference", required=True, help="run id of the reference (sync DP)")
+    d.add_argument("--floor", type=float, default=0.01,
+                   help="smallest tolerance; the reference's seed-to-seed spread if larger")
+    d.add_argument("--split", default="test", choices=["valid", "test"])
+    d.add_argument("--out", required=True, type=Path)
+    d.set_defaults(func=cmd_quality_delta)
     t = rs.add_parser("tables", help="Tables II-III, communication share, claims, audit and "
                       "figures vs the paper's values (paper_tables/paper.yaml)")
     t.add_argument("--records", nargs="+", required=True, type=Path,
@@ -29,6 +38,22 @@ def cmd_quality(args) -> int:
     text = quality_table(args.records, args.split)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
+    print(text)
+    return 0
+
+
+def cmd_quality_delta(args) -> int:
+    from recpar.atomic_write import write_text
+    from recpar.report.quality_delta import (compare_to_reference, delta_table, load_records,
+                                             seed_spread_tolerance)
+
+    recs = [r for r in load_records(args.records) if r["scheme"] != "most-popular"]
+    tol = seed_spread_tolerance(recs, args.reference, floor=args.floor, split=args.split)
+    deltas = compare_to_reference(recs, args.reference, tol, split=args.split)
+    text = (f"# Quality vs {args.reference} ({args.split} split)\n\n"
+            + delta_table(deltas, args.reference)
+            + f"\nTolerance rule: max({args.floor}, the reference's seed-to-seed spread).\n")
+    write_text(args.out, text)
     print(text)
     return 0
 
