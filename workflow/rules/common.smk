@@ -43,6 +43,7 @@ def train_args(wildcards):
 
 
 SWEEP = config["sweep"]
+SWEEP_NAME = SWEEP["name"]  # records under results/<dataset>/<name>/, tables paper_tables/<name>/
 SWEEP_RUNS = list(SWEEP["runs"])
 
 
@@ -72,8 +73,8 @@ def cluster_input(wildcards):
 
 
 def sweep_records(seeds=None):
-    return expand("results/{dataset}/sweep/{run}/seed{seed}/record.json",
-                  dataset=config["dataset"], run=SWEEP_RUNS,
+    return expand("results/{dataset}/{sweep}/{run}/seed{seed}/record.json",
+                  dataset=config["dataset"], sweep=SWEEP_NAME, run=SWEEP_RUNS,
                   seed=seeds if seeds is not None else config["seeds"])
 
 
@@ -85,6 +86,7 @@ def records(run, seeds=None):
 wildcard_constraints:
     dataset="|".join(re.escape(s) for s in config["sources"]),
     seed=r"\d+",
+    sweep=re.escape(SWEEP_NAME),
 
 
 # The paper's values and tolerances ship with the workflow (not the working directory).
@@ -96,10 +98,10 @@ REPORT_TABLES = ["table2.md", "table2.csv", "table2.tex", "table3.md", "table3.c
 
 
 def quality_delta_target():
-    """paper_tables/quality_delta.md when the sweep names a reference run."""
+    """paper_tables/<sweep>/quality_delta.md when the sweep names a reference run."""
     if SWEEP.get("reference") is None:
         return []
     if SWEEP["reference"] not in SWEEP["runs"]:
         raise ValueError(f"config sweep.reference: {SWEEP['reference']!r} is not a key of "
                          f"sweep.runs ({', '.join(SWEEP_RUNS)})")
-    return ["paper_tables/quality_delta.md"]
+    return [f"paper_tables/{SWEEP_NAME}/quality_delta.md"]

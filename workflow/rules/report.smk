@@ -26,14 +26,14 @@ rule paper_tables:
         paper=PAPER_VALUES,
     output:
         report(
-            expand("paper_tables/{name}", name=REPORT_TABLES),
+            expand("paper_tables/{{sweep}}/{name}", name=REPORT_TABLES),
             caption="../report/paper_tables.rst",
             category="Paper tables",
         ),
     conda:
         "../../envs/environment.yaml"
     log:
-        "logs/report/paper_tables.log",
+        "logs/report/{sweep}/paper_tables.log",
     params:
         out_dir=lambda w, output: os.path.dirname(output[0]),
     shell:
@@ -46,14 +46,14 @@ rule quality_delta:
         records=sweep_records(),
     output:
         report(
-            "paper_tables/quality_delta.md",
+            "paper_tables/{sweep}/quality_delta.md",
             caption="../report/quality_delta.rst",
             category="Quality",
         ),
     conda:
         "../../envs/environment.yaml"
     log:
-        "logs/report/quality_delta.log",
+        "logs/report/{sweep}/quality_delta.log",
     params:
         reference=lambda w: SWEEP["reference"],
     shell:

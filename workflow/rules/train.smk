@@ -53,13 +53,13 @@ rule sweep_run:
         emb=f"{DATA}/{{dataset}}/item_text_emb.npy",
         cluster=cluster_input,
     output:
-        record="results/{dataset}/sweep/{run}/seed{seed}/record.json",
+        record="results/{dataset}/{sweep}/{run}/seed{seed}/record.json",
     wildcard_constraints:
         run="|".join(re.escape(r) for r in SWEEP_RUNS),
     conda:
         "../../envs/environment.yaml"
     log:
-        "logs/{dataset}/sweep/{run}/seed{seed}.log",
+        "logs/{dataset}/{sweep}/{run}/seed{seed}.log",
     params:
         args=sweep_args,
         data=lambda w: f"{DATA}/{w.dataset}",
