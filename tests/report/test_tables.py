@@ -82,3 +82,12 @@ def test_outputs_render():
     assert md.startswith("# T") and "| dp " in md and "- a note" in md
     assert "\\begin{tabular}" in tables.to_latex(t2, "cap")
     assert isinstance(pd.read_csv(pd.io.common.StringIO(t2.to_csv(index=False))), pd.DataFrame)
+
+
+def test_sweep_notes_state_the_commit_and_topology_of_the_records():
+    dirty = make_run("dp", dp=4, nodes=2, throughput=300)
+    dirty["git"] = {"commit": "b" * 40, "dirty": True}
+    notes = tables.sweep_notes(_rs([make_run("baseline", throughput=100), dirty]))
+    assert len(notes) == 1
+    assert "git aaaaaaaaaaaa, bbbbbbbbbbbb+dirty" in notes[0]
+    assert "topology emulated, local" in notes[0]

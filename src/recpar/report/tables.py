@@ -508,7 +508,18 @@ def to_latex(df: pd.DataFrame, caption: str) -> str:
     return d.to_latex(index=False, caption=caption, escape=True, longtable=False)
 
 
+def _provenance(rs: RecordSet, sweep: str) -> str:
+    """Commits and topologies the sweep's records came from (what a reader needs to trust
+    committed tables without rerunning them)."""
+    recs = [rec for row in rs.rows if row.key.sweep == sweep for rec in row.records]
+    commits = sorted({f"{(r.get('git') or {}).get('commit') or 'unknown'}"[:12]
+                      + ("+dirty" if (r.get("git") or {}).get("dirty") else "") for r in recs})
+    topos = sorted({str((r.get("topology") or {}).get("kind")) for r in recs})
+    return f"git {', '.join(commits)}; topology {', '.join(topos)}"
+
+
 def sweep_notes(rs: RecordSet) -> list[str]:
-    notes = [f"sweep `{s}`: {describe_sweep(f)}" for s, f in rs.sweeps.items()]
+    notes = [f"sweep `{s}`: {describe_sweep(f)}; {_provenance(rs, s)}"
+             for s, f in rs.sweeps.items()]
     notes += [f"skipped {s}" for s in rs.skipped]
     return notes
