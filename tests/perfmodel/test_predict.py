@@ -82,3 +82,21 @@ def test_projection_rejects_unknown_size_and_too_many_nodes():
         project_paper_tables(hw, ProjectionSettings(shape_name="huge"))
     with pytest.raises(CostInputError, match="exceed the profile's max_nodes 8"):
         project_paper_tables(hw, ProjectionSettings(nodes=(1, 9)))
+
+
+def test_vocab_from_the_stats_key_prepare_writes():
+    """Real records carry dataset.stats.items (recpar data prepare), not n_items."""
+    sc = scenario_from_record(record(dataset={"stats": {"items": 1349}}))
+    assert sc.shape.vocab_size == 1350
+
+
+def test_topk_bytes_follow_recpars_wire_format():
+    """The cost model's top-k payload equals the bytes recpar's codec actually sends."""
+    from recpar.comm import byte_formulas
+    from recpar.perfmodel import collectives as C
+    from recpar.perfmodel.costs import GradSync
+
+    for numel, ratio in ((857_344, 0.01), (12_345, 0.1)):
+        k = byte_formulas.topk_k(numel, ratio)
+        assert (C.topk_payload_bytes(k, 4, GradSync().index_bytes)
+                == byte_formulas.topk_payload_bytes(numel, ratio))

@@ -281,8 +281,9 @@ class GradSync:
     """none | sign (1-bit + L1 scale) | topk (k values + indices, error feedback)."""
     topk_ratio: float = 0.01
     """Fraction of elements top-k keeps per bucket."""
-    index_bytes: int = 8
-    """Bytes per top-k index (torch.topk yields int64)."""
+    index_bytes: int = 4
+    """Bytes per top-k index on the wire: recpar's codec sends int32 indices
+    (recpar.comm.codecs; torch.topk's int64 indices are narrowed before sending)."""
     bucket_size_mb: float = 25.0
     """DDP bucket size in MiB (torch DDP bucket_cap_mb default 25)."""
     overlap: bool = True

@@ -100,10 +100,14 @@ def scenario_from_record(record: Mapping[str, Any], where: str = "<record>",
     model = dict(_get(record, "config.model", where))
     model.update(overrides or {})
     if not any(k in model for k in ModelShape.ALIASES["vocab_size"]):
+        # `dataset.stats.items` is what `recpar data prepare` writes (and run records carry).
         n_items = model.get("n_items", _get(record, "dataset.stats.n_items", where, None))
         if n_items is None:
+            n_items = _get(record, "dataset.stats.items", where, None)
+        if n_items is None:
             raise CostInputError(f"{where}: missing config.model.vocab_size (and no n_items in "
-                                 "config.model or dataset.stats to derive it from)")
+                                 "config.model, nor n_items/items in dataset.stats, to derive "
+                                 "it from)")
         model["vocab_size"] = int(n_items) + 1
     shape = ModelShape.from_mapping(model, f"{where}: config.model")
     plan = PlanShape.from_mapping(_get(record, "plan", where), f"{where}: plan")
