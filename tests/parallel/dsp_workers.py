@@ -18,6 +18,8 @@ from recpar.model.recommender import Recommender
 from recpar.parallel.plan import ParallelPlan
 from recpar.train.config import TrainConfig
 
+from .toy_batches import unequal_padding_batches
+
 WORLD_SIZE = 2
 STEPS = 5
 GLOBAL_BATCH = 8
@@ -53,15 +55,7 @@ def make_batches() -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, targets) [STEPS, GLOBAL_BATCH, SEQ_LEN], left-padded, unequal padding: the
     micro-batches hold different numbers of valid positions, so normalising each by its own
     count (or averaging micro-batch means) would give another loss than the global mean."""
-    g = torch.Generator().manual_seed(11)
-    seq = torch.randint(1, N_ITEMS + 1, (STEPS, GLOBAL_BATCH, SEQ_LEN + 1), generator=g)
-    pad = torch.randint(0, SEQ_LEN - 1, (STEPS, GLOBAL_BATCH), generator=g)
-    pad[:, : GLOBAL_BATCH // 2] = (pad[:, : GLOBAL_BATCH // 2] + SEQ_LEN // 2).clamp(max=SEQ_LEN - 1)
-    cols = torch.arange(SEQ_LEN + 1)
-    seq = seq.masked_fill(cols[None, None, :] < pad[..., None], 0)
-    x, y = seq[..., :-1].clone(), seq[..., 1:].clone()
-    y = y.masked_fill(x == 0, 0)
-    return x, y
+    return unequal_padding_batches(STEPS, GLOBAL_BATCH, SEQ_LEN, N_ITEMS)
 
 
 def step_rows(step: int, tail: bool) -> int:

@@ -52,15 +52,6 @@ def test_bad_dp_options_fail_before_any_rank_starts(small_prepared, tmp_path, ex
     assert "torch.distributed" not in r.stderr and not (tmp_path / "run" / "spec.json").exists()
 
 
-@pytest.fixture(scope="module")
-def baseline_run(small_prepared, tmp_path_factory):
-    out = tmp_path_factory.mktemp("base") / "run"
-    base = _run(["train", "--scheme", "baseline", "--data", str(small_prepared), "--out",
-                 str(out), *COMMON])
-    assert base.returncode == 0, base.stderr[-3000:]
-    return out
-
-
 def _max_weight_diff(a_dir, b_dir, name="last.pt"):
     a = torch.load(a_dir / name, weights_only=False)["model"]
     b = torch.load(b_dir / name, weights_only=False)["model"]

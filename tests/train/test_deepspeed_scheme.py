@@ -10,15 +10,11 @@ order, and AdamW divides by sqrt(v)).
 
 import pytest
 
-from .test_data_parallel import _max_weight_diff, _need_ranks, _run
+# The same run settings as the dp tests (dropout 0: per-process streams); `baseline_run` is
+# tests/train/conftest.py's.
+from .test_data_parallel import COMMON, _max_weight_diff, _need_ranks, _run
 from ..comm.mp_launch import skip_unless_ranks
 from recpar.train import record
-
-COMMON = ["--model-size", "tiny", "--model-override", "max_seq_len=20",
-          "--model-override", "dropout=0.0", "--set", "max_epochs=1",
-          "--set", "global_batch_size=64", "--set", "warmup_steps=2", "--set", "timed_steps=4",
-          "--no-progress"]
-"""As tests/train/test_data_parallel.py: dropout 0 (per-process dropout streams differ)."""
 
 
 def _need_deepspeed():
@@ -32,15 +28,6 @@ def test_tensor_parallel_deepspeed_plan_fails_before_any_rank_starts(small_prepa
     assert r.returncode != 0
     assert "tp = 2: the deepspeed scheme runs tp = 1 only" in r.stderr, r.stderr
     assert not (tmp_path / "run" / "spec.json").exists()
-
-
-@pytest.fixture(scope="module")
-def baseline_run(small_prepared, tmp_path_factory):
-    out = tmp_path_factory.mktemp("base") / "run"
-    base = _run(["train", "--scheme", "baseline", "--data", str(small_prepared), "--out",
-                 str(out), *COMMON])
-    assert base.returncode == 0, base.stderr[-3000:]
-    return out
 
 
 @pytest.mark.multiprocess

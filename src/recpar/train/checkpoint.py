@@ -57,3 +57,22 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_deepspeed(engine, where: str | Path, fingerprint: str) -> None:
+    """DeepSpeed's own checkpoint (tag `last`) of `engine`, carrying the run's fingerprint in
+    its client state; a collective (every rank writes its partition)."""
+    engine.save_checkpoint(str(where), tag="last", client_state={"fingerprint": fingerprint})
+
+
+def load_deepspeed(engine, where: str | Path, fingerprint: str) -> None:
+    """Load what `save_deepspeed` wrote; a missing checkpoint or another fingerprint is a
+    CheckpointError naming the directory and both fingerprints."""
+    path, client = engine.load_checkpoint(str(where), tag="last")
+    if path is None:
+        raise CheckpointError(f"{where}: no DeepSpeed checkpoint 'last' although last.pt "
+                              "exists; delete the directory")
+    got = (client or {}).get("fingerprint")
+    if got != fingerprint:
+        raise CheckpointError(f"{path}: written by a run with config fingerprint {got}, this "
+                              f"run is {fingerprint}")

@@ -8,6 +8,7 @@ from pathlib import Path
 from recpar.parallel.deepspeed_pipeline import (apply_deepspeed_pipeline, pipeline_state_dict,
                                                 pipeline_step)
 from recpar.parallel.plan import PlanError
+from recpar.train import checkpoint
 from recpar.train.engines.base import Engine, EngineContext, StepResult
 
 CHECKPOINT_DIR = "deepspeed"
@@ -44,20 +45,10 @@ class DeepSpeedPipelineEngine(Engine):
     def save(self, out_dir: Path, fingerprint: str) -> None:
         # DeepSpeed's own format: one file per layer (written by dp replica 0) and each rank's
         # ZeRO-1 optimizer partition; a collective.
-        self.engine.save_checkpoint(str(Path(out_dir) / CHECKPOINT_DIR), tag="last",
-                                    client_state={"fingerprint": fingerprint})
+        checkpoint.save_deepspeed(self.engine, Path(out_dir) / CHECKPOINT_DIR, fingerprint)
 
     def load(self, out_dir: Path, fingerprint: str) -> None:
-        from recpar.train.checkpoint import CheckpointError
-
-        where = Path(out_dir) / CHECKPOINT_DIR
-        path, client = self.engine.load_checkpoint(str(where), tag="last")
-        if path is None:
-            raise CheckpointError(f"{where}: no DeepSpeed checkpoint 'last' although last.pt "
-                                  "exists; delete the directory")
-        if (client or {}).get("fingerprint") != fingerprint:
-            raise CheckpointError(f"{path}: written by a run with config fingerprint "
-                                  f"{(client or {}).get('fingerprint')}, this run is {fingerprint}")
+        checkpoint.load_deepspeed(self.engine, Path(out_dir) / CHECKPOINT_DIR, fingerprint)
 
     def close(self) -> None:
         self.engine.destroy()

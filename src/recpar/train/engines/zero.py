@@ -6,6 +6,7 @@ from pathlib import Path
 
 from recpar.model.recommender import Recommender
 from recpar.parallel.zero import apply_zero, zero_state_dict, zero_step
+from recpar.train import checkpoint
 from recpar.train.engines.base import Engine, EngineContext, StepResult
 
 
@@ -47,20 +48,10 @@ class ZeroEngine(Engine):
 
     def save(self, out_dir: Path, fingerprint: str) -> None:
         # DeepSpeed's own format: partitioned optimiser state per rank (a collective).
-        self.engine.save_checkpoint(str(Path(out_dir) / "deepspeed"), tag="last",
-                                    client_state={"fingerprint": fingerprint})
+        checkpoint.save_deepspeed(self.engine, Path(out_dir) / "deepspeed", fingerprint)
 
     def load(self, out_dir: Path, fingerprint: str) -> None:
-        from recpar.train.checkpoint import CheckpointError
-
-        path, client = self.engine.load_checkpoint(str(Path(out_dir) / "deepspeed"), tag="last")
-        if path is None:
-            raise CheckpointError(f"{Path(out_dir) / 'deepspeed'}: no DeepSpeed checkpoint "
-                                  "'last' although last.pt exists; delete the directory")
-        if (client or {}).get("fingerprint") != fingerprint:
-            raise CheckpointError(f"{path}: written by a run with config fingerprint "
-                                  f"{(client or {}).get('fingerprint')}, this run is {fingerprint}")
-
+        checkpoint.load_deepspeed(self.engine, Path(out_dir) / "deepspeed", fingerprint)
 
 class DeepSpeedCommTimer:
     """Time and size of ZeRO's collectives, from DeepSpeed's own comms logger.
