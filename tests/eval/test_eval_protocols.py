@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from recpar.eval.popularity import PopularityScorer, popularity_scorer
-from recpar.eval.protocols import build_eval_examples, evaluate, sample_negatives
+from recpar.eval.protocols import (build_eval_examples, evaluate, evaluate_protocols,
+                                   sample_negatives)
 
 # Hand case, 6 items, users 0..3; 6 train rows, 2 valid, 2 test (order = row index here).
 HAND_ROWS = [
@@ -122,6 +123,24 @@ def test_sampled_negatives_uniform(make_prepared):
     # a biased sampler (e.g. preferring low ids: ~ 4800 here).
     assert chi2 < 225, chi2
     assert counts.min() > 0
+
+
+def test_protocols_scored_once_equal_separate_evaluations(make_prepared):
+    ds = _random_dataset(make_prepared, 300)
+    ex = build_eval_examples(ds, "test", max_seq_len=5)
+    table = torch.rand(301, generator=torch.Generator().manual_seed(2))
+    calls = []
+
+    def scorer(hist):
+        calls.append(hist.shape[0])
+        return table.expand(hist.shape[0], -1)
+
+    both = evaluate_protocols(scorer, ex, ("full", "sampled100"), batch_size=64, seed=3)
+    assert sum(calls) == len(ex)  # every history scored once for both protocols
+    for proto in ("full", "sampled100"):
+        assert both[proto] == evaluate(scorer, ex, proto, batch_size=64, seed=3)
+    with pytest.raises(ValueError, match="sampled50"):
+        evaluate_protocols(scorer, ex, ("full", "sampled50"))
 
 
 def test_sampled_protocol_batch_invariant(make_prepared):

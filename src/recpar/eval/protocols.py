@@ -231,17 +231,30 @@ def evaluate(score_fn: ScoreFn, examples: EvalExamples, protocol: str, k: int = 
     memory is O(batch_size x n_items). Run under torch.no_grad() with the model in eval mode.
     Returns {hr_at_<k>, ndcg_at_<k>, n_examples, n_skipped_no_history, protocol, split, k}.
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"evaluate: unknown protocol {protocol!r}; "
-                         f"choose one of {', '.join(PROTOCOLS)}")
+    return evaluate_protocols(score_fn, examples, (protocol,), k=k, batch_size=batch_size,
+                              seed=seed, device=device)[protocol]
+
+
+def evaluate_protocols(score_fn: ScoreFn, examples: EvalExamples, protocols=PROTOCOLS,
+                       k: int = 10, batch_size: int = 256, seed: int = 0,
+                       device: torch.device | str | None = None) -> dict[str, dict]:
+    """`evaluate` under several protocols at once: {protocol: result}. Each batch is scored
+    once and ranked under every protocol, so the model's forward pass (the cost of an
+    evaluation) is paid once, not once per protocol; the results equal separate calls."""
+    protocols = tuple(protocols)
+    for protocol in protocols:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"evaluate: unknown protocol {protocol!r}; "
+                             f"choose one of {', '.join(PROTOCOLS)}")
     if batch_size < 1:
         raise ValueError(f"evaluate: batch_size={batch_size} must be >= 1")
     m = len(examples)
     if m == 0:
         raise ValueError(f"evaluate: split {examples.split!r} has no example with history "
                          f"({examples.n_skipped_no_history} skipped)")
-    negatives = sample_negatives(examples, seed) if protocol == "sampled100" else None
-    hit_sum = ndcg_sum = 0.0
+    negatives = sample_negatives(examples, seed) if "sampled100" in protocols else None
+    hit_sum = dict.fromkeys(protocols, 0.0)
+    ndcg_sum = dict.fromkeys(protocols, 0.0)
     for b0 in range(0, m, batch_size):
         sl = slice(b0, b0 + batch_size)
         hist = examples.histories[sl]
@@ -256,19 +269,20 @@ def evaluate(score_fn: ScoreFn, examples: EvalExamples, protocol: str, k: int = 
             raise ValueError(f"evaluate: score_fn returned NaN scores (batch at example {b0})")
         scores = scores.detach()
         targets = examples.targets[sl].to(scores.device)
-        if negatives is None:
-            ranks = _ranks_full(scores, targets, examples, sl)
-        else:
-            ranks = _ranks_sampled(scores, targets, negatives[sl].to(scores.device))
-        ranks = ranks.cpu()
-        hit_sum += float(hits(ranks, k).sum())
-        ndcg_sum += float(ndcg_gains(ranks, k).sum())
-    return {
-        f"hr_at_{k}": hit_sum / m,
-        f"ndcg_at_{k}": ndcg_sum / m,
+        for protocol in protocols:
+            if protocol == "full":
+                ranks = _ranks_full(scores, targets, examples, sl)
+            else:
+                ranks = _ranks_sampled(scores, targets, negatives[sl].to(scores.device))
+            ranks = ranks.cpu()
+            hit_sum[protocol] += float(hits(ranks, k).sum())
+            ndcg_sum[protocol] += float(ndcg_gains(ranks, k).sum())
+    return {protocol: {
+        f"hr_at_{k}": hit_sum[protocol] / m,
+        f"ndcg_at_{k}": ndcg_sum[protocol] / m,
         "n_examples": m,
         "n_skipped_no_history": examples.n_skipped_no_history,
         "protocol": protocol,
         "split": examples.split,
         "k": k,
-    }
+    } for protocol in protocols}

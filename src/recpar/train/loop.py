@@ -17,6 +17,7 @@ An interrupted run resumes from them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -32,7 +33,7 @@ from tqdm import tqdm
 
 from recpar.data.prepared import PreparedDataset
 from recpar.eval.popularity import popularity_scorer
-from recpar.eval.protocols import build_eval_examples, evaluate, sample_negatives
+from recpar.eval.protocols import build_eval_examples, evaluate_protocols, sample_negatives
 from recpar.model.config import ModelConfig
 from recpar.model.recommender import Recommender
 from recpar.model.sequences import build_training_sequences
@@ -42,6 +43,7 @@ from recpar.parallel.plan import ParallelPlan
 from recpar.train import checkpoint, record
 from recpar.train.config import EVAL_PROTOCOLS, TrainConfig
 from recpar.train.engines import EngineContext, build_engine
+from recpar.train.memory import model_state_gib
 from recpar.train.timing import StepWindow, peak_rss_gib
 
 
@@ -110,9 +112,25 @@ def _eval_examples(ds: PreparedDataset, max_seq_len: int, seed: int) -> dict:
 
 
 def _quality(score_fn, examples: dict, seed: int, batch_size: int) -> dict:
-    return {split: {proto: evaluate(score_fn, ex, proto, k=10, batch_size=batch_size, seed=seed)
-                    for proto in EVAL_PROTOCOLS}
+    return {split: evaluate_protocols(score_fn, ex, EVAL_PROTOCOLS, k=10, batch_size=batch_size,
+                                      seed=seed)
             for split, ex in examples.items()}
+
+
+@contextlib.contextmanager
+def _eval_threads(world: int):
+    """Rank 0 evaluates alone: the other ranks wait for it (in a collective, or have exited),
+    so it may use every core this process may run on instead of its 1/world share. Evaluation
+    lies outside the timing window; only its wall time changes."""
+    if world == 1:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(old, len(os.sched_getaffinity(0))))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def _dataset_record(ds: PreparedDataset) -> dict:
@@ -297,9 +315,10 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
             improved = False
             if rank == 0:
                 eval_model.eval()
-                with torch.no_grad():
-                    v = evaluate(score_fn, examples["valid"], "full", k=10,
-                                 batch_size=cfg.eval_batch_size, seed=spec.seed)
+                with torch.no_grad(), _eval_threads(world):
+                    v = evaluate_protocols(score_fn, examples["valid"], ("full",), k=10,
+                                           batch_size=cfg.eval_batch_size,
+                                           seed=spec.seed)["full"]
                 metric = v[cfg.early_stopping_metric]
                 entry[f"valid_{cfg.early_stopping_metric}"] = metric
                 improved = metric > best
@@ -343,6 +362,9 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
                                             {**timing_metrics,
                                              "timed_steps": window.steps_in_window}))
     rank_metrics = {**timing_metrics, **comm_stats, "peak_rss_gib": peak_rss_gib()}
+    held = engine.trained_state()
+    if held is not None:
+        rank_metrics["model_state_gib"] = model_state_gib(*held)
     all_ranks = [rank_metrics]
     if world > 1:
         all_ranks = [None] * world
@@ -354,7 +376,7 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
     if best_path.exists():
         eval_model.load_state_dict(checkpoint.load(best_path, expect_fingerprint=fp)["model"])
     eval_model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), _eval_threads(world):
         quality = _quality(score_fn, examples, spec.seed, cfg.eval_batch_size)
 
     rec = _base_record(spec, ds, spec.plan.scheme, model_cfg)
@@ -380,12 +402,15 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
     for k, v in comm_stats.items():
         metrics.setdefault(k, v)
     # Per-rank spread of what each rank measured (max over ranks is what the slowest sees).
-    for key in ("peak_rss_gib", "comm_ms_per_iter", "exposed_comm_ms_per_iter",
+    for key in ("peak_rss_gib", "model_state_gib", "comm_ms_per_iter",
+                "exposed_comm_ms_per_iter", "tp_comm_ms_per_iter",
                 "payload_bytes_per_rank_per_iter", "cpu_util_pct"):
         vals = [r[key] for r in all_ranks if r.get(key) is not None]
         if vals:
             metrics[f"{key}_max_over_ranks"] = float(max(vals))
     metrics["peak_rss_gib"] = rank_metrics["peak_rss_gib"]
+    if "model_state_gib" in rank_metrics:
+        metrics["model_state_gib"] = rank_metrics["model_state_gib"]
     rec["metrics"] = metrics
     rec["quality"] = quality
     rec["history"] = history
