@@ -52,3 +52,23 @@ def test_commands_without_a_cluster_point_to_up(tmp_path):
 def test_fault_link_needs_a_change(tmp_path):
     with pytest.raises(SystemExit, match="needs --rate"):
         _main(["cluster", "fault", "link", "--node", "0", "--state-dir", str(tmp_path)])
+
+
+def test_auto_topology_resolves_from_the_probe():
+    from recpar.cluster.emulated import resolve_topology
+
+    assert resolve_topology("auto", probe=lambda: None)[0] == "emulated"
+    kind, why = resolve_topology("auto", probe=lambda: "the emulated topology needs root")
+    assert (kind, why) == ("local", "auto: the emulated topology needs root")
+    # explicit choices are not probed
+    assert resolve_topology("local", probe=lambda: 1 / 0) == ("local", "set in the config")
+    assert resolve_topology("emulated", probe=lambda: 1 / 0)[0] == "emulated"
+    with pytest.raises(ValueError, match="'slurm' is not one of auto, local, emulated"):
+        resolve_topology("slurm")
+
+
+def test_check_without_root_says_local_and_why(monkeypatch, capsys):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert _main(["cluster", "check"]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("topology local (auto: ") and "needs root" in out

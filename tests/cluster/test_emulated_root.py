@@ -256,3 +256,9 @@ def test_latency_needs_netem_or_is_measured(cluster):
         return
     res = measure_pair(st, 0, 1, "pingpong", count=20)
     assert res["rtt_median_s"] >= 2 * 0.004
+
+
+def test_probe_builds_and_removes_its_own_cluster(tmp_path):
+    assert emulated.unavailable_reason(state_dir=tmp_path) is None
+    left = [n for n in netns.list_namespaces() if n.startswith(f"{emulated.PROBE_PREFIX}-")]
+    assert left == [] and list(tmp_path.iterdir()) == []

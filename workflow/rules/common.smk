@@ -2,6 +2,9 @@
 import json
 import os
 import re
+import sys
+
+from recpar.cluster.emulated import resolve_topology
 
 
 DATA = "results/data"
@@ -42,6 +45,12 @@ def train_args(wildcards):
     return " ".join(_train_sets(config["train"]))
 
 
+# `auto` becomes `emulated` when an emulated cluster can be built here (root, namespaces, tc;
+# probed by building and removing a one-node cluster), else `local`; records and tables state
+# which one ran.
+TOPOLOGY, TOPOLOGY_WHY = resolve_topology(config["topology"])
+print(f"recpar: topology {TOPOLOGY} ({TOPOLOGY_WHY})", file=sys.stderr)
+
 SWEEP = config["sweep"]
 SWEEP_NAME = SWEEP["name"]  # records under results/<dataset>/<name>/, tables paper_tables/<name>/
 SWEEP_RUNS = list(SWEEP["runs"])
@@ -52,7 +61,7 @@ def sweep_args(wildcards):
     opts = json.dumps(SWEEP["runs"][wildcards.run], separators=(",", ":"))
     flags = _train_sets(train) + [f"--run-options '{opts}'"]
     if SWEEP["runs"][wildcards.run]["scheme"] != "baseline":
-        flags.append(f"--topology {config['topology']}")
+        flags.append(f"--topology {TOPOLOGY}")
     return " ".join(flags)
 
 
@@ -61,13 +70,13 @@ CLUSTER_STATE = "results/cluster/state.json"
 
 def _cluster_down():
     """Remove the emulated cluster: its namespaces live only while the workflow needs them."""
-    if config["topology"] == "emulated":
+    if TOPOLOGY == "emulated":
         shell("recpar cluster down > logs/cluster/down.log 2>&1 || true")
 
 
 def cluster_input(wildcards):
     """Multi-rank runs on the emulated topology need the cluster up first."""
-    if config["topology"] != "emulated" or SWEEP["runs"][wildcards.run]["scheme"] == "baseline":
+    if TOPOLOGY != "emulated" or SWEEP["runs"][wildcards.run]["scheme"] == "baseline":
         return []
     return [CLUSTER_STATE]
 

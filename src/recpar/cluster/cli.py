@@ -46,6 +46,14 @@ def _cmd_up(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check(a: argparse.Namespace) -> int:
+    from recpar.cluster.emulated import resolve_topology
+
+    kind, why = resolve_topology("auto")
+    print(f"topology {kind} ({why})")
+    return 0 if kind == "emulated" else 1
+
+
 def _cmd_down(a: argparse.Namespace) -> int:
     from recpar.cluster.emulated import down
 
@@ -196,6 +204,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--loss", default="0", help="node-to-node packet loss, e.g. 0.1%% or 0.001")
     _common(p)
     p.set_defaults(func=_cmd_up)
+
+    p = sub.add_parser("check", help="say which topology `auto` resolves to here and why; "
+                                     "exit 0 when an emulated cluster can be built (root)")
+    p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("down", help="remove every namespace/link/qdisc with the prefix")
     _common(p)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -218,3 +219,49 @@ def status(prefix: str = netns.DEFAULT_PREFIX, state_dir: str | os.PathLike | No
     out["calibration"] = st.calibration
     out["stragglers"] = st.stragglers
     return out
+
+
+PROBE_PREFIX = "rpchk"
+"""Prefix of the throw-away one-node cluster `unavailable_reason` builds (not the default's)."""
+
+
+def unavailable_reason(state_dir: str | os.PathLike | None = None) -> str | None:
+    """Why an emulated cluster cannot be built here, or None when it can.
+
+    Being root with iproute2 is not enough (a container may lack CAP_NET_ADMIN, or the kernel
+    veth, bridge or HTB): this builds a one-node cluster under its own prefix, shaped to
+    100 Mbit/s, and removes it again, so the answer is what `up` itself does. About a second.
+    """
+    reason = netns.unavailable_reason()
+    if reason is not None:
+        return reason
+    with tempfile.TemporaryDirectory() as tmp:
+        where = state_dir or tmp
+        try:
+            up(1, 1, LinkShape(rate_bit_per_s=100e6), prefix=PROBE_PREFIX, state_dir=where)
+        except (ClusterError, OSError) as e:
+            return f"building a one-node test cluster failed: {e}"
+        finally:
+            try:
+                down(PROBE_PREFIX, where)
+            except (ClusterError, OSError):
+                pass
+    return None
+
+
+TOPOLOGY_CHOICES = ("auto", "local", "emulated")
+"""What a workflow config may ask for; `auto` is resolved by `resolve_topology`."""
+
+
+def resolve_topology(requested: str, probe=unavailable_reason) -> tuple[str, str]:
+    """(`local` or `emulated`, why) for a config's `topology`: `auto` becomes `emulated` when
+    an emulated cluster can be built here (root, iproute2, namespaces, veth, HTB), else
+    `local` with the reason; the others are taken as asked."""
+    if requested not in TOPOLOGY_CHOICES:
+        raise ValueError(f"topology: {requested!r} is not one of {', '.join(TOPOLOGY_CHOICES)}")
+    if requested != "auto":
+        return requested, "set in the config"
+    reason = probe()
+    if reason is None:
+        return "emulated", "auto: root, network namespaces and tc shaping work here"
+    return "local", f"auto: {reason}"
