@@ -2,7 +2,8 @@
 training gives the single-device weights; an interrupted hybrid run resumes.
 
 World sizes: 8 (hybrid tp2×pp2×dp2, real launcher: torchrun --standalone), 2 (mp pp2, real
-launcher), 4 (hybrid tp2×dp2, spawned, killed after epoch 0 and resumed). gloo on CPU.
+launcher), 2 / 4 / 4 (mp tp2, mp tp2×pp2, hybrid pp2×dp2, real launcher), 4 (hybrid tp2×dp2,
+spawned, killed after epoch 0 and resumed). gloo on CPU.
 
 Tolerance: every run trains the same data from the same initial weights with the same global
 batches; only the order of fp32 summations differs (TP splits the row-parallel matmuls and
@@ -76,6 +77,8 @@ def _run(args, timeout=600):
     (["--scheme", "hybrid", "--dp", "2", "--pp", "2", "--microbatches", "3"],
      "train.global_batch_size / dp = 64 is not divisible by --microbatches 3"),
     (["--scheme", "mp", "--dp", "2", "--tp", "2"], "scheme mp is tensor/pipeline parallel only"),
+    (["--scheme", "mp", "--pp", "3", "--microbatches", "4", "--partition", "uniform"],
+     "uniform gives every stage at least one block, but pp = 3 > 2 blocks"),
 ])
 def test_bad_model_parallel_plans_fail_before_any_rank_starts(small_prepared, tmp_path, capsys,
                                                               extra, message):
@@ -154,6 +157,42 @@ def test_mp_pp2_equals_single_device(small_prepared, baseline_run, tmp_path):
     assert m["pp_tied_grad_payload_bytes_per_iter"] > 0  # rank 0 holds the tied table
     _assert_losses_match(record.read(baseline_run / "record.json"), rec)
     _assert_weights_match(baseline_run, tmp_path / "pp")
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("scheme, degrees, world, run_id", [
+    ("mp", ["--tp", "2"], 2, "tp2-tiny-n1"),
+    ("mp", ["--tp", "2", "--pp", "2", "--partition", "uniform"], 4, "tp2pp2-tiny-n1"),
+    ("hybrid", ["--pp", "2", "--dp", "2", "--partition", "uniform"], 4, "dp2pp2-ring-tiny-n1"),
+])
+def test_plan_shapes_equal_single_device(small_prepared, baseline_run, tmp_path, scheme,
+                                         degrees, world, run_id):
+    """The remaining plan shapes of the correctness grid through the real CLI and engine;
+    TP runs also time megatron's TP collectives (recpar.comm.group_timer)."""
+    _need(world)
+    r = _run(["train", "--scheme", scheme, *degrees, "--data", str(small_prepared),
+              "--out", str(tmp_path / "run"), *COMMON])
+    assert r.returncode == 0, r.stderr[-4000:]
+    rec = record.read(tmp_path / "run" / "record.json")
+    assert rec["run_id"] == run_id and rec["plan"]["world_size"] == world
+    m = rec["metrics"]
+    if "--tp" in degrees:
+        assert m["tp_comm_calls_per_rank_per_iter"] > 0
+        assert m["tp_comm_ms_per_iter_max_over_ranks"] >= m["tp_comm_ms_per_iter"] > 0
+        if "--pp" not in degrees:  # one stage holds every layer: the formula's whole count
+            from recpar.model.config import ModelConfig
+            from recpar.parallel.tensor_parallel import tp_comm_per_step
+
+            # The window's mean rows per step (it holds the short tail batch of 99 rows). The
+            # clip norm's all-reduce runs on the model-parallel group, not the TP group.
+            rows = (m["throughput_samples_per_s"] * rec["timing"]["window_s"]
+                    / rec["timing"]["timed_steps"])
+            f = tp_comm_per_step(ModelConfig(**rec["config"]["model"]), rows, 12, 2)
+            assert m["tp_comm_calls_per_rank_per_iter"] == f.allreduce_calls
+            assert m["tp_comm_payload_bytes_per_rank_per_iter"] == pytest.approx(
+                f.allreduce_payload_bytes, rel=1e-6)
+    _assert_losses_match(record.read(baseline_run / "record.json"), rec)
+    _assert_weights_match(baseline_run, tmp_path / "run")
 
 
 @pytest.mark.multiprocess

@@ -139,10 +139,10 @@ def _spec(args, scheme: str):
     train.validate()
     if scheme in ("mp", "hybrid"):
         _validate_model_parallel(plan, model)
-    if scheme == "deepspeed":  # tp = 1, DeepSpeed's 1F1B, batch = micro × microbatches × dp
+    if scheme == "deepspeed":  # DeepSpeed's 1F1B, batch = micro × microbatches × dp, TP shards
         from recpar.parallel.deepspeed_pipeline import validate_deepspeed_plan
 
-        validate_deepspeed_plan(plan, train)
+        validate_deepspeed_plan(plan, train, model)
     async_ps = AsyncPSConfig()
     if scheme == "async":  # dp ranks = 1 parameter server (rank 0) + dp - 1 workers
         async_ps = AsyncPSConfig(staleness_damping=not args.no_staleness_damping,
@@ -223,6 +223,10 @@ def _validate_model_parallel(plan, model) -> None:
         raise ValueError(f"--pp {plan.pp} with {plan.pipeline_schedule} = {stages} stages but "
                          f"the model has only n_layers + 2 = {model.n_layers + 2} layer units "
                          f"(embedding, {model.n_layers} blocks, head)")
+    if plan.pp > 1 and plan.partition_method == "uniform":
+        from recpar.parallel.partition import cut
+
+        cut(None, stages, "uniform", n_units=model.n_layers + 2)  # PlanError: blocks < stages
 
 
 def cmd_train(args) -> int:

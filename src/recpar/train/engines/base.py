@@ -120,6 +120,11 @@ class Engine(abc.ABC):
                 "ranks or the directory is incomplete; delete it or use another --out")
         self.load_state_dict(checkpoint.load(path, expect_fingerprint=fingerprint)["state"])
 
+    def trained_state(self) -> tuple[list[torch.nn.Parameter], torch.optim.Optimizer | None] | None:
+        """This rank's trained parameters and optimizer, for `recpar.train.memory`; None where
+        the engine's library holds them in its own layout (ZeRO partitions, DeepSpeed)."""
+        return None
+
     def window_opened(self) -> None:
         """The timing window starts with the next step: drop warm-up counters."""
 

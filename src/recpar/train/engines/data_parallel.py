@@ -65,6 +65,9 @@ class ReplicaEngine(Engine):
             return None
         return {k: v.detach().to("cpu", copy=True) for k, v in self.ctx.model.state_dict().items()}
 
+    def trained_state(self):
+        return list(self.ctx.model.parameters()), self.opt
+
     def state_dict(self) -> dict:
         state = {"model": self.ctx.model.state_dict(), "optimizer": self.opt.state_dict()}
         if self.sync_state is not None:

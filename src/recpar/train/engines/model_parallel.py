@@ -34,9 +34,11 @@ first take no part. `state_dict` is this rank's shard/stages, optimiser and grad
 Measured per iteration (timing window): DP gradient sync from the hook's statistics
 (`comm_ms_per_iter`, bytes, as scheme dp); pipeline schedule/compute/idle time, bubble
 fraction measured (idle / schedule) vs theory, activation bytes between stages, tied-table
-all-reduce (from `PipelineRunner.step`), per pipeline rank in the record; TP all-reduce
-bytes from the `tp_comm_per_step` formula (the TP all-reduces run inside megatron's autograd
-functions and are not timed separately; the pipeline's P2P waits are inside `pp_idle`).
+all-reduce (from `PipelineRunner.step`), per pipeline rank in the record; TP collectives
+as measured by `recpar.comm.group_timer` on megatron's TP group (calls, payload bytes and
+the time this rank is blocked in them: `tp_comm_ms_per_iter`, max over ranks in the record),
+next to the `tp_comm_per_step` formula's bytes as a cross-check. The pipeline's P2P waits
+are inside `pp_idle` (with the bubble: torch's schedules do not separate the two).
 """
 
 from __future__ import annotations
@@ -135,6 +137,12 @@ class ModelParallelEngine(Engine):
         if self.dp > 1:
             self._wrap_dp(spec.grad_sync)
         self.opt = build_adamw(self.trained, self.cfg)
+        self.tp_timer = None
+        if self.tp > 1:
+            from recpar.comm.group_timer import GroupCollectiveTimer
+
+            self.tp_timer = GroupCollectiveTimer(ps.get_tensor_model_parallel_group(),
+                                                 ctx.device).__enter__()
         self._reset_window()
         self._window_stats: dict = {}
 
@@ -278,6 +286,9 @@ class ModelParallelEngine(Engine):
         return {"model": self.trained.state_dict(), "optimizer": self.opt.state_dict(),
                 "grad_sync": [s.state_dict() for s in self.sync_states]}
 
+    def trained_state(self):
+        return list(self.trained.parameters()), self.opt
+
     def load_state_dict(self, state: dict) -> None:
         self.trained.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
@@ -295,6 +306,8 @@ class ModelParallelEngine(Engine):
 
     def window_opened(self) -> None:
         self._reset_window()
+        if self.tp_timer is not None:
+            self.tp_timer.reset()
         for s in self.sync_states:
             s.stats.snapshot_and_reset()  # drop warm-up: count the window only
 
@@ -319,6 +332,10 @@ class ModelParallelEngine(Engine):
             out["tp_allreduce_payload_bytes_per_replica_per_iter"] = float(
                 c.allreduce_payload_bytes)
             out["tp_ring_bytes_per_rank_per_iter"] = float(c.ring_bytes_per_rank_per_iter)
+            measured = self.tp_timer.snapshot_and_reset(steps)
+            out["tp_comm_calls_per_rank_per_iter"] = measured["calls_per_iter"]
+            out["tp_comm_payload_bytes_per_rank_per_iter"] = measured["payload_bytes_per_iter"]
+            out["tp_comm_ms_per_iter"] = measured["blocked_ms_per_iter"]
         if self.runner is not None:
             n = max(1, self._steps_in_window)
             for f, total in self._pp_sums.items():
@@ -358,5 +375,8 @@ class ModelParallelEngine(Engine):
         return out
 
     def close(self) -> None:
+        if self.tp_timer is not None:
+            self.tp_timer.__exit__(None, None, None)
+            self.tp_timer = None
         for s in self.sync_states:
             s.close()
