@@ -6,13 +6,16 @@ recorded. Same model (text fusion on), global batch of 8 sequences with unequal 
 5 steps, AdamW with weight-decay groups and active clipping. Cases: 2 blocks cut `uniform`
 (DeepSpeed `type:PipeBlock`) with 2 micro-batches; 3 blocks cut `balanced` (DeepSpeed
 `parameters`) with 4 micro-batches and a 3-sequence tail batch as the last step; and
-save -> load -> continue through `DeepSpeedPipelineEngine`.
+save -> load -> continue through `DeepSpeedPipelineEngine`. Tensor parallelism (tp2 × pp2,
+4 ranks) is tests/parallel/test_deepspeed_pipeline_tp.py; here only its plan checks.
 
 Tolerances (fp32): losses and final parameters within atol 1e-5 (measured <= 5e-7 for the
 losses and <= 1.6e-6 for the parameters: micro-batches sum the cross-entropy in another order
 than the single process and AdamW divides by sqrt(v)); first-step gradients within 1e-6
 (measured <= 2e-7). Resume is bit-exact.
 """
+
+import dataclasses
 
 import pytest
 import torch
@@ -23,7 +26,8 @@ from .dsp_workers import (CASES, GLOBAL_BATCH, N_ITEMS, STEPS, TRAIN_CFG, WORLD_
 from recpar.parallel.deepspeed_pipeline import (DS_REDUCE_BUCKET_SIZE, TIED_KEY, FinalNorm,
                                                 GlobalMeanLoss, ItemTable, PipeBlock,
                                                 PositionEmbedding, deepspeed_pipeline_config,
-                                                recommender_key, validate_deepspeed_plan)
+                                                deepspeed_topology, recommender_key,
+                                                topology_mismatches, validate_deepspeed_plan)
 from recpar.parallel.plan import ParallelPlan, PlanError
 
 ATOL = 1e-5
@@ -87,8 +91,6 @@ def test_config_mirrors_plan_and_train_config():
 
 
 @pytest.mark.parametrize("plan, message", [
-    (ParallelPlan(scheme="deepspeed", tp=2, pp=2, num_microbatches=2), "tp = 2: the deepspeed "
-     "scheme runs tp = 1 only"),
     (ParallelPlan(scheme="deepspeed", pp=2, num_microbatches=2, pipeline_schedule="gpipe"),
      "pipeline_schedule = 'gpipe'"),
     (ParallelPlan(scheme="deepspeed", dp=2, pp=2, num_microbatches=3),
@@ -97,6 +99,38 @@ def test_config_mirrors_plan_and_train_config():
 def test_unsupported_plans_are_refused(plan, message):
     with pytest.raises(PlanError, match=message.replace("(", r"\(")):
         validate_deepspeed_plan(plan, TRAIN_CFG)
+
+
+def test_tensor_parallel_plans_are_checked_against_the_model():
+    """tp > 1 runs (tests/parallel/test_deepspeed_pipeline_tp.py) when heads and d_ff split
+    into whole shards; otherwise the plan is refused naming the numbers."""
+    plan = ParallelPlan(scheme="deepspeed", tp=2, pp=2, num_microbatches=2)
+    cfg = make_model(2).cfg  # 2 heads, d_ff 32
+    assert validate_deepspeed_plan(plan, TRAIN_CFG, cfg) == GLOBAL_BATCH // 2
+    with pytest.raises(PlanError, match="n_heads = 2 is not divisible by tp = 4"):
+        validate_deepspeed_plan(ParallelPlan(scheme="deepspeed", tp=4, pp=2,
+                                             num_microbatches=2), TRAIN_CFG, cfg)
+    odd = dataclasses.replace(cfg, d_ff=33)
+    with pytest.raises(PlanError, match="d_ff = 33 is not divisible by tp = 2"):
+        validate_deepspeed_plan(plan, TRAIN_CFG, odd)
+
+
+def test_topology_mismatches_name_the_differing_groups():
+    """The check apply_deepspeed_pipeline runs at init: megatron's default layout (tp
+    fastest, then dp, then pp) agrees with DeepSpeed's [pipe, data, model] topology; a
+    layout with tp outermost is reported group by group."""
+    pytest.importorskip("deepspeed", reason="the topology is DeepSpeed's")
+    topo = deepspeed_topology(ParallelPlan(scheme="deepspeed", tp=2, pp=2, dp=2))
+    # rank 5 = stage 1, dp rank 0, tp rank 1 in rank = (stage × dp + dp_rank) × tp + tp_rank
+    assert topology_mismatches(topo, {"tp": [4, 5], "pp": [1, 5], "dp": [5, 7]}, 5) == []
+    # tp outermost (rank = tp_rank × 4 + stage × 2 + dp_rank): rank 5 = tp 1, stage 0, dp 1
+    bad = topology_mismatches(topo, {"tp": [1, 5], "pp": [5, 7], "dp": [4, 5]}, 5)
+    assert bad == ["tp group of rank 5: megatron [1, 5], DeepSpeed 'model' axis [4, 5]",
+                   "pp group of rank 5: megatron [5, 7], DeepSpeed 'pipe' axis [1, 5]",
+                   "dp group of rank 5: megatron [4, 5], DeepSpeed 'data' axis [5, 7]"]
+    # tp = 1 keeps DeepSpeed's pipe x data topology: the tp "group" is the rank itself
+    flat = deepspeed_topology(ParallelPlan(scheme="deepspeed", pp=2, dp=2))
+    assert topology_mismatches(flat, {"tp": [3], "pp": [1, 3], "dp": [2, 3]}, 3) == []
 
 
 # --- 2 ranks ---------------------------------------------------------------------------------

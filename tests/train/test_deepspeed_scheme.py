@@ -22,11 +22,13 @@ def _need_deepspeed():
 
 
 def test_tensor_parallel_deepspeed_plan_fails_before_any_rank_starts(small_prepared, tmp_path):
-    """The CLI runs `validate_deepspeed_plan` (its other refusals: tests/parallel)."""
+    """The CLI runs `validate_deepspeed_plan` with the model (its other refusals:
+    tests/parallel): a TP degree that does not split the MLP is refused before launch."""
     r = _run(["train", "--scheme", "deepspeed", "--tp", "2", "--pp", "2", "--data",
-              str(small_prepared), "--out", str(tmp_path / "run"), *COMMON])
+              str(small_prepared), "--out", str(tmp_path / "run"), *COMMON,
+              "--model-override", "d_ff=33"])
     assert r.returncode != 0
-    assert "tp = 2: the deepspeed scheme runs tp = 1 only" in r.stderr, r.stderr
+    assert "d_ff = 33 is not divisible by tp = 2" in r.stderr, r.stderr
     assert not (tmp_path / "run" / "spec.json").exists()
 
 

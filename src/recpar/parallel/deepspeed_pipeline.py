@@ -1,12 +1,14 @@
 """The paper's "DeepSpeed auto-scheduled hybrid" scheme: DeepSpeed pipeline + ZeRO-1 + data
-parallelism (scheme `deepspeed`), on CPU/gloo or NCCL.
+parallelism (scheme `deepspeed`), with megatron-core tensor parallelism inside the stages when
+tp > 1, on CPU/gloo or NCCL.
 
 `apply_deepspeed_pipeline` rebuilds the single-device `Recommender` as a
-`deepspeed.pipe.PipelineModule` (weights copied, so the same seed gives the baseline's init),
+`deepspeed.pipe.PipelineModule` (weights copied, or under TP sliced by `apply_tp`, so the same
+seed gives the baseline's init),
 generates the DeepSpeed config from the plan and the `TrainConfig`, and returns DeepSpeed's
 `PipelineEngine`; `pipeline_step` trains one global batch with `engine.train_batch`:
 
-    engine = apply_deepspeed_pipeline(model, train_cfg, plan)    # every rank, world = pp × dp
+    engine = apply_deepspeed_pipeline(model, train_cfg, plan)    # every rank, world = pp×tp×dp
     loss = pipeline_step(engine, x_global, y_global)             # same [B, L] batch everywhere
     state = pipeline_state_dict(engine)                          # collective; rank 0: full weights
 
@@ -17,6 +19,8 @@ Layers of the PipelineModule (DeepSpeed partitions this list; recpar's units in 
     2..L+1  LayerSpec(PipeBlock, i)                  transformer block i                  [block.i]
     L+2     LayerSpec(FinalNorm)                     ln_f -> hidden [mb, L, d]            [head]
     L+3     TiedLayerSpec('item_table', ItemTable)   hidden -> logits [mb, L, n_items+1]  [head]
+
+(with tp > 1 the table is `VocabParallelItemTable` and the logits are [mb, L, V_local].)
 
 - **Tied item table.** The fused item table (ID embedding + projected text, `item_id_emb` and
   `text_proj`) is a `TiedLayerSpec` used at both ends: DeepSpeed builds a copy on the first and
@@ -36,7 +40,8 @@ Layers of the PipelineModule (DeepSpeed partitions this list; recpar's units in 
   to the middle ones first). DeepSpeed's own `uniform` counts every layer of the list above,
   so with pp > 2 it can give the first or last stage no block at all.
   `balanced` -> `parameters`: DeepSpeed's default, stages balanced by trainable parameter count
-  (the tied table counted at both ends). recpar's `balanced` balances *profiled time*; the
+  (the tied table counted at both ends; under TP this rank's shard sizes, equal on every TP
+  rank, so all TP ranks cut alike). recpar's `balanced` balances *profiled time*; the
   closest DeepSpeed method would be `profile`, which raises NotImplementedError in DeepSpeed
   0.19.8, so the parameter count stands in for cost.
 - **Schedule.** DeepSpeed's `TrainSchedule` (its synchronous 1F1B); other plan schedules are
@@ -57,12 +62,56 @@ Layers of the PipelineModule (DeepSpeed partitions this list; recpar's units in 
   engine refuses ZeRO-2/3). Optimizer: torch AdamW (`torch_adam`), clipping, fp32 and the DeepSpeed
   set-up on CPU exactly as the `zero` scheme (`recpar.parallel.zero`: `adamw_fp32_config`,
   `init_deepspeed`).
-- **Tensor parallelism** (tp > 1) is refused with a PlanError (see `TP_UNSUPPORTED`).
-- **Known warning.** On the last stage the first backward prints torch's UserWarning
-  "c10d::broadcast_: an autograd kernel was not registered ..." from inside DeepSpeed; no
-  broadcast node is in the loss's autograd graph (checked by walking it) and the gradients of
-  every stage, tied copies included, equal the single-device ones
-  (tests/parallel/test_deepspeed_pipeline.py), so it is left alone (not diagnosed further).
+- **Tensor parallelism** (tp > 1): megatron-core layers inside DeepSpeed's PipelineModule.
+  - *Topology.* `PipeModelDataParallelTopology(num_pp=pp, num_mp=tp, num_dp=dp)`, DeepSpeed's
+    axes [pipe, data, model] (model fastest): rank = (stage × dp + dp_rank) × tp + tp_rank.
+    megatron's `parallel_state` (`recpar.parallel.process_groups`, default order
+    tp-cp-ep-dp-pp, tp fastest) gives the same formula, so both build the same tp, pp and dp
+    groups; `check_megatron_matches_topology` asserts it for this rank's actual groups before
+    any layer is built (RuntimeError naming both rank lists otherwise).
+  - *Layers.* `recpar.parallel.tensor_parallel.apply_tp` shards `model` in place (column/row-
+    parallel linears in the blocks, `VocabParallelEmbedding` item table padded to a multiple
+    of 128 × tp rows, attention dropout on a per-TP-rank stream). The layers then take this
+    rank's modules from the sharded model *without a copy*: the sharded model is no longer a
+    single-device model anyway, and sharing keeps megatron's process groups, the
+    `tensor_model_parallel` marks and the dropout hooks bound to the modules that run; the
+    model's parameters on other stages are freed. The tied table is `VocabParallelItemTable`:
+    input end = the masked lookup of this rank's rows + one TP all-reduce (megatron's
+    `VocabParallelEmbedding.forward`, or `_vocab_parallel_lookup` of the fused shard with
+    text), output end = `copy_to_tensor_model_parallel_region(hidden) @ shard^T`, logits of
+    this rank's vocab shard [mb, L, V_local] (pad item and padding rows -inf), as in
+    `TensorParallelRecommender`. DeepSpeed builds one tied group per (dp, model) coordinate,
+    so each TP rank ties, broadcasts and all-reduces its own shard between first and last
+    stage. The loss is megatron's `vocab_parallel_cross_entropy`
+    (`pipeline_parallel.vocab_parallel_microbatch_loss`) with the same m × dp scale.
+  - *Between stages.* Every TP rank of a stage holds the same activations; DeepSpeed's
+    `pipe_partitioned`/`grad_partitioned` (default on when tp > 1) sends each TP rank 1/tp of
+    them and all-gathers them in the TP group on arrival: exact (a split and a concatenation).
+  - *Gradient norm.* The grid is DeepSpeed's mpu; ZeRO-1's `get_grad_norm_direct` skips the
+    `ds_pipe_replicated` tied copy, counts a parameter when `is_model_parallel_parameter(p)`
+    (megatron's `tensor_model_parallel=True`, set on the sharded weights, column-parallel
+    biases and the vocab shard) or when this rank's *tensor*-parallel rank
+    (`bwc_tensor_model_parallel_rank(grid)`) is 0, so replicated LayerNorms, row-parallel
+    biases, positions and text_proj count once; the squares are summed over the dp group and
+    the grid's model-parallel group (pp × tp ranks of one replica). The TP-replicated
+    gradients are identical on every TP rank (megatron's copy/reduce regions all-reduce the
+    input gradients), so one TP rank's count is the whole. Checked numerically against the
+    single device with active clipping (tests/parallel/test_deepspeed_pipeline_tp.py).
+  - *Weights.* `pipeline_state_dict` gathers every (stage, TP rank) of dp replica 0 on rank 0
+    and concatenates the TP shards along megatron's `partition_dim`, cutting the vocab
+    padding rows: the single-device state dict. DeepSpeed's checkpoint writes one file per
+    layer and TP rank (`layer_XX-model_YY-model_states.pt`) and loads TP rank r's file back
+    on TP rank r (same tp only).
+- **Known warning.** The first backward prints torch's UserWarning "c10d::broadcast_: an
+  autograd kernel was not registered ..." from inside DeepSpeed; no broadcast node is in the
+  loss's autograd graph (checked by walking it) and the gradients of every stage, tied copies
+  included, equal the single-device ones (tests/parallel/test_deepspeed_pipeline.py, _tp.py),
+  so it is left alone. Cause (found while adding TP, where every TP rank of both stages
+  prints it, once per tied parameter and backward): DeepSpeed's `_synchronize_tied_weights`
+  calls `dist.broadcast` in place on the tied parameters at init, with grad mode on; torch's
+  autograd fallback for c10d ops then warns whenever a gradient later reaches such a leaf,
+  without changing it (reproduced on one rank: a parameter broadcast this way warns in
+  backward and gets the exact gradient; one that was not does not warn).
 - **Out of scope: DeepSpeed's autotuner** (`deepspeed --autotuning`), which searches micro-batch
   size and ZeRO stage by launching trial jobs through the `deepspeed` launcher on GPUs; on
   CPU/gloo under torchrun it does not run. "Auto-scheduled" here means DeepSpeed's own pipeline
@@ -72,17 +121,21 @@ Layers of the PipelineModule (DeepSpeed partitions this list; recpar's units in 
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recpar.model.config import ModelConfig
 from recpar.model.recommender import PAD_ITEM, Recommender, attention_mask, positions
 from recpar.parallel.plan import ParallelPlan, PlanError
 from recpar.parallel.zero import adamw_fp32_config, init_deepspeed
 from recpar.train.config import TrainConfig
 from recpar.train.optim import adamw_param_groups
+
+if TYPE_CHECKING:
+    from recpar.parallel.tensor_parallel import TensorParallelRecommender
 
 TIED_KEY = "item_table"
 """TiedLayerSpec key of the item table shared by the first and the last layer."""
@@ -93,13 +146,8 @@ PARTITION_METHODS = {"uniform": "type:PipeBlock", "balanced": "parameters"}
 ZERO_STAGE = 1
 """ZeRO stage of the scheme: DeepSpeed's pipeline engine asserts stage < 2."""
 
-TP_UNSUPPORTED = (
-    "the deepspeed scheme runs tp = 1 only: combining megatron-core tensor-parallel layers "
-    "with DeepSpeed's PipelineModule needs megatron's parallel_state groups built to match "
-    "DeepSpeed's pipe x model x data topology, the vocabulary-parallel tied item table across "
-    "TiedLayerSpec, and ZeRO-1's gradient norm told which parameters are TP shards; this was "
-    "not built or verified here (use --scheme hybrid for TP + PP + DP)")
-"""Why tp > 1 is refused (the message of the PlanError)."""
+MEGATRON_TO_DEEPSPEED_AXIS = {"tp": "model", "pp": "pipe", "dp": "data"}
+"""megatron parallel_state group name -> DeepSpeed ProcessTopology axis of the same ranks."""
 
 DS_REDUCE_BUCKET_SIZE = 500_000_000
 """DeepSpeed's default zero_optimization.reduce_bucket_size (elements)."""
@@ -108,6 +156,19 @@ IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index
 
 
 # --- layers ----------------------------------------------------------------------------------
+
+
+def _is_tensor_parallel(model: Recommender) -> bool:
+    """Whether `model` was sharded by `apply_tp` (a `TensorParallelRecommender`, tp > 1)."""
+    return getattr(model, "tp_size", 1) > 1
+
+
+def _take(module: nn.Module | None, model: Recommender) -> nn.Module | None:
+    """A layer's module: a copy of the single-device model's, or under TP the sharded model's
+    own module (module docstring: no second copy of a TP shard)."""
+    if module is None or _is_tensor_parallel(model):
+        return module
+    return copy.deepcopy(module)
 
 
 class ItemTable(nn.Module):
@@ -157,13 +218,67 @@ class ItemTable(nn.Module):
         return names
 
 
+class VocabParallelItemTable(nn.Module):
+    """`ItemTable` of a `TensorParallelRecommender`: this TP rank's vocab shard (tp > 1).
+
+    Holds the sharded model's own `item_id_emb` (megatron `VocabParallelEmbedding`, rows
+    [vocab_start_index, vocab_end_index) of the padded vocabulary: [V_local, d]), `text_proj`
+    (replicated) and text rows [V_local, text_dim] (not copied, module docstring).
+    forward(ids [mb, L] int) -> (item rows [mb, L, d], ids), identical on every TP rank (one
+    all-reduce). forward(hidden [mb, L, d] float) -> logits of this rank's items
+    [mb, L, V_local], pad item and vocab padding rows -inf (`TensorParallelRecommender.logits`).
+    """
+
+    def __init__(self, model: "TensorParallelRecommender"):
+        super().__init__()
+        self.item_id_emb = model.item_id_emb  # VocabParallelEmbedding, weight [V_local, d]
+        self.text_proj = model.text_proj  # text_dim -> d (replicated), or None
+        # Frozen rows of this shard [V_local, text_dim] (or None), and [V_local] True for the
+        # pad item and the padding rows; both shared with the model, never checkpointed.
+        self.register_buffer("text_emb", model.text_emb, persistent=False)
+        self.register_buffer("tp_vocab_pad_mask", model.tp_vocab_pad_mask, persistent=False)
+        self.vocab_start_index = model.vocab_start_index
+        self.vocab_end_index = model.vocab_end_index
+        self.max_seq_len = model.cfg.max_seq_len
+
+    def table(self) -> torch.Tensor:
+        """This rank's shard of the fused item table [V_local, d]
+        (`TensorParallelRecommender.item_embeddings`: text_proj's gradient all-reduced over TP)."""
+        from recpar.parallel.tensor_parallel import TensorParallelRecommender
+
+        return TensorParallelRecommender.item_embeddings(self)  # type: ignore[arg-type]
+
+    def forward(self, x: torch.Tensor):
+        if not x.is_floating_point():  # input end: item ids [mb, L]
+            if x.dim() != 2 or x.shape[1] > self.max_seq_len:
+                raise ValueError(f"VocabParallelItemTable: ids must be [mb, L <= "
+                                 f"{self.max_seq_len}], got {tuple(x.shape)}")
+            if self.text_proj is None:
+                rows = self.item_id_emb(x)  # megatron: masked lookup + all-reduce, [mb, L, d]
+            else:
+                from recpar.parallel.tensor_parallel import _vocab_parallel_lookup
+
+                # the text rows are sharded too: look up the fused shard, one all-reduce
+                rows = _vocab_parallel_lookup(x, self.table(), self.vocab_start_index,
+                                              self.vocab_end_index)  # [mb, L, d]
+            return rows, x
+        from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
+
+        # identity forward; backward all-reduces the hidden-state gradient over TP, which
+        # each rank knows only for its own items
+        hidden = copy_to_tensor_model_parallel_region(x)  # [mb, L, d]
+        scores = hidden @ self.table().t()  # [mb, L, V_local]
+        return scores.masked_fill(self.tp_vocab_pad_mask, float("-inf"))
+
+
 class PositionEmbedding(nn.Module):
-    """(item rows, ids) -> (dropout(item rows + pos_emb[positions(ids)]), ids); pos_emb copied."""
+    """(item rows, ids) -> (dropout(item rows + pos_emb[positions(ids)]), ids); pos_emb copied
+    (under TP: the sharded model's, replicated)."""
 
     def __init__(self, model: Recommender):
         super().__init__()
-        self.pos_emb = copy.deepcopy(model.pos_emb)  # [max_seq_len, d]
-        self.drop = copy.deepcopy(model.drop)
+        self.pos_emb = _take(model.pos_emb, model)  # [max_seq_len, d]
+        self.drop = _take(model.drop, model)
 
     def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]):
         x, ids = inputs  # [mb, L, d], [mb, L]
@@ -171,12 +286,13 @@ class PositionEmbedding(nn.Module):
 
 
 class PipeBlock(nn.Module):
-    """Transformer block `index` of the model (copied); the padding mask is rebuilt from ids."""
+    """Transformer block `index` of the model (copied; under TP the sharded model's own block,
+    megatron column/row-parallel linears); the padding mask is rebuilt from ids."""
 
     def __init__(self, model: Recommender, index: int):
         super().__init__()
         self.index = index
-        self.block = copy.deepcopy(model.blocks[index])
+        self.block = _take(model.blocks[index], model)
 
     def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]):
         x, ids = inputs  # [mb, L, d], [mb, L]
@@ -184,11 +300,12 @@ class PipeBlock(nn.Module):
 
 
 class FinalNorm(nn.Module):
-    """(hidden, ids) -> ln_f(hidden) [mb, L, d] (copied `ln_f`); the ids are not needed after."""
+    """(hidden, ids) -> ln_f(hidden) [mb, L, d] (copied `ln_f`; under TP the sharded model's,
+    replicated); the ids are not needed after."""
 
     def __init__(self, model: Recommender):
         super().__init__()
-        self.ln_f = copy.deepcopy(model.ln_f)
+        self.ln_f = _take(model.ln_f, model)
 
     def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return self.ln_f(inputs[0])
@@ -200,16 +317,24 @@ class GlobalMeanLoss:
     labels = (targets [mb, L] with IGNORE_INDEX at invalid positions, N: float scalar, the
     valid positions of the whole global batch). The factor m × dp undoes DeepSpeed's division
     by the accumulation steps and its average over dp replicas (module docstring), so gradient
-    and reported loss are the baseline's global mean.
+    and reported loss are the baseline's global mean. vocab_parallel: the logits are a TP
+    rank's vocab shard [mb, L, V_local] and the CE is megatron's vocab-parallel one (the same
+    value on every TP rank).
     """
 
-    def __init__(self, scale: float):
+    def __init__(self, scale: float, vocab_parallel: bool = False):
         self.scale = float(scale)
         """m × dp."""
+        self.vocab_parallel = vocab_parallel
+        """Logits are vocab-sharded over the TP group (tp > 1)."""
         self.__name__ = type(self).__name__  # DeepSpeed prints loss_fn.__name__
 
     def __call__(self, logits: torch.Tensor, labels) -> torch.Tensor:
         targets, n_global = labels  # [mb, L], []
+        if self.vocab_parallel:
+            from recpar.parallel.pipeline_parallel import vocab_parallel_microbatch_loss
+
+            return vocab_parallel_microbatch_loss(logits, targets, n_global) * self.scale
         total = F.cross_entropy(logits.flatten(0, 1), targets.flatten(),
                                 ignore_index=IGNORE_INDEX, reduction="sum")
         return total / n_global * self.scale
@@ -217,15 +342,18 @@ class GlobalMeanLoss:
 
 def layer_specs(model: Recommender) -> list:
     """The PipelineModule's layer list for `model` (module docstring), weights copied lazily:
-    DeepSpeed builds only this stage's layers (and, for `parameters`, each once to count)."""
+    DeepSpeed builds only this stage's layers (and, for `parameters`, each once to count).
+    For a `TensorParallelRecommender` the layers hold its modules (no copy) and the tied
+    table is `VocabParallelItemTable`."""
     from deepspeed.pipe import LayerSpec, TiedLayerSpec
 
-    tied = ItemTable.tied_weight_attrs(model)
-    return [TiedLayerSpec(TIED_KEY, ItemTable, model, tied_weight_attr=tied),
+    tied = ItemTable.tied_weight_attrs(model)  # the same names in VocabParallelItemTable
+    table = VocabParallelItemTable if _is_tensor_parallel(model) else ItemTable
+    return [TiedLayerSpec(TIED_KEY, table, model, tied_weight_attr=tied),
             LayerSpec(PositionEmbedding, model),
             *(LayerSpec(PipeBlock, model, i) for i in range(model.cfg.n_layers)),
             LayerSpec(FinalNorm, model),
-            TiedLayerSpec(TIED_KEY, ItemTable, model, tied_weight_attr=tied)]
+            TiedLayerSpec(TIED_KEY, table, model, tied_weight_attr=tied)]
 
 
 def recommender_key(key: str, n_layers: int) -> str:
@@ -249,11 +377,17 @@ def recommender_key(key: str, n_layers: int) -> str:
 # --- plan and config -------------------------------------------------------------------------
 
 
-def validate_deepspeed_plan(plan: ParallelPlan, train_cfg: TrainConfig) -> int:
+def validate_deepspeed_plan(plan: ParallelPlan, train_cfg: TrainConfig,
+                            model_cfg: ModelConfig | None = None) -> int:
     """Raise PlanError naming the value when the plan cannot run as the deepspeed scheme;
-    returns train_micro_batch_size_per_gpu = global_batch_size / (dp × num_microbatches)."""
-    if plan.tp != 1:
-        raise PlanError(f"tp = {plan.tp}: {TP_UNSUPPORTED}")
+    returns train_micro_batch_size_per_gpu = global_batch_size / (dp × num_microbatches).
+
+    model_cfg: with tp > 1, also check that heads and d_ff split into whole TP shards
+    (`tensor_parallel.validate_tp`; the vocabulary is padded, so any size splits)."""
+    if plan.tp > 1 and model_cfg is not None:
+        from recpar.parallel.tensor_parallel import validate_tp  # no megatron import
+
+        validate_tp(model_cfg, plan)
     if plan.pp > 1 and plan.pipeline_schedule != "1f1b":
         raise PlanError(f"pipeline_schedule = {plan.pipeline_schedule!r}: the deepspeed scheme "
                         "runs DeepSpeed's own TrainSchedule (synchronous 1F1B); use 1f1b")
@@ -290,16 +424,80 @@ def deepspeed_pipeline_config(train_cfg: TrainConfig, plan: ParallelPlan,
     return adamw_fp32_config(train_cfg, micro, plan.num_microbatches, zero)
 
 
+# --- topology --------------------------------------------------------------------------------
+
+
+def deepspeed_topology(plan: ParallelPlan):
+    """DeepSpeed's ProcessTopology for the plan: `PipeDataParallelTopology` (axes [pipe, data])
+    for tp = 1, as before; `PipeModelDataParallelTopology` (axes [pipe, data, model], model
+    fastest) for tp > 1."""
+    from deepspeed.runtime.pipe.topology import (PipeDataParallelTopology,
+                                                 PipeModelDataParallelTopology)
+
+    if plan.tp == 1:
+        return PipeDataParallelTopology(num_pp=plan.pp, num_dp=plan.dp)
+    return PipeModelDataParallelTopology(num_pp=plan.pp, num_mp=plan.tp, num_dp=plan.dp)
+
+
+def topology_mismatches(topology, megatron_groups: dict[str, list[int]], rank: int) -> list[str]:
+    """Where megatron's groups of `rank` differ from DeepSpeed's `topology` (empty: they agree).
+
+    megatron_groups: {"tp": ranks, "pp": ranks, "dp": ranks} of this rank's megatron groups;
+    each is compared with the ranks sharing all of this rank's DeepSpeed coordinates but the
+    matching axis (`MEGATRON_TO_DEEPSPEED_AXIS`).
+    """
+    out = []
+    for name, axis in MEGATRON_TO_DEEPSPEED_AXIS.items():
+        ds = next((sorted(g) for g in topology.get_axis_comm_lists(axis) if rank in g), [rank])
+        mine = sorted(int(r) for r in megatron_groups[name])
+        if mine != ds:
+            out.append(f"{name} group of rank {rank}: megatron {mine}, DeepSpeed "
+                       f"{axis!r} axis {ds}")
+    return out
+
+
+def check_megatron_matches_topology(topology) -> None:
+    """Assert that this rank's megatron `parallel_state` tp, pp and dp groups hold the same
+    ranks as DeepSpeed's model, pipe and data axes of `topology` (module docstring);
+    RuntimeError listing the differences otherwise. Needs `init_parallel_groups` first."""
+    import torch.distributed as dist
+
+    from recpar.parallel import process_groups as pg
+
+    groups = {"tp": dist.get_process_group_ranks(pg.tp_group()),
+              "pp": dist.get_process_group_ranks(pg.pp_group()),
+              "dp": dist.get_process_group_ranks(pg.dp_group())}
+    bad = topology_mismatches(topology, groups, dist.get_rank())
+    if bad:
+        raise RuntimeError("megatron's parallel_state groups do not match DeepSpeed's "
+                           f"topology {topology}: " + "; ".join(bad))
+
+
 # --- apply -----------------------------------------------------------------------------------
 
 
-def apply_deepspeed_pipeline(model: Recommender, train_cfg: TrainConfig, plan: ParallelPlan):
+def _free_unused(model: Recommender, module: nn.Module) -> None:
+    """Release the sharded model's parameters that are not in this rank's stage (the stage
+    shares the others' storage; the frozen text buffer is kept)."""
+    keep = {id(p) for p in module.parameters()}
+    for p in model.parameters():
+        if id(p) not in keep:
+            p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+
+
+def apply_deepspeed_pipeline(model: Recommender, train_cfg: TrainConfig, plan: ParallelPlan,
+                             seed: int | None = None):
     """Build this rank's pipeline stage from `model` and return DeepSpeed's PipelineEngine.
 
-    torch.distributed must be initialised with world size pp × dp (tp = 1); DeepSpeed's
-    `PipeDataParallelTopology` lays ranks out as pipe-major (rank = stage × dp + dp_rank).
-    `model` is the single-device Recommender, identical on every rank (same seed); its weights
-    are copied into the stage's layers. No activation checkpointing (not tested here).
+    torch.distributed must be initialised with world size pp × tp × dp. `model` is the
+    single-device Recommender, identical on every rank (same seed). tp = 1: its weights are
+    copied into the stage's layers, DeepSpeed's `PipeDataParallelTopology` lays ranks out
+    pipe-major (rank = stage × dp + dp_rank). tp > 1: megatron's groups are initialised and
+    checked against `PipeModelDataParallelTopology` (rank = (stage × dp + dp_rank) × tp +
+    tp_rank), `apply_tp` shards `model` IN PLACE (it is unusable as a single-device model
+    afterwards, as in the mp engine) and the layers take its modules (module docstring).
+    seed: run seed of the TP attention-dropout stream (`apply_tp`; None = torch.initial_seed()).
+    No activation checkpointing (not tested here).
     """
     import torch.distributed as dist
 
@@ -308,16 +506,27 @@ def apply_deepspeed_pipeline(model: Recommender, train_cfg: TrainConfig, plan: P
                            "(init_process_group first; gloo on CPU)")
     plan.validate(world_size=dist.get_world_size(), n_heads=model.cfg.n_heads,
                   n_layers=model.cfg.n_layers)
+    validate_deepspeed_plan(plan, train_cfg, model.cfg)
+    # the single-device layout pipeline_state_dict returns (before any sharding)
+    plain_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     config = deepspeed_pipeline_config(train_cfg, plan,
                                        n_params=sum(p.numel() for p in model.parameters()))
     deepspeed = init_deepspeed(train_cfg.device, caller="apply_deepspeed_pipeline")
     from deepspeed.pipe import PipelineModule
-    from deepspeed.runtime.pipe.topology import PipeDataParallelTopology
 
+    topology = deepspeed_topology(plan)
+    tp_model = plan.tp > 1
+    if tp_model:
+        from recpar.parallel import process_groups as pg
+        from recpar.parallel.tensor_parallel import apply_tp
+
+        pg.init_parallel_groups(plan)  # megatron's tp-cp-ep-dp-pp layout
+        check_megatron_matches_topology(topology)
+        model = apply_tp(model, plan, seed=seed)
     specs = layer_specs(model)
     module = PipelineModule(
-        layers=specs, topology=PipeDataParallelTopology(num_pp=plan.pp, num_dp=plan.dp),
-        loss_fn=GlobalMeanLoss(plan.num_microbatches * plan.dp),
+        layers=specs, topology=topology,
+        loss_fn=GlobalMeanLoss(plan.num_microbatches * plan.dp, vocab_parallel=tp_model),
         partition_method=PARTITION_METHODS[plan.partition_method])
     parts = [int(p) for p in module.parts]
     empty = [s for s in range(plan.pp) if parts[s] == parts[s + 1]]
@@ -325,7 +534,10 @@ def apply_deepspeed_pipeline(model: Recommender, train_cfg: TrainConfig, plan: P
         raise PlanError(f"DeepSpeed partition {PARTITION_METHODS[plan.partition_method]!r} left "
                         f"stage(s) {empty} without layers (boundaries {parts} over "
                         f"{len(specs)} layers); use fewer stages or partition_method='uniform'")
+    if tp_model:
+        _free_unused(model, module)
     module.recpar_n_layers = model.cfg.n_layers  # read by pipeline_state_dict
+    module.recpar_plain_shapes = plain_shapes
     module.train(model.training)
     engine, _, _, _ = deepspeed.initialize(
         model=module, model_parameters=adamw_param_groups(module, train_cfg.weight_decay),
@@ -375,23 +587,48 @@ def pipeline_step(engine, x_global: torch.Tensor, y_global: torch.Tensor) -> tor
 def pipeline_state_dict(engine) -> dict[str, torch.Tensor] | None:
     """Collective over all ranks: the full single-device `Recommender` state dict (CPU clones)
     on global rank 0, None elsewhere. Stages of dp replica 0 send their layers; the tied table
-    is taken from the first stage (both copies are equal)."""
+    is taken from the first stage (both copies are equal). With tp > 1 each key's TP shards
+    are concatenated along megatron's `partition_dim` and cut to the single-device shape
+    (the vocab padding rows), as `ModelParallelEngine.full_state_dict` does."""
     import torch.distributed as dist
 
-    n_layers = engine.module.recpar_n_layers
+    module = engine.module
+    n_layers = module.recpar_n_layers
+    plain: dict[str, tuple[int, ...]] = module.recpar_plain_shapes
     mine: dict[str, torch.Tensor] = {}
+    shard_dims: dict[str, int] = {}
     if engine.grid.data_parallel_id == 0:
-        mine = {recommender_key(k, n_layers): v.detach().to("cpu", copy=True)
-                for k, v in engine.module.state_dict().items()}
-    world = dist.get_world_size()
-    gathered: list[dict] | None = [None] * world if dist.get_rank() == 0 else None
-    dist.gather_object(mine, gathered, dst=0)
+        # (megatron's `_extra_state` entries are None and not in the single-device layout)
+        mine = {key: v.detach().to("cpu", copy=True)
+                for key, v in ((recommender_key(k, n_layers), v)
+                               for k, v in module.state_dict().items()) if key in plain}
+        shard_dims = {recommender_key(k, n_layers): int(p.partition_dim)
+                      for k, p in module.named_parameters()
+                      if getattr(p, "tensor_model_parallel", False)}
+    payload = (int(engine.grid.get_slice_parallel_rank()), mine, shard_dims)
+    gathered: list | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(payload, gathered, dst=0)
     if gathered is None:
         return None
-    full: dict[str, torch.Tensor] = {}
-    for part in gathered:  # rank order: stage 0 (the tied table's first copy) comes first
+    tp = int(engine.grid.get_slice_parallel_world_size())
+    by_tp: list[dict[str, torch.Tensor]] = [{} for _ in range(tp)]
+    dims: dict[str, int] = {}
+    for tp_rank, part, part_dims in gathered:  # rank order: stage 0 (tied original) first
         for k, v in part.items():
-            full.setdefault(k, v)
+            by_tp[tp_rank].setdefault(k, v)
+        dims.update(part_dims)
+    full: dict[str, torch.Tensor] = {}
+    for k, shape in plain.items():
+        if k not in by_tp[0]:
+            raise RuntimeError(f"pipeline_state_dict: no stage holds {k}")
+        t = by_tp[0][k]
+        if k in dims:  # TP shards -> the single-device tensor (vocab padding rows cut off)
+            dim = dims[k]
+            t = torch.cat([by_tp[r][k] for r in range(tp)], dim=dim).narrow(dim, 0, shape[dim])
+        if tuple(t.shape) != shape:
+            raise RuntimeError(f"pipeline_state_dict: {k} gathered as {tuple(t.shape)}, the "
+                               f"single-device shape is {shape}")
+        full[k] = t.contiguous()
     return full
 
 
@@ -400,6 +637,8 @@ def pipeline_record(engine) -> dict:
     parts = [int(p) for p in engine.module.parts]
     return {"stage_id": int(engine.stage_id), "num_stages": int(engine.num_stages),
             "dp_rank": int(engine.grid.data_parallel_id), "dp": int(engine.grid.data_parallel_size),
+            "tp_rank": int(engine.grid.get_slice_parallel_rank()),
+            "tp": int(engine.grid.get_slice_parallel_world_size()),
             "parts": parts, "micro_batch_size": int(engine.train_micro_batch_size_per_gpu()),
             "micro_batches": int(engine.gradient_accumulation_steps()),
             "zero_stage": int(engine.zero_optimization_stage())}

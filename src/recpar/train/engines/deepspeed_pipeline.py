@@ -1,5 +1,6 @@
-"""Engine `deepspeed`: DeepSpeed pipeline + ZeRO-1 + data parallelism
-(`recpar.parallel.deepspeed_pipeline`) inside the common loop."""
+"""Engine `deepspeed`: DeepSpeed pipeline + ZeRO-1 + data parallelism, with megatron-core
+tensor parallelism inside the stages when tp > 1 (`recpar.parallel.deepspeed_pipeline`),
+inside the common loop."""
 
 from __future__ import annotations
 
@@ -23,13 +24,17 @@ class DeepSpeedPipelineEngine(Engine):
     def __init__(self, ctx: EngineContext):
         super().__init__(ctx)
         spec = ctx.spec
-        self.engine = apply_deepspeed_pipeline(ctx.model, spec.train, spec.plan)
-        grid = self.engine.grid  # DeepSpeed's pipe x data topology
+        # tp > 1: ctx.model is sharded in place by apply_tp (the loop scores a separate
+        # single-device model filled from full_state_dict).
+        self.engine = apply_deepspeed_pipeline(ctx.model, spec.train, spec.plan,
+                                               seed=getattr(spec, "seed", None))
+        grid = self.engine.grid  # DeepSpeed's pipe x data (x model) topology
         self.dp = grid.data_parallel_size
-        if (self.dp, grid.pipe_parallel_size) != (spec.plan.dp, spec.plan.pp):
-            raise PlanError(f"DeepSpeed's topology has dp = {self.dp}, pp = "
-                            f"{grid.pipe_parallel_size}; the plan has dp = {spec.plan.dp}, "
-                            f"pp = {spec.plan.pp}")
+        have = (self.dp, grid.get_slice_parallel_world_size(), grid.pipe_parallel_size)
+        want = (spec.plan.dp, spec.plan.tp, spec.plan.pp)
+        if have != want:
+            raise PlanError("DeepSpeed's topology has dp = {}, tp = {}, pp = {}; the plan has "
+                            "dp = {}, tp = {}, pp = {}".format(*have, *want))
 
     def step(self, inputs, targets, idx) -> StepResult:
         # train_batch's loss is the global mean over valid positions (see the module docstring
