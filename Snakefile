@@ -31,5 +31,5 @@ rule all:
         "paper_tables/table1.md",
         "paper_tables/baseline_quality.md",
         sweep_records(),
-        expand("paper_tables/{sweep}/{name}", sweep=SWEEP_NAME, name=REPORT_TABLES),
+        expand("paper_tables/{sweep}/{name}", sweep=SWEEP_NAME, name=REPORT_TABLES + REPORT_FIGURES),
         quality_delta_target(),

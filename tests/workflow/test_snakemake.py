@@ -131,7 +131,9 @@ def test_report_table_list_matches_the_cli():
     import re
 
     from recpar.report.cli import TABLE_FILES
+    from recpar.report.figures import FIGURE_FILES
 
     common = (ROOT / "workflow" / "rules" / "common.smk").read_text()
-    declared = re.search(r"REPORT_TABLES = \[(.*?)\]", common, re.S).group(1)
-    assert tuple(re.findall(r'"([^"]+)"', declared)) == TABLE_FILES
+    for name, files in (("REPORT_TABLES", TABLE_FILES), ("REPORT_FIGURES", FIGURE_FILES)):
+        declared = re.search(name + r" = \[(.*?)\]", common, re.S).group(1)
+        assert tuple(re.findall(r'"([^"]+)"', declared)) == files

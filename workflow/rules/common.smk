@@ -104,6 +104,8 @@ PAPER_VALUES = os.path.join(workflow.basedir, "paper_tables", "paper.yaml")
 # What `recpar report tables` writes (recpar.report.cli.TABLE_FILES; figures are extra).
 REPORT_TABLES = ["table2.md", "table2.csv", "table2.tex", "table3.md", "table3.csv", "table3.tex",
                  "comm_share.md", "comm_share.csv", "claims.md", "audit.md"]
+# ... and its figures (recpar.report.figures.FIGURE_FILES; a card says why one was not drawn).
+REPORT_FIGURES = ["comm_share.png", "speedup_vs_nodes.png", "utilisation_memory.png"]
 
 
 def quality_delta_target():

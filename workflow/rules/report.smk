@@ -25,17 +25,22 @@ rule paper_tables:
         records=sweep_records(),
         paper=PAPER_VALUES,
     output:
-        report(
+        tables=report(
             expand("paper_tables/{{sweep}}/{name}", name=REPORT_TABLES),
             caption="../report/paper_tables.rst",
             category="Paper tables",
+        ),
+        figures=report(
+            expand("paper_tables/{{sweep}}/{name}", name=REPORT_FIGURES),
+            caption="../report/figures.rst",
+            category="Figures",
         ),
     conda:
         "../../envs/environment.yaml"
     log:
         "logs/report/{sweep}/paper_tables.log",
     params:
-        out_dir=lambda w, output: os.path.dirname(output[0]),
+        out_dir=lambda w, output: os.path.dirname(output.tables[0]),
     shell:
         "recpar report tables --records {input.records} --paper {input.paper}"
         " --out-dir {params.out_dir} > {log} 2>&1"

@@ -60,7 +60,7 @@ def cmd_quality_delta(args) -> int:
 
 TABLE_FILES = ("table2.md", "table2.csv", "table2.tex", "table3.md", "table3.csv", "table3.tex",
                "comm_share.md", "comm_share.csv", "claims.md", "audit.md")
-"""What `recpar report tables` writes (plus the figures it could draw, *.png)."""
+"""The tables `recpar report tables` writes (and the figures of figures.FIGURE_FILES)."""
 
 
 def cmd_tables(args) -> int:
@@ -81,7 +81,13 @@ def cmd_tables(args) -> int:
                                         [speedup, "util_pct: NVML GPU utilisation (gpu) or "
                                          "process CPU share of all logical CPUs, rank 0 (cpu); "
                                          "comm hook = time in gradient-sync hooks, exposed = "
-                                         "not hidden by overlap; quality on the test split",
+                                         "not hidden by overlap (DP gradient sync); "
+                                         "tp_comm = slowest rank's time blocked in megatron's "
+                                         "TP collectives; pp_idle = rank 0's pipeline wait "
+                                         "(P2P and bubble); model_state = params + grads + "
+                                         "optimizer state of the largest rank, MiB; peak_rss "
+                                         "= largest rank's process peak (on CPU dominated by "
+                                         "the runtime); quality on the test split",
                                          "paper_*: Table II for the same scheme (8 devices; "
                                          "rows at other scales are not the paper's "
                                          "configuration)", pnote] + notes),
@@ -103,7 +109,7 @@ def cmd_tables(args) -> int:
                                                 not_drawn, notes)
     for name in TABLE_FILES:
         write_text(args.out_dir / name, texts[name])
-    print(f"wrote {', '.join(TABLE_FILES + tuple(p.name for p in drawn))} to {args.out_dir}")
+    print(f"wrote {', '.join(TABLE_FILES + figures.FIGURE_FILES)} to {args.out_dir}")
     for name, why in not_drawn:
         print(f"not drawn: {name}: {why}")
     return 0

@@ -3,7 +3,9 @@ Fig. 4), speedup vs nodes (Table III) and utilisation/memory (cf. Fig. 5).
 
 A figure is drawn only from measured rows; the paper's values and perfmodel projections are
 overlaid in their own, labelled style. A figure with no measured data is not drawn: the
-function returns why, and the caller writes it into claims.md.
+function returns why, the caller writes it into claims.md, and `draw_all` writes a card in the
+figure's place that says so (every figure file exists, so the workflow can declare them for
+`snakemake --report`).
 """
 
 from __future__ import annotations
@@ -140,10 +142,30 @@ def utilisation_figure(rs: RecordSet, paper: Paper, out: Path) -> Path | Skipped
     return _save(fig, out / name)
 
 
+FIGURE_FILES = ("comm_share.png", "speedup_vs_nodes.png", "utilisation_memory.png")
+"""Every file `draw_all` writes (a figure, or a card saying why it was not drawn)."""
+
+
+def not_drawn_card(name: str, why: str, out: Path) -> Path:
+    """A figure-sized card in place of figure `name`: 'not drawn' and the reason, no data."""
+    import textwrap
+
+    fig, ax = plt.subplots(figsize=(6.5, 2.0))
+    ax.axis("off")
+    ax.text(0.5, 0.5, f"{name}: not drawn\n" + textwrap.fill(why, 80), ha="center",
+            va="center", fontsize=9, wrap=True)
+    return _save(fig, out / name)
+
+
 def draw_all(rs: RecordSet, paper: Paper, proj: Projection, out: Path
              ) -> tuple[list[Path], list[Skipped]]:
+    """Draw every figure; for one without data, write its not-drawn card and return why."""
     drawn, skipped = [], []
     for res in (comm_share_figure(rs, paper, proj, out), speedup_figure(rs, paper, proj, out),
                 utilisation_figure(rs, paper, out)):
-        (drawn if isinstance(res, Path) else skipped).append(res)
+        if isinstance(res, Path):
+            drawn.append(res)
+        else:
+            skipped.append(res)
+            not_drawn_card(*res, out)
     return drawn, skipped

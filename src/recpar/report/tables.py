@@ -204,6 +204,11 @@ def quality(rec: dict, protocol: str, metric: str) -> float | None:
         return None
 
 
+def _mib(gib: Any) -> float | None:
+    v = _num(gib)
+    return None if v is None else v * 1024
+
+
 MEASURES = {
     "throughput_samples_per_s": lambda r: _num(r["metrics"].get("throughput_samples_per_s")),
     "throughput_samples_per_s_per_device":
@@ -214,6 +219,14 @@ MEASURES = {
     "exposed_comm_ms_per_iter": lambda r: (0.0 if r["plan"]["world_size"] == 1 else
                                            _num(r["metrics"].get("exposed_comm_ms_per_iter"))),
     "comm_share_pct": lambda r: comm_share(r)[0],
+    # model parallelism: the slowest rank's blocked time in megatron's TP collectives, the
+    # pipeline's idle time (P2P waits and bubble; rank 0's stage), per-rank state and memory
+    "tp_comm_ms_per_iter": lambda r: _num(r["metrics"].get("tp_comm_ms_per_iter_max_over_ranks")),
+    "pp_idle_ms_per_iter": lambda r: _num(r["metrics"].get("pp_idle_ms_per_iter")),
+    "model_state_mib": lambda r: _mib(r["metrics"].get("model_state_gib_max_over_ranks",
+                                                        r["metrics"].get("model_state_gib"))),
+    "peak_rss_gib": lambda r: _num(r["metrics"].get("peak_rss_gib_max_over_ranks",
+                                                     r["metrics"].get("peak_rss_gib"))),
     "device_mem_pct": device_mem_pct,
     "gpu_util_min_over_ranks_pct": lambda r: _num(r["metrics"].get("gpu_util_pct_min_over_ranks")),
     **{f"{m}_{p}": (lambda r, m=m, p=p: quality(r, p, m))
@@ -393,6 +406,10 @@ def table2(rs: RecordSet, paper: Paper, proj: Projection) -> pd.DataFrame:
             "util_pct": r.mean("util_pct"), "util_basis": r.basis("util"),
             "comm_ms_per_iter_hook": r.mean("comm_ms_per_iter"),
             "comm_ms_per_iter_exposed": r.mean("exposed_comm_ms_per_iter"),
+            "tp_comm_ms_per_iter": r.mean("tp_comm_ms_per_iter"),
+            "pp_idle_ms_per_iter": r.mean("pp_idle_ms_per_iter"),
+            "model_state_mib_max_rank": r.mean("model_state_mib"),
+            "peak_rss_gib_max_rank": r.mean("peak_rss_gib"),
             "hr_at_10_full": r.mean("hr_at_10_full"),
             "ndcg_at_10_full": r.mean("ndcg_at_10_full"),
             "hr_at_10_sampled100": r.mean("hr_at_10_sampled100"),

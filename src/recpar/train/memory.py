@@ -1,7 +1,10 @@
 """Memory a rank holds for training: its model state, counted from the tensors themselves.
 
 `model_state_gib` sums the bytes of this rank's trained parameters, their gradients and its
-optimizer's state tensors (AdamW: exp_avg, exp_avg_sq, step). Unlike the process's peak RSS
+optimizer's state tensors (AdamW: exp_avg, exp_avg_sq, step). A gradient is counted at its
+parameter's size for every parameter that requires one, whether or not it is allocated at the
+moment of counting (engines free gradients between steps at different points; during a step
+each one exists). Unlike the process's peak RSS
 (`recpar.train.timing.peak_rss_gib`), which on CPU is dominated by the Python/torch runtime
 (about 0.5 GiB) and briefly includes the full single-device model every rank builds before the
 plan is applied, it shows directly what tensor and pipeline parallelism save per rank: a TP
@@ -21,7 +24,7 @@ def _tensor_bytes(t: torch.Tensor) -> int:
 
 def model_state_gib(params: Iterable[torch.nn.Parameter],
                     optimizer: torch.optim.Optimizer | None) -> float:
-    """Parameters + gradients + optimizer state of this rank, GiB (each tensor once)."""
+    """Parameters + their gradients + optimizer state of this rank, GiB (each tensor once)."""
     seen: set[int] = set()
     total = 0
 
@@ -32,8 +35,11 @@ def model_state_gib(params: Iterable[torch.nn.Parameter],
             total += _tensor_bytes(t)
 
     for p in params:
+        if id(p) in seen:
+            continue
         add(p)
-        add(p.grad)
+        if p.requires_grad:
+            total += _tensor_bytes(p)  # its gradient: same shape and dtype
     if optimizer is not None:
         for state in optimizer.state.values():
             for v in state.values():
