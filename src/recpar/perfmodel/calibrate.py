@@ -51,7 +51,10 @@ def _median_time(fn, repeats: int, warmup: int = 2) -> float:
 
 
 def measure_matmul_flops(n: int = 1024, repeats: int = 10, threads: int | None = None) -> float:
-    """Sustained fp32 FLOP/s of torch.mm on n×n matrices (2n³ FLOPs per product)."""
+    """Sustained fp32 FLOP/s of torch.mm on n×n matrices (2n³ FLOPs per product).
+
+    With threads = 1 the time is CPU time (immune to other jobs on the host, see
+    _median_cpu_time); otherwise wall time."""
     import torch
 
     old = torch.get_num_threads()
@@ -59,10 +62,136 @@ def measure_matmul_flops(n: int = 1024, repeats: int = 10, threads: int | None =
         torch.set_num_threads(threads)
     try:
         a, b = torch.randn(n, n), torch.randn(n, n)
-        t = _median_time(lambda: torch.mm(a, b), repeats)
+        if threads == 1:
+            t = _median_cpu_time(lambda: torch.mm(a, b), repeats, warmup=2)[0]
+        else:
+            t = _median_time(lambda: torch.mm(a, b), repeats)
     finally:
         torch.set_num_threads(old)
     return 2.0 * n**3 / t
+
+
+def _median_cpu_time(fn, repeats: int, warmup: int = 1) -> tuple[float, float]:
+    """(median CPU seconds, median wall seconds) of fn() in this process.
+
+    CPU time (time.process_time, all threads of this process) is what a single-threaded
+    kernel costs even when other jobs share the host: it leaves out the time the scheduler
+    gives to them (their cache and memory-bandwidth contention still counts)."""
+    for _ in range(warmup):
+        fn()
+    cpu, wall = [], []
+    for _ in range(repeats):
+        c0, w0 = time.process_time(), time.perf_counter()
+        fn()
+        cpu.append(time.process_time() - c0)
+        wall.append(time.perf_counter() - w0)
+    return float(np.median(cpu)), float(np.median(wall))
+
+
+def host_cores() -> int:
+    """Logical CPUs, read as `recpar train` does (os.cpu_count()) when it sets each rank's
+    OMP_NUM_THREADS = max(1, cores // world_size)."""
+    return os.cpu_count() or 1
+
+
+def record_threads(record: Mapping[str, Any]) -> int | None:
+    """Intra-op threads the recorded run used (hardware.torch_threads), None if absent."""
+    t = (record.get("hardware") or {}).get("torch_threads")
+    return int(t) if isinstance(t, int) and not isinstance(t, bool) and t >= 1 else None
+
+
+def measure_model_step_flops_per_s(record: Mapping[str, Any], threads: int = 1, steps: int = 4,
+                                   where: str = "<record>") -> dict[str, float]:
+    """Achieved model FLOP/s of recpar's own training step with `threads` intra-op threads.
+
+    Builds `recpar.model.Recommender` with the record's config.model and item count, feeds it
+    random item ids at the record's global batch (no padding; shapes, hence FLOPs, are the
+    same as with real histories), and times forward + backward + grad clipping + AdamW step
+    (what one iteration of the baseline does), `steps` times after one warm-up step. The
+    FLOPs are the cost model's count (ModelShape.train_flops_per_sequence × batch), so the
+    rate plugs into the model unchanged. Timed in CPU seconds (see _median_cpu_time): exact
+    for one thread on a host other jobs use; for more threads it is their summed CPU time,
+    so only threads = 1 should be measured this way.
+    """
+    import torch
+
+    from recpar.model.config import ModelConfig
+    from recpar.model.recommender import Recommender
+    from recpar.perfmodel.predict import scenario_from_record
+
+    sc = scenario_from_record(record, where)
+    shape, batch = sc.shape, sc.global_batch_size
+    mcfg = dict(_model_config(record))
+    known = set(ModelConfig.__dataclass_fields__)
+    cfg = ModelConfig(**{k: v for k, v in mcfg.items() if k in known})
+    n_items = shape.vocab_size - 1
+    clip = ((record.get("config") or {}).get("train") or {}).get("clip_grad") or 0.0
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        text = torch.randn(n_items + 1, cfg.text_dim, generator=gen) if cfg.text_dim else None
+        model = Recommender(cfg, n_items, text)
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        ids = torch.randint(1, n_items + 1, (batch, shape.seq_len), generator=gen)
+        tgt = torch.randint(1, n_items + 1, (batch, shape.seq_len), generator=gen)
+
+        def step() -> None:
+            total, count = model.loss_sum(ids, tgt)
+            opt.zero_grad(set_to_none=True)
+            (total / count.clamp(min=1)).backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            opt.step()
+
+        cpu_s, wall_s = _median_cpu_time(step, steps)
+    finally:
+        torch.set_num_threads(old)
+    flops = shape.train_flops_per_sequence * batch
+    return {"flops_per_s": flops / cpu_s, "cpu_s_per_step": cpu_s, "wall_s_per_step": wall_s,
+            "batch": batch, "threads": threads, "steps": steps}
+
+
+def _model_config(record: Mapping[str, Any]) -> Mapping[str, Any]:
+    m = (record.get("config") or {}).get("model")
+    if not isinstance(m, Mapping):
+        raise ProfileError("record: missing config.model")
+    return m
+
+
+def measure_topk_compress_elements_per_s(n_elements: int, ratio: float = 0.01, world: int = 2,
+                                         repeats: int = 10, threads: int = 1
+                                         ) -> dict[str, float]:
+    """Gradient elements/s of recpar's top-k hook work, one thread, timed in CPU seconds.
+
+    Times exactly the hook's local work (recpar.comm.hooks `_compressed_reduce` with error
+    feedback, recpar.comm.codecs): p = g + r; torch.topk encode; r = p − ĝ; then
+    topk_decode_mean of `world` gathered payloads. The all-gather itself is not in it.
+    """
+    import torch
+
+    from recpar.comm.codecs import topk_decode_mean, topk_encode
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        g = torch.randn(n_elements, generator=gen)
+        r = torch.randn(n_elements, generator=gen) * 0.1
+
+        def work() -> None:
+            p = g + r
+            payload, g_hat = topk_encode(p, ratio)
+            r.copy_(p - g_hat)
+            gathered = payload.repeat(world).view(world, -1)
+            topk_decode_mean(gathered, n_elements)
+
+        cpu_s, wall_s = _median_cpu_time(work, repeats)
+    finally:
+        torch.set_num_threads(old)
+    return {"elements_per_s": n_elements / cpu_s, "cpu_s": cpu_s, "wall_s": wall_s,
+            "n_elements": n_elements, "ratio": ratio, "world": world, "threads": threads}
 
 
 def measure_reduce_bytes_per_s(n_bytes: int = 64 * 2**20, repeats: int = 10) -> float:
@@ -153,19 +282,27 @@ def measure_loopback_link(sizes: Sequence[int] = (4096, 2**18, 2**20, 2**22, 2**
 def inter_node_from_calibration(cal: Mapping[str, Any], where: str) -> tuple[float, float]:
     """(latency_s, bandwidth_bytes_per_s) of the shaped inter-node link from a calibration file.
 
-    Accepted keys, top level or under `inter_node`: bandwidth as `bandwidth_bytes_per_s` or
+    Accepted keys, top level or under `inter_node` (or its `calibrated` mapping, as a run
+    record's `topology.inter_node` and `recpar cluster calibrate` write it; a whole run record
+    is read through its `topology`): bandwidth as `bandwidth_bytes_per_s`, `rate_bit_per_s` or
     `measured_rate_mbit_per_s`; one-way latency as `latency_s` or `delay_ms`.
     """
     node = cal.get("inter_node", cal) if isinstance(cal, Mapping) else None
+    if isinstance(cal, Mapping) and isinstance(cal.get("topology"), Mapping):
+        node = cal["topology"].get("inter_node")  # a run record: its topology carries them
+    if isinstance(node, Mapping) and isinstance(node.get("calibrated"), Mapping):
+        node = node["calibrated"]  # recpar.cluster Topology: {configured, calibrated}
     if not isinstance(node, Mapping):
         raise ProfileError(f"{where}: expected a mapping")
     if "bandwidth_bytes_per_s" in node:
         bw = float(node["bandwidth_bytes_per_s"])
+    elif node.get("rate_bit_per_s") is not None:  # recpar cluster calibrate's key
+        bw = float(node["rate_bit_per_s"]) / 8
     elif "measured_rate_mbit_per_s" in node:
         bw = float(node["measured_rate_mbit_per_s"]) * 1e6 / 8
     else:
         raise ProfileError(f"{where}: missing bandwidth_bytes_per_s (or measured_rate_mbit_per_s)")
-    if "latency_s" in node:
+    if node.get("latency_s") is not None:
         lat = float(node["latency_s"])
     elif "delay_ms" in node:
         lat = float(node["delay_ms"]) / 1e3
@@ -182,7 +319,9 @@ def emulated_profile_mapping(*, ranks_per_node: int, threads_per_rank: int,
                              loopback: Mapping[str, float], cpu_name: str, mem_gib: float,
                              efficiency: float = 1.0,
                              efficiency_source: str = "assumed: 1.0 until a baseline run "
-                                                      "is measured") -> dict[str, Any]:
+                                                      "is measured",
+                             shared_host: Mapping[str, Any] | None = None,
+                             topk_compress: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The emulated profile as a mapping (validated by `profile_from_mapping` before return)."""
     m = {
         "name": "emulated",
@@ -220,8 +359,21 @@ def emulated_profile_mapping(*, ranks_per_node: int, threads_per_rank: int,
             },
         },
     }
+    if topk_compress is not None:
+        m["device"]["topk_compress_elements_per_s"] = dict(topk_compress)
+    if shared_host is not None:
+        m["shared_host"] = dict(shared_host)
     profile_from_mapping(m, "<emulated profile>")
     return m
+
+
+def shared_host_mapping(cores: int, rates: Mapping[int, tuple[float, str]]) -> dict[str, Any]:
+    """The profile's `shared_host` section: C cores and {threads: (FLOP/s, source)}."""
+    return {"cores": {"value": cores,
+                      "source": "measured: os.cpu_count() on the calibration host, as recpar "
+                                "train reads it to set OMP_NUM_THREADS = max(1, cores // ranks)"},
+            "model_flops_per_s_by_threads": {int(t): {"value": v, "source": src}
+                                             for t, (v, src) in sorted(rates.items())}}
 
 
 def write_profile(mapping: Mapping[str, Any], path: str | Path) -> Path:

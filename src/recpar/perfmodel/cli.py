@@ -4,6 +4,8 @@
     recpar perfmodel predict  --record run.json --hardware PROFILE [--out FILE]
     recpar perfmodel validate --records a.json b.json ... --hardware PROFILE --out DIR
     recpar perfmodel calibrate --inter-node FILE --ranks-per-node N [--baseline-record R] --out P
+        (FILE: a calibration YAML/JSON, or a run record of the emulated cluster, whose
+        topology.inter_node.calibrated holds the link `recpar cluster calibrate` measured)
 """
 
 from __future__ import annotations
@@ -161,24 +163,85 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     reduce_rate = cal.measure_reduce_bytes_per_s()
     loop = cal.measure_loopback_link()
     eff, eff_src = 1.0, "assumed: 1.0 until a baseline run is measured"
-    if args.baseline_record:
+    shared, topk, notes = None, None, []
+    base = _read_json(args.baseline_record) if args.baseline_record else None
+    if base is not None:
+        bname = args.baseline_record
         try:
-            eff = cal.efficiency_from_record(_read_json(args.baseline_record), flops,
-                                             args.baseline_record)
+            eff = cal.efficiency_from_record(base, flops, bname)
+            shared, topk, notes = _shared_host_and_topk(cal, base, bname, flops * eff, args)
         except _ERRORS as e:
             raise _fail(str(e)) from None
-        eff_src = f"measured: baseline run {Path(args.baseline_record).name}"
+        eff_src = f"measured: baseline run {bname}"
     m = cal.emulated_profile_mapping(
         ranks_per_node=args.ranks_per_node, threads_per_rank=args.threads_per_rank,
         inter_latency_s=lat, inter_bandwidth_bytes_per_s=bw,
-        inter_source=f"measured: cluster calibration file {Path(args.inter_node).name}",
+        inter_source=f"measured: cluster calibration in {args.inter_node}",
         flops_per_s=flops, reduce_bytes_per_s=reduce_rate, loopback=loop,
         cpu_name=cal.cpu_model(), mem_gib=cal.mem_gib(), efficiency=eff,
-        efficiency_source=eff_src)
+        efficiency_source=eff_src, shared_host=shared, topk_compress=topk)
     cal.write_profile(m, args.out)
     print(f"wrote {args.out}: {flops / 1e9:.1f} GFLOP/s, loopback "
           f"{loop['bandwidth_bytes_per_s'] / 1e9:.2f} GB/s α={loop['latency_s'] * 1e6:.0f} µs")
+    for line in notes:
+        print(f"  {line}")
     return 0
+
+
+def _shared_host_and_topk(cal, base: dict, bname: str, base_rate: float,
+                          args: argparse.Namespace) -> tuple[Any, Any, list[str]]:
+    """The profile's shared_host section and top-k rate, measured for the baseline's shape.
+
+    Rates by thread count: the baseline record's own (train FLOPs × throughput) at the threads
+    it ran with; every other thread count a rank can get (max(1, C // W), W = 1 .. C) timed
+    with recpar's training step at the baseline's model and batch (measure_model_step_...).
+    """
+    from recpar.perfmodel.predict import scenario_from_record
+
+    name = bname  # the path as given: every record file is called record.json
+    notes: list[str] = []
+    shared = None
+    if not args.no_shared_host:
+        cores = args.host_cores or cal.host_cores()
+        base_t = cal.record_threads(base)
+        need = sorted({max(1, cores // w) for w in range(1, cores + 1)})
+        rates: dict[int, tuple[float, str]] = {}
+        if base_t is not None and base_t <= cores:
+            rates[base_t] = (base_rate, f"measured: baseline run {name} ({base_t} thread(s), "
+                                        "hardware.torch_threads): train FLOPs per sequence × "
+                                        "metrics.throughput_samples_per_s")
+        for t in need:
+            if t in rates:
+                continue
+            r = cal.measure_model_step_flops_per_s(base, threads=t, where=bname)
+            clock = "CPU time" if t == 1 else "wall time"
+            v = r["flops_per_s"] if t == 1 else r["flops_per_s"] * r["cpu_s_per_step"] \
+                / r["wall_s_per_step"]
+            rates[t] = (v, f"measured: recpar Recommender training step (fwd + bwd + clip + "
+                           f"AdamW) at {name}'s model and batch {r['batch']}, random ids, "
+                           f"{t} thread(s), median {clock} of {r['steps']} steps after 1 "
+                           f"warm-up ({r['cpu_s_per_step'] * 1e3:.0f} ms CPU, "
+                           f"{r['wall_s_per_step'] * 1e3:.0f} ms wall per step); CPU time so "
+                           "that other jobs on the host do not count"
+                           if t == 1 else
+                           f"measured: recpar Recommender training step at {name}'s model "
+                           f"and batch {r['batch']}, {t} threads, median wall time")
+            notes.append(f"model step, {t} thread(s): {v / 1e9:.2f} GFLOP/s "
+                         f"({r['cpu_s_per_step'] * 1e3:.0f} ms CPU, "
+                         f"{r['wall_s_per_step'] * 1e3:.0f} ms wall per step)")
+        notes.append(f"baseline ({base_t} thread(s)): {base_rate / 1e9:.2f} GFLOP/s")
+        shared = cal.shared_host_mapping(cores, rates)
+    sc = scenario_from_record(base, bname)
+    n = sc.shape.trainable_params
+    r = cal.measure_topk_compress_elements_per_s(n, ratio=args.topk_ratio)
+    topk = {"value": r["elements_per_s"],
+            "source": f"measured: recpar top-k hook work (p = g + r, topk_encode, r = p - g_hat, "
+                      f"topk_decode_mean of {r['world']} payloads) on {n} random elements "
+                      f"(= {name}'s trainable parameters), ratio {r['ratio']}, 1 thread, "
+                      f"median CPU time {r['cpu_s'] * 1e3:.2f} ms of 10"}
+    notes.append(f"top-k hook work: {r['cpu_s'] * 1e3:.2f} ms CPU for {n} elements "
+                 f"({r['elements_per_s'] / 1e6:.0f} M elements/s)")
+    return shared, topk, notes
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -220,6 +283,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="cluster link calibration (YAML/JSON: bandwidth + latency)")
     ca.add_argument("--ranks-per-node", type=int, required=True)
     ca.add_argument("--threads-per-rank", type=int, default=1)
-    ca.add_argument("--baseline-record", help="single-rank run record: measured efficiency")
+    ca.add_argument("--baseline-record",
+                    help="single-rank run record: measured efficiency, and the model shape at "
+                         "which the shared-host step rates and the top-k rate are measured")
+    ca.add_argument("--host-cores", type=int, default=None,
+                    help="cores the emulated ranks share (default: os.cpu_count())")
+    ca.add_argument("--no-shared-host", action="store_true",
+                    help="omit shared_host: ranks have their own cores (not the emulated host)")
+    ca.add_argument("--topk-ratio", type=float, default=0.01,
+                    help="top-k ratio at which the compression rate is measured")
     ca.add_argument("--out", required=True, help="profile YAML to write")
     ca.set_defaults(func=cmd_calibrate)

@@ -16,6 +16,12 @@ Sources of the formulas:
   sequence parallelism). Memory is a rough estimate: allocator overhead, workspace and
   fragmentation are not modelled.
 
+Shared host (profiles with `shared_host`, i.e. the emulated cluster, whose nodes are network
+namespaces of one machine): all W = world-size ranks share the host's C cores, so a rank
+computes at the measured rate for max(1, C // W) threads times min(1, C / W) (time-sharing),
+and its rank-local compression work is stretched by max(1, W / C). Measured, not fitted: see
+recpar.perfmodel.calibrate. Profiles without it (the A100 cluster) are priced as before.
+
 Rank placement follows megatron-core's `order` (default "tp-cp-ep-dp-pp": tp fastest-varying);
 "tp-pp-dp" keeps each model replica inside a node. Collectives use the slowest link a group
 crosses; concurrent cross-node streams share the node's NICs.
@@ -500,10 +506,16 @@ def dp_sync_cost(grad_bytes: float, dp: int, sync: GradSync, hw: HardwareProfile
         full = int(grad_bytes // bucket)
         rem = grad_bytes - full * bucket
         sent = (dp - 1) * (full * payload(bucket) + (payload(rem) if rem > 0 else 0))
-        # one memory pass to encode (sign) / two for top-k (selection + residual r += g − ĝ)
-        passes = 1 if sync.compression == "sign" else 2
+        if sync.compression == "topk" and hw.topk_compress_elements_per_s is not None:
+            # measured rate of recpar's own top-k encode + error feedback + decode (calibrate)
+            compress_s = grad_bytes / precision.grad_bytes \
+                / hw.topk_compress_elements_per_s.value
+        else:
+            # one memory pass to encode (sign) / two for top-k (selection + residual r += g − ĝ)
+            passes = 1 if sync.compression == "sign" else 2
+            compress_s = passes * grad_bytes * gamma
         return {"total_s": total, "last_bucket_s": last, "buckets": nb, "bytes_sent": sent,
-                "compress_s": passes * grad_bytes * gamma, "crosses_nodes": crosses}
+                "compress_s": compress_s, "crosses_nodes": crosses}
     if sync.algorithm == "hierarchical" and nodes > 1:
         intra = hw.intra_link()
         # every DP rank of a node runs its own inter-node ring at once
@@ -605,7 +617,9 @@ def iteration_cost(shape: ModelShape, plan: PlanShape, global_batch_size: int,
     b = global_batch_size // (dp * m)  # sequences per micro-batch per replica
     rpn = topo.ranks_per_node
     strides = _strides(plan)
-    flops_rate = hw.sustained_flops_per_s
+    # A shared host (emulated cluster) runs all `world` ranks on its cores: each rank computes
+    # at the rate of its thread count times its time share; otherwise peak × efficiency.
+    flops_rate = hw.rank_flops_per_s(world)
     act = precision.activation_bytes
 
     # compute and TP per micro-batch per stage
@@ -667,7 +681,7 @@ def iteration_cost(shape: ModelShape, plan: PlanShape, global_batch_size: int,
     else:
         exposed = dp_total
     exposed += tied_ar
-    compress = dpc["compress_s"]
+    compress = dpc["compress_s"] * hw.host_slowdown(world)  # rank-local CPU work time-shares
 
     iter_s = compute + tp_comm + p2p_ms + bubble + exposed + compress
     comm = tp_comm + p2p_ms + exposed
@@ -684,6 +698,10 @@ def iteration_cost(shape: ModelShape, plan: PlanShape, global_batch_size: int,
         detail={
             "micro_batch_size": b, "nodes": topo.nodes, "ranks_per_node": rpn,
             "sustained_flops_per_s": flops_rate,
+            "shared_host_threads_per_rank": (hw.shared_host.threads_per_rank(world)
+                                             if hw.shared_host else None),
+            "shared_host_cpu_share": (hw.shared_host.cpu_share(world)
+                                      if hw.shared_host else None),
             "train_flops_per_sequence": shape.train_flops_per_sequence,
             "trainable_params": shape.trainable_params,
             "stage_fwd_flops_per_token": stage_fwd, "stage_params": sp,

@@ -18,11 +18,23 @@ a user passes the path of their own file instead. Layout (all keys required unle
       memory_gib: {value, source}
       memory_bandwidth_bytes_per_s: {value, source}   # optional; gives γ when no reduce rate
       reduce_bytes_per_s: {value, source}    # optional; local sum rate (γ = 1 / this)
+      topk_compress_elements_per_s: {value, source}   # optional; top-k EF encode+decode rate
+    shared_host:                             # optional: every rank of a run shares one host
+      cores: {value, source}                 # CPU cores C all ranks run on
+      model_flops_per_s_by_threads:          # achieved model FLOP/s of ONE rank with t threads
+        1: {value, source}                   # and the host to itself; keys 1 and C required
+        2: {value, source}
     links:
       intra_node: {latency_s: {value, source}, bandwidth_bytes_per_s: {value, source}}
       inter_node: {latency_s: ..., bandwidth_bytes_per_s: ..., nics_per_node: {value, source}}
 
 Bandwidths are per direction, per device for intra_node and per NIC for inter_node.
+
+`shared_host` describes the emulated cluster, whose "nodes" are network namespaces of ONE
+host: the W ranks of a run share its C cores. A rank gets max(1, C // W) intra-op threads
+(recpar.train.cli `_launch_ranks` sets OMP_NUM_THREADS so) and, when W > C, a share C / W of
+a core by time-sharing; its compute rate is model_flops_per_s_by_threads[max(1, C // W)] ×
+min(1, C / W) instead of peak × efficiency (see `SharedHost.rank_flops_per_s`).
 """
 
 from __future__ import annotations
@@ -68,6 +80,46 @@ class LinkProfile:
 
 
 @dataclass(frozen=True)
+class SharedHost:
+    """All ranks of a run share one host's cores (the emulated cluster: nodes are namespaces)."""
+
+    cores: Figure
+    """CPU cores C of the host, shared by every rank of every emulated node."""
+    model_flops_per_s_by_threads: dict[int, Figure]
+    """Achieved model FLOP/s (the cost model's own FLOP count per second) of one rank that runs
+    with t intra-op threads and has the host to itself, by t. Measured as rates rather than
+    efficiencies because the thread counts need no common peak: a rate is what is timed."""
+
+    @property
+    def cores_count(self) -> int:
+        return int(self.cores.value)
+
+    def threads_per_rank(self, ranks_on_host: int) -> int:
+        """max(1, C // W): the OMP_NUM_THREADS recpar gives each of W ranks on C cores."""
+        return max(1, self.cores_count // ranks_on_host)
+
+    def cpu_share(self, ranks_on_host: int) -> float:
+        """min(1, C / W): the fraction of its threads' time a rank runs when W > C time-share."""
+        return min(1.0, self.cores_count / ranks_on_host)
+
+    def rank_flops_per_s(self, ranks_on_host: int) -> float:
+        """Compute rate of one of W ranks: rate[max(1, C // W)] × min(1, C / W).
+
+        Raises ProfileError naming the missing `shared_host.model_flops_per_s_by_threads.<t>`.
+        """
+        if isinstance(ranks_on_host, bool) or not isinstance(ranks_on_host, int) \
+                or ranks_on_host < 1:
+            raise ValueError(f"ranks_on_host must be a positive integer, got {ranks_on_host!r}")
+        t = self.threads_per_rank(ranks_on_host)
+        if t not in self.model_flops_per_s_by_threads:
+            raise ProfileError(f"shared_host.model_flops_per_s_by_threads.{t}: missing (a run "
+                               f"of {ranks_on_host} rank(s) on {self.cores_count} cores gives "
+                               f"each rank {t} thread(s)); measured: "
+                               f"{sorted(self.model_flops_per_s_by_threads)}")
+        return self.model_flops_per_s_by_threads[t].value * self.cpu_share(ranks_on_host)
+
+
+@dataclass(frozen=True)
 class HardwareProfile:
     """A cluster the performance model can price plans on."""
 
@@ -97,6 +149,12 @@ class HardwareProfile:
     """Device memory bandwidth (bytes/s); used for γ when reduce_bytes_per_s is absent."""
     max_nodes: Figure | None = None
     """Largest node count the profile describes (None: unbounded)."""
+    topk_compress_elements_per_s: Figure | None = None
+    """Gradient elements per second one rank's top-k error-feedback encode + decode processes
+    (selection, residual update, scatter-add decode); None: priced as 2 memory passes at γ."""
+    shared_host: SharedHost | None = None
+    """Set when all ranks of a run share one host's cores (emulated cluster); None: every rank
+    has its own device at sustained_flops_per_s (the A100 profile)."""
     path: str = ""
     """File the profile was read from."""
     figures: dict[str, Figure] = field(default_factory=dict, compare=False)
@@ -131,6 +189,20 @@ class HardwareProfile:
         return LinkCost(self.inter_node.latency_s.value,
                         share / self.inter_node.bandwidth_bytes_per_s.value,
                         self.gamma_s_per_byte)
+
+    def rank_flops_per_s(self, ranks_on_host: int) -> float:
+        """FLOP/s one rank computes at when `ranks_on_host` ranks run: the shared-host rate
+        (SharedHost.rank_flops_per_s) if the profile has one, else sustained_flops_per_s."""
+        if self.shared_host is None:
+            return self.sustained_flops_per_s
+        return self.shared_host.rank_flops_per_s(ranks_on_host)
+
+    def host_slowdown(self, ranks_on_host: int) -> float:
+        """1 / cpu_share on a shared host (rank-local CPU work such as top-k encoding stretches
+        by this when W > C ranks time-share the cores); 1 otherwise."""
+        if self.shared_host is None:
+            return 1.0
+        return 1.0 / self.shared_host.cpu_share(ranks_on_host)
 
     def sources(self) -> list[dict[str, Any]]:
         """Rows (key, value, source) for every figure: goes next to every projection."""
@@ -217,11 +289,47 @@ def _link(r: _Reader, node: dict, key: str, inter: bool) -> LinkProfile:
     )
 
 
+def _shared_host(r: _Reader, node: Any) -> SharedHost:
+    m = r.mapping(node, "shared_host")
+    known = {"cores", "model_flops_per_s_by_threads"}
+    unknown = sorted(set(m) - known)
+    if unknown:
+        raise r.fail(f"shared_host.{unknown[0]}", f"unknown key; known: {', '.join(sorted(known))}")
+    cores = r.figure(m, "cores", "shared_host.", integer=True)
+    key = "shared_host.model_flops_per_s_by_threads"
+    if m.get("model_flops_per_s_by_threads") is None:
+        raise r.fail(key, "missing")
+    by_t = r.mapping(m["model_flops_per_s_by_threads"], key)
+    rates: dict[int, Figure] = {}
+    for k in by_t:
+        t = k
+        if isinstance(k, str) and k.strip().isdigit():  # JSON / quoted YAML keys
+            t = int(k)
+        if isinstance(t, bool) or not isinstance(t, int) or t < 1:
+            raise r.fail(f"{key}.{k}", "thread count must be a positive integer")
+        if t > cores.value:
+            raise r.fail(f"{key}.{k}", f"thread count exceeds shared_host.cores "
+                                       f"{int(cores.value)}")
+        if t in rates:
+            raise r.fail(f"{key}.{k}", "thread count given twice")
+        rates[t] = r.figure(by_t, k, f"{key}.")
+        if str(k) != str(t):  # keep the figures table keyed by the plain number
+            r.figures[f"{key}.{t}"] = r.figures.pop(f"{key}.{k}")
+    # every rank of a run gets max(1, C // W) threads: 1 (W >= C) and C (W = 1) always occur
+    for t in sorted({1, int(cores.value)}):
+        if t not in rates:
+            raise r.fail(f"{key}.{t}", f"missing (a run of "
+                                       f"{'one rank' if t > 1 else 'cores or more ranks'} "
+                                       f"gives each rank {t} thread(s))")
+    return SharedHost(cores=cores, model_flops_per_s_by_threads=rates)
+
+
 def profile_from_mapping(data: Any, where: str = "<profile>") -> HardwareProfile:
     """Validate a parsed profile; raise ProfileError naming `where` and the offending key."""
     r = _Reader(where)
     top = r.mapping(data, "(top level)")
-    known = {"name", "description", "devices_per_node", "max_nodes", "device", "links"}
+    known = {"name", "description", "devices_per_node", "max_nodes", "device", "links",
+             "shared_host"}
     unknown = sorted(set(top) - known)
     if unknown:
         raise r.fail(unknown[0], f"unknown key; known: {', '.join(sorted(known))}")
@@ -233,7 +341,8 @@ def profile_from_mapping(data: Any, where: str = "<profile>") -> HardwareProfile
         raise r.fail("device", "missing")
     dev = r.mapping(top["device"], "device")
     dev_known = {"name", "compute_dtype", "peak_flops_per_s", "efficiency", "memory_gib",
-                 "memory_bandwidth_bytes_per_s", "reduce_bytes_per_s"}
+                 "memory_bandwidth_bytes_per_s", "reduce_bytes_per_s",
+                 "topk_compress_elements_per_s"}
     unknown = sorted(set(dev) - dev_known)
     if unknown:
         raise r.fail(f"device.{unknown[0]}", f"unknown key; known: {', '.join(sorted(dev_known))}")
@@ -255,6 +364,7 @@ def profile_from_mapping(data: Any, where: str = "<profile>") -> HardwareProfile
     memory_gib = r.figure(dev, "memory_gib", "device.")
     mem_bw = r.figure(dev, "memory_bandwidth_bytes_per_s", "device.", required=False)
     reduce_bw = r.figure(dev, "reduce_bytes_per_s", "device.", required=False)
+    topk_rate = r.figure(dev, "topk_compress_elements_per_s", "device.", required=False)
     if "links" not in top:
         raise r.fail("links", "missing")
     links = r.mapping(top["links"], "links")
@@ -263,12 +373,13 @@ def profile_from_mapping(data: Any, where: str = "<profile>") -> HardwareProfile
         raise r.fail(f"links.{unknown[0]}", "unknown key; known: inter_node, intra_node")
     intra = _link(r, links, "intra_node", inter=False)
     inter = _link(r, links, "inter_node", inter=True)
+    shared = _shared_host(r, top["shared_host"]) if top.get("shared_host") is not None else None
     return HardwareProfile(
         name=name, description=description, devices_per_node=devices_per_node,
         device_name=device_name, compute_dtype=dtype, peak_flops_per_s=peaks,
         efficiency=efficiency, memory_gib=memory_gib, intra_node=intra, inter_node=inter,
         reduce_bytes_per_s=reduce_bw, memory_bandwidth_bytes_per_s=mem_bw, max_nodes=max_nodes,
-        path=where, figures=dict(r.figures))
+        topk_compress_elements_per_s=topk_rate, shared_host=shared, path=where, figures=dict(r.figures))
 
 
 def packaged_profiles() -> list[str]:
