@@ -27,6 +27,12 @@ def test_speedup_uses_the_baseline_of_the_same_sweep_and_averages_seeds():
     assert dp[90] == pytest.approx(90 / 50)
     base = t2[(t2["scheme"] == "baseline") & (t2["throughput_samples_per_s"] == 110)]
     assert base["seeds"].item() == 2 and base["speedup"].item() == pytest.approx(1.0)
+    # the seeds' spread: sample std of 100 and 120 = sqrt(200) ≈ 14.14; one seed has none
+    assert base["throughput_samples_per_s_std"].item() == pytest.approx(200 ** 0.5)
+    assert t2[t2["scheme"] == "dp"]["throughput_samples_per_s_std"].isna().all()
+    t3 = tables.table3(rs, PAPER, NO_PROJ)
+    assert (t3[t3["throughput_samples_per_s"] == 110]["throughput_samples_per_s_std"].item()
+            == pytest.approx(200 ** 0.5))
     assert dp.index.size == 2 and (t2[t2["scheme"] == "dp"]["paper_speedup"] == 3.4).all()
 
 

@@ -27,5 +27,9 @@ def test_run_ids_spell_out_the_plan():
     assert make_run_id(ParallelPlan(), "tiny") == "baseline-tiny-n1"
     assert make_run_id(ParallelPlan(scheme="dp", dp=8), "tiny", nodes=2,
                        grad_sync="topk0.01-ring") == "dp8-topk0.01-ring-tiny-n2"
-    assert make_run_id(ParallelPlan(scheme="hybrid", dp=2, tp=2, pp=2, num_microbatches=4),
-                       "small") == "dp2tp2pp2-small-n1"
+    assert make_run_id(ParallelPlan(scheme="hybrid", dp=2, tp=2, pp=2, num_microbatches=4,
+                                    partition_method="balanced"), "small") == "dp2tp2pp2-small-n1"
+    # a pipeline's schedule and partition appear when not recpar train's defaults
+    assert make_run_id(ParallelPlan(scheme="mp", pp=2, num_microbatches=4,
+                                    pipeline_schedule="gpipe", partition_method="uniform"),
+                       "tiny") == "pp2-gpipe-uniform-tiny-n1"

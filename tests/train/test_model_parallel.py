@@ -125,7 +125,7 @@ def test_hybrid_tp2_pp2_dp2_equals_single_device(small_prepared, baseline_run, t
     assert r.returncode == 0, r.stderr[-4000:]
     rec = record.read(tmp_path / "h" / "record.json")  # schema-validated
     assert rec["scheme"] == "hybrid" and rec["plan"]["world_size"] == 8
-    assert rec["run_id"] == "dp2tp2pp2-ring-tiny-n1"
+    assert rec["run_id"] == "dp2tp2pp2-uniform-ring-tiny-n1"
     m = rec["metrics"]
     # what was measured: DP gradient sync (hook), pipeline per rank, TP bytes (formula)
     assert m["payload_bytes_per_rank_per_iter"] == m["dense_bytes_per_rank_per_iter"] > 0
@@ -151,7 +151,7 @@ def test_mp_pp2_equals_single_device(small_prepared, baseline_run, tmp_path):
               "--data", str(small_prepared), "--out", str(tmp_path / "pp"), *COMMON])
     assert r.returncode == 0, r.stderr[-4000:]
     rec = record.read(tmp_path / "pp" / "record.json")
-    assert rec["run_id"] == "pp2-tiny-n1" and rec["plan"]["pipeline_schedule"] == "gpipe"
+    assert rec["run_id"] == "pp2-gpipe-tiny-n1" and rec["plan"]["pipeline_schedule"] == "gpipe"
     m = rec["metrics"]
     assert m["comm_ms_per_iter"] is None  # no DP: nothing timed as gradient sync
     assert m["pp_tied_grad_payload_bytes_per_iter"] > 0  # rank 0 holds the tied table
@@ -162,8 +162,8 @@ def test_mp_pp2_equals_single_device(small_prepared, baseline_run, tmp_path):
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("scheme, degrees, world, run_id", [
     ("mp", ["--tp", "2"], 2, "tp2-tiny-n1"),
-    ("mp", ["--tp", "2", "--pp", "2", "--partition", "uniform"], 4, "tp2pp2-tiny-n1"),
-    ("hybrid", ["--pp", "2", "--dp", "2", "--partition", "uniform"], 4, "dp2pp2-ring-tiny-n1"),
+    ("mp", ["--tp", "2", "--pp", "2", "--partition", "uniform"], 4, "tp2pp2-uniform-tiny-n1"),
+    ("hybrid", ["--pp", "2", "--dp", "2", "--partition", "uniform"], 4, "dp2pp2-uniform-ring-tiny-n1"),
 ])
 def test_plan_shapes_equal_single_device(small_prepared, baseline_run, tmp_path, scheme,
                                          degrees, world, run_id):

@@ -70,7 +70,8 @@ def _merged(base: dict, over: dict) -> dict:
 
 
 @pytest.mark.parametrize("config_path", ["config/config.yaml", ".test/config/config.yaml",
-                                         "config/emulated.yaml", "config/quality_ablation.yaml"])
+                                         "config/emulated.yaml", "config/quality_ablation.yaml",
+                                         "config/ablations.yaml"])
 def test_sweep_run_ids_spell_out_what_runs(config_path):
     """Each sweep key is the id `recpar train` gives its options, and the options validate
     (plan against the model, batch divisibility with the sweep's train settings)."""

@@ -74,7 +74,8 @@ def cmd_tables(args) -> int:
     cs = tables.comm_share_table(rs, pap, proj)
     notes = tables.sweep_notes(rs)
     speedup = ("speedup = job throughput / throughput of the same sweep's baseline record "
-               "(paper §IV.B); seeds averaged")
+               "(paper §IV.B); seeds averaged, *_std = their sample standard deviation "
+               "(— with one seed)")
     pnote = f"projected_*: {proj.caption or proj.error}"
     texts = {
         "table2.md": tables.to_markdown(t2, "Table II: schemes (measured, paper, projected)",

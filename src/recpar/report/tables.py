@@ -246,9 +246,20 @@ class Row:
     paths: list[str] = field(default_factory=list)
     """Their files."""
 
+    def _values(self, measure: str) -> list[float]:
+        return [v for v in (MEASURES[measure](r) for r in self.records) if v is not None]
+
     def mean(self, measure: str) -> float | None:
-        vals = [v for v in (MEASURES[measure](r) for r in self.records) if v is not None]
+        vals = self._values(measure)
         return sum(vals) / len(vals) if vals else None
+
+    def std(self, measure: str) -> float | None:
+        """Sample standard deviation over the seeds (n − 1); None with fewer than 2 seeds."""
+        vals = self._values(measure)
+        if len(vals) < 2:
+            return None
+        mu = sum(vals) / len(vals)
+        return math.sqrt(sum((v - mu) ** 2 for v in vals) / (len(vals) - 1))
 
     def basis(self, which: str) -> str | None:
         fn = utilisation if which == "util" else comm_share
@@ -401,6 +412,7 @@ def table2(rs: RecordSet, paper: Paper, proj: Projection) -> pd.DataFrame:
             "devices": k.world_size, "topology": k.topology_label, "grad_sync": k.grad_sync,
             "global_batch": k.global_batch_size, "seeds": len(r.seeds),
             "throughput_samples_per_s": r.mean("throughput_samples_per_s"),
+            "throughput_samples_per_s_std": r.std("throughput_samples_per_s"),
             "throughput_samples_per_s_per_device": r.mean("throughput_samples_per_s_per_device"),
             "speedup": rs.speedup(r),
             "util_pct": r.mean("util_pct"), "util_basis": r.basis("util"),
@@ -411,6 +423,7 @@ def table2(rs: RecordSet, paper: Paper, proj: Projection) -> pd.DataFrame:
             "model_state_mib_max_rank": r.mean("model_state_mib"),
             "peak_rss_gib_max_rank": r.mean("peak_rss_gib"),
             "hr_at_10_full": r.mean("hr_at_10_full"),
+            "hr_at_10_full_std": r.std("hr_at_10_full"),
             "ndcg_at_10_full": r.mean("ndcg_at_10_full"),
             "hr_at_10_sampled100": r.mean("hr_at_10_sampled100"),
             "ndcg_at_10_sampled100": r.mean("ndcg_at_10_sampled100"),
@@ -457,15 +470,16 @@ def table3(rs: RecordSet, paper: Paper, proj: Projection) -> pd.DataFrame:
         if not rows:
             out.append({"sweep": NOT_RUN, "plan": NOT_RUN, "devices": NOT_RUN,
                         "topology": NOT_RUN, "throughput_samples_per_s": NOT_RUN,
-                        "speedup": NOT_RUN, **common})
+                        "throughput_samples_per_s_std": NOT_RUN, "speedup": NOT_RUN, **common})
             continue
         for r in rows:
             out.append({"sweep": r.key.sweep, "plan": r.key.plan_label,
                         "devices": r.key.world_size, "topology": r.key.topology_label,
                         "throughput_samples_per_s": r.mean("throughput_samples_per_s"),
+                        "throughput_samples_per_s_std": r.std("throughput_samples_per_s"),
                         "speedup": rs.speedup(r), **common})
     cols = ["nodes", "scheme", "sweep", "plan", "devices", "topology",
-            "throughput_samples_per_s", "speedup", "paper_throughput_samples_per_s",
+            "throughput_samples_per_s", "throughput_samples_per_s_std", "speedup", "paper_throughput_samples_per_s",
             "paper_speedup", "projected_throughput_samples_per_s", "projected_speedup"]
     return pd.DataFrame(out, columns=cols)
 

@@ -6,9 +6,16 @@ from __future__ import annotations
 from recpar.parallel.plan import ParallelPlan
 
 
+DEFAULT_PIPELINE_SCHEDULE = "1f1b"
+DEFAULT_PARTITION = "balanced"
+"""`recpar train`'s defaults for pipelines: a run id names the schedule and partition only
+when they differ (so `pp2-gpipe-uniform-tiny-n1` and `pp2-tiny-n1` never collide)."""
+
+
 def make_run_id(plan: ParallelPlan, model_size: str, nodes: int = 1,
                 grad_sync: str | None = None) -> str:
-    """`<degrees>[-<grad sync>]-<model size>-n<nodes>`; degrees name only what is > 1."""
+    """`<degrees>[-<schedule>][-<partition>][-<grad sync>]-<model size>-n<nodes>`; degrees
+    name only what is > 1; schedule and partition only for pp > 1 and when not the default."""
     if plan.scheme == "baseline":
         head = "baseline"
     elif plan.scheme == "async":  # `async4-damped-tiny-n1`: 4 ranks = server + 3 workers
@@ -19,6 +26,11 @@ def make_run_id(plan: ParallelPlan, model_size: str, nodes: int = 1,
         if plan.scheme in ("zero", "deepspeed"):
             head = f"{plan.scheme}-{head}"
     parts = [head]
+    if plan.pp > 1:
+        if plan.pipeline_schedule != DEFAULT_PIPELINE_SCHEDULE:
+            parts.append(plan.pipeline_schedule)
+        if plan.partition_method != DEFAULT_PARTITION:
+            parts.append(plan.partition_method)
     if grad_sync:
         parts.append(grad_sync)
     parts += [model_size, f"n{nodes}"]
