@@ -84,6 +84,14 @@ def test_resume_with_another_config_is_refused(small_prepared, tmp_path):
     other = dataclasses.replace(short, lr=0.5)
     with pytest.raises(CheckpointError, match="config fingerprint"):
         train(_spec(small_prepared, tmp_path / "run", train=other), progress=False)
+    # What the workflow does when a run's settings change: the old run is moved aside (kept),
+    # the new one starts fresh; a run of the same configuration is left to resume.
+    assert loop.replace_stale_run(_spec(small_prepared, tmp_path / "run", train=short)) is None
+    moved = loop.replace_stale_run(_spec(small_prepared, tmp_path / "run", train=other))
+    assert moved.name.startswith("run.replaced-") and (moved / "last.pt").exists()
+    assert not (tmp_path / "run").exists()
+    rec = train(_spec(small_prepared, tmp_path / "run", train=other), progress=False)
+    assert rec["config"]["train"]["lr"] == 0.5 and not rec["notes"]
 
 
 def test_missing_embeddings_name_the_file(small_prepared, tmp_path):

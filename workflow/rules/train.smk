@@ -23,6 +23,7 @@ rule baseline:
     shell:
         "recpar train --scheme baseline --data {params.data} --out {params.out}"
         " --model-size {wildcards.size} --seed {wildcards.seed} {params.args} --no-progress"
+        " --replace-stale"
         " > {log} 2>&1"
 
 
@@ -75,4 +76,5 @@ rule sweep_run:
     shell:
         "recpar train --run-id {wildcards.run} --data {params.data} --out {params.out}"
         " --model-size {params.size} --seed {wildcards.seed} {params.args} --no-progress"
+        " --replace-stale"
         " > {log} 2>&1"

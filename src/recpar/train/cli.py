@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import yaml
@@ -32,6 +33,11 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train one run and write its record")
     p.add_argument("--scheme", default="baseline", choices=SCHEMES)
     _add_common(p)
+    p.add_argument("--replace-stale", action="store_true",
+                   help="if --out holds a run of another configuration (its last.pt has another "
+                        "fingerprint), move it to <out>.replaced-<UTC time> and start fresh; a "
+                        "run of the same configuration still resumes (what the workflow uses "
+                        "when a run's settings change)")
     par = p.add_argument_group("parallelism")
     par.add_argument("--dp", type=int, default=1, help="data-parallel degree (ranks)")
     par.add_argument("--tp", type=int, default=1,
@@ -241,6 +247,13 @@ def cmd_train(args) -> int:
         raise ValueError(f"scheme baseline runs on one device; got --dp {args.dp} --tp "
                          f"{args.tp} --pp {args.pp} (use --scheme dp, mp or hybrid)")
     spec = _spec(args, args.scheme)  # everything validated before any rank starts
+    if args.replace_stale:
+        from recpar.train.loop import replace_stale_run
+
+        moved = replace_stale_run(spec)
+        if moved is not None:
+            print(f"recpar train: {spec.out_dir} held a run of another configuration; "
+                  f"moved it to {moved}", file=sys.stderr)
     if args.scheme == "baseline":
         from recpar.train.loop import train
 

@@ -194,6 +194,49 @@ def _bcast(obj, rank: int, world: int):
     return box[0]
 
 
+def _model_config(spec: RunSpec, ds: PreparedDataset) -> ModelConfig:
+    """The run's model config; the text width comes from the embeddings the data stage wrote
+    (384 for MiniLM), 0 without text."""
+    emb = ds.item_text_embeddings() if spec.use_text else None
+    return dataclasses.replace(spec.model, text_dim=int(emb.shape[1]) if emb is not None else 0)
+
+
+def run_fingerprint(spec: RunSpec, ds: PreparedDataset, model_cfg: ModelConfig | None = None
+                    ) -> str:
+    """What a run's checkpoints must match to be resumed: model, training settings, plan, seed,
+    gradient sync, ZeRO stage, async settings, data statistics, text on/off."""
+    model_cfg = model_cfg or _model_config(spec, ds)
+    cfg = spec.train
+    return checkpoint.fingerprint({
+        "model": asdict(model_cfg), "train": cfg.to_record(), "plan": spec.plan.to_record(),
+        "seed": spec.seed, "grad_sync": spec.grad_sync.to_dict() if spec.plan.dp > 1 else None,
+        "zero_stage": spec.zero_stage,
+        **({"async_ps": {k: v for k, v in asdict(spec.async_ps).items()
+                         if k != "timeout_s"}}  # timeout: may change
+           if spec.plan.scheme == "async" else {}),
+        "data": str(ds.stats), "use_text": spec.use_text})
+
+
+def replace_stale_run(spec: RunSpec) -> Path | None:
+    """If `spec.out_dir` holds a run of another configuration (last.pt with another
+    fingerprint, or unreadable), move the directory aside to `<out>.replaced-<UTC time>` so this
+    run starts fresh, and return where it went; a run of the same configuration stays (it
+    resumes). Nothing is deleted."""
+    out = Path(spec.out_dir)
+    last = out / "last.pt"
+    if not last.exists():
+        return None
+    fp = run_fingerprint(spec, PreparedDataset.load(spec.data_dir))
+    try:
+        checkpoint.load(last, expect_fingerprint=fp)
+        return None
+    except checkpoint.CheckpointError:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        dest = out.with_name(f"{out.name}.replaced-{stamp}")
+        out.rename(dest)
+        return dest
+
+
 def train(spec: RunSpec, progress: bool = True) -> dict | None:
     """Train one run (single device, or one rank of a parallel scheme under torchrun); returns
     the record on rank 0 (None on other ranks). The record is written by rank 0 only."""
@@ -228,14 +271,7 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
     steps_per_epoch = math.ceil(n_seq / cfg.global_batch_size)
     examples = _eval_examples(ds, model_cfg.max_seq_len, spec.seed) if rank == 0 else None
 
-    fp = checkpoint.fingerprint({"model": asdict(model_cfg), "train": cfg.to_record(),
-                                 "plan": spec.plan.to_record(), "seed": spec.seed,
-                                 "grad_sync": spec.grad_sync.to_dict() if dp > 1 else None,
-                                 "zero_stage": spec.zero_stage,
-                                 **({"async_ps": {k: v for k, v in asdict(spec.async_ps).items()
-                                                  if k != "timeout_s"}}  # timeout: may change
-                                    if spec.plan.scheme == "async" else {}),
-                                 "data": str(ds.stats), "use_text": spec.use_text})
+    fp = run_fingerprint(spec, ds, model_cfg)
     out = Path(spec.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     last_path, best_path = out / "last.pt", out / "best.pt"
