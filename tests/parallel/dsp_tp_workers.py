@@ -20,7 +20,8 @@ from recpar.model.recommender import Recommender
 from recpar.parallel.plan import ParallelPlan
 
 from .dsp_workers import (GLOBAL_BATCH, SEQ_LEN, STEPS, TRAIN_CFG,
-                          _capture_grads_after_tied_reduce, step_rows)
+                          _capture_grads_after_tied_reduce, init_rank, resume_roundtrip,
+                          step_rows, train_reference)
 from .toy_batches import unequal_padding_batches
 
 TP, PP = 2, 2
@@ -54,27 +55,10 @@ def make_batches() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def reference(n_layers: int, text: bool, tail: bool) -> dict:
-    """Single process, whole global batch, the baseline loop's AdamW + clipping."""
-    from recpar.train.optim import build_adamw
-
-    model = make_model(n_layers, text)
-    opt = build_adamw(model, TRAIN_CFG)
+    """Single process, whole global batch, the baseline loop's AdamW + clipping
+    (`dsp_workers.train_reference` on this module's model and batches)."""
     x, y = make_batches()
-    losses, norms, first_grads = [], [], None
-    for s in range(STEPS):
-        rows = step_rows(s, tail)
-        loss = model.loss(x[s, :rows], y[s, :rows])
-        opt.zero_grad()
-        loss.backward()
-        if first_grads is None:
-            first_grads = {k: p.grad.detach().clone() for k, p in model.named_parameters()}
-        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                          TRAIN_CFG.clip_grad)))
-        opt.step()
-        losses.append(float(loss.detach()))
-    return {"losses": losses, "grad_norms": norms, "first_grads": first_grads,
-            "init": make_model(n_layers, text).state_dict(),
-            "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+    return train_reference(lambda: make_model(n_layers, text), x, y, tail)
 
 
 def _layout(engine) -> dict:
@@ -117,10 +101,6 @@ def layout_agreement() -> dict[tuple[int, int, int], list[str]]:
     return out
 
 
-RESUME_AT = 3
-"""Resume case: save after this many steps, continue to STEPS in the same and a fresh engine."""
-
-
 def resume_case(rank: int, world: int, out_dir: str, x, y) -> dict:
     """`DeepSpeedPipelineEngine` (tp2 × pp2) save -> fresh engine load: the restored weights
     equal the saved ones and training continues bit for bit."""
@@ -140,26 +120,10 @@ def resume_case(rank: int, world: int, out_dir: str, x, y) -> dict:
             model_cfg=model.cfg, device=torch.device("cpu"), rank=rank, world=world,
             seq_len=SEQ_LEN))
 
-    idx = torch.arange(GLOBAL_BATCH)
-    first = build()
-    for s in range(RESUME_AT):
-        first.step(x[s], y[s], idx)
-    first.save(out_dir, "fp-A")
-    saved = first.full_state_dict()
-    losses_first = [first.step(x[s], y[s], idx).loss_mean for s in range(RESUME_AT, STEPS)]
-    final_first = first.full_state_dict()
-    first.close()
-
-    second = build()
-    second.load(out_dir, "fp-A")
-    restored = second.full_state_dict()
-    losses_second = [second.step(x[s], y[s], idx).loss_mean for s in range(RESUME_AT, STEPS)]
-    final_second = second.full_state_dict()
+    result, second = resume_roundtrip(build, out_dir, x, y)
     second.close()
     files = sorted(os.listdir(f"{out_dir}/deepspeed/last")) if rank == 0 else []
-    return {"saved": saved, "restored": restored, "losses_first": losses_first,
-            "losses_second": losses_second, "final_first": final_first,
-            "final_second": final_second, "files": files}
+    return {**result, "files": files}
 
 
 def dsp_tp_worker(rank: int, world: int, out_dir: str) -> None:
@@ -167,10 +131,7 @@ def dsp_tp_worker(rank: int, world: int, out_dir: str) -> None:
                                                     pipeline_state_dict, pipeline_step,
                                                     recommender_key)
 
-    torch.set_num_threads(1)
-    os.environ["LOCAL_RANK"] = str(rank)  # one node: local rank = rank (torchrun sets it)
-    dist.init_process_group("gloo", init_method=f"file://{out_dir}/rdzv", rank=rank,
-                            world_size=world)
+    init_rank(rank, world, out_dir)
     x, y = make_batches()
     result: dict = {}
     for label, (n_layers, partition, m, tail, text) in CASES.items():

@@ -62,14 +62,14 @@ def step_rows(step: int, tail: bool) -> int:
     return TAIL_ROWS if tail and step == STEPS - 1 else GLOBAL_BATCH
 
 
-def reference(n_layers: int, tail: bool) -> dict:
-    """Single process, whole global batch, the baseline loop's AdamW + clipping; also the
-    gradient of the first step (before clipping)."""
+def train_reference(make, x, y, tail: bool) -> dict:
+    """Single process, whole global batch, the baseline loop's AdamW + clipping, on the model
+    `make()` builds (same seed: the pipeline's initial weights); also the gradient of the
+    first step (before clipping)."""
     from recpar.train.optim import build_adamw
 
-    model = make_model(n_layers)
+    model = make()
     opt = build_adamw(model, TRAIN_CFG)
-    x, y = make_batches()
     losses, norms, first_grads = [], [], None
     for s in range(STEPS):
         rows = step_rows(s, tail)
@@ -82,8 +82,14 @@ def reference(n_layers: int, tail: bool) -> dict:
         opt.step()
         losses.append(float(loss.detach()))
     return {"losses": losses, "grad_norms": norms, "first_grads": first_grads,
-            "init": make_model(n_layers).state_dict(),
+            "init": make().state_dict(),
             "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+
+
+def reference(n_layers: int, tail: bool) -> dict:
+    """`train_reference` of this module's model and batches."""
+    x, y = make_batches()
+    return train_reference(lambda: make_model(n_layers), x, y, tail)
 
 
 def _capture_grads_after_tied_reduce(engine, sink: list) -> None:
@@ -109,6 +115,30 @@ RESUME_AT = 3
 """Resume case: save after this many steps, continue to STEPS in the same and a fresh engine."""
 
 
+def resume_roundtrip(build, out_dir: str, x, y) -> tuple[dict, object]:
+    """Train `build()`'s engine RESUME_AT steps, save (fingerprint "fp-A"), continue to STEPS;
+    then a fresh `build()` loads the checkpoint and continues the same steps. Returns the
+    weights and losses of both, and the second engine (still open, for further checks)."""
+    idx = torch.arange(GLOBAL_BATCH)
+    first = build()
+    for s in range(RESUME_AT):
+        first.step(x[s], y[s], idx)
+    first.save(out_dir, "fp-A")
+    saved = first.full_state_dict()
+    losses_first = [first.step(x[s], y[s], idx).loss_mean for s in range(RESUME_AT, STEPS)]
+    final_first = first.full_state_dict()
+    first.close()
+
+    second = build()
+    second.load(out_dir, "fp-A")
+    restored = second.full_state_dict()
+    losses_second = [second.step(x[s], y[s], idx).loss_mean for s in range(RESUME_AT, STEPS)]
+    final_second = second.full_state_dict()
+    return {"saved": saved, "restored": restored, "losses_first": losses_first,
+            "losses_second": losses_second, "final_first": final_first,
+            "final_second": final_second}, second
+
+
 def resume_case(rank: int, world: int, out_dir: str, x, y) -> dict:
     """`DeepSpeedPipelineEngine` save -> fresh engine (from the initial weights) load: the
     restored weights equal the saved ones and training continues bit for bit; a checkpoint
@@ -130,40 +160,29 @@ def resume_case(rank: int, world: int, out_dir: str, x, y) -> dict:
             model_cfg=model.cfg, device=torch.device("cpu"), rank=rank, world=world,
             seq_len=SEQ_LEN))
 
-    idx = torch.arange(GLOBAL_BATCH)
-    first = build()
-    for s in range(RESUME_AT):
-        first.step(x[s], y[s], idx)
-    first.save(out_dir, "fp-A")
-    saved = first.full_state_dict()
-    losses_first = [first.step(x[s], y[s], idx).loss_mean for s in range(RESUME_AT, STEPS)]
-    final_first = first.full_state_dict()
-    first.close()
-
-    second = build()
-    second.load(out_dir, "fp-A")
-    restored = second.full_state_dict()
-    losses_second = [second.step(x[s], y[s], idx).loss_mean for s in range(RESUME_AT, STEPS)]
-    final_second = second.full_state_dict()
+    result, second = resume_roundtrip(build, out_dir, x, y)
     try:
         second.load(out_dir, "fp-B")
         refused = None
     except CheckpointError as err:
         refused = str(err)
     second.close()
-    return {"saved": saved, "restored": restored, "losses_first": losses_first,
-            "losses_second": losses_second, "final_first": final_first,
-            "final_second": final_second, "refused": refused}
+    return {**result, "refused": refused}
+
+
+def init_rank(rank: int, world: int, out_dir: str) -> None:
+    """One spawned gloo rank on this machine: 1 thread, LOCAL_RANK set as torchrun would."""
+    torch.set_num_threads(1)
+    os.environ["LOCAL_RANK"] = str(rank)  # one node: local rank = rank (torchrun sets it)
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/rdzv", rank=rank,
+                            world_size=world)
 
 
 def dsp_worker(rank: int, world: int, out_dir: str) -> None:
     from recpar.parallel.deepspeed_pipeline import (apply_deepspeed_pipeline, pipeline_record,
                                                     pipeline_state_dict, pipeline_step)
 
-    torch.set_num_threads(1)
-    os.environ["LOCAL_RANK"] = str(rank)  # one node: local rank = rank (torchrun sets it)
-    dist.init_process_group("gloo", init_method=f"file://{out_dir}/rdzv", rank=rank,
-                            world_size=world)
+    init_rank(rank, world, out_dir)
     x, y = make_batches()
     result: dict = {}
     for label, (n_layers, partition, m, tail) in CASES.items():
