@@ -156,7 +156,7 @@ def resume_case(rank: int, world: int, out_dir: str, x, y) -> dict:
     def build() -> DeepSpeedPipelineEngine:
         model = make_model(n_layers)
         return DeepSpeedPipelineEngine(EngineContext(
-            spec=SimpleNamespace(plan=plan, train=TRAIN_CFG), model=model,
+            spec=SimpleNamespace(plan=plan, train=TRAIN_CFG, seed=0), model=model,
             model_cfg=model.cfg, device=torch.device("cpu"), rank=rank, world=world,
             seq_len=SEQ_LEN))
 

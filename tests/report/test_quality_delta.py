@@ -1,7 +1,8 @@
 import pytest
 
-from recpar.report.quality_delta import (CELLS, compare_to_reference, delta_table, load_records,
+from recpar.report.quality_delta import (CELLS, compare_to_reference, delta_table,
                                          seed_spread_tolerance)
+from recpar.report.tables import load_records
 from recpar.train import record
 from tests.train.test_record import make_record
 
@@ -43,7 +44,7 @@ def test_seed_spread_tolerance_has_a_floor():
 def test_table_reports_misses(tmp_path):
     paths = [record.write(r, tmp_path / f"{r['run_id']}{r['seed']}" / "record.json")
              for r in [_rec(REF, 0, 0.20, 0.10), _rec("topk", 0, 0.10, 0.05)]]
-    recs = load_records(paths)
+    recs = [r for _, r in load_records(paths)]
     table = delta_table(compare_to_reference(recs, REF, 0.01), REF)
     row = next(line for line in table.splitlines() if line.startswith("| topk"))
     assert "0.1000 (-0.1000)" in row and "no (misses by 0.0900)" in row

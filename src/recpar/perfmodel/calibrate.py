@@ -118,6 +118,8 @@ def measure_model_step_flops_per_s(record: Mapping[str, Any], threads: int = 1, 
     from recpar.model.config import ModelConfig
     from recpar.model.recommender import Recommender
     from recpar.perfmodel.predict import scenario_from_record
+    from recpar.train.config import TrainConfig
+    from recpar.train.optim import build_adamw
 
     sc = scenario_from_record(record, where)
     shape, batch = sc.shape, sc.global_batch_size
@@ -125,7 +127,11 @@ def measure_model_step_flops_per_s(record: Mapping[str, Any], threads: int = 1, 
     known = set(ModelConfig.__dataclass_fields__)
     cfg = ModelConfig(**{k: v for k, v in mcfg.items() if k in known})
     n_items = shape.vocab_size - 1
-    clip = ((record.get("config") or {}).get("train") or {}).get("clip_grad") or 0.0
+    # the run's own optimiser set-up (parameter groups, weight decay, betas) and clipping
+    train = (record.get("config") or {}).get("train") or {}
+    tcfg = TrainConfig.from_mapping({k: v for k, v in train.items()
+                                     if k in TrainConfig.__dataclass_fields__})
+    clip = tcfg.clip_grad
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -133,7 +139,7 @@ def measure_model_step_flops_per_s(record: Mapping[str, Any], threads: int = 1, 
         text = torch.randn(n_items + 1, cfg.text_dim, generator=gen) if cfg.text_dim else None
         model = Recommender(cfg, n_items, text)
         model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        opt = build_adamw(model, tcfg)
         ids = torch.randint(1, n_items + 1, (batch, shape.seq_len), generator=gen)
         tgt = torch.randint(1, n_items + 1, (batch, shape.seq_len), generator=gen)
 

@@ -44,10 +44,11 @@ def cmd_quality(args) -> int:
 
 def cmd_quality_delta(args) -> int:
     from recpar.atomic_write import write_text
-    from recpar.report.quality_delta import (compare_to_reference, delta_table, load_records,
+    from recpar.report.quality_delta import (compare_to_reference, delta_table,
                                              seed_spread_tolerance)
+    from recpar.report.tables import load_records
 
-    recs = [r for r in load_records(args.records) if r["scheme"] != "most-popular"]
+    recs = [r for _, r in load_records(args.records) if r["scheme"] != "most-popular"]
     tol = seed_spread_tolerance(recs, args.reference, floor=args.floor, split=args.split)
     deltas = compare_to_reference(recs, args.reference, tol, split=args.split)
     text = (f"# Quality vs {args.reference} ({args.split} split)\n\n"

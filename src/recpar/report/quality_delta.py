@@ -17,12 +17,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from recpar.report.quality import METRICS, PROTOCOLS
-from recpar.train import record
 
 Cell = tuple[str, str]
 """(protocol, metric), e.g. ("full", "hr_at_10")."""
@@ -144,11 +142,6 @@ def compare_to_reference(records: list[dict], reference_run_id: str,
             train_s=float(np.mean([by_seed[s]["timing"].get("total_train_s", float("nan"))
                                    for s in seeds]))))
     return out
-
-
-def load_records(paths: list[str | Path]) -> list[dict]:
-    """Read (and schema-validate) run records."""
-    return [record.read(p) for p in paths]
 
 
 def delta_table(deltas: list[QualityDelta], reference_run_id: str) -> str:

@@ -323,6 +323,8 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
                    disable=not progress or losses is not None, leave=False, mininterval=2.0)
         losses = [] if losses is None else losses
         for idx in bar:
+            # valid (input, target) positions of this batch, counted before the timed region
+            tokens = int(Recommender.valid_positions(inputs[idx], targets[idx]).sum())
             was_open = window.open
             window.before_step()
             if window.open and not was_open:
@@ -331,9 +333,7 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
             res = engine.step(inputs, targets, idx)
             if in_window and res.fwd_bwd_ms is not None:
                 fb_ms_in_window.append(res.fwd_bwd_ms)
-            window.after_step(samples=int(idx.numel()),
-                              tokens=int(Recommender.valid_positions(inputs[idx],
-                                                                     targets[idx]).sum()))
+            window.after_step(samples=int(idx.numel()), tokens=tokens)
             if in_window and window.closed:
                 comm_stats = engine.window_closed(window.steps_in_window)
             losses.append(res.loss_mean)

@@ -204,6 +204,10 @@ class AsyncEngine(Engine):
 
     # --- training state -----------------------------------------------------------------------
 
+    def trained_state(self):
+        # the server: weights + AdamW state; a worker: weights and the gradients it pushes
+        return list(self.ctx.model.parameters()), self.opt if self.is_server else None
+
     def state_dict(self) -> dict:
         if not self.is_server:
             return {}  # workers pull everything they need at each round start

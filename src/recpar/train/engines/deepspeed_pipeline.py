@@ -27,7 +27,7 @@ class DeepSpeedPipelineEngine(Engine):
         # tp > 1: ctx.model is sharded in place by apply_tp (the loop scores a separate
         # single-device model filled from full_state_dict).
         self.engine = apply_deepspeed_pipeline(ctx.model, spec.train, spec.plan,
-                                               seed=getattr(spec, "seed", None))
+                                               seed=spec.seed)
         grid = self.engine.grid  # DeepSpeed's pipe x data (x model) topology
         self.dp = grid.data_parallel_size
         have = (self.dp, grid.get_slice_parallel_world_size(), grid.pipe_parallel_size)
