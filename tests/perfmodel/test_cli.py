@@ -47,6 +47,22 @@ def test_validate_writes_table(tmp_path):
     assert rows[0]["measured_iter_ms"] == "10.0"
 
 
+def test_validate_keeps_the_schemes_asked_for(tmp_path, capsys):
+    paths = []
+    for name, scheme in (("dp", "dp"), ("mp", "mp")):
+        p = tmp_path / f"{name}.json"
+        p.write_text(json.dumps(record(scheme=scheme, run_id=name)))
+        paths.append(str(p))
+    assert run(["perfmodel", "validate", "--records", *paths, "--hardware", "paper-a100",
+                "--schemes", "baseline,dp", "--out", str(tmp_path / "v")]) == 0
+    rows = list(csv.DictReader((tmp_path / "v" / "validation_projected_vs_measured.csv").open()))
+    assert [r["run_id"] for r in rows] == ["dp"]
+    assert "left out 1 record(s) of other schemes" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--schemes zero: none of the 2 record"):
+        run(["perfmodel", "validate", "--records", *paths, "--hardware", "paper-a100",
+             "--schemes", "zero", "--out", str(tmp_path / "w")])
+
+
 def test_bad_input_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match=r"^recpar: unknown hardware profile 'x100'"):
         run(["perfmodel", "project", "--hardware", "x100", "--out", str(tmp_path)])
@@ -56,3 +72,12 @@ def test_bad_input_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match="--set expects KEY=VALUE"):
         run(["perfmodel", "project", "--set", "seq_len", "--out", str(tmp_path)])
     assert not any(tmp_path.iterdir())  # nothing written on failure
+
+
+@pytest.mark.parametrize("ranks, message", [("2,x", "expected comma-separated rank counts"),
+                                            ("0,2", "rank counts must be >= 1")])
+def test_calibrate_refuses_bad_loaded_ranks_before_measuring(tmp_path, ranks, message):
+    """The option is checked first: the inter-node file does not even exist here."""
+    with pytest.raises(SystemExit, match=f"--loaded-ranks: {message}"):
+        run(["perfmodel", "calibrate", "--inter-node", str(tmp_path / "absent.yaml"),
+             "--ranks-per-node", "2", "--loaded-ranks", ranks, "--out", str(tmp_path / "p.yaml")])

@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from recpar.perfmodel.calibrate import (emulated_profile_mapping, inter_node_from_calibration,
-                                        measure_model_step_flops_per_s,
+                                        loaded_step_mapping, measure_compress_elements_per_s,
+                                        measure_loaded_steps, measure_model_step_flops_per_s,
                                         measure_topk_compress_elements_per_s, shared_host_mapping)
 from recpar.perfmodel.costs import GradSync, ModelShape, PlanShape, iteration_cost
 from recpar.perfmodel.hardware import ProfileError, load_profile, profile_from_mapping
@@ -107,6 +108,8 @@ def _broken(edit):
 
 SH = "shared_host"
 RATES = "shared_host.model_flops_per_s_by_threads"
+LOADED = "shared_host.loaded_step"
+LOADED_2 = {"fixed_s": fig(0.01), "per_sequence_s": fig(0.002)}
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -135,6 +138,25 @@ RATES = "shared_host.model_flops_per_s_by_threads"
      "device.topk_compress_elements_per_s.value: must be > 0"),
     (lambda m: m["device"].update(topk_compress_elements_per_s={"value": 1e8}),
      "device.topk_compress_elements_per_s.source: missing"),
+    (lambda m: m["device"].update(sign_compress_elements_per_s=fig(-1)),
+     "device.sign_compress_elements_per_s.value: must be > 0"),
+    (lambda m: m[SH].update(loaded_step={"by_ranks": {2: LOADED_2}}),
+     f"{LOADED}.flops_per_sequence: missing"),
+    (lambda m: m[SH].update(loaded_step={"flops_per_sequence": fig(1e6)}),
+     f"{LOADED}.by_ranks: missing"),
+    (lambda m: m[SH].update(loaded_step={"flops_per_sequence": fig(1e6), "by_ranks": {}}),
+     f"{LOADED}.by_ranks: empty"),
+    (lambda m: m[SH].update(loaded_step={"flops_per_sequence": fig(1e6),
+                                         "by_ranks": {0: LOADED_2}}),
+     f"{LOADED}.by_ranks.0: rank count must be a positive integer"),
+    (lambda m: m[SH].update(loaded_step={"flops_per_sequence": fig(1e6),
+                                         "by_ranks": {2: {"fixed_s": fig(0.0)}}}),
+     f"{LOADED}.by_ranks.2.per_sequence_s: missing"),
+    (lambda m: m[SH].update(loaded_step={"flops_per_sequence": fig(1e6),
+                                         "by_ranks": {2: {**LOADED_2, "fixed_s": fig(-0.1)}}}),
+     f"{LOADED}.by_ranks.2.fixed_s.value: must be >= 0"),
+    (lambda m: m[SH].update(loaded_step={"flops_per_sequence": fig(1e6), "ranks": {}}),
+     f"{LOADED}.ranks: unknown key"),
 ])
 def test_shared_host_validation_errors_name_the_field(edit, message):
     with pytest.raises(ProfileError) as e:
@@ -171,3 +193,89 @@ def test_measurements_run_and_are_positive():
     assert r["elements_per_s"] > 0 and r["threads"] == 1
     step = measure_model_step_flops_per_s(record(), threads=1, steps=1)
     assert step["flops_per_s"] > 0 and step["batch"] == 16
+
+
+def loaded_hw(shape, by_ranks):
+    """shared_mapping plus a loaded-step table measured at `shape`."""
+    m = shared_mapping()
+    m["shared_host"]["loaded_step"] = {
+        "flops_per_sequence": fig(shape.train_flops_per_sequence),
+        "by_ranks": {w: {"fixed_s": fig(f), "per_sequence_s": fig(p)}
+                     for w, (f, p) in by_ranks.items()}}
+    return profile_from_mapping(m, "loaded.yaml")
+
+
+@pytest.mark.parametrize("dp, fixed, per_seq", [(1, 0.004, 0.002), (2, 0.010, 0.003),
+                                                (4, 0.020, 0.006)])
+def test_loaded_step_prices_a_dp_rank_by_hand(dp, fixed, per_seq):
+    """Where the profile has a loaded-step line for W ranks, a DP rank of b = 12 / dp sequences
+    computes for fixed + per_sequence × b, whatever the thread rates say."""
+    s = ModelShape.from_mapping(TINY)
+    hw = loaded_hw(s, {1: (0.004, 0.002), 2: (0.010, 0.003), 4: (0.020, 0.006)})
+    c = iteration_cost(s, PlanShape(data_parallel_size=dp), 12, hw)
+    b = 12 // dp
+    assert c.compute_ms == pytest.approx(1e3 * (fixed + per_seq * b))
+    assert c.detail["compute_basis"] == "loaded_step"
+    assert hw.rank_flops_per_s(dp, b, s.train_flops_per_sequence) == pytest.approx(
+        s.train_flops_per_sequence * b / (fixed + per_seq * b))
+
+
+def test_loaded_step_falls_back_to_thread_rates():
+    """A rank count the table lacks, or another model shape, is priced by the thread rule."""
+    s = ModelShape.from_mapping(TINY)
+    hw = loaded_hw(s, {2: (0.010, 0.003)})
+    c3 = iteration_cost(s, PlanShape(data_parallel_size=3), 12, hw)
+    assert c3.detail["compute_basis"] == "thread_rate"
+    assert c3.compute_ms == pytest.approx(1e3 * s.train_flops_per_sequence * 4 / (1e9 * 2 / 3))
+    other = ModelShape.from_mapping({**TINY, "d_model": 2 * TINY["d_model"]})
+    c2 = iteration_cost(other, PlanShape(data_parallel_size=2), 12, hw)
+    assert c2.detail["compute_basis"] == "thread_rate"
+    assert c2.compute_ms == pytest.approx(1e3 * other.train_flops_per_sequence * 6 / 1e9)
+    assert profile_from_mapping(toy_mapping(), "t").compute_basis(2) == "device"
+
+
+def test_sign_compress_uses_measured_rate():
+    s = ModelShape.from_mapping({**TINY, "d_model": 64, "d_ff": 256, "vocab_size": 1000})
+    sync = GradSync(compression="sign", overlap=False, bucket_size_mb=1024)
+    m = shared_mapping()
+    m["device"]["sign_compress_elements_per_s"] = fig(2e7)
+    hw = profile_from_mapping(m, "s.yaml")
+    c2 = iteration_cost(s, PlanShape(data_parallel_size=2), 8, hw, sync=sync)
+    assert c2.compress_ms == pytest.approx(1e3 * s.trainable_params / 2e7)
+    c4 = iteration_cost(s, PlanShape(data_parallel_size=4), 8, hw, sync=sync)
+    assert c4.compress_ms == pytest.approx(2 * c2.compress_ms)  # 4 ranks time-share 2 cores
+
+
+def test_loaded_step_mapping_round_trips_through_the_profile():
+    measured = [{"ranks": 2, "threads": 1, "batches": [2, 4], "steps": 3,
+                 "slowest_s": [0.02, 0.03], "fixed_s": 0.01, "per_sequence_s": 0.005}]
+    sec = loaded_step_mapping(1e6, measured, "base.json")
+    m = shared_mapping()
+    m["shared_host"] = shared_host_mapping(2, {1: (1e9, "measured: a"), 2: (2e9, "measured: b")},
+                                           sec)
+    hw = profile_from_mapping(m, "p.yaml")
+    step = hw.shared_host.loaded_step(2, 1e6)
+    assert step.seconds(6) == pytest.approx(0.04)
+    assert "2 concurrent recpar training steps" in step.fixed_s.source
+    assert hw.shared_host.loaded_step(2, 2e6) is None and hw.shared_host.loaded_step(3, 1e6) is None
+
+
+def test_measure_loaded_steps_times_concurrent_processes():
+    """world size 2 (spawned processes): two concurrent steps at batches 2 and 256 (far apart,
+    so the step time grows with the batch despite timing noise); the line is a least-squares
+    fit through the slowest process's times."""
+    m = measure_loaded_steps(record(), ranks=2, cores=2, batches=(256, 2), steps=3)
+    assert m["batches"] == [2, 256] and m["threads"] == 1
+    assert len(m["per_rank_s"]) == 2 and all(len(pr) == 2 for pr in m["per_rank_s"])
+    for i in range(2):
+        assert m["slowest_s"][i] == max(pr[i] for pr in m["per_rank_s"]) >= m["mean_s"][i]
+    assert m["per_sequence_s"] > 0 and m["fixed_s"] >= 0
+    with pytest.raises(ValueError, match="two or more batch sizes"):
+        measure_loaded_steps(record(), ranks=2, cores=2, batches=(4, 4))
+
+
+def test_sign_compress_measurement_and_bad_codec():
+    r = measure_compress_elements_per_s(4096, "sign", repeats=2)
+    assert r["elements_per_s"] > 0 and r["codec"] == "sign" and r["ratio"] is None
+    with pytest.raises(ValueError, match="codec must be 'topk' or 'sign', got 'zip'"):
+        measure_compress_elements_per_s(4096, "zip")

@@ -18,10 +18,11 @@ def make_run(scheme: str = "baseline", *, dp: int = 1, tp: int = 1, pp: int = 1,
              comm_ms: float | None = None, exposed_ms: float | None = None,
              iter_ms: float = 100.0, dataset: str = "movielens-100k", d_model: int = 64,
              hardware: dict | None = None, run_id: str | None = None, status: str = "completed",
-             stats: dict | None = None) -> dict:
-    """One record; world = dp·tp·pp ranks spread evenly over `nodes`."""
+             stats: dict | None = None, metrics: dict | None = None) -> dict:
+    """One record; world = dp·tp·pp ranks spread evenly over `nodes`; `metrics` adds fields."""
     world = dp * tp * pp
     q = {"hr_at_10": hr, "ndcg_at_10": ndcg, "n_examples": 100, "protocol": "full"}
+    extra = metrics
     metrics = {"throughput_samples_per_s": throughput,
                "throughput_samples_per_s_per_device": throughput / world,
                "iter_ms": iter_ms, "cpu_util_pct": util,
@@ -30,6 +31,7 @@ def make_run(scheme: str = "baseline", *, dp: int = 1, tp: int = 1, pp: int = 1,
         metrics["exposed_comm_ms_per_iter"] = exposed_ms
     if gpu_util is not None:
         metrics["gpu_util_pct"] = gpu_util
+    metrics.update(extra or {})
     rec = {
         "schema_version": 1, "run_id": run_id or f"{scheme}-dp{dp}tp{tp}pp{pp}-n{nodes}",
         "scheme": scheme, "status": status, "created_utc": "2026-01-01T00:00:00.000Z",

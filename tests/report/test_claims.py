@@ -85,3 +85,18 @@ def test_markdown_counts_and_lists_figures_not_drawn():
     md = claims.claims_markdown(res, NO_PROJ, [("comm_share.png", "no parallel record")], [])
     assert f"{sum(r.status == NOT_RUN for r in res)} not run" in md
     assert "- comm_share.png: no parallel record" in md
+
+
+@pytest.mark.parametrize("hybrid_tp_ms, status", [(10.0, MET), (30.0, MISSED)])
+def test_fig4_ordering_uses_the_model_parallel_shares(hybrid_tp_ms, status):
+    """4 devices each: dp 20 % exposed; mp tp2×pp2 40 % (TP 25 + PP wait 15); hybrid dp2×tp2
+    TP + 5 exposed DP: 15 % (met: hybrid lowest, mp highest) or 35 % (missed)."""
+    runs = [make_run("baseline"),
+            make_run("dp", dp=4, comm_ms=30, exposed_ms=20, iter_ms=100),
+            make_run("mp", tp=2, pp=2, iter_ms=100, metrics={
+                "tp_comm_ms_per_iter": 25.0, "pp_idle_ms_per_iter": 15.0}),
+            make_run("hybrid", dp=2, tp=2, comm_ms=9, exposed_ms=5, iter_ms=100, metrics={
+                "tp_comm_ms_per_iter": hybrid_tp_ms, "dp_grad_sync_ms_per_iter": 9.0})]
+    c = _claims(runs)["F4-order"]
+    assert c.status == status
+    assert c.measured == f"dp 20.0 %, mp 40.0 %, hybrid {hybrid_tp_ms + 5:.1f} %"

@@ -59,6 +59,22 @@ def test_default_dag_is_the_documented_slice():
     for rule in ("prepare", "embed", "table1", "baseline", "most_popular", "baseline_quality",
                  "sweep_run", "paper_tables"):
         assert rule in r.stdout, r.stdout
+    assert "perfmodel_validation" not in r.stdout  # off by default (config perfmodel_validation)
+
+
+def test_emulated_grid_calibrates_and_validates_the_cost_model_after_its_runs():
+    """config/emulated.yaml: rule perfmodel_validation needs every sweep record, calibrates a
+    loaded-step line for each rank count of the baseline and dp runs (1-4), at the largest
+    ranks per node among them (dp4 on 2 nodes), and compares baseline and dp only."""
+    target = "paper_tables/emulated/perfmodel/validation_projected_vs_measured.csv"
+    r = _snakemake("-n", "-p", "--cores", "1", "--forceall", target,
+                   "--configfile", "config/emulated.yaml")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    cmd = next(line for line in out.splitlines() if "recpar perfmodel calibrate" in line)
+    assert "--loaded-ranks 1,2,3,4 " in cmd and "--ranks-per-node 2 " in cmd
+    assert "--inter-node results/cluster/state.json" in cmd and "--schemes baseline,dp" in cmd
+    assert "emulated/dp4-hierarchical-tiny-n2/seed0/record.json" in cmd
 
 
 def _merged(base: dict, over: dict) -> dict:

@@ -116,3 +116,42 @@ def quality_delta_target():
         raise ValueError(f"config sweep.reference: {SWEEP['reference']!r} is not a key of "
                          f"sweep.runs ({', '.join(SWEEP_RUNS)})")
     return [f"paper_tables/{SWEEP_NAME}/quality_delta.md"]
+
+
+# Cost-model validation (config perfmodel_validation, emulated topology only): the sweep's
+# baseline and dp runs, the issue's "DP ring, hierarchical and compressed runs".
+PERFMODEL_SCHEMES = ("baseline", "dp")
+PERFMODEL_DIR = "paper_tables/{sweep}/perfmodel"
+
+
+def perfmodel_validation_target():
+    if not config.get("perfmodel_validation") or TOPOLOGY != "emulated":
+        return []
+    return [f"paper_tables/{SWEEP_NAME}/perfmodel/validation_projected_vs_measured.csv"]
+
+
+def _perfmodel_runs():
+    runs = {k: v for k, v in SWEEP["runs"].items() if v["scheme"] in PERFMODEL_SCHEMES}
+    if not any(v["scheme"] == "baseline" for v in runs.values()):
+        raise ValueError("config perfmodel_validation: sweep.runs has no baseline run to "
+                         "calibrate against")
+    return runs
+
+
+def _world(opts):
+    return opts.get("dp", 1) * opts.get("tp", 1) * opts.get("pp", 1)
+
+
+def perfmodel_baseline_record(wildcards):
+    run = next(k for k, v in _perfmodel_runs().items() if v["scheme"] == "baseline")
+    return (f"results/{config['dataset']}/{SWEEP_NAME}/{run}/seed{config['seeds'][0]}/"
+            "record.json")
+
+
+def perfmodel_loaded_ranks(wildcards):
+    """Rank counts of the validated runs: each gets its own loaded-step line."""
+    return ",".join(str(w) for w in sorted({_world(v) for v in _perfmodel_runs().values()}))
+
+
+def perfmodel_ranks_per_node(wildcards):
+    return max(-(-_world(v) // v.get("nodes", 1)) for v in _perfmodel_runs().values())

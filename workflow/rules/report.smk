@@ -64,3 +64,35 @@ rule quality_delta:
     shell:
         "recpar report quality-delta --records {input.records} --reference {params.reference}"
         " --out {output} > {log} 2>&1"
+
+
+rule perfmodel_validation:
+    input:
+        records=sweep_records(),
+        cluster=CLUSTER_STATE,
+    output:
+        profile=f"{PERFMODEL_DIR}/emulated_profile.yaml",
+        table=report(
+            f"{PERFMODEL_DIR}/validation_projected_vs_measured.csv",
+            caption="../report/perfmodel_validation.rst",
+            category="Performance model",
+        ),
+    conda:
+        "../../envs/environment.yaml"
+    log:
+        "logs/report/{sweep}/perfmodel_validation.log",
+    resources:
+        # the calibration times training steps: alone on the host, like a timed run
+        timing_slot=1,
+    params:
+        baseline=perfmodel_baseline_record,
+        ranks=perfmodel_loaded_ranks,
+        rpn=perfmodel_ranks_per_node,
+        schemes=",".join(PERFMODEL_SCHEMES),
+        out_dir=lambda w, output: os.path.dirname(output.table),
+    shell:
+        "(recpar perfmodel calibrate --inter-node {input.cluster} --ranks-per-node {params.rpn}"
+        " --baseline-record {params.baseline} --loaded-ranks {params.ranks}"
+        " --out {output.profile}"
+        " && recpar perfmodel validate --records {input.records} --schemes {params.schemes}"
+        " --hardware {output.profile} --out {params.out_dir}) > {log} 2>&1"

@@ -100,19 +100,12 @@ def record_threads(record: Mapping[str, Any]) -> int | None:
     return int(t) if isinstance(t, int) and not isinstance(t, bool) and t >= 1 else None
 
 
-def measure_model_step_flops_per_s(record: Mapping[str, Any], threads: int = 1, steps: int = 4,
-                                   where: str = "<record>") -> dict[str, float]:
-    """Achieved model FLOP/s of recpar's own training step with `threads` intra-op threads.
-
-    Builds `recpar.model.Recommender` with the record's config.model and item count, feeds it
-    random item ids at the record's global batch (no padding; shapes, hence FLOPs, are the
-    same as with real histories), and times forward + backward + grad clipping + AdamW step
-    (what one iteration of the baseline does), `steps` times after one warm-up step. The
-    FLOPs are the cost model's count (ModelShape.train_flops_per_sequence × batch), so the
-    rate plugs into the model unchanged. Timed in CPU seconds (see _median_cpu_time): exact
-    for one thread on a host other jobs use; for more threads it is their summed CPU time,
-    so only threads = 1 should be measured this way.
-    """
+def _training_step(record: Mapping[str, Any], batch: int, where: str = "<record>"):
+    """(step, flops_per_sequence): recpar's own training step at the record's model, on
+    `batch` sequences of random item ids (no padding: shapes, hence FLOPs, are the same as
+    with real histories). One step = forward + backward + grad clipping + AdamW with the
+    run's parameter groups (what one iteration of the baseline does). Uses torch's current
+    intra-op thread count."""
     import torch
 
     from recpar.model.config import ModelConfig
@@ -122,7 +115,7 @@ def measure_model_step_flops_per_s(record: Mapping[str, Any], threads: int = 1, 
     from recpar.train.optim import build_adamw
 
     sc = scenario_from_record(record, where)
-    shape, batch = sc.shape, sc.global_batch_size
+    shape = sc.shape
     mcfg = dict(_model_config(record))
     known = set(ModelConfig.__dataclass_fields__)
     cfg = ModelConfig(**{k: v for k, v in mcfg.items() if k in known})
@@ -132,31 +125,147 @@ def measure_model_step_flops_per_s(record: Mapping[str, Any], threads: int = 1, 
     tcfg = TrainConfig.from_mapping({k: v for k, v in train.items()
                                      if k in TrainConfig.__dataclass_fields__})
     clip = tcfg.clip_grad
+    gen = torch.Generator().manual_seed(0)
+    text = torch.randn(n_items + 1, cfg.text_dim, generator=gen) if cfg.text_dim else None
+    model = Recommender(cfg, n_items, text)
+    model.train()
+    opt = build_adamw(model, tcfg)
+    ids = torch.randint(1, n_items + 1, (batch, shape.seq_len), generator=gen)  # [b, L]
+    tgt = torch.randint(1, n_items + 1, (batch, shape.seq_len), generator=gen)  # [b, L]
+
+    def step() -> None:
+        total, count = model.loss_sum(ids, tgt)
+        opt.zero_grad(set_to_none=True)
+        (total / count.clamp(min=1)).backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+
+    return step, shape.train_flops_per_sequence
+
+
+def measure_model_step_flops_per_s(record: Mapping[str, Any], threads: int = 1, steps: int = 4,
+                                   where: str = "<record>") -> dict[str, float]:
+    """Achieved model FLOP/s of recpar's own training step with `threads` intra-op threads.
+
+    The step is `_training_step` at the record's global batch, timed `steps` times after one
+    warm-up step. The FLOPs are the cost model's count (ModelShape.train_flops_per_sequence ×
+    batch), so the rate plugs into the model unchanged. Timed in CPU seconds (see
+    _median_cpu_time): exact for one thread on a host other jobs use; for more threads it is
+    their summed CPU time, so only threads = 1 should be measured this way.
+    """
+    import torch
+
+    from recpar.perfmodel.predict import scenario_from_record
+
+    batch = scenario_from_record(record, where).global_batch_size
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        gen = torch.Generator().manual_seed(0)
-        text = torch.randn(n_items + 1, cfg.text_dim, generator=gen) if cfg.text_dim else None
-        model = Recommender(cfg, n_items, text)
-        model.train()
-        opt = build_adamw(model, tcfg)
-        ids = torch.randint(1, n_items + 1, (batch, shape.seq_len), generator=gen)
-        tgt = torch.randint(1, n_items + 1, (batch, shape.seq_len), generator=gen)
-
-        def step() -> None:
-            total, count = model.loss_sum(ids, tgt)
-            opt.zero_grad(set_to_none=True)
-            (total / count.clamp(min=1)).backward()
-            if clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            opt.step()
-
+        step, fps = _training_step(record, batch, where)
         cpu_s, wall_s = _median_cpu_time(step, steps)
     finally:
         torch.set_num_threads(old)
-    flops = shape.train_flops_per_sequence * batch
+    flops = fps * batch
     return {"flops_per_s": flops / cpu_s, "cpu_s_per_step": cpu_s, "wall_s_per_step": wall_s,
             "batch": batch, "threads": threads, "steps": steps}
+
+
+def _loaded_step_worker(rank: int, record: Mapping[str, Any], threads: int,
+                        batches: Sequence[int], steps: int, barrier, done, out: str,
+                        where: str) -> None:
+    """One of W concurrent processes of measure_loaded_steps (module level: spawned)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    medians = []
+    for i, b in enumerate(batches):
+        step, _ = _training_step(record, b, where)
+        step()  # warm-up: allocations, first-call overheads
+        barrier.wait()
+        ts = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            step()
+            ts.append(time.perf_counter() - t0)
+        medians.append(float(np.median(ts)))
+        with done[i].get_lock():
+            done[i].value += 1
+        # keep the host loaded until every process has timed its steps at this batch, so no
+        # process's window runs with fewer competitors than a real run has
+        while done[i].value < barrier.parties:
+            step()
+    Path(out, f"rank{rank}.json").write_text(json.dumps(medians))
+
+
+def measure_loaded_steps(record: Mapping[str, Any], ranks: int, cores: int,
+                         batches: Sequence[int], steps: int = 8,
+                         where: str = "<record>") -> dict[str, Any]:
+    """Step time of W = `ranks` training steps running at once on this host.
+
+    Spawns W processes, each with max(1, cores // W) intra-op threads (what `recpar train`
+    gives a rank of a W-rank run), which start together at each batch size, time `steps`
+    steps of `_training_step` (wall clock: when W > cores the time-sharing is part of what
+    is measured) and keep stepping until every process is done. Returns per-process medians,
+    the slowest process's median per batch (a synchronous step waits for the slowest rank),
+    and the least-squares line through the slowest times: step(b) = fixed_s +
+    per_sequence_s × b (fixed_s clamped at 0). The host should otherwise be idle.
+    """
+    import multiprocessing
+    import tempfile
+
+    if ranks < 1 or cores < 1:
+        raise ValueError(f"ranks and cores must be >= 1, got {ranks}, {cores}")
+    bs = sorted(set(int(b) for b in batches))
+    if len(bs) < 2 or bs[0] < 1:
+        raise ValueError(f"measure_loaded_steps needs two or more batch sizes >= 1, got "
+                         f"{list(batches)}")
+    threads = max(1, cores // ranks)
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(ranks)
+    done = [ctx.Value("i", 0) for _ in bs]
+    with tempfile.TemporaryDirectory() as d:
+        procs = [ctx.Process(target=_loaded_step_worker,
+                             args=(r, dict(record), threads, bs, steps, barrier, done, d, where))
+                 for r in range(ranks)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        bad = [p.exitcode for p in procs if p.exitcode != 0]
+        if bad:
+            raise RuntimeError(f"measure_loaded_steps: {len(bad)} of {ranks} processes failed "
+                               f"(exit codes {bad})")
+        per_rank = [json.loads(Path(d, f"rank{r}.json").read_text()) for r in range(ranks)]
+    slowest = [max(pr[i] for pr in per_rank) for i in range(len(bs))]
+    slope, intercept = np.polyfit(np.asarray(bs, float), np.asarray(slowest), 1)  # least squares
+    slope = float(slope)
+    if slope <= 0:
+        raise ValueError(f"measure_loaded_steps: step time did not grow with the batch "
+                         f"({dict(zip(bs, slowest))} s): timings are too noisy")
+    fixed = max(0.0, float(intercept))
+    return {"ranks": ranks, "threads": threads, "batches": bs, "steps": steps,
+            "per_rank_s": per_rank, "slowest_s": slowest,
+            "mean_s": [float(np.mean([pr[i] for pr in per_rank])) for i in range(len(bs))],
+            "fixed_s": fixed, "per_sequence_s": slope}
+
+
+def loaded_step_mapping(flops_per_sequence: float, measured: Sequence[Mapping[str, Any]],
+                        where: str) -> dict[str, Any]:
+    """The profile's `shared_host.loaded_step` section from measure_loaded_steps results."""
+    by = {}
+    for m in measured:
+        src = (f"measured: {m['ranks']} concurrent recpar training steps (fwd + bwd + clip + "
+               f"AdamW) at {where}'s model, {m['threads']} thread(s) each, batches "
+               f"{m['batches']}: slowest process's median wall time of {m['steps']} steps "
+               f"({', '.join(f'{t * 1e3:.1f}' for t in m['slowest_s'])} ms), least-squares "
+               "line")
+        by[int(m["ranks"])] = {"fixed_s": {"value": m["fixed_s"], "source": src},
+                               "per_sequence_s": {"value": m["per_sequence_s"], "source": src}}
+    return {"flops_per_sequence": {
+                "value": flops_per_sequence,
+                "source": f"cost model: ModelShape.train_flops_per_sequence of {where}"},
+            "by_ranks": by}
 
 
 def _model_config(record: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -166,19 +275,27 @@ def _model_config(record: Mapping[str, Any]) -> Mapping[str, Any]:
     return m
 
 
-def measure_topk_compress_elements_per_s(n_elements: int, ratio: float = 0.01, world: int = 2,
-                                         repeats: int = 10, threads: int = 1
-                                         ) -> dict[str, float]:
-    """Gradient elements/s of recpar's top-k hook work, one thread, timed in CPU seconds.
+def measure_compress_elements_per_s(n_elements: int, codec: str = "topk", ratio: float = 0.01,
+                                    world: int = 2, repeats: int = 10, threads: int = 1
+                                    ) -> dict[str, float]:
+    """Gradient elements/s of recpar's compressed-hook work, one thread, timed in CPU seconds.
 
     Times exactly the hook's local work (recpar.comm.hooks `_compressed_reduce` with error
-    feedback, recpar.comm.codecs): p = g + r; torch.topk encode; r = p − ĝ; then
-    topk_decode_mean of `world` gathered payloads. The all-gather itself is not in it.
+    feedback, recpar.comm.codecs): p = g + r; encode (top-k by |p| at `ratio`, or 1-bit sign
+    with L1 scale); r = p − ĝ; then decode-and-average of `world` gathered payloads. The
+    all-gather itself is not in it.
     """
     import torch
 
-    from recpar.comm.codecs import topk_decode_mean, topk_encode
+    from recpar.comm.codecs import (sign_decode_mean, sign_encode, topk_decode_mean,
+                                    topk_encode)
 
+    if codec == "topk":
+        encode, decode = (lambda p: topk_encode(p, ratio)), topk_decode_mean
+    elif codec == "sign":
+        encode, decode = sign_encode, sign_decode_mean
+    else:
+        raise ValueError(f"codec must be 'topk' or 'sign', got {codec!r}")
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -188,16 +305,24 @@ def measure_topk_compress_elements_per_s(n_elements: int, ratio: float = 0.01, w
 
         def work() -> None:
             p = g + r
-            payload, g_hat = topk_encode(p, ratio)
+            payload, g_hat = encode(p)
             r.copy_(p - g_hat)
             gathered = payload.repeat(world).view(world, -1)
-            topk_decode_mean(gathered, n_elements)
+            decode(gathered, n_elements)
 
         cpu_s, wall_s = _median_cpu_time(work, repeats)
     finally:
         torch.set_num_threads(old)
     return {"elements_per_s": n_elements / cpu_s, "cpu_s": cpu_s, "wall_s": wall_s,
-            "n_elements": n_elements, "ratio": ratio, "world": world, "threads": threads}
+            "n_elements": n_elements, "codec": codec,
+            "ratio": ratio if codec == "topk" else None, "world": world, "threads": threads}
+
+
+def measure_topk_compress_elements_per_s(n_elements: int, ratio: float = 0.01, world: int = 2,
+                                         repeats: int = 10, threads: int = 1
+                                         ) -> dict[str, float]:
+    """measure_compress_elements_per_s for top-k."""
+    return measure_compress_elements_per_s(n_elements, "topk", ratio, world, repeats, threads)
 
 
 def measure_reduce_bytes_per_s(n_bytes: int = 64 * 2**20, repeats: int = 10) -> float:
@@ -327,7 +452,8 @@ def emulated_profile_mapping(*, ranks_per_node: int, threads_per_rank: int,
                              efficiency_source: str = "assumed: 1.0 until a baseline run "
                                                       "is measured",
                              shared_host: Mapping[str, Any] | None = None,
-                             topk_compress: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                             topk_compress: Mapping[str, Any] | None = None,
+                             sign_compress: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The emulated profile as a mapping (validated by `profile_from_mapping` before return)."""
     m = {
         "name": "emulated",
@@ -367,19 +493,26 @@ def emulated_profile_mapping(*, ranks_per_node: int, threads_per_rank: int,
     }
     if topk_compress is not None:
         m["device"]["topk_compress_elements_per_s"] = dict(topk_compress)
+    if sign_compress is not None:
+        m["device"]["sign_compress_elements_per_s"] = dict(sign_compress)
     if shared_host is not None:
         m["shared_host"] = dict(shared_host)
     profile_from_mapping(m, "<emulated profile>")
     return m
 
 
-def shared_host_mapping(cores: int, rates: Mapping[int, tuple[float, str]]) -> dict[str, Any]:
-    """The profile's `shared_host` section: C cores and {threads: (FLOP/s, source)}."""
-    return {"cores": {"value": cores,
+def shared_host_mapping(cores: int, rates: Mapping[int, tuple[float, str]],
+                        loaded_step: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The profile's `shared_host` section: C cores, {threads: (FLOP/s, source)} and, if
+    given, the loaded-step section (loaded_step_mapping)."""
+    out = {"cores": {"value": cores,
                       "source": "measured: os.cpu_count() on the calibration host, as recpar "
                                 "train reads it to set OMP_NUM_THREADS = max(1, cores // ranks)"},
             "model_flops_per_s_by_threads": {int(t): {"value": v, "source": src}
                                              for t, (v, src) in sorted(rates.items())}}
+    if loaded_step is not None:
+        out["loaded_step"] = dict(loaded_step)
+    return out
 
 
 def write_profile(mapping: Mapping[str, Any], path: str | Path) -> Path:

@@ -130,6 +130,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     hw = _profile(args.hardware)
     recs = [(p, _read_json(p)) for p in args.records]
+    if args.schemes:
+        keep = {s.strip() for s in args.schemes.split(",") if s.strip()}
+        left = [p for p, r in recs if r.get("scheme") not in keep]
+        recs = [(p, r) for p, r in recs if r.get("scheme") in keep]
+        if left:
+            print(f"left out {len(left)} record(s) of other schemes (--schemes "
+                  f"{','.join(sorted(keep))})")
+        if not recs:
+            raise _fail(f"--schemes {args.schemes}: none of the {len(left)} record(s) has "
+                        "one of these schemes")
     try:
         rows = validation_rows(recs, hw, _overrides(args.set))
     except _ERRORS as e:
@@ -151,6 +161,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     from recpar.perfmodel import calibrate as cal
 
+    # checked before anything is measured
+    args.loaded_ranks_list = _parse_ranks(args.loaded_ranks) if args.loaded_ranks.strip() else []
     try:
         text = Path(args.inter_node).read_text()
     except FileNotFoundError:
@@ -163,13 +175,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     reduce_rate = cal.measure_reduce_bytes_per_s()
     loop = cal.measure_loopback_link()
     eff, eff_src = 1.0, "assumed: 1.0 until a baseline run is measured"
-    shared, topk, notes = None, None, []
+    shared, topk, sign, notes = None, None, None, []
     base = _read_json(args.baseline_record) if args.baseline_record else None
     if base is not None:
         bname = args.baseline_record
         try:
             eff = cal.efficiency_from_record(base, flops, bname)
-            shared, topk, notes = _shared_host_and_topk(cal, base, bname, flops * eff, args)
+            shared, (topk, sign), notes = _shared_host_and_compress(cal, base, bname,
+                                                                    flops * eff, args)
         except _ERRORS as e:
             raise _fail(str(e)) from None
         eff_src = f"measured: baseline run {bname}"
@@ -179,7 +192,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         inter_source=f"measured: cluster calibration in {args.inter_node}",
         flops_per_s=flops, reduce_bytes_per_s=reduce_rate, loopback=loop,
         cpu_name=cal.cpu_model(), mem_gib=cal.mem_gib(), efficiency=eff,
-        efficiency_source=eff_src, shared_host=shared, topk_compress=topk)
+        efficiency_source=eff_src, shared_host=shared, topk_compress=topk,
+        sign_compress=sign)
     cal.write_profile(m, args.out)
     print(f"wrote {args.out}: {flops / 1e9:.1f} GFLOP/s, loopback "
           f"{loop['bandwidth_bytes_per_s'] / 1e9:.2f} GB/s α={loop['latency_s'] * 1e6:.0f} µs")
@@ -188,19 +202,34 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _shared_host_and_topk(cal, base: dict, bname: str, base_rate: float,
-                          args: argparse.Namespace) -> tuple[Any, Any, list[str]]:
-    """The profile's shared_host section and top-k rate, measured for the baseline's shape.
+def _parse_ranks(text: str) -> list[int]:
+    try:
+        ranks = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise _fail(f"--loaded-ranks: expected comma-separated rank counts, got {text!r}") \
+            from None
+    if not ranks or ranks[0] < 1:
+        raise _fail(f"--loaded-ranks: rank counts must be >= 1, got {text!r}")
+    return ranks
+
+
+def _shared_host_and_compress(cal, base: dict, bname: str, base_rate: float,
+                              args: argparse.Namespace) -> tuple[Any, tuple[Any, Any], list[str]]:
+    """The profile's shared_host section and top-k / sign rates, measured for the baseline's
+    shape.
 
     Rates by thread count: the baseline record's own (train FLOPs × throughput) at the threads
     it ran with; every other thread count a rank can get (max(1, C // W), W = 1 .. C) timed
     with recpar's training step at the baseline's model and batch (measure_model_step_...).
+    Loaded steps (unless --loaded-ranks is empty): for each W of --loaded-ranks, W concurrent
+    training steps at batches B // 4, B // 2 and B (B = the baseline's global batch).
     """
     from recpar.perfmodel.predict import scenario_from_record
 
     name = bname  # the path as given: every record file is called record.json
     notes: list[str] = []
     shared = None
+    sc = scenario_from_record(base, bname)
     if not args.no_shared_host:
         cores = args.host_cores or cal.host_cores()
         base_t = cal.record_threads(base)
@@ -230,18 +259,38 @@ def _shared_host_and_topk(cal, base: dict, bname: str, base_rate: float,
                          f"({r['cpu_s_per_step'] * 1e3:.0f} ms CPU, "
                          f"{r['wall_s_per_step'] * 1e3:.0f} ms wall per step)")
         notes.append(f"baseline ({base_t} thread(s)): {base_rate / 1e9:.2f} GFLOP/s")
-        shared = cal.shared_host_mapping(cores, rates)
-    sc = scenario_from_record(base, bname)
+        loaded = None
+        ranks = args.loaded_ranks_list
+        if ranks:
+            big = sc.global_batch_size
+            measured = []
+            for w in ranks:
+                m = cal.measure_loaded_steps(base, w, cores,
+                                             (max(1, big // 4), max(1, big // 2), big),
+                                             where=bname)
+                measured.append(m)
+                notes.append(f"loaded step, {w} rank(s) × {m['threads']} thread(s): slowest "
+                             + ", ".join(f"b={b} {t * 1e3:.0f} ms" for b, t in
+                                         zip(m["batches"], m["slowest_s"]))
+                             + f" -> {m['fixed_s'] * 1e3:.1f} ms + "
+                               f"{m['per_sequence_s'] * 1e3:.2f} ms/sequence")
+            loaded = cal.loaded_step_mapping(sc.shape.train_flops_per_sequence, measured, name)
+        shared = cal.shared_host_mapping(cores, rates, loaded)
     n = sc.shape.trainable_params
-    r = cal.measure_topk_compress_elements_per_s(n, ratio=args.topk_ratio)
-    topk = {"value": r["elements_per_s"],
-            "source": f"measured: recpar top-k hook work (p = g + r, topk_encode, r = p - g_hat, "
-                      f"topk_decode_mean of {r['world']} payloads) on {n} random elements "
-                      f"(= {name}'s trainable parameters), ratio {r['ratio']}, 1 thread, "
-                      f"median CPU time {r['cpu_s'] * 1e3:.2f} ms of 10"}
-    notes.append(f"top-k hook work: {r['cpu_s'] * 1e3:.2f} ms CPU for {n} elements "
-                 f"({r['elements_per_s'] / 1e6:.0f} M elements/s)")
-    return shared, topk, notes
+    out = []
+    for codec in ("topk", "sign"):
+        r = cal.measure_compress_elements_per_s(n, codec, ratio=args.topk_ratio)
+        work = ("p = g + r, topk_encode, r = p - g_hat, topk_decode_mean" if codec == "topk"
+                else "p = g + r, sign_encode, r = p - g_hat, sign_decode_mean")
+        ratio = f", ratio {r['ratio']}" if codec == "topk" else ""
+        out.append({"value": r["elements_per_s"],
+                    "source": f"measured: recpar {codec} hook work ({work} of {r['world']} "
+                              f"payloads) on {n} random elements (= {name}'s trainable "
+                              f"parameters){ratio}, 1 thread, median CPU time "
+                              f"{r['cpu_s'] * 1e3:.2f} ms of 10"})
+        notes.append(f"{codec} hook work: {r['cpu_s'] * 1e3:.2f} ms CPU for {n} elements "
+                     f"({r['elements_per_s'] / 1e6:.0f} M elements/s)")
+    return shared, (out[0], out[1]), notes
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -275,6 +324,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     va.add_argument("--records", nargs="+", required=True)
     va.add_argument("--hardware", required=True, help="profile name or YAML path")
     va.add_argument("--set", action="append", metavar="KEY=INT")
+    va.add_argument("--schemes", default="",
+                    help="comma-separated schemes to compare (e.g. baseline,dp); default: all")
     va.add_argument("--out", required=True, help="output directory")
     va.set_defaults(func=cmd_validate)
 
@@ -290,6 +341,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="cores the emulated ranks share (default: os.cpu_count())")
     ca.add_argument("--no-shared-host", action="store_true",
                     help="omit shared_host: ranks have their own cores (not the emulated host)")
+    ca.add_argument("--loaded-ranks", default="1,2,3,4,8",
+                    help="rank counts W at which W concurrent training steps are timed for "
+                         "shared_host.loaded_step (comma-separated; empty: skip)")
     ca.add_argument("--topk-ratio", type=float, default=0.01,
                     help="top-k ratio at which the compression rate is measured")
     ca.add_argument("--out", required=True, help="profile YAML to write")

@@ -19,7 +19,9 @@ Sources of the formulas:
 Shared host (profiles with `shared_host`, i.e. the emulated cluster, whose nodes are network
 namespaces of one machine): all W = world-size ranks share the host's C cores, so a rank
 computes at the measured rate for max(1, C // W) threads times min(1, C / W) (time-sharing),
-and its rank-local compression work is stretched by max(1, W / C). Measured, not fitted: see
+or, where the profile has a loaded-step line for W ranks and this model shape, at the rate of
+the slowest of W concurrently running training steps at the rank's batch; its rank-local
+compression work is stretched by max(1, W / C). Measured, not fitted: see
 recpar.perfmodel.calibrate. Profiles without it (the A100 cluster) are priced as before.
 
 Rank placement follows megatron-core's `order` (default "tp-cp-ep-dp-pp": tp fastest-varying);
@@ -506,10 +508,11 @@ def dp_sync_cost(grad_bytes: float, dp: int, sync: GradSync, hw: HardwareProfile
         full = int(grad_bytes // bucket)
         rem = grad_bytes - full * bucket
         sent = (dp - 1) * (full * payload(bucket) + (payload(rem) if rem > 0 else 0))
-        if sync.compression == "topk" and hw.topk_compress_elements_per_s is not None:
-            # measured rate of recpar's own top-k encode + error feedback + decode (calibrate)
-            compress_s = grad_bytes / precision.grad_bytes \
-                / hw.topk_compress_elements_per_s.value
+        rate = (hw.topk_compress_elements_per_s if sync.compression == "topk"
+                else hw.sign_compress_elements_per_s if sync.compression == "sign" else None)
+        if rate is not None:
+            # measured rate of recpar's own encode + error feedback + decode (calibrate)
+            compress_s = grad_bytes / precision.grad_bytes / rate.value
         else:
             # one memory pass to encode (sign) / two for top-k (selection + residual r += g − ĝ)
             passes = 1 if sync.compression == "sign" else 2
@@ -618,8 +621,11 @@ def iteration_cost(shape: ModelShape, plan: PlanShape, global_batch_size: int,
     rpn = topo.ranks_per_node
     strides = _strides(plan)
     # A shared host (emulated cluster) runs all `world` ranks on its cores: each rank computes
-    # at the rate of its thread count times its time share; otherwise peak × efficiency.
-    flops_rate = hw.rank_flops_per_s(world)
+    # at its measured loaded-step rate for b sequences (or, without one, the rate of its thread
+    # count times its time share); otherwise at peak × efficiency. On the loaded-step line the
+    # fixed part is charged per micro-batch, which overstates a pipeline's once-per-step
+    # optimiser share.
+    flops_rate = hw.rank_flops_per_s(world, b, shape.train_flops_per_sequence)
     act = precision.activation_bytes
 
     # compute and TP per micro-batch per stage
@@ -702,6 +708,7 @@ def iteration_cost(shape: ModelShape, plan: PlanShape, global_batch_size: int,
                                              if hw.shared_host else None),
             "shared_host_cpu_share": (hw.shared_host.cpu_share(world)
                                       if hw.shared_host else None),
+            "compute_basis": hw.compute_basis(world, shape.train_flops_per_sequence),
             "train_flops_per_sequence": shape.train_flops_per_sequence,
             "trainable_params": shape.trainable_params,
             "stage_fwd_flops_per_token": stage_fwd, "stage_params": sp,

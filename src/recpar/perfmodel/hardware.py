@@ -19,11 +19,16 @@ a user passes the path of their own file instead. Layout (all keys required unle
       memory_bandwidth_bytes_per_s: {value, source}   # optional; gives γ when no reduce rate
       reduce_bytes_per_s: {value, source}    # optional; local sum rate (γ = 1 / this)
       topk_compress_elements_per_s: {value, source}   # optional; top-k EF encode+decode rate
+      sign_compress_elements_per_s: {value, source}   # optional; sign EF encode+decode rate
     shared_host:                             # optional: every rank of a run shares one host
       cores: {value, source}                 # CPU cores C all ranks run on
       model_flops_per_s_by_threads:          # achieved model FLOP/s of ONE rank with t threads
         1: {value, source}                   # and the host to itself; keys 1 and C required
         2: {value, source}
+      loaded_step:                           # optional: step time with W ranks running at once
+        flops_per_sequence: {value, source}  # the model shape it was measured at
+        by_ranks:                            # W -> slowest rank's step = fixed + per_seq × b
+          2: {fixed_s: {value, source}, per_sequence_s: {value, source}}
     links:
       intra_node: {latency_s: {value, source}, bandwidth_bytes_per_s: {value, source}}
       inter_node: {latency_s: ..., bandwidth_bytes_per_s: ..., nics_per_node: {value, source}}
@@ -35,6 +40,14 @@ host: the W ranks of a run share its C cores. A rank gets max(1, C // W) intra-o
 (recpar.train.cli `_launch_ranks` sets OMP_NUM_THREADS so) and, when W > C, a share C / W of
 a core by time-sharing; its compute rate is model_flops_per_s_by_threads[max(1, C // W)] ×
 min(1, C / W) instead of peak × efficiency (see `SharedHost.rank_flops_per_s`).
+
+`shared_host.loaded_step`, when present, replaces that rule for the model shape it was
+measured at and the rank counts it lists: calibrate runs W processes of recpar's training
+step at once (each with the threads a rank of a W-rank run gets) at three batch sizes, and
+fits a line to the slowest process's step times: fixed_s + per_sequence_s × b. This prices what the thread
+rule leaves out: ranks slowing each other down on shared cores and memory, the slowest rank
+pacing a synchronous step, and the per-step cost (optimiser, per-call overhead) that does
+not shrink when ranks split a batch.
 """
 
 from __future__ import annotations
@@ -80,6 +93,19 @@ class LinkProfile:
 
 
 @dataclass(frozen=True)
+class LoadedStep:
+    """Measured step time of the slowest of W ranks running at once on the shared host."""
+
+    fixed_s: Figure
+    """Seconds per step that do not depend on the batch (intercept of the fitted line)."""
+    per_sequence_s: Figure
+    """Seconds per sequence of the rank's batch (slope of the fitted line)."""
+
+    def seconds(self, sequences: float) -> float:
+        return self.fixed_s.value + self.per_sequence_s.value * sequences
+
+
+@dataclass(frozen=True)
 class SharedHost:
     """All ranks of a run share one host's cores (the emulated cluster: nodes are namespaces)."""
 
@@ -89,6 +115,11 @@ class SharedHost:
     """Achieved model FLOP/s (the cost model's own FLOP count per second) of one rank that runs
     with t intra-op threads and has the host to itself, by t. Measured as rates rather than
     efficiencies because the thread counts need no common peak: a rate is what is timed."""
+    loaded_step_flops_per_sequence: Figure | None = None
+    """Training FLOPs per sequence (cost-model count) of the shape loaded_step_by_ranks was
+    measured at; the table applies to that shape only."""
+    loaded_step_by_ranks: dict[int, LoadedStep] = field(default_factory=dict)
+    """W -> step time of the slowest of W concurrent ranks (see the module docstring)."""
 
     @property
     def cores_count(self) -> int:
@@ -117,6 +148,18 @@ class SharedHost:
                                f"each rank {t} thread(s)); measured: "
                                f"{sorted(self.model_flops_per_s_by_threads)}")
         return self.model_flops_per_s_by_threads[t].value * self.cpu_share(ranks_on_host)
+
+    def loaded_step(self, ranks_on_host: int, flops_per_sequence: float | None
+                    ) -> LoadedStep | None:
+        """The measured loaded-step line for W ranks, if there is one for this model shape."""
+        step = self.loaded_step_by_ranks.get(ranks_on_host)
+        if step is None or flops_per_sequence is None \
+                or self.loaded_step_flops_per_sequence is None:
+            return None
+        if not math.isclose(flops_per_sequence, self.loaded_step_flops_per_sequence.value,
+                            rel_tol=1e-6):
+            return None
+        return step
 
 
 @dataclass(frozen=True)
@@ -152,6 +195,9 @@ class HardwareProfile:
     topk_compress_elements_per_s: Figure | None = None
     """Gradient elements per second one rank's top-k error-feedback encode + decode processes
     (selection, residual update, scatter-add decode); None: priced as 2 memory passes at γ."""
+    sign_compress_elements_per_s: Figure | None = None
+    """The same for 1-bit sign with error feedback (L1 scale, bit packing, unpack and mean);
+    None: priced as 1 memory pass at γ."""
     shared_host: SharedHost | None = None
     """Set when all ranks of a run share one host's cores (emulated cluster); None: every rank
     has its own device at sustained_flops_per_s (the A100 profile)."""
@@ -190,12 +236,29 @@ class HardwareProfile:
                         share / self.inter_node.bandwidth_bytes_per_s.value,
                         self.gamma_s_per_byte)
 
-    def rank_flops_per_s(self, ranks_on_host: int) -> float:
-        """FLOP/s one rank computes at when `ranks_on_host` ranks run: the shared-host rate
-        (SharedHost.rank_flops_per_s) if the profile has one, else sustained_flops_per_s."""
+    def rank_flops_per_s(self, ranks_on_host: int, sequences: float | None = None,
+                         flops_per_sequence: float | None = None) -> float:
+        """FLOP/s one rank computes at when `ranks_on_host` ranks run, each on `sequences`
+        sequences of a model of `flops_per_sequence` training FLOPs per sequence.
+
+        On a shared host: the measured loaded step (flops_per_sequence × b / step seconds) when
+        the profile has one for this W and shape, else SharedHost.rank_flops_per_s. Otherwise
+        sustained_flops_per_s (the batch does not enter).
+        """
         if self.shared_host is None:
             return self.sustained_flops_per_s
+        step = self.shared_host.loaded_step(ranks_on_host, flops_per_sequence)
+        if step is not None and sequences:
+            return flops_per_sequence * sequences / step.seconds(sequences)
         return self.shared_host.rank_flops_per_s(ranks_on_host)
+
+    def compute_basis(self, ranks_on_host: int, flops_per_sequence: float | None = None) -> str:
+        """Which rule rank_flops_per_s uses: 'device', 'loaded_step' or 'thread_rate'."""
+        if self.shared_host is None:
+            return "device"
+        if self.shared_host.loaded_step(ranks_on_host, flops_per_sequence) is not None:
+            return "loaded_step"
+        return "thread_rate"
 
     def host_slowdown(self, ranks_on_host: int) -> float:
         """1 / cpu_share on a shared host (rank-local CPU work such as top-k encoding stretches
@@ -291,7 +354,7 @@ def _link(r: _Reader, node: dict, key: str, inter: bool) -> LinkProfile:
 
 def _shared_host(r: _Reader, node: Any) -> SharedHost:
     m = r.mapping(node, "shared_host")
-    known = {"cores", "model_flops_per_s_by_threads"}
+    known = {"cores", "model_flops_per_s_by_threads", "loaded_step"}
     unknown = sorted(set(m) - known)
     if unknown:
         raise r.fail(f"shared_host.{unknown[0]}", f"unknown key; known: {', '.join(sorted(known))}")
@@ -321,7 +384,40 @@ def _shared_host(r: _Reader, node: Any) -> SharedHost:
             raise r.fail(f"{key}.{t}", f"missing (a run of "
                                        f"{'one rank' if t > 1 else 'cores or more ranks'} "
                                        f"gives each rank {t} thread(s))")
-    return SharedHost(cores=cores, model_flops_per_s_by_threads=rates)
+    fps, steps = _loaded_step(r, m.get("loaded_step"))
+    return SharedHost(cores=cores, model_flops_per_s_by_threads=rates,
+                      loaded_step_flops_per_sequence=fps, loaded_step_by_ranks=steps)
+
+
+def _loaded_step(r: _Reader, node: Any) -> tuple[Figure | None, dict[int, LoadedStep]]:
+    if node is None:
+        return None, {}
+    key = "shared_host.loaded_step"
+    m = r.mapping(node, key)
+    unknown = sorted(set(m) - {"flops_per_sequence", "by_ranks"})
+    if unknown:
+        raise r.fail(f"{key}.{unknown[0]}", "unknown key; known: by_ranks, flops_per_sequence")
+    fps = r.figure(m, "flops_per_sequence", f"{key}.")
+    if m.get("by_ranks") is None:
+        raise r.fail(f"{key}.by_ranks", "missing")
+    by = r.mapping(m["by_ranks"], f"{key}.by_ranks")
+    steps: dict[int, LoadedStep] = {}
+    for k, v in by.items():
+        w = int(k) if isinstance(k, str) and k.strip().isdigit() else k
+        p = f"{key}.by_ranks.{w}"
+        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+            raise r.fail(f"{key}.by_ranks.{k}", "rank count must be a positive integer")
+        if w in steps:
+            raise r.fail(p, "rank count given twice")
+        e = r.mapping(v, p)
+        unknown = sorted(set(e) - {"fixed_s", "per_sequence_s"})
+        if unknown:
+            raise r.fail(f"{p}.{unknown[0]}", "unknown key; known: fixed_s, per_sequence_s")
+        steps[w] = LoadedStep(fixed_s=r.figure(e, "fixed_s", f"{p}.", lo_open=False),
+                              per_sequence_s=r.figure(e, "per_sequence_s", f"{p}."))
+    if not steps:
+        raise r.fail(f"{key}.by_ranks", "empty: give at least one rank count")
+    return fps, steps
 
 
 def profile_from_mapping(data: Any, where: str = "<profile>") -> HardwareProfile:
@@ -342,7 +438,7 @@ def profile_from_mapping(data: Any, where: str = "<profile>") -> HardwareProfile
     dev = r.mapping(top["device"], "device")
     dev_known = {"name", "compute_dtype", "peak_flops_per_s", "efficiency", "memory_gib",
                  "memory_bandwidth_bytes_per_s", "reduce_bytes_per_s",
-                 "topk_compress_elements_per_s"}
+                 "topk_compress_elements_per_s", "sign_compress_elements_per_s"}
     unknown = sorted(set(dev) - dev_known)
     if unknown:
         raise r.fail(f"device.{unknown[0]}", f"unknown key; known: {', '.join(sorted(dev_known))}")
@@ -365,6 +461,7 @@ def profile_from_mapping(data: Any, where: str = "<profile>") -> HardwareProfile
     mem_bw = r.figure(dev, "memory_bandwidth_bytes_per_s", "device.", required=False)
     reduce_bw = r.figure(dev, "reduce_bytes_per_s", "device.", required=False)
     topk_rate = r.figure(dev, "topk_compress_elements_per_s", "device.", required=False)
+    sign_rate = r.figure(dev, "sign_compress_elements_per_s", "device.", required=False)
     if "links" not in top:
         raise r.fail("links", "missing")
     links = r.mapping(top["links"], "links")
@@ -379,7 +476,8 @@ def profile_from_mapping(data: Any, where: str = "<profile>") -> HardwareProfile
         device_name=device_name, compute_dtype=dtype, peak_flops_per_s=peaks,
         efficiency=efficiency, memory_gib=memory_gib, intra_node=intra, inter_node=inter,
         reduce_bytes_per_s=reduce_bw, memory_bandwidth_bytes_per_s=mem_bw, max_nodes=max_nodes,
-        topk_compress_elements_per_s=topk_rate, shared_host=shared, path=where, figures=dict(r.figures))
+        topk_compress_elements_per_s=topk_rate, sign_compress_elements_per_s=sign_rate,
+        shared_host=shared, path=where, figures=dict(r.figures))
 
 
 def packaged_profiles() -> list[str]:

@@ -169,19 +169,60 @@ def utilisation(rec: dict) -> tuple[float | None, str | None]:
     return None, None
 
 
+def _model_parallel_comm(rec: dict) -> tuple[float | None, str | None]:
+    """(ms per iteration rank 0 spends in communication it cannot compute through, basis) of
+    a tp > 1 or pp > 1 record: TP collectives (time blocked, recpar.comm.group_timer), the
+    pipeline's waits (idle: P2P and bubble, which torch's schedules do not separate; plus the
+    tied-table all-reduce and the loss broadcast) and DP gradient sync (exposed where the
+    engine measured it, pp = 1; else hook time, which also counts what backward hid)."""
+    m, plan = rec["metrics"], rec["plan"]
+    parts, basis = [], []
+    if plan.get("tp", 1) > 1:
+        tp = _num(m.get("tp_comm_ms_per_iter"))
+        if tp is None:
+            return None, None
+        parts.append(tp)
+        basis.append("TP blocked")
+    if plan.get("pp", 1) > 1:
+        idle = _num(m.get("pp_idle_ms_per_iter"))
+        if idle is None:
+            return None, None
+        parts += [idle, _num(m.get("pp_tied_grad_allreduce_ms_per_iter")) or 0.0,
+                  _num(m.get("pp_loss_broadcast_ms_per_iter")) or 0.0]
+        basis.append("PP wait (P2P + bubble)")
+    if plan.get("dp", 1) > 1:
+        exposed = _num(m.get("exposed_comm_ms_per_iter"))
+        hook = _num(m.get("dp_grad_sync_ms_per_iter"))
+        if exposed is not None:
+            parts.append(exposed)
+            basis.append("DP exposed")
+        elif hook is not None:
+            parts.append(hook)
+            basis.append("DP hook time (incl. overlapped)")
+        else:
+            return None, None
+    return sum(parts), " + ".join(basis)
+
+
 def comm_share(rec: dict) -> tuple[float | None, str | None]:
     """(percent of an iteration spent communicating, basis).
 
-    Preference: the engine's own `comm_share_pct` (exposed: fwd+bwd with sync − without),
-    then exposed_comm_ms_per_iter / iter_ms, then hook time comm_ms_per_iter / iter_ms (counts
-    time hidden by overlap too). A single-device run communicates nothing: 0.
+    Schemes mp and hybrid (tp > 1 or pp > 1, recpar's own engine): the sum of their parts
+    (_model_parallel_comm) / iter_ms. Otherwise, preference: the engine's own
+    `comm_share_pct` (exposed: fwd+bwd with sync − without), then exposed_comm_ms_per_iter /
+    iter_ms, then hook time comm_ms_per_iter / iter_ms (counts time hidden by overlap too).
+    A single-device run communicates nothing: 0.
     """
     m = rec["metrics"]
     if rec["plan"]["world_size"] == 1:
         return 0.0, "single device"
+    it = _num(m.get("iter_ms"))
+    if rec.get("scheme") in ("mp", "hybrid") and (rec["plan"].get("tp", 1) > 1
+                                                  or rec["plan"].get("pp", 1) > 1):
+        ms, basis = _model_parallel_comm(rec)
+        return (100.0 * ms / it, basis) if ms is not None and it else (None, None)
     if _num(m.get("comm_share_pct")) is not None:
         return float(m["comm_share_pct"]), "exposed"
-    it = _num(m.get("iter_ms"))
     if it and _num(m.get("exposed_comm_ms_per_iter")) is not None:
         return 100.0 * m["exposed_comm_ms_per_iter"] / it, "exposed"
     if it and _num(m.get("comm_ms_per_iter")) is not None:

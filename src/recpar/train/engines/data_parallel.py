@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
 
 from recpar.model.recommender import Recommender
 from recpar.parallel.data_parallel import TrainStep, apply_dp
 from recpar.train.engines.base import Engine, EngineContext, StepResult
+from recpar.train.engines.no_sync_replay import exposed_metrics, no_sync_fwd_bwd_ms
 from recpar.train.optim import build_adamw
 
 
@@ -90,30 +90,25 @@ class ReplicaEngine(Engine):
         return self.sync_state.stats.snapshot_and_reset(steps)
 
     def finish(self, inputs, targets, batches, timing) -> dict:
-        """Exposed communication = synchronised fwd+bwd − fwd+bwd without synchronisation.
-
-        The no-sync steps (DDP `no_sync`) take no optimiser step, so the trained weights are
-        untouched; they run on the first epoch's batches, after training.
-        """
+        """Exposed communication = synchronised fwd+bwd − fwd+bwd without synchronisation
+        (recpar.train.engines.no_sync_replay), replayed on the first epoch's batches."""
         fb = timing.get("fwd_bwd_ms_per_iter")
         if self.ddp is None or fb is None or not batches:
             return {}
         self.ctx.model.train()
-        times = []
-        for idx in batches[:min(10, max(1, timing.get("timed_steps", 10)))]:
+
+        def fwd_bwd(idx) -> None:
             x, y, gcount = self._local(inputs, targets, idx)
-            _sync(self.ctx.device)
-            t0 = time.perf_counter()
-            with self.ddp.no_sync():
-                loss, _ = self.ddp(x, y, gcount)
-                loss.backward()
-            _sync(self.ctx.device)
-            times.append(1e3 * (time.perf_counter() - t0))
-            self.step_module.zero_grad(set_to_none=True)
-        compute = float(np.mean(times))
-        exposed = max(0.0, fb - compute)
-        return {"fwd_bwd_no_sync_ms_per_iter": compute, "exposed_comm_ms_per_iter": exposed,
-                "comm_share_pct": 100.0 * exposed / timing["iter_ms"]}
+            loss, _ = self.ddp(x, y, gcount)
+            loss.backward()
+
+        ms = no_sync_fwd_bwd_ms(self.ddp, fwd_bwd, batches, timing.get("timed_steps", 10),
+                                lambda: self.step_module.zero_grad(set_to_none=True),
+                                self.ctx.device)
+        out = exposed_metrics(fb, ms)
+        # DP's only communication is the gradient sync: its exposed part is the share
+        out["comm_share_pct"] = 100.0 * out["exposed_comm_ms_per_iter"] / timing["iter_ms"]
+        return out
 
     def close(self) -> None:
         if self.sync_state is not None:

@@ -32,7 +32,9 @@ padding cut off) into the plain single-device layout on rank 0; dp replicas othe
 first take no part. `state_dict` is this rank's shard/stages, optimiser and grad-sync state.
 
 Measured per iteration (timing window): DP gradient sync from the hook's statistics
-(`comm_ms_per_iter`, bytes, as scheme dp); pipeline schedule/compute/idle time, bubble
+(`comm_ms_per_iter`, bytes, as scheme dp) and, for pp = 1, its exposed part
+(`exposed_comm_ms_per_iter`: the window's fwd+bwd − a replay without DP sync, as scheme dp;
+recpar.train.engines.no_sync_replay); pipeline schedule/compute/idle time, bubble
 fraction measured (idle / schedule) vs theory, activation bytes between stages, tied-table
 all-reduce (from `PipelineRunner.step`), per pipeline rank in the record; TP collectives
 as measured by `recpar.comm.group_timer` on megatron's TP group (calls, payload bytes and
@@ -53,6 +55,7 @@ from recpar.model.recommender import PAD_ITEM, Recommender
 from recpar.parallel.data_parallel import TrainStep
 from recpar.parallel.plan import PlanError
 from recpar.train.engines.base import Engine, EngineContext, StepResult
+from recpar.train.engines.no_sync_replay import exposed_metrics, no_sync_fwd_bwd_ms
 from recpar.train.optim import build_adamw
 
 PP_STEP_FIELDS = ("schedule_ms", "forward_ms", "backward_ms", "loss_ms", "compute_ms", "idle_ms",
@@ -200,7 +203,9 @@ class ModelParallelEngine(Engine):
         dist.all_reduce(t, group=self.pg.dp_group())
         return float(t)
 
-    def step(self, inputs, targets, idx) -> StepResult:
+    def _replica_batch(self, inputs, targets, idx) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """This replica's rows of global batch idx, padded to whole micro-batches, and the
+        global batch's valid-position count."""
         dev = self.ctx.device
         local = idx[self.dp_rank::self.dp]
         gcount = int(Recommender.valid_positions(inputs[idx], targets[idx]).sum())
@@ -208,6 +213,11 @@ class ModelParallelEngine(Engine):
         rows = max(m, -(-local.numel() // m) * m)  # a multiple of m, at least one row
         x = _pad_rows(inputs[local], rows).to(dev)  # [rows, L]
         y = _pad_rows(targets[local], rows).to(dev)
+        return x, y, gcount
+
+    def step(self, inputs, targets, idx) -> StepResult:
+        dev = self.ctx.device
+        x, y, gcount = self._replica_batch(inputs, targets, idx)
         self.opt.zero_grad(set_to_none=True)
         _sync(dev)
         t0 = time.perf_counter()
@@ -348,16 +358,35 @@ class ModelParallelEngine(Engine):
         self._window_stats = out
         return out
 
+    def _exposed_dp(self, inputs, targets, batches, timing) -> dict:
+        """pp = 1 with dp > 1: exposed DP time from a replay without DP sync (no_sync_replay);
+        every rank replays the same batches, so the TP all-reduces inside still pair up."""
+        fb = timing.get("fwd_bwd_ms_per_iter")
+        if self.runner is not None or not self.ddps or fb is None or not batches:
+            return {}
+        self.train()
+        ddp, dev = self.ddps[0], self.ctx.device
+
+        def fwd_bwd(idx) -> None:
+            x, y, gcount = self._replica_batch(inputs, targets, idx)
+            loss, _ = ddp(x, y, torch.tensor(gcount, device=dev))
+            loss.backward()
+
+        ms = no_sync_fwd_bwd_ms(ddp, fwd_bwd, batches, timing.get("timed_steps", 10),
+                                lambda: self.opt.zero_grad(set_to_none=True), dev)
+        return exposed_metrics(fb, ms)  # the share adds TP time: recpar.report.tables
+
     def finish(self, inputs, targets, batches, timing) -> dict:
-        """Per pipeline rank numbers of the first replica (TP rank 0) into rank 0's record:
-        a collective gather of every rank's window statistics."""
+        """Exposed DP time of a pp = 1 hybrid (_exposed_dp), then per pipeline rank numbers
+        of the first replica (TP rank 0) into rank 0's record: a collective gather of every
+        rank's window statistics."""
+        out: dict = self._exposed_dp(inputs, targets, batches, timing)
         mine = {"pp": self.pp_rank, "tp": self.tp_rank, "dp": self.dp_rank,
                 "stats": self._window_stats}
         everyone: list = [None] * dist.get_world_size()
         dist.all_gather_object(everyone, mine)
         if self.runner is None or not self._window_stats:
-            return {}
-        out: dict = {}
+            return out
         replica = [r for r in everyone if r["dp"] == 0]
         for r in sorted((r for r in replica if r["tp"] == 0), key=lambda r: r["pp"]):
             s, p = r["stats"], r["pp"]
