@@ -4,7 +4,10 @@
 
 rule cluster_up:
     output:
-        state=CLUSTER_STATE,
+        # temp: the file stands for namespaces that live only while the workflow runs; once
+        # gone (consumers done, or _cluster_down) it does not make finished runs rerun, and the
+        # next workflow that has runs left builds the cluster again
+        state=temp(CLUSTER_STATE),
     conda:
         "../../envs/environment.yaml"
     log:

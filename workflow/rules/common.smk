@@ -69,9 +69,12 @@ CLUSTER_STATE = "results/cluster/state.json"
 
 
 def _cluster_down():
-    """Remove the emulated cluster: its namespaces live only while the workflow needs them."""
+    """Remove the emulated cluster: its namespaces live only while the workflow needs them.
+    The state file goes too (a stale one would tell the next workflow the cluster is up)."""
     if TOPOLOGY == "emulated":
         shell("recpar cluster down > logs/cluster/down.log 2>&1 || true")
+        if os.path.exists(CLUSTER_STATE):
+            os.remove(CLUSTER_STATE)
 
 
 def cluster_input(wildcards):
