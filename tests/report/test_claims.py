@@ -100,3 +100,15 @@ def test_fig4_ordering_uses_the_model_parallel_shares(hybrid_tp_ms, status):
     c = _claims(runs)["F4-order"]
     assert c.status == status
     assert c.measured == f"dp 20.0 %, mp 40.0 %, hybrid {hybrid_tp_ms + 5:.1f} %"
+
+
+def test_quality_claim_leaves_compressed_dp_rows_out_and_says_so():
+    """The paper's DP row is uncompressed ring all-reduce; a lossy top-k row far off the
+    baseline does not fail Q-dp, and the detail counts it."""
+    topk = make_run("dp", dp=2, hr=0.10)
+    topk["config"]["grad_sync"] = {"algorithm": "ring", "compressor": "topk"}
+    c = _claims([make_run("baseline", hr=0.25), make_run("dp", dp=2, hr=0.251), topk])["Q-dp"]
+    assert c.status == MET
+    assert "1 row(s) with compressed gradient sync left out" in c.detail
+    only = _claims([make_run("baseline", hr=0.25), topk])["Q-dp"]
+    assert only.status == NOT_RUN and "left out" in only.detail

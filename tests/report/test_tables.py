@@ -119,3 +119,12 @@ def test_sweep_notes_state_the_commit_and_topology_of_the_records():
     assert len(notes) == 1
     assert "git aaaaaaaaaaaa, bbbbbbbbbbbb+dirty" in notes[0]
     assert "topology emulated, local" in notes[0]
+
+
+def test_comm_share_table_tells_dp_rows_apart_by_their_gradient_sync():
+    ring = make_run("dp", dp=2, nodes=2, comm_ms=30, exposed_ms=10, iter_ms=50)
+    topk = make_run("dp", dp=2, nodes=2, comm_ms=3, exposed_ms=2, iter_ms=40)
+    topk["config"]["grad_sync"] = {"algorithm": "ring", "compressor": "topk"}
+    cs = tables.comm_share_table(_rs([make_run("baseline"), ring, topk]), PAPER, NO_PROJ)
+    dp = cs[cs["scheme"] == "dp"].set_index("grad_sync")["comm_share_pct"]
+    assert dp.to_dict() == {"ring/none": pytest.approx(20.0), "ring/topk": pytest.approx(5.0)}

@@ -61,7 +61,15 @@ class ClaimResult:
 
 def _row_label(rs: RecordSet, r: Row) -> str:
     k = r.key
-    return f"{k.scheme} {k.plan_label} on {k.topology_label} (sweep {k.sweep}, {len(r.seeds)} seed(s))"
+    sync = f" {k.grad_sync}" if k.grad_sync != "-" else ""
+    return (f"{k.scheme} {k.plan_label}{sync} on {k.topology_label} (sweep {k.sweep}, "
+            f"{len(r.seeds)} seed(s))")
+
+
+def _lossy_sync(r: Row) -> bool:
+    """DP gradients compressed (sign, top-k, PowerSGD, fp16/bf16): lossy by design, so the
+    paper's claim that parallelism leaves quality unchanged is not about such a row."""
+    return r.key.grad_sync != "-" and not r.key.grad_sync.endswith("/none")
 
 
 def _judge_rows(q: Quantity, rows: list[tuple[Row, float | None]], rs: RecordSet,
@@ -199,7 +207,8 @@ def _quality(rs: RecordSet, paper: Paper) -> list[ClaimResult]:
     out = []
     tol = {m: paper.quality_tolerance(m) for m in ("hr_at_10", "ndcg_at_10")}
     for scheme in sorted({r.key.scheme for r in rs.rows} - {"baseline"}) or list(PAPER_SCHEMES):
-        rows = [r for r in rs.rows if r.key.scheme == scheme]
+        rows = [r for r in rs.rows if r.key.scheme == scheme and not _lossy_sync(r)]
+        lossy = sum(1 for r in rs.rows if r.key.scheme == scheme and _lossy_sync(r))
         parts, status, deltas = [], MET, []
         for r in rows:
             base = rs.baseline(r.key.sweep)
@@ -220,14 +229,18 @@ def _quality(rs: RecordSet, paper: Paper) -> list[ClaimResult]:
         base = dict(id=f"Q-{scheme}", claim=f"{scheme}: HR@10 and NDCG@10 equal the baseline's",
                     where="Table II + §IV.B", paper="|Δ| ≤ 0.002 in Table II",
                     tolerance=" / ".join(f"{m}: {_tol(t)}" for m, t in tol.items()))
+        note = (f"; {lossy} row(s) with compressed gradient sync left out (lossy by design: "
+                "see quality_delta.md)" if lossy else "")
         if not deltas:
             out.append(ClaimResult(**base, measured="—", status=NOT_RUN,
-                                   detail=f"no {scheme} record with quality and a baseline"))
+                                   detail=f"no {scheme} record with quality and a baseline"
+                                   + note))
             continue
         worst = max(deltas, key=abs)
         out.append(ClaimResult(**base, measured=f"largest |Δ| {abs(worst):.4f}", status=status,
-                               detail="; ".join(parts) if parts else
-                               f"{len(rows)} row(s), both protocols ({QUALITY_SPLIT_NOTE}) within"))
+                               detail=("; ".join(parts) if parts else
+                                       f"{len(rows)} row(s), both protocols "
+                                       f"({QUALITY_SPLIT_NOTE}) within") + note))
     return out
 
 

@@ -535,7 +535,7 @@ def comm_share_table(rs: RecordSet, paper: Paper, proj: Projection) -> pd.DataFr
         share = r.mean("comm_share_pct")
         out.append({
             "sweep": k.sweep, "scheme": k.scheme, "plan": k.plan_label, "devices": k.world_size,
-            "topology": k.topology_label, "iter_ms": r.mean("iter_ms"),
+            "topology": k.topology_label, "grad_sync": k.grad_sync, "iter_ms": r.mean("iter_ms"),
             "comm_share_pct": share,
             "compute_share_pct": None if share is None else 100.0 - share,
             "basis": r.basis("comm"),
