@@ -171,6 +171,11 @@ def measure_model_step_flops_per_s(record: Mapping[str, Any], threads: int = 1, 
             "batch": batch, "threads": threads, "steps": steps}
 
 
+LOADED_STEP_TIMEOUT_S = 600.0
+"""A process of measure_loaded_steps that waits this long for the others gives up (one that
+crashed would otherwise leave the rest waiting at the barrier for ever)."""
+
+
 def _loaded_step_worker(rank: int, record: Mapping[str, Any], threads: int,
                         batches: Sequence[int], steps: int, barrier, done, out: str,
                         where: str) -> None:
@@ -182,7 +187,7 @@ def _loaded_step_worker(rank: int, record: Mapping[str, Any], threads: int,
     for i, b in enumerate(batches):
         step, _ = _training_step(record, b, where)
         step()  # warm-up: allocations, first-call overheads
-        barrier.wait()
+        barrier.wait(timeout=LOADED_STEP_TIMEOUT_S)  # BrokenBarrierError if one never comes
         ts = []
         for _ in range(steps):
             t0 = time.perf_counter()
@@ -193,7 +198,11 @@ def _loaded_step_worker(rank: int, record: Mapping[str, Any], threads: int,
             done[i].value += 1
         # keep the host loaded until every process has timed its steps at this batch, so no
         # process's window runs with fewer competitors than a real run has
+        t_done = time.monotonic()
         while done[i].value < barrier.parties:
+            if time.monotonic() - t_done > LOADED_STEP_TIMEOUT_S:
+                raise TimeoutError(f"measure_loaded_steps: waited {LOADED_STEP_TIMEOUT_S:.0f} "
+                                   f"s for the other processes at batch {b}")
             step()
     Path(out, f"rank{rank}.json").write_text(json.dumps(medians))
 

@@ -183,7 +183,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             eff = cal.efficiency_from_record(base, flops, bname)
             shared, (topk, sign), notes = _shared_host_and_compress(cal, base, bname,
                                                                     flops * eff, args)
-        except _ERRORS as e:
+        except (*_ERRORS, ValueError, RuntimeError) as e:  # incl. a failed loaded-step timing
             raise _fail(str(e)) from None
         eff_src = f"measured: baseline run {bname}"
     m = cal.emulated_profile_mapping(
