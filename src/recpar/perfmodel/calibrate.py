@@ -20,6 +20,7 @@ import numpy as np
 import yaml
 
 from recpar.perfmodel.hardware import ProfileError, profile_from_mapping
+from recpar.rank_threads import threads_per_rank
 
 
 def cpu_model() -> str:
@@ -86,12 +87,6 @@ def _median_cpu_time(fn, repeats: int, warmup: int = 1) -> tuple[float, float]:
         cpu.append(time.process_time() - c0)
         wall.append(time.perf_counter() - w0)
     return float(np.median(cpu)), float(np.median(wall))
-
-
-def host_cores() -> int:
-    """Logical CPUs, read as `recpar train` does (os.cpu_count()) when it sets each rank's
-    OMP_NUM_THREADS = max(1, cores // world_size)."""
-    return os.cpu_count() or 1
 
 
 def record_threads(record: Mapping[str, Any]) -> int | None:
@@ -229,7 +224,7 @@ def measure_loaded_steps(record: Mapping[str, Any], ranks: int, cores: int,
     if len(bs) < 2 or bs[0] < 1:
         raise ValueError(f"measure_loaded_steps needs two or more batch sizes >= 1, got "
                          f"{list(batches)}")
-    threads = max(1, cores // ranks)
+    threads = threads_per_rank(ranks, cores)
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(ranks)
     done = [ctx.Value("i", 0) for _ in bs]

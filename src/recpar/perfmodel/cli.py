@@ -225,15 +225,16 @@ def _shared_host_and_compress(cal, base: dict, bname: str, base_rate: float,
     training steps at batches B // 4, B // 2 and B (B = the baseline's global batch).
     """
     from recpar.perfmodel.predict import scenario_from_record
+    from recpar.rank_threads import host_cores, threads_per_rank
 
     name = bname  # the path as given: every record file is called record.json
     notes: list[str] = []
     shared = None
     sc = scenario_from_record(base, bname)
     if not args.no_shared_host:
-        cores = args.host_cores or cal.host_cores()
+        cores = args.host_cores or host_cores()
         base_t = cal.record_threads(base)
-        need = sorted({max(1, cores // w) for w in range(1, cores + 1)})
+        need = sorted({threads_per_rank(w, cores) for w in range(1, cores + 1)})
         rates: dict[int, tuple[float, str]] = {}
         if base_t is not None and base_t <= cores:
             rates[base_t] = (base_rate, f"measured: baseline run {name} ({base_t} thread(s), "

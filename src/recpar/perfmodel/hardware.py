@@ -61,6 +61,7 @@ from typing import Any
 import yaml
 
 from recpar.perfmodel.collectives import LinkCost
+from recpar.rank_threads import threads_per_rank
 
 DTYPES = ("bf16", "fp16", "tf32", "fp32")
 PROFILE_PACKAGE = "recpar.perfmodel.profiles"
@@ -126,8 +127,9 @@ class SharedHost:
         return int(self.cores.value)
 
     def threads_per_rank(self, ranks_on_host: int) -> int:
-        """max(1, C // W): the OMP_NUM_THREADS recpar gives each of W ranks on C cores."""
-        return max(1, self.cores_count // ranks_on_host)
+        """max(1, C // W): the OMP_NUM_THREADS recpar gives each of W ranks on C cores
+        (recpar.rank_threads, the rule `recpar train` uses)."""
+        return threads_per_rank(ranks_on_host, self.cores_count)
 
     def cpu_share(self, ranks_on_host: int) -> float:
         """min(1, C / W): the fraction of its threads' time a rank runs when W > C time-share."""

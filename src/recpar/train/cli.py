@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -270,6 +269,7 @@ def _launch_ranks(spec, args) -> dict:
     from recpar.cluster.launch import launch
     from recpar.cluster.topology import Topology
     from recpar.data.prepared import PreparedDataset
+    from recpar.rank_threads import threads_per_rank
     from recpar.train import record
     from recpar.train.spec import spec_to_dict
 
@@ -280,7 +280,7 @@ def _launch_ranks(spec, args) -> dict:
     topo = Topology(kind=spec.topology["kind"], nodes=spec.topology["nodes"],
                     ranks_per_node=spec.topology["ranks_per_node"])
     # One intra-op thread per rank when ranks share the CPU cores; more would oversubscribe.
-    env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // spec.plan.world_size))}
+    env = {"OMP_NUM_THREADS": str(threads_per_rank(spec.plan.world_size))}
     code = launch(topo, ["-m", "recpar.train.worker", str(spec_path)], env=env,
                   timeout_s=args.timeout_s)
     if code != 0:
