@@ -1,8 +1,9 @@
 """`recpar train --scheme async`: parameter server (rank 0) + workers inside the common loop.
 
-World size 3 = 1 server + 2 workers (gloo on CPU, started by the real launcher: torchrun
---standalone). Two launches: the CLI run, and a run with a fixed push order whose server
-weights are replayed here by hand (Formula 12 with AdamW and clipping, as the engine does).
+World size 3 = 1 server + 2 workers (gloo on CPU). Two launches by the real launcher
+(torchrun --standalone): the CLI run, and a run with a fixed push order whose server weights
+are replayed here by hand (Formula 12 with AdamW and clipping, as the engine does). One
+spawned run is killed after epoch 0 and resumed.
 """
 
 import copy
@@ -184,3 +185,46 @@ def test_fixed_push_order_equals_formula_12_replay(small_prepared, tmp_path):
     assert gap > 1e-4  # damping visibly changes the weights on this schedule
     # The run matches the damped replay to float32 rounding, far closer than the gap.
     assert _max_diff(got, damped) < 1e-3 * gap
+
+
+@pytest.mark.multiprocess
+def test_async_killed_after_epoch_0_resumes_with_the_servers_state(small_prepared, tmp_path):
+    """World size 3 (spawned: 1 server + 2 workers), killed right after epoch 0's checkpoint
+    and resumed in the same processes (tests/train/mp_workers.resume_after_kill). The push
+    order is not deterministic, so the weights cannot be compared with an uninterrupted run;
+    what a resume must keep is the server's state: its AdamW step count, parameter version
+    and update statistics continue from epoch 0 instead of restarting at 0."""
+    from recpar.cli import build_parser
+    from recpar.train.cli import _spec
+    from recpar.train.spec import spec_to_dict
+
+    from ..comm.mp_launch import skip_unless_ranks, spawn_ranks
+    from . import mp_workers
+
+    skip_unless_ranks(WORLD_SIZE)
+    out = tmp_path / "run"
+    common = [("max_epochs=2" if c == "max_epochs=1" else c) for c in COMMON]
+    args = build_parser().parse_args([*ASYNC, "--dp", str(WORLD_SIZE), "--data",
+                                      str(small_prepared), "--out", str(out), *common])
+    spec = _spec(args, "async")
+    out.mkdir(parents=True)
+    (tmp_path / "spec.json").write_text(json.dumps(spec_to_dict(spec)))
+    ranks = spawn_ranks(mp_workers.resume_after_kill, WORLD_SIZE, tmp_path)
+    assert all(r["killed"] and not r["record_after_kill"] for r in ranks)
+    assert "engine-rank0.pt" in ranks[0]["engine_files_after_kill"]  # the server's state
+    rec = ranks[0]["record"]
+    assert rec["notes"][0] == "resumed from last.pt after epoch 0"
+    assert record.read(out / "record.json")["run_id"] == "async3-damped-tiny-n1"
+    m = rec["metrics"]
+    steps = m["steps_count"]
+    assert m["epochs_count"] == 2 and steps == 2 * (-(-m["train_sequences_count"] // 64))
+    # both epochs' updates: the epoch-0 statistics came back from engine-rank0.pt
+    assert m["async_updates_count"] == WORKERS * steps
+    assert {k: v for k, v in m.items() if re.fullmatch(r"updates_rank\d+_count", k)} == \
+        {"updates_rank1_count": steps, "updates_rank2_count": steps}
+    server = torch.load(out / "engine-rank0.pt", weights_only=False)["state"]
+    assert server["version"] == WORKERS * steps
+    # AdamW's per-parameter step counts every update of both epochs (a fresh optimiser on
+    # resume would count epoch 1's only)
+    opt_steps = {float(s["step"]) for s in server["optimizer"]["state"].values()}
+    assert opt_steps == {float(WORKERS * steps)}
