@@ -8,6 +8,9 @@ import pytest
 
 from recpar.data.prepared import PreparedDataset
 
+# shared assertion helpers (not test modules): pytest explains their failed asserts too
+pytest.register_assert_rewrite("tests.parallel.ds_reference_checks")
+
 TEXT_DIM = 8  # small stand-in width for item-text embeddings (the real encoder is tested in data/)
 
 

@@ -21,6 +21,8 @@ import pytest
 import torch
 
 from ..comm.mp_launch import skip_unless_ranks, spawn_ranks
+from .ds_reference_checks import (assert_final_state_equals_reference, assert_reference_clips,
+                                  assert_series_equal_reference)
 from .dsp_workers import (CASES, GLOBAL_BATCH, N_ITEMS, STEPS, TRAIN_CFG, WORLD_SIZE,
                           dsp_worker, make_batches, make_model)
 from recpar.parallel.deepspeed_pipeline import (DS_REDUCE_BUCKET_SIZE, TIED_KEY, FinalNorm,
@@ -146,32 +148,20 @@ def test_microbatches_hold_unequal_token_counts():
 
 @pytest.mark.multiprocess
 def test_reference_clips(ranks):
-    for label in CASES:
-        assert max(ranks[0][label]["reference"]["grad_norms"]) > TRAIN_CFG.clip_grad
+    assert_reference_clips(ranks, CASES, TRAIN_CFG.clip_grad)
 
 
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("label", list(CASES))
 def test_losses_equal_single_process(ranks, label):
-    ref = ranks[0][label]["reference"]["losses"]
-    assert len(ref) == STEPS
-    for res in ranks:  # train_batch's loss is broadcast to every stage
-        torch.testing.assert_close(torch.tensor(res[label]["losses"]), torch.tensor(ref),
-                                   rtol=0, atol=ATOL)
+    # train_batch's loss is broadcast to every stage
+    assert_series_equal_reference(ranks, label, "losses", ATOL, steps=STEPS)
 
 
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("label", list(CASES))
 def test_final_parameters_equal_single_process(ranks, label):
-    ref = ranks[0][label]["reference"]
-    state = ranks[0][label]["state"]
-    assert ranks[1][label]["state"] is None  # gathered on rank 0 only
-    assert set(state) == set(ref["state"])
-    for name, value in ref["state"].items():
-        torch.testing.assert_close(state[name], value, rtol=0, atol=ATOL, msg=name)
-    # Training moved the weights far beyond the tolerance, so the equality is not trivial.
-    assert max(float((ref["state"][k] - ref["init"][k]).abs().max()) for k in ref["state"]) \
-        > 100 * ATOL
+    assert_final_state_equals_reference(ranks, label, ATOL)
 
 
 @pytest.mark.multiprocess

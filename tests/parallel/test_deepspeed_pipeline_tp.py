@@ -20,6 +20,8 @@ import pytest
 import torch
 
 from ..comm.mp_launch import skip_unless_ranks, spawn_ranks
+from .ds_reference_checks import (assert_final_state_equals_reference, assert_reference_clips,
+                                  assert_series_equal_reference)
 from .dsp_tp_workers import (CASES, LAYOUTS, N_ITEMS, PP, STEPS, TP, TRAIN_CFG, WORLD_SIZE,
                              dsp_tp_worker)
 
@@ -71,18 +73,14 @@ def test_layouts_agree_for_other_degrees(ranks):
 
 @pytest.mark.multiprocess
 def test_reference_clips(ranks):
-    for label in CASES:
-        assert max(ranks[0][label]["reference"]["grad_norms"]) > TRAIN_CFG.clip_grad
+    assert_reference_clips(ranks, CASES, TRAIN_CFG.clip_grad)
 
 
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("label", list(CASES))
 def test_losses_equal_single_process(ranks, label):
-    ref = ranks[0][label]["reference"]["losses"]
-    assert len(ref) == STEPS
-    for res in ranks:  # train_batch's loss is broadcast to every stage of each TP rank
-        torch.testing.assert_close(torch.tensor(res[label]["losses"]), torch.tensor(ref),
-                                   rtol=0, atol=ATOL)
+    # train_batch's loss is broadcast to every stage of each TP rank
+    assert_series_equal_reference(ranks, label, "losses", ATOL, steps=STEPS)
 
 
 @pytest.mark.multiprocess
@@ -91,24 +89,14 @@ def test_clipping_norm_equals_single_process(ranks, label):
     """DeepSpeed's global gradient norm over TP shards, pipeline stages and the tied copies
     equals the single-device norm: TP-replicated parameters (LayerNorms, row-parallel biases,
     positions, text_proj) and the tied table's second copy are counted once."""
-    ref = ranks[0][label]["reference"]["grad_norms"]
-    for res in ranks:
-        torch.testing.assert_close(torch.tensor(res[label]["grad_norms"]), torch.tensor(ref),
-                                   rtol=0, atol=ATOL)
+    assert_series_equal_reference(ranks, label, "grad_norms", ATOL)
 
 
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("label", list(CASES))
 def test_final_parameters_equal_single_process(ranks, label):
-    ref = ranks[0][label]["reference"]
-    state = ranks[0][label]["state"]
-    assert all(r[label]["state"] is None for r in ranks[1:])  # gathered on rank 0 only
-    assert set(state) == set(ref["state"])
-    for name, value in ref["state"].items():
-        assert state[name].shape == value.shape, name  # TP shards merged, vocab padding cut
-        torch.testing.assert_close(state[name], value, rtol=0, atol=ATOL, msg=name)
-    assert max(float((ref["state"][k] - ref["init"][k]).abs().max()) for k in ref["state"]) \
-        > 100 * ATOL
+    # shapes too: TP shards merged, vocab padding cut
+    assert_final_state_equals_reference(ranks, label, ATOL)
 
 
 @pytest.mark.multiprocess
