@@ -44,10 +44,10 @@ min(1, C / W) instead of peak × efficiency (see `SharedHost.rank_flops_per_s`).
 `shared_host.loaded_step`, when present, replaces that rule for the model shape it was
 measured at and the rank counts it lists: calibrate runs W processes of recpar's training
 step at once (each with the threads a rank of a W-rank run gets) at three batch sizes, and
-fits a line to the slowest process's step times: fixed_s + per_sequence_s × b. This prices what the thread
-rule leaves out: ranks slowing each other down on shared cores and memory, the slowest rank
-pacing a synchronous step, and the per-step cost (optimiser, per-call overhead) that does
-not shrink when ranks split a batch.
+fits a line to the slowest process's step times: fixed_s + per_sequence_s × b. This prices
+what the thread rule leaves out: ranks slowing each other down on shared cores and memory,
+the slowest rank pacing a synchronous step, and the per-step cost (optimiser, per-call
+overhead) that does not shrink when ranks split a batch.
 """
 
 from __future__ import annotations
