@@ -8,7 +8,7 @@ import yaml
 from recpar.perfmodel.calibrate import (emulated_profile_mapping, inter_node_from_calibration,
                                         loaded_step_mapping, measure_compress_elements_per_s,
                                         measure_loaded_steps, measure_model_step_flops_per_s,
-                                        measure_topk_compress_elements_per_s, shared_host_mapping)
+                                        shared_host_mapping)
 from recpar.perfmodel.costs import GradSync, ModelShape, PlanShape, iteration_cost
 from recpar.perfmodel.hardware import ProfileError, load_profile, profile_from_mapping
 
@@ -189,7 +189,7 @@ def test_emulated_profile_mapping_with_shared_host():
 
 def test_measurements_run_and_are_positive():
     """Smoke test on small sizes (milliseconds): the numbers themselves come from calibrate."""
-    r = measure_topk_compress_elements_per_s(4096, repeats=2)
+    r = measure_compress_elements_per_s(4096, "topk", repeats=2)
     assert r["elements_per_s"] > 0 and r["threads"] == 1
     step = measure_model_step_flops_per_s(record(), threads=1, steps=1)
     assert step["flops_per_s"] > 0 and step["batch"] == 16

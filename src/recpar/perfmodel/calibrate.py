@@ -40,17 +40,6 @@ def mem_gib() -> float:
     return value
 
 
-def _median_time(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
-
-
 def measure_matmul_flops(n: int = 1024, repeats: int = 10, threads: int | None = None) -> float:
     """Sustained fp32 FLOP/s of torch.mm on n×n matrices (2n³ FLOPs per product).
 
@@ -63,10 +52,8 @@ def measure_matmul_flops(n: int = 1024, repeats: int = 10, threads: int | None =
         torch.set_num_threads(threads)
     try:
         a, b = torch.randn(n, n), torch.randn(n, n)
-        if threads == 1:
-            t = _median_cpu_time(lambda: torch.mm(a, b), repeats, warmup=2)[0]
-        else:
-            t = _median_time(lambda: torch.mm(a, b), repeats)
+        cpu_s, wall_s = _median_cpu_time(lambda: torch.mm(a, b), repeats, warmup=2)
+        t = cpu_s if threads == 1 else wall_s
     finally:
         torch.set_num_threads(old)
     return 2.0 * n**3 / t
@@ -322,20 +309,13 @@ def measure_compress_elements_per_s(n_elements: int, codec: str = "topk", ratio:
             "ratio": ratio if codec == "topk" else None, "world": world, "threads": threads}
 
 
-def measure_topk_compress_elements_per_s(n_elements: int, ratio: float = 0.01, world: int = 2,
-                                         repeats: int = 10, threads: int = 1
-                                         ) -> dict[str, float]:
-    """measure_compress_elements_per_s for top-k."""
-    return measure_compress_elements_per_s(n_elements, "topk", ratio, world, repeats, threads)
-
-
 def measure_reduce_bytes_per_s(n_bytes: int = 64 * 2**20, repeats: int = 10) -> float:
     """Bytes/s of an in-place fp32 add (a += b): the γ of a local reduction."""
     import torch
 
     n = n_bytes // 4
     a, b = torch.randn(n), torch.randn(n)
-    t = _median_time(lambda: a.add_(b), repeats)
+    t = _median_cpu_time(lambda: a.add_(b), repeats, warmup=2)[1]  # wall
     return n_bytes / t
 
 

@@ -208,10 +208,9 @@ def comm_share(rec: dict) -> tuple[float | None, str | None]:
     """(percent of an iteration spent communicating, basis).
 
     Schemes mp and hybrid (tp > 1 or pp > 1, recpar's own engine): the sum of their parts
-    (_model_parallel_comm) / iter_ms. Otherwise, preference: the engine's own
-    `comm_share_pct` (exposed: fwd+bwd with sync − without), then exposed_comm_ms_per_iter /
-    iter_ms, then hook time comm_ms_per_iter / iter_ms (counts time hidden by overlap too).
-    A single-device run communicates nothing: 0.
+    (_model_parallel_comm) / iter_ms. Otherwise, preference: exposed_comm_ms_per_iter (fwd+bwd
+    with sync − without) / iter_ms, then hook time comm_ms_per_iter / iter_ms (counts time
+    hidden by overlap too). A single-device run communicates nothing: 0.
     """
     m = rec["metrics"]
     if rec["plan"]["world_size"] == 1:
@@ -221,8 +220,6 @@ def comm_share(rec: dict) -> tuple[float | None, str | None]:
                                                   or rec["plan"].get("pp", 1) > 1):
         ms, basis = _model_parallel_comm(rec)
         return (100.0 * ms / it, basis) if ms is not None and it else (None, None)
-    if _num(m.get("comm_share_pct")) is not None:
-        return float(m["comm_share_pct"]), "exposed"
     if it and _num(m.get("exposed_comm_ms_per_iter")) is not None:
         return 100.0 * m["exposed_comm_ms_per_iter"] / it, "exposed"
     if it and _num(m.get("comm_ms_per_iter")) is not None:

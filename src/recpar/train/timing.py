@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from recpar.train.record import utc_from_unix
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
+def device_sync(device) -> None:
+    """Wait for queued device work before reading a clock (CUDA launches are asynchronous;
+    CPU needs nothing). `device`: a torch.device or its type name."""
+    if getattr(device, "type", device) == "cuda":
         import torch
 
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)  # that device, not just the current one
 
 
 @dataclass
@@ -54,14 +56,14 @@ class StepWindow:
         return self._closed
 
     def _start_segment(self) -> None:
-        _sync(self.device)
+        device_sync(self.device)
         self._t0 = time.perf_counter()
         self._cpu0 = _process_cpu_s()
         self.segments += 1
 
     def _end_segment(self) -> None:
         if self._t0 is not None:
-            _sync(self.device)
+            device_sync(self.device)
             self._elapsed_s += time.perf_counter() - self._t0
             self._cpu_s += _process_cpu_s() - self._cpu0
             self._t0 = None

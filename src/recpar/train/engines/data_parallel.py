@@ -15,11 +15,8 @@ from recpar.parallel.data_parallel import TrainStep, apply_dp
 from recpar.train.engines.base import Engine, EngineContext, StepResult
 from recpar.train.engines.no_sync_replay import exposed_metrics, no_sync_fwd_bwd_ms
 from recpar.train.optim import build_adamw
+from recpar.train.timing import device_sync
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 class ReplicaEngine(Engine):
@@ -52,7 +49,7 @@ class ReplicaEngine(Engine):
         loss, loss_sum = self.runner(x, y, gcount)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()  # with DDP: returns once every bucket is reduced
-        _sync(self.ctx.device)
+        device_sync(self.ctx.device)
         fb_ms = 1e3 * (time.perf_counter() - t0)
         if self.cfg.clip_grad:
             torch.nn.utils.clip_grad_norm_(self.ctx.model.parameters(), self.cfg.clip_grad)
@@ -105,10 +102,7 @@ class ReplicaEngine(Engine):
         ms = no_sync_fwd_bwd_ms(self.ddp, fwd_bwd, batches, timing.get("timed_steps", 10),
                                 lambda: self.step_module.zero_grad(set_to_none=True),
                                 self.ctx.device)
-        out = exposed_metrics(fb, ms)
-        # DP's only communication is the gradient sync: its exposed part is the share
-        out["comm_share_pct"] = 100.0 * out["exposed_comm_ms_per_iter"] / timing["iter_ms"]
-        return out
+        return exposed_metrics(fb, ms)  # the share (exposed / iter_ms): recpar.report.tables
 
     def close(self) -> None:
         if self.sync_state is not None:

@@ -57,16 +57,12 @@ from recpar.parallel.plan import PlanError
 from recpar.train.engines.base import Engine, EngineContext, StepResult
 from recpar.train.engines.no_sync_replay import exposed_metrics, no_sync_fwd_bwd_ms
 from recpar.train.optim import build_adamw
+from recpar.train.timing import device_sync
 
 PP_STEP_FIELDS = ("schedule_ms", "forward_ms", "backward_ms", "loss_ms", "compute_ms", "idle_ms",
                   "activation_bytes_sent", "activation_grad_bytes_sent",
                   "tied_grad_allreduce_ms", "tied_grad_payload_bytes", "loss_broadcast_ms")
 """PipelineStepResult fields summed over the timing window (then divided by its steps)."""
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
@@ -219,13 +215,13 @@ class ModelParallelEngine(Engine):
         dev = self.ctx.device
         x, y, gcount = self._replica_batch(inputs, targets, idx)
         self.opt.zero_grad(set_to_none=True)
-        _sync(dev)
+        device_sync(dev)
         t0 = time.perf_counter()
         if self.runner is None:
             fn = self.ddps[0] if self.ddps else self.step_module
             loss, loss_sum = fn(x, y, torch.tensor(gcount, device=dev))
             loss.backward()  # TP all-reduces inside; with DDP returns once buckets are reduced
-            _sync(dev)
+            device_sync(dev)
             fb_ms = 1e3 * (time.perf_counter() - t0)
             replica_loss_sum = float(loss_sum)
         else:

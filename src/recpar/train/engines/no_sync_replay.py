@@ -16,13 +16,10 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from recpar.train.timing import device_sync
+
 REPLAY_STEPS = 10
 """At most this many batches are replayed (fewer if the window timed fewer steps)."""
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def no_sync_fwd_bwd_ms(ddp: DDP, fwd_bwd: Callable[[object], None], batches: Iterable,
@@ -32,11 +29,11 @@ def no_sync_fwd_bwd_ms(ddp: DDP, fwd_bwd: Callable[[object], None], batches: Ite
     timed_steps) batches; `zero_grad` drops each replay's gradients (weights are untouched)."""
     times = []
     for idx in list(batches)[:min(REPLAY_STEPS, max(1, timed_steps))]:
-        _sync(device)
+        device_sync(device)
         t0 = time.perf_counter()
         with ddp.no_sync():
             fwd_bwd(idx)
-        _sync(device)
+        device_sync(device)
         times.append(1e3 * (time.perf_counter() - t0))
         zero_grad()
     return float(np.mean(times))
