@@ -28,6 +28,7 @@ import torch.distributed as dist
 from recpar.atomic_write import write_text
 from recpar.comm.config import GradSyncConfig
 from recpar.comm.hooks import SyntheticBucket, make_grad_sync_hook
+from recpar.device import device_sync
 
 CASES = ("ring", "hierarchical", "sign", "topk", "powersgd", "fp16", "bf16")
 """Benchmark cases: the dense algorithms, then the compressors (each over the ring setting)."""
@@ -120,11 +121,6 @@ def case_config(case: str, ranks_per_node: int, topk_ratio: float, powersgd_rank
     return GradSyncConfig(compressor=case, **common)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run_collective_bench(cases: Sequence[str], sizes: Sequence[int], *, warmup: int, iters: int,
                          ranks_per_node: int, device: torch.device, topk_ratio: float = 0.01,
                          powersgd_rank: int = 1, error_feedback: bool = True,
@@ -147,13 +143,13 @@ def run_collective_bench(cases: Sequence[str], sizes: Sequence[int], *, warmup: 
                 bucket = SyntheticBucket(buf, grad_shapes=shapes)
                 for _ in range(case_warmup):
                     hook(state, bucket).wait()
-                _sync(device)
+                device_sync(device)
                 state.stats.snapshot_and_reset()
                 dist.barrier()
                 t0 = time.perf_counter()
                 for _ in range(iters):
                     hook(state, bucket).wait()
-                _sync(device)
+                device_sync(device)
                 elapsed = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
                 dist.barrier()
                 dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)  # gloo and NCCL both take float64

@@ -49,6 +49,7 @@ from recpar.comm.codecs import sign_decode_mean, sign_encode, topk_decode_mean, 
 from recpar.comm.config import GradSyncConfig
 from recpar.comm.residuals import BucketLayout, ResidualStore, bucket_layout
 from recpar.comm.stats import CommStats
+from recpar.device import device_sync
 
 Hook = Callable[["GradSyncState", Any], torch.futures.Future]
 
@@ -255,18 +256,12 @@ def _completed(value: torch.Tensor) -> torch.futures.Future:
     return fut
 
 
-def _device_sync(t: torch.Tensor) -> None:
-    # NCCL's work.wait() only orders streams; synchronise so the time covers the transfer.
-    if t.is_cuda:
-        torch.cuda.synchronize(t.device)
-
-
 def _timed_collective(state: GradSyncState, launch: Callable[[], Any], out: torch.Tensor,
                       payload_bytes: int, wire_bytes: float, scope: str) -> None:
     t0 = time.perf_counter()
     work = launch()
     work.wait()
-    _device_sync(out)
+    device_sync(out.device)  # work.wait() only orders CUDA streams: wait for the transfer
     state.stats.add_comm_interval(t0, time.perf_counter())
     state.stats.add_collective(payload_bytes, wire_bytes, scope)
 
@@ -421,7 +416,7 @@ def _compressed_reduce(state: GradSyncState, view: BucketView,
                       gathered, nbytes, bf.all_gather_wire_bytes(nbytes, state.world_size), "world")
     t1 = time.perf_counter()
     buf.copy_(decode(gathered.view(state.world_size, -1), n, buf.dtype))
-    _device_sync(buf)
+    device_sync(buf.device)
     state.stats.add_compress_time(time.perf_counter() - t1)
     return buf
 

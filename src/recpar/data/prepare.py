@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recpar.constants import PAD_ITEM
 from recpar.data.errors import DataError
 from recpar.data.filtering import first_occurrences, kcore
 from recpar.data.id_map import dense_ids
-from recpar.data.prepared import PAD_ITEM, REQUIRED_FILES, SPLITS
+from recpar.data.prepared import REQUIRED_FILES, SPLITS
 from recpar.data.sources import DEFAULT_MAX_BAD_FRACTION, Source, SourceOptions, get_source
 from recpar.data.split import chronological_order, split_sizes
 from recpar.data.stats import DatasetStats, format_stats

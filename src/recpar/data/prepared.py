@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-PAD_ITEM = 0  # item id 0 is padding; real items are 1..n_items
 SPLITS = ("train", "valid", "test")
 REQUIRED_FILES = (
     "interactions.parquet",

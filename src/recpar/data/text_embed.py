@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 
 from recpar.atomic_write import atomic_open, write_text
+from recpar.constants import PAD_ITEM
 from recpar.data.errors import DataError
-from recpar.data.prepared import PAD_ITEM
 
 EMB_FILE = "item_text_emb.npy"
 META_FILE = "item_text_emb.json"

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-PAD_ITEM = 0  # same constant as recpar.data.prepared.PAD_ITEM
+from recpar.constants import PAD_ITEM
 
 
 class PopularityScorer:

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from recpar.constants import PAD_ITEM
 from recpar.eval.metrics import hits, ndcg_gains
 
-PAD_ITEM = 0  # same constant as recpar.data.prepared.PAD_ITEM
 PROTOCOLS = ("full", "sampled100")
 EVAL_SPLITS = ("valid", "test")
 N_SAMPLED_NEGATIVES = 100  # the "100" of sampled100

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass
 
-
 # Named sizes. Transformer (non-embedding) parameter counts in the comments are what
 # `ParamCounts.blocks` gives for that size; the item table (n_items + 1) x d_model comes on top
 # (63,002 x d_model for Amazon Electronics: 8.1 M at d=128, 129 M at d=2048).

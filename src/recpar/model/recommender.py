@@ -27,9 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recpar.constants import PAD_ITEM
 from recpar.model.config import ModelConfig
-
-PAD_ITEM = 0  # same constant as recpar.data.prepared.PAD_ITEM
 
 
 class CausalSelfAttention(nn.Module):

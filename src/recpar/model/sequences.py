@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DistributedSampler
 
-PAD_ITEM = 0  # same constant as recpar.data.prepared.PAD_ITEM
+from recpar.constants import PAD_ITEM
 
 
 class TrainSequences(NamedTuple):

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from recpar.device import device_sync
 from recpar.parallel.plan import PARTITION_METHODS, PlanError
 
 EMBEDDING_UNIT = "embedding"
@@ -95,11 +96,6 @@ class Profile:
         units = tuple(UnitCost(**{**u, "fwd_bwd_ms_samples": tuple(u["fwd_bwd_ms_samples"])})
                       for u in rec["units"])
         return cls(**{**rec, "units": units})
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _saved_activation_bytes(fn, exclude_ptrs: set[int]) -> int:
@@ -177,10 +173,10 @@ def profile_units(model, example_microbatch: tuple[torch.Tensor, torch.Tensor], 
                 fwd_bwd()
             samples = []
             for _ in range(repeats):
-                _sync(device)
+                device_sync(device)
                 t0 = time.perf_counter()
                 out = fwd_bwd()
-                _sync(device)
+                device_sync(device)
                 samples.append((time.perf_counter() - t0) * 1e3)
             costs.append(UnitCost(
                 name=name,

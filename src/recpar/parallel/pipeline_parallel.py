@@ -57,6 +57,7 @@ from torch import nn
 from torch.distributed.pipelining import (PipelineStage, Schedule1F1B, ScheduleGPipe,
                                           ScheduleInterleaved1F1B)
 
+from recpar.device import device_sync
 from recpar.model.recommender import PAD_ITEM, Recommender, attention_mask, positions
 from recpar.parallel.partition import Partition, Profile, cut, profile_units, unit_names
 from recpar.parallel.plan import ParallelPlan, PlanError
@@ -280,11 +281,6 @@ def _check_positive(**values: int) -> None:
 # --- instrumented stage ----------------------------------------------------------------------
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class _InstrumentedStage(PipelineStage):
     """A `PipelineStage` that times its forward/backward compute and counts bytes it sends.
 
@@ -304,18 +300,18 @@ class _InstrumentedStage(PipelineStage):
         self.grad_bytes_sent = 0
 
     def forward_maybe_with_nosync(self, *args, **kwargs):
-        _sync(self.device)
+        device_sync(self.device)
         t0 = time.perf_counter()
         out = super().forward_maybe_with_nosync(*args, **kwargs)
-        _sync(self.device)
+        device_sync(self.device)
         self.forward_s += time.perf_counter() - t0
         return out
 
     def backward_maybe_with_nosync(self, *args, **kwargs):
-        _sync(self.device)
+        device_sync(self.device)
         t0 = time.perf_counter()
         out = super().backward_maybe_with_nosync(*args, **kwargs)
-        _sync(self.device)
+        device_sync(self.device)
         self.backward_s += time.perf_counter() - t0
         return out
 
@@ -478,11 +474,11 @@ class PipelineRunner:
     # -- schedule --
     def _loss_fn(self, logits: torch.Tensor, target: torch.Tensor,
                  valid_count: torch.Tensor) -> torch.Tensor:
-        _sync(self.device)
+        device_sync(self.device)
         t0 = time.perf_counter()
         loss_fn = vocab_parallel_microbatch_loss if self.vocab_parallel else microbatch_loss
         loss = loss_fn(logits, target, valid_count)
-        _sync(self.device)
+        device_sync(self.device)
         self._loss_s += time.perf_counter() - t0
         return loss
 
@@ -547,11 +543,11 @@ class PipelineRunner:
         self._loss_s = 0.0
         losses: list[torch.Tensor] = []
 
-        _sync(self.device)
+        device_sync(self.device)
         t0 = time.perf_counter()
         built.schedule.step(input_ids, target=masked, losses=losses, return_outputs=False,
                             loss_kwargs={"valid_count": count}, input_ids=input_ids)
-        _sync(self.device)
+        device_sync(self.device)
         schedule_s = time.perf_counter() - t0
 
         tied_s, tied_bytes = self._allreduce_tied_grads()
@@ -595,10 +591,10 @@ class PipelineRunner:
             return 0.0, 0
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = torch.cat([g.reshape(-1) for g in grads])
-        _sync(self.device)
+        device_sync(self.device)
         t0 = time.perf_counter()
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.embedding_group)
-        _sync(self.device)
+        device_sync(self.device)
         dt = time.perf_counter() - t0
         offset = 0
         for p in params:

@@ -14,16 +14,8 @@ import resource
 import time
 from dataclasses import dataclass, field
 
+from recpar.device import device_sync
 from recpar.train.record import utc_from_unix
-
-
-def device_sync(device) -> None:
-    """Wait for queued device work before reading a clock (CUDA launches are asynchronous;
-    CPU needs nothing). `device`: a torch.device or its type name."""
-    if getattr(device, "type", device) == "cuda":
-        import torch
-
-        torch.cuda.synchronize(device)  # that device, not just the current one
 
 
 @dataclass

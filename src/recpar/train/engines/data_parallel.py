@@ -15,7 +15,7 @@ from recpar.parallel.data_parallel import TrainStep, apply_dp
 from recpar.train.engines.base import Engine, EngineContext, StepResult
 from recpar.train.engines.no_sync_replay import exposed_metrics, no_sync_fwd_bwd_ms
 from recpar.train.optim import build_adamw
-from recpar.train.timing import device_sync
+from recpar.device import device_sync
 
 
 

@@ -57,7 +57,7 @@ from recpar.parallel.plan import PlanError
 from recpar.train.engines.base import Engine, EngineContext, StepResult
 from recpar.train.engines.no_sync_replay import exposed_metrics, no_sync_fwd_bwd_ms
 from recpar.train.optim import build_adamw
-from recpar.train.timing import device_sync
+from recpar.device import device_sync
 
 PP_STEP_FIELDS = ("schedule_ms", "forward_ms", "backward_ms", "loss_ms", "compute_ms", "idle_ms",
                   "activation_bytes_sent", "activation_grad_bytes_sent",

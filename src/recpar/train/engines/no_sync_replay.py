@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from recpar.train.timing import device_sync
+from recpar.device import device_sync
 
 REPLAY_STEPS = 10
 """At most this many batches are replayed (fewer if the window timed fewer steps)."""
