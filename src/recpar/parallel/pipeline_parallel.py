@@ -54,12 +54,17 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.distributed.pipelining import (PipelineStage, Schedule1F1B, ScheduleGPipe,
-                                          ScheduleInterleaved1F1B)
+from torch.distributed.pipelining import (
+    PipelineStage,
+    Schedule1F1B,
+    ScheduleGPipe,
+    ScheduleInterleaved1F1B,
+)
 
 from recpar.device import device_sync
 from recpar.model.recommender import PAD_ITEM, Recommender, attention_mask, positions
 from recpar.parallel.partition import Partition, Profile, cut, profile_units, unit_names
+from recpar.parallel.pipeline_theory import bubble_fraction_theory, bubble_ratio_theory
 from recpar.parallel.plan import ParallelPlan, PlanError
 
 SCHEDULE_CLASSES = {
@@ -251,31 +256,6 @@ class StageModule(nn.Module):
         if self.text_proj is not None:
             params += list(self.text_proj.parameters())
         return params
-
-
-# --- theory ----------------------------------------------------------------------------------
-
-
-def bubble_ratio_theory(pp: int, num_microbatches: int, virtual_stages: int = 1) -> float:
-    """Bubble time / ideal compute time, (p - 1) / (v m): the formula of Narayanan et al.,
-    "Efficient Large-Scale Language Model Training on GPU Clusters Using Megatron-LM"
-    (SC'21), Sec. 2.2 (v = 1 for GPipe and 1F1B, v model chunks per rank when interleaved).
-    Assumes equal stage times and free communication."""
-    _check_positive(pp=pp, num_microbatches=num_microbatches, virtual_stages=virtual_stages)
-    return (pp - 1) / (virtual_stages * num_microbatches)
-
-
-def bubble_fraction_theory(pp: int, num_microbatches: int, virtual_stages: int = 1) -> float:
-    """Idle time / total step time on a stage, (p - 1) / (v m + p - 1): the same bubble as
-    `bubble_ratio_theory` expressed against the whole step, which is what idle/total measures."""
-    _check_positive(pp=pp, num_microbatches=num_microbatches, virtual_stages=virtual_stages)
-    return (pp - 1) / (virtual_stages * num_microbatches + pp - 1)
-
-
-def _check_positive(**values: int) -> None:
-    for k, v in values.items():
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"{k} must be a positive integer, got {v!r}")
 
 
 # --- instrumented stage ----------------------------------------------------------------------
