@@ -80,7 +80,7 @@ def shard(step: int, rank: int, tail: bool) -> slice:
 
 def reference(tail: bool = False) -> dict:
     """Single process, whole global batch, the baseline loop's AdamW + clipping."""
-    from recpar.train.optim import adamw_param_groups
+    from recpar.model.param_groups import adamw_param_groups
 
     model = make_model()
     opt = torch.optim.AdamW(adamw_param_groups(model, TRAIN_CFG.weight_decay), lr=TRAIN_CFG.lr,

@@ -16,6 +16,8 @@ parallel code relies on these names and layouts:
   contiguous column split gives each tensor-parallel rank whole heads; attention derives the
   number of local heads from the tensor width, so it works unchanged on a shard.
 - The output layer has no weight of its own: logits use the fused item table (weight tying).
+  The table, both its ends and the cross-entropy are one piece, `recpar.model.item_table`,
+  that every parallel form reuses (a pipeline stage, DeepSpeed's tied layer, a TP shard).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from torch import nn
 
 from recpar.constants import PAD_ITEM
 from recpar.model.config import ModelConfig
+from recpar.model.item_table import TiedItemTable
+from recpar.model.loss import mask_targets, mean_divisor, valid_positions
 
 
 class CausalSelfAttention(nn.Module):
@@ -107,7 +111,16 @@ def positions(input_ids: torch.Tensor) -> torch.Tensor:
     return (real.cumsum(dim=1) - 1).clamp(min=0)
 
 
-class Recommender(nn.Module):
+def check_item_ids(input_ids: torch.Tensor, max_seq_len: int) -> None:
+    """Raise ValueError unless input_ids is [B, L] with L <= max_seq_len."""
+    if input_ids.dim() != 2:
+        raise ValueError(f"Recommender: input_ids must be [B, L], got {tuple(input_ids.shape)}")
+    if input_ids.shape[1] > max_seq_len:
+        raise ValueError(f"Recommender: sequence length {input_ids.shape[1]} exceeds "
+                         f"max_seq_len={max_seq_len}")
+
+
+class Recommender(TiedItemTable):
     """Next-item recommender over left-padded item-ID sequences; see the module docstring."""
 
     def __init__(self, cfg: ModelConfig, n_items: int,
@@ -118,29 +131,8 @@ class Recommender(nn.Module):
         self.cfg = cfg
         self.n_items = n_items
         d = cfg.d_model
-        self.item_id_emb = nn.Embedding(n_items + 1, d, padding_idx=PAD_ITEM)  # [n_items+1, d]
-        if cfg.text_dim:
-            if text_emb is None:
-                raise ValueError(f"Recommender: cfg.text_dim={cfg.text_dim} needs a text "
-                                 f"embedding table [n_items + 1 = {n_items + 1}, {cfg.text_dim}]")
-            text_emb = torch.as_tensor(text_emb, dtype=torch.float32)
-            if tuple(text_emb.shape) != (n_items + 1, cfg.text_dim):
-                raise ValueError(f"Recommender: text_emb has shape {tuple(text_emb.shape)}, "
-                                 f"expected (n_items + 1, text_dim) = "
-                                 f"({n_items + 1}, {cfg.text_dim})")
-            # Frozen, not trained. Non-persistent: checkpoints stay small and the table is
-            # rebuilt from the data; DDP must run with broadcast_buffers=False or it re-sends
-            # this table every step.
-            self.register_buffer("text_emb", text_emb.clone(), persistent=False)
-            self.text_proj = nn.Linear(cfg.text_dim, d)  # text_dim -> d
-        else:
-            if text_emb is not None:
-                raise ValueError(
-                    f"Recommender: got a text embedding table of shape {tuple(text_emb.shape)} "
-                    f"but cfg.text_dim=0 (no text fusion); set text_dim={text_emb.shape[-1]} "
-                    "or pass text_emb=None")
-            self.text_emb = None
-            self.text_proj = None
+        # item_id_emb [n_items+1, d], text_proj text_dim -> d, frozen text_emb buffer
+        self.init_item_table(n_items, d, cfg.text_dim, text_emb)
         self.pos_emb = nn.Embedding(cfg.max_seq_len, d)  # [max_seq_len, d]
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
@@ -164,34 +156,16 @@ class Recommender(nn.Module):
         with torch.no_grad():
             self.item_id_emb.weight[PAD_ITEM].zero_()
 
-    # --- embeddings ---------------------------------------------------------------------------
-
-    def item_embeddings(self) -> torch.Tensor:
-        """The fused item table [n_items + 1, d]: ID embedding + projected text embedding."""
-        table = self.item_id_emb.weight  # [n_items + 1, d]
-        if self.text_proj is not None:
-            table = table + self.text_proj(self.text_emb)  # [n_items+1, text_dim] -> [.., d]
-        return table
+    # --- input -------------------------------------------------------------------------------
 
     def embed(self, input_ids: torch.Tensor,
               item_table: torch.Tensor | None = None) -> torch.Tensor:
         """[B, L] ids -> [B, L, d] fused item embedding + position embedding (pre-dropout).
 
-        With `item_table` (from `item_embeddings()`) rows are gathered from it; without, the
-        fusion is done for the B*L looked-up items only (cheaper than the whole table).
+        `item_table`: see `TiedItemTable.embed_items`.
         """
-        if input_ids.dim() != 2:
-            raise ValueError(f"Recommender: input_ids must be [B, L], got {tuple(input_ids.shape)}")
-        if input_ids.shape[1] > self.cfg.max_seq_len:
-            raise ValueError(f"Recommender: sequence length {input_ids.shape[1]} exceeds "
-                             f"max_seq_len={self.cfg.max_seq_len}")
-        if item_table is not None:
-            x = F.embedding(input_ids, item_table)  # [B, L, d]
-        else:
-            x = self.item_id_emb(input_ids)  # [B, L, d]
-            if self.text_proj is not None:
-                x = x + self.text_proj(F.embedding(input_ids, self.text_emb))  # [B, L, d]
-        return x + self.pos_emb(positions(input_ids))
+        check_item_ids(input_ids, self.cfg.max_seq_len)
+        return self.embed_items(input_ids, item_table) + self.pos_emb(positions(input_ids))
 
     # --- forward ------------------------------------------------------------------------------
 
@@ -204,49 +178,29 @@ class Recommender(nn.Module):
             x = block(x, mask)
         return self.ln_f(x)
 
-    def logits(self, hidden: torch.Tensor,
-               item_table: torch.Tensor | None = None) -> torch.Tensor:
-        """[..., d] -> [..., n_items + 1] scores against the tied item table; pad column -inf."""
-        table = self.item_embeddings() if item_table is None else item_table
-        scores = hidden @ table.t()  # [..., n_items + 1]
-        pad = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
-        pad[PAD_ITEM] = True
-        return scores.masked_fill(pad, float("-inf"))
-
     def loss_sum(self, input_ids: torch.Tensor,
                  targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum of next-item cross-entropy over valid positions, number of valid positions).
 
-        A position is valid when its target is a real item and its input is too (a target
-        after pure padding has no history to be predicted from). Full softmax over items
-        1..n_items: the pad column is -inf, so it takes no probability mass. Shapes are
-        static (no host sync); memory is the [B, L, n_items + 1] logits.
+        Valid: `recpar.model.loss.valid_positions`. Full softmax over items 1..n_items: the pad
+        column is -inf, so it takes no probability mass. Shapes are static (no host sync);
+        memory is the [B, L, n_items + 1] logits.
         """
-        if targets.shape != input_ids.shape:
-            raise ValueError(f"Recommender: targets {tuple(targets.shape)} and input_ids "
-                             f"{tuple(input_ids.shape)} differ in shape")
+        masked, count = mask_targets(input_ids, targets)  # [B, L], scalar
         table = self.item_embeddings()  # one text projection per step, shared in and out
         hidden = self.forward(input_ids, item_table=table)  # [B, L, d]
         logits = self.logits(hidden, item_table=table)  # [B, L, n_items + 1]
-        valid = self.valid_positions(input_ids, targets)  # [B, L]
-        tgt = targets.masked_fill(~valid, -100)  # -100: cross_entropy's ignore_index
-        total = F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), ignore_index=-100,
-                                reduction="sum")
-        return total, valid.sum()
+        return self.cross_entropy_sum(logits, masked), count
 
-    @staticmethod
-    def valid_positions(input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """[B, L] bool: positions that count in the loss (real target after a real input).
-
-        Data-parallel ranks use it on the whole global batch to normalise their local loss
-        sums by the global count, which makes the averaged gradient equal the single-device one.
-        """
-        return (targets != PAD_ITEM) & (input_ids != PAD_ITEM)
+    valid_positions = staticmethod(valid_positions)
+    """[B, L] bool: positions that count in the loss (`recpar.model.loss.valid_positions`).
+    Data-parallel ranks use it on the whole global batch to normalise their local loss sums by
+    the global count, which makes the averaged gradient equal the single-device one."""
 
     def loss(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean next-item cross-entropy over valid positions (0 when there are none)."""
         total, count = self.loss_sum(input_ids, targets)
-        return total / count.clamp(min=1)
+        return total / mean_divisor(count)
 
     def score_last(self, input_ids: torch.Tensor) -> torch.Tensor:
         """[B, L] histories -> [B, n_items + 1] scores for the next item (pad column -inf).
@@ -255,17 +209,4 @@ class Recommender(nn.Module):
         put the model in eval mode and no_grad themselves.
         """
         hidden = self.forward(input_ids)[:, -1]  # [B, d]
-        return self.logits(hidden)
-
-    @classmethod
-    def from_prepared(cls, cfg: ModelConfig, ds) -> "Recommender":
-        """Build for a `recpar.data.prepared.PreparedDataset`, loading its text table when
-        cfg.text_dim > 0 (error if the embed step has not run or its width differs)."""
-        text = None
-        if cfg.text_dim:
-            text = ds.item_text_embeddings()
-            if text is None:
-                raise FileNotFoundError(
-                    f"{ds.root / 'item_text_emb.npy'}: no item text embeddings but "
-                    f"text_dim={cfg.text_dim} (run `recpar data embed` or set text_dim=0)")
-        return cls(cfg, ds.n_items, text)
+        return self.full_scores(self.logits(hidden))

@@ -5,7 +5,7 @@ tp > 1, on CPU/gloo or NCCL.
 `apply_deepspeed_pipeline` rebuilds the single-device `Recommender` as a
 `deepspeed.pipe.PipelineModule` (weights copied, or under TP sliced by `apply_tp`, so the same
 seed gives the baseline's init),
-generates the DeepSpeed config from the plan and the `TrainConfig`, and returns DeepSpeed's
+generates the DeepSpeed config from the plan and the training settings (`TrainConfig`), and returns DeepSpeed's
 `PipelineEngine`; `pipeline_step` trains one global batch with `engine.train_batch`:
 
     engine = apply_deepspeed_pipeline(model, train_cfg, plan)    # every rank, world = pp×tp×dp
@@ -121,21 +121,21 @@ Layers of the PipelineModule (DeepSpeed partitions this list; recpar's units in 
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from recpar.constants import IGNORE_INDEX, PAD_ITEM
 from recpar.model.config import ModelConfig
-from recpar.model.recommender import PAD_ITEM, Recommender, attention_mask, positions
+from recpar.model.item_table import TiedItemTable
+from recpar.model.loss import cross_entropy_sum, mask_targets, mean_divisor
+from recpar.model.param_groups import adamw_param_groups
+from recpar.model.recommender import Recommender, attention_mask, check_item_ids, positions
 from recpar.parallel.plan import ParallelPlan, PlanError
-from recpar.parallel.zero import adamw_fp32_config, init_deepspeed
-from recpar.train.config import TrainConfig
-from recpar.train.optim import adamw_param_groups
-
-if TYPE_CHECKING:
-    from recpar.parallel.tensor_parallel import TensorParallelRecommender
+from recpar.parallel.tensor_parallel import (VocabShardedItemTable, validate_tp,
+                                             vocab_parallel_cross_entropy_sum)
+from recpar.parallel.zero import TrainSettings, adamw_fp32_config, init_deepspeed
 
 TIED_KEY = "item_table"
 """TiedLayerSpec key of the item table shared by the first and the last layer."""
@@ -152,15 +152,13 @@ MEGATRON_TO_DEEPSPEED_AXIS = {"tp": "model", "pp": "pipe", "dp": "data"}
 DS_REDUCE_BUCKET_SIZE = 500_000_000
 """DeepSpeed's default zero_optimization.reduce_bucket_size (elements)."""
 
-IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index
-
 
 # --- layers ----------------------------------------------------------------------------------
 
 
 def _is_tensor_parallel(model: Recommender) -> bool:
     """Whether `model` was sharded by `apply_tp` (a `TensorParallelRecommender`, tp > 1)."""
-    return getattr(model, "tp_size", 1) > 1
+    return isinstance(model, VocabShardedItemTable)
 
 
 def _take(module: nn.Module | None, model: Recommender) -> nn.Module | None:
@@ -171,104 +169,38 @@ def _take(module: nn.Module | None, model: Recommender) -> nn.Module | None:
     return copy.deepcopy(module)
 
 
-class ItemTable(nn.Module):
-    """The tied fused item table: `item_id_emb` + `text_proj`(frozen `text_emb`), copied.
+class ItemTable(TiedItemTable):
+    """The tied fused item table (`recpar.model.item_table`), copied from the model.
 
-    forward(ids [mb, L] int) -> (item rows [mb, L, d], ids): the input end (the rows are fused
-    for the looked-up items only, as `Recommender.embed` without an item table does).
+    forward(ids [mb, L] int) -> (item rows [mb, L, d], ids): the input end
+    (`TiedItemTable.embed_items`: the rows are fused for the looked-up items only).
     forward(hidden [mb, L, d] float) -> logits [mb, L, n_items + 1], pad column -inf: the
-    output end, against the whole fused table (`Recommender.logits`).
+    output end (`TiedItemTable.logits`, against the whole fused table).
     """
 
     def __init__(self, model: Recommender):
         super().__init__()
-        self.item_id_emb = copy.deepcopy(model.item_id_emb)  # [n_items + 1, d]
-        self.text_proj = copy.deepcopy(model.text_proj)  # text_dim -> d, or None
-        # Frozen and never changed: shared with the model, not copied, not checkpointed.
-        self.register_buffer("text_emb", model.text_emb, persistent=False)
+        # modules copied (under TP: the shard's own, module docstring); text table shared
+        self.take_item_table(model, lambda m: _take(m, model))
         self.max_seq_len = model.cfg.max_seq_len
-
-    def table(self) -> torch.Tensor:
-        """Fused item table [n_items + 1, d] (`Recommender.item_embeddings`)."""
-        table = self.item_id_emb.weight
-        if self.text_proj is not None:
-            table = table + self.text_proj(self.text_emb)
-        return table
 
     def forward(self, x: torch.Tensor):
         if not x.is_floating_point():  # input end: item ids [mb, L]
-            if x.dim() != 2 or x.shape[1] > self.max_seq_len:
-                raise ValueError(f"ItemTable: ids must be [mb, L <= {self.max_seq_len}], got "
-                                 f"{tuple(x.shape)}")
-            rows = self.item_id_emb(x)  # [mb, L, d]
-            if self.text_proj is not None:
-                rows = rows + self.text_proj(F.embedding(x, self.text_emb))
-            return rows, x
-        scores = x @ self.table().t()  # [mb, L, d] -> [mb, L, n_items + 1]
-        pad = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
-        pad[PAD_ITEM] = True
-        return scores.masked_fill(pad, float("-inf"))
-
-    @staticmethod
-    def tied_weight_attrs(model: Recommender) -> list[str]:
-        """Names (inside ItemTable) of the parameters DeepSpeed ties between the two ends."""
-        names = ["item_id_emb.weight"]
-        if model.text_proj is not None:
-            names += ["text_proj.weight", "text_proj.bias"]
-        return names
+            check_item_ids(x, self.max_seq_len)
+            return self.embed_items(x), x  # [mb, L, d], [mb, L]
+        return self.logits(x)  # [mb, L, d] -> [mb, L, n_items + 1] (or [mb, L, V_local])
 
 
-class VocabParallelItemTable(nn.Module):
+class VocabParallelItemTable(VocabShardedItemTable, ItemTable):
     """`ItemTable` of a `TensorParallelRecommender`: this TP rank's vocab shard (tp > 1).
 
     Holds the sharded model's own `item_id_emb` (megatron `VocabParallelEmbedding`, rows
     [vocab_start_index, vocab_end_index) of the padded vocabulary: [V_local, d]), `text_proj`
     (replicated) and text rows [V_local, text_dim] (not copied, module docstring).
-    forward(ids [mb, L] int) -> (item rows [mb, L, d], ids), identical on every TP rank (one
-    all-reduce). forward(hidden [mb, L, d] float) -> logits of this rank's items
-    [mb, L, V_local], pad item and vocab padding rows -inf (`TensorParallelRecommender.logits`).
+    forward(ids) -> (item rows [mb, L, d], ids), identical on every TP rank (one all-reduce);
+    forward(hidden) -> logits of this rank's items [mb, L, V_local], pad item and vocab
+    padding rows -inf: the piece's methods are `VocabShardedItemTable`'s.
     """
-
-    def __init__(self, model: "TensorParallelRecommender"):
-        super().__init__()
-        self.item_id_emb = model.item_id_emb  # VocabParallelEmbedding, weight [V_local, d]
-        self.text_proj = model.text_proj  # text_dim -> d (replicated), or None
-        # Frozen rows of this shard [V_local, text_dim] (or None), and [V_local] True for the
-        # pad item and the padding rows; both shared with the model, never checkpointed.
-        self.register_buffer("text_emb", model.text_emb, persistent=False)
-        self.register_buffer("tp_vocab_pad_mask", model.tp_vocab_pad_mask, persistent=False)
-        self.vocab_start_index = model.vocab_start_index
-        self.vocab_end_index = model.vocab_end_index
-        self.max_seq_len = model.cfg.max_seq_len
-
-    def table(self) -> torch.Tensor:
-        """This rank's shard of the fused item table [V_local, d]
-        (`TensorParallelRecommender.item_embeddings`: text_proj's gradient all-reduced over TP)."""
-        from recpar.parallel.tensor_parallel import TensorParallelRecommender
-
-        return TensorParallelRecommender.item_embeddings(self)  # type: ignore[arg-type]
-
-    def forward(self, x: torch.Tensor):
-        if not x.is_floating_point():  # input end: item ids [mb, L]
-            if x.dim() != 2 or x.shape[1] > self.max_seq_len:
-                raise ValueError(f"VocabParallelItemTable: ids must be [mb, L <= "
-                                 f"{self.max_seq_len}], got {tuple(x.shape)}")
-            if self.text_proj is None:
-                rows = self.item_id_emb(x)  # megatron: masked lookup + all-reduce, [mb, L, d]
-            else:
-                from recpar.parallel.tensor_parallel import _vocab_parallel_lookup
-
-                # the text rows are sharded too: look up the fused shard, one all-reduce
-                rows = _vocab_parallel_lookup(x, self.table(), self.vocab_start_index,
-                                              self.vocab_end_index)  # [mb, L, d]
-            return rows, x
-        from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
-
-        # identity forward; backward all-reduces the hidden-state gradient over TP, which
-        # each rank knows only for its own items
-        hidden = copy_to_tensor_model_parallel_region(x)  # [mb, L, d]
-        scores = hidden @ self.table().t()  # [mb, L, V_local]
-        return scores.masked_fill(self.tp_vocab_pad_mask, float("-inf"))
 
 
 class PositionEmbedding(nn.Module):
@@ -331,13 +263,8 @@ class GlobalMeanLoss:
 
     def __call__(self, logits: torch.Tensor, labels) -> torch.Tensor:
         targets, n_global = labels  # [mb, L], []
-        if self.vocab_parallel:
-            from recpar.parallel.pipeline_parallel import vocab_parallel_microbatch_loss
-
-            return vocab_parallel_microbatch_loss(logits, targets, n_global) * self.scale
-        total = F.cross_entropy(logits.flatten(0, 1), targets.flatten(),
-                                ignore_index=IGNORE_INDEX, reduction="sum")
-        return total / n_global * self.scale
+        ce = vocab_parallel_cross_entropy_sum if self.vocab_parallel else cross_entropy_sum
+        return ce(logits, targets) / n_global * self.scale
 
 
 def layer_specs(model: Recommender) -> list:
@@ -347,7 +274,7 @@ def layer_specs(model: Recommender) -> list:
     table is `VocabParallelItemTable`."""
     from deepspeed.pipe import LayerSpec, TiedLayerSpec
 
-    tied = ItemTable.tied_weight_attrs(model)  # the same names in VocabParallelItemTable
+    tied = model.tied_parameter_names()  # the same names in both tables
     table = VocabParallelItemTable if _is_tensor_parallel(model) else ItemTable
     return [TiedLayerSpec(TIED_KEY, table, model, tied_weight_attr=tied),
             LayerSpec(PositionEmbedding, model),
@@ -377,7 +304,7 @@ def recommender_key(key: str, n_layers: int) -> str:
 # --- plan and config -------------------------------------------------------------------------
 
 
-def validate_deepspeed_plan(plan: ParallelPlan, train_cfg: TrainConfig,
+def validate_deepspeed_plan(plan: ParallelPlan, train_cfg: TrainSettings,
                             model_cfg: ModelConfig | None = None) -> int:
     """Raise PlanError naming the value when the plan cannot run as the deepspeed scheme;
     returns train_micro_batch_size_per_gpu = global_batch_size / (dp × num_microbatches).
@@ -385,8 +312,6 @@ def validate_deepspeed_plan(plan: ParallelPlan, train_cfg: TrainConfig,
     model_cfg: with tp > 1, also check that heads and d_ff split into whole TP shards
     (`tensor_parallel.validate_tp`; the vocabulary is padded, so any size splits)."""
     if plan.tp > 1 and model_cfg is not None:
-        from recpar.parallel.tensor_parallel import validate_tp  # no megatron import
-
         validate_tp(model_cfg, plan)
     if plan.pp > 1 and plan.pipeline_schedule != "1f1b":
         raise PlanError(f"pipeline_schedule = {plan.pipeline_schedule!r}: the deepspeed scheme "
@@ -402,7 +327,7 @@ def validate_deepspeed_plan(plan: ParallelPlan, train_cfg: TrainConfig,
     return train_cfg.global_batch_size // per_step
 
 
-def deepspeed_pipeline_config(train_cfg: TrainConfig, plan: ParallelPlan,
+def deepspeed_pipeline_config(train_cfg: TrainSettings, plan: ParallelPlan,
                               n_params: int | None = None) -> dict[str, Any]:
     """DeepSpeed config: global batch = micro × m × dp, m = plan.num_microbatches accumulation
     steps, ZeRO-1, the baseline's AdamW, clipping and fp32 (`zero.adamw_fp32_config`).
@@ -431,8 +356,10 @@ def deepspeed_topology(plan: ParallelPlan):
     """DeepSpeed's ProcessTopology for the plan: `PipeDataParallelTopology` (axes [pipe, data])
     for tp = 1, as before; `PipeModelDataParallelTopology` (axes [pipe, data, model], model
     fastest) for tp > 1."""
-    from deepspeed.runtime.pipe.topology import (PipeDataParallelTopology,
-                                                 PipeModelDataParallelTopology)
+    from deepspeed.runtime.pipe.topology import (
+        PipeDataParallelTopology,
+        PipeModelDataParallelTopology,
+    )
 
     if plan.tp == 1:
         return PipeDataParallelTopology(num_pp=plan.pp, num_dp=plan.dp)
@@ -485,7 +412,7 @@ def _free_unused(model: Recommender, module: nn.Module) -> None:
             p.data = torch.empty(0, dtype=p.dtype, device=p.device)
 
 
-def apply_deepspeed_pipeline(model: Recommender, train_cfg: TrainConfig, plan: ParallelPlan,
+def apply_deepspeed_pipeline(model: Recommender, train_cfg: TrainSettings, plan: ParallelPlan,
                              seed: int | None = None):
     """Build this rank's pipeline stage from `model` and return DeepSpeed's PipelineEngine.
 
@@ -563,10 +490,8 @@ def microbatches(engine, x_global: torch.Tensor, y_global: torch.Tensor,
     if not 0 < b <= global_batch_size:
         raise ValueError(f"pipeline_step: batch of {b} sequences; DeepSpeed's train batch is "
                          f"{global_batch_size}")
-    valid = Recommender.valid_positions(x_global, y_global)  # [B, L]
-    # Clamped to 1 like Recommender.loss (an all-padding batch has loss 0).
-    n_global = valid.sum().clamp(min=1).to(torch.float32)
-    masked = y_global.masked_fill(~valid, IGNORE_INDEX)
+    masked, count = mask_targets(x_global, y_global)  # [B, L], valid positions
+    n_global = mean_divisor(count)  # as Recommender.loss (an all-padding batch has loss 0)
     if b < global_batch_size:
         rows = (global_batch_size - b, x_global.shape[1])
         x_global = torch.cat([x_global, x_global.new_full(rows, PAD_ITEM)])

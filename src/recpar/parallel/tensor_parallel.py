@@ -48,8 +48,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from recpar.constants import IGNORE_INDEX, PAD_ITEM
 from recpar.model.config import ModelConfig
-from recpar.model.recommender import PAD_ITEM, Recommender, positions
+from recpar.model.item_table import TiedItemTable
+from recpar.model.recommender import Recommender
 from recpar.parallel.plan import ParallelPlan, PlanError
 
 MAKE_VOCAB_SIZE_DIVISIBLE_BY = 128
@@ -244,8 +246,10 @@ def apply_tp(model: Recommender, plan: ParallelPlan, *,
     if plan.tp == 1:
         return model  # type: ignore[return-value]
     # megatron imported only now: the checks above need no megatron (its import costs ~10 s).
-    from megatron.core.tensor_parallel import (VocabParallelEmbedding,
-                                               set_tensor_model_parallel_attributes)
+    from megatron.core.tensor_parallel import (
+        VocabParallelEmbedding,
+        set_tensor_model_parallel_attributes,
+    )
 
     from recpar.parallel import process_groups as pg
 
@@ -306,6 +310,7 @@ def apply_tp(model: Recommender, plan: ParallelPlan, *,
     model.register_buffer("tp_vocab_pad_mask", (ids == PAD_ITEM) | (ids >= vocab),
                           persistent=False)
     model.vocab_start_index, model.vocab_end_index = start, end
+    model.vocab_size = vocab
     model.padded_vocab_size = padded
     model.tp_size = tp
     model.tp_rng = rng
@@ -331,30 +336,53 @@ def _vocab_parallel_lookup(input_ids: torch.Tensor, local_table: torch.Tensor,
     return reduce_from_tensor_model_parallel_region(rows)
 
 
-class TensorParallelRecommender(Recommender):
-    """A `Recommender` after `apply_tp`: vocab-sharded item table, TP linears in the blocks.
+def vocab_parallel_cross_entropy_sum(logits: torch.Tensor,
+                                     masked_targets: torch.Tensor) -> torch.Tensor:
+    """`recpar.model.loss.cross_entropy_sum` for vocab-sharded logits [..., L, V_local]: the
+    same value on every TP rank (three all-reduces of [..., L] instead of gathering logits).
 
-    Never constructed directly (apply_tp swaps the class of a built model). Differences from
-    the single-device API: `item_embeddings()` and `logits()` return this rank's vocab shard
-    ([V_local, d] and [..., V_local], V_local = padded_vocab_size / tp); `loss_sum`,
-    `loss` and `score_last` return the same values as the single-device model, on every TP
-    rank.
+    megatron's vocab_parallel_cross_entropy has no ignore_index: ignored positions get target
+    item 1 (any real item keeps the per-position loss finite; the pad item's -inf logit would
+    make it inf) and are zeroed with `where`, so they add neither loss nor gradient.
+    """
+    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+    valid = masked_targets != IGNORE_INDEX  # [..., L]
+    per_pos = vocab_parallel_cross_entropy(logits, masked_targets.masked_fill(~valid, 1))
+    return torch.where(valid, per_pos, torch.zeros_like(per_pos)).sum()
+
+
+class VocabShardedItemTable(TiedItemTable):
+    """The tied item table's piece for one TP rank's vocab shard (`TiedItemTable`'s methods
+    for rows [vocab_start_index, vocab_end_index) of the padded vocabulary).
+
+    `item_embeddings()` and `logits()` return this rank's shard ([V_local, d] and
+    [..., V_local], V_local = padded_vocab_size / tp); `embed_items` and `cross_entropy_sum`
+    return the same values as the single-device piece, on every TP rank; `full_scores`
+    all-gathers the shards. Used by `TensorParallelRecommender`, and by a pipeline stage or
+    DeepSpeed layer cut from one.
     """
 
     vocab_start_index: int
     """First global item id of this rank's vocab shard."""
     vocab_end_index: int
     """One past the last global item id of this rank's vocab shard."""
-    padded_vocab_size: int
-    """n_items + 1 rounded up to make_vocab_size_divisible_by × tp."""
+    vocab_size: int
+    """Items + the pad item (n_items + 1): the columns of `full_scores`."""
     tp_size: int
-    """Tensor-parallel degree the model was sharded for."""
-    tp_rng: TensorParallelRNG
-    """This rank's attention-dropout stream."""
+    """Tensor-parallel degree the table was sharded for."""
+    tp_vocab_pad_mask: torch.Tensor
+    """[V_local] buffer, True for the pad item and the vocab padding rows (logits -inf)."""
 
-    def reset_parameters(self) -> None:
-        raise RuntimeError("reset_parameters on a tensor-parallel model would draw each shard "
-                           "independently; re-initialise the single-device model and apply_tp")
+    def take_item_table(self, source: TiedItemTable, copy) -> None:
+        """`TiedItemTable.take_item_table` plus the shard's layout (shared, not copied)."""
+        super().take_item_table(source, copy)
+        assert isinstance(source, VocabShardedItemTable)
+        self.vocab_start_index = source.vocab_start_index
+        self.vocab_end_index = source.vocab_end_index
+        self.vocab_size = source.vocab_size
+        self.tp_size = source.tp_size
+        self.register_buffer("tp_vocab_pad_mask", source.tp_vocab_pad_mask, persistent=False)
 
     def item_embeddings(self) -> torch.Tensor:
         """This rank's shard of the fused item table [V_local, d]."""
@@ -370,21 +398,15 @@ class TensorParallelRecommender(Recommender):
             table = table + F.linear(self.text_emb, w, b)  # [V_local, text_dim] -> [V_local, d]
         return table
 
-    def embed(self, input_ids: torch.Tensor,
-              item_table: torch.Tensor | None = None) -> torch.Tensor:
+    def embed_items(self, input_ids: torch.Tensor,
+                    item_table: torch.Tensor | None = None) -> torch.Tensor:
         """[B, L] ids -> [B, L, d], identical on every TP rank (one all-reduce)."""
-        if input_ids.dim() != 2:
-            raise ValueError(f"Recommender: input_ids must be [B, L], got {tuple(input_ids.shape)}")
-        if input_ids.shape[1] > self.cfg.max_seq_len:
-            raise ValueError(f"Recommender: sequence length {input_ids.shape[1]} exceeds "
-                             f"max_seq_len={self.cfg.max_seq_len}")
         if item_table is None and self.text_proj is None:
-            x = self.item_id_emb(input_ids)  # megatron's VocabParallelEmbedding.forward
-        else:
-            table = self.item_embeddings() if item_table is None else item_table
-            x = _vocab_parallel_lookup(input_ids, table, self.vocab_start_index,
-                                       self.vocab_end_index)
-        return x + self.pos_emb(positions(input_ids))
+            return self.item_id_emb(input_ids)  # megatron's VocabParallelEmbedding.forward
+        # the text rows are sharded too: look up the fused shard
+        table = self.item_embeddings() if item_table is None else item_table
+        return _vocab_parallel_lookup(input_ids, table, self.vocab_start_index,
+                                      self.vocab_end_index)
 
     def logits(self, hidden: torch.Tensor,
                item_table: torch.Tensor | None = None) -> torch.Tensor:
@@ -398,44 +420,42 @@ class TensorParallelRecommender(Recommender):
         scores = hidden @ table.t()  # [..., V_local]
         return scores.masked_fill(self.tp_vocab_pad_mask, float("-inf"))
 
-    def loss_sum(self, input_ids: torch.Tensor,
-                 targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sum of next-item cross-entropy over valid positions, their count), on every rank.
+    def cross_entropy_sum(self, logits: torch.Tensor,
+                          masked_targets: torch.Tensor) -> torch.Tensor:
+        return vocab_parallel_cross_entropy_sum(logits, masked_targets)
 
-        megatron's vocab_parallel_cross_entropy has no ignore_index: invalid positions get
-        target item 1 (any real item keeps the per-position loss finite; the pad item's -inf
-        logit would make it inf) and are then zeroed with `where`, so they add neither loss
-        nor gradient.
-        """
-        from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
-
-        if targets.shape != input_ids.shape:
-            raise ValueError(f"Recommender: targets {tuple(targets.shape)} and input_ids "
-                             f"{tuple(input_ids.shape)} differ in shape")
-        table = self.item_embeddings()  # [V_local, d], shared in and out
-        hidden = self.forward(input_ids, item_table=table)  # [B, L, d]
-        logits = self.logits(hidden, item_table=table)  # [B, L, V_local]
-        valid = self.valid_positions(input_ids, targets)  # [B, L]
-        tgt = targets.masked_fill(~valid, 1)
-        per_pos = vocab_parallel_cross_entropy(logits, tgt)  # [B, L]
-        total = torch.where(valid, per_pos, torch.zeros_like(per_pos)).sum()
-        return total, valid.sum()
-
-    def score_last(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """[B, L] histories -> [B, n_items + 1] scores (pad column -inf), on every TP rank.
-
-        All-gathers the vocab shards and drops the padding columns. torch's all_gather rather
+    def full_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """[B, V_local] -> [B, n_items + 1] (pad column -inf): all-gathers the vocab shards
+        and drops the padding columns. Collective over the TP group. torch's all_gather rather
         than megatron's gather_from_tensor_model_parallel_region, which allocates its output
         on torch.cuda.current_device() (fails on CPU); evaluation needs no autograd through it.
         """
         from recpar.parallel import process_groups as pg
 
-        hidden = self.forward(input_ids)[:, -1]  # [B, d]
-        local = self.logits(hidden).contiguous()  # [B, V_local]
+        local = scores.contiguous()
         shards = [torch.empty_like(local) for _ in range(self.tp_size)]
         dist.all_gather(shards, local, group=pg.tp_group())
         full = torch.cat(shards, dim=-1)  # [B, padded_vocab_size]
-        return full[:, : self.n_items + 1]
+        return full[:, : self.vocab_size]
+
+
+class TensorParallelRecommender(VocabShardedItemTable, Recommender):
+    """A `Recommender` after `apply_tp`: vocab-sharded item table, TP linears in the blocks.
+
+    Never constructed directly (apply_tp swaps the class of a built model). It differs from
+    the single-device model only in its item-table piece (`VocabShardedItemTable`):
+    `item_embeddings()` and `logits()` return this rank's vocab shard; `loss_sum`, `loss` and
+    `score_last` return the same values as the single-device model, on every TP rank.
+    """
+
+    padded_vocab_size: int
+    """n_items + 1 rounded up to make_vocab_size_divisible_by × tp."""
+    tp_rng: TensorParallelRNG
+    """This rank's attention-dropout stream."""
+
+    def reset_parameters(self) -> None:
+        raise RuntimeError("reset_parameters on a tensor-parallel model would draw each shard "
+                           "independently; re-initialise the single-device model and apply_tp")
 
 
 def clip_grad_norm_(model: nn.Module, max_norm: float) -> torch.Tensor:

@@ -35,14 +35,15 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
+from recpar.constants import PAD_ITEM
+from recpar.model.loss import mean_divisor, valid_positions
+from recpar.model.param_groups import adamw_param_groups
 from recpar.parallel.plan import ParallelPlan, PlanError
-from recpar.train.config import TrainConfig
-from recpar.train.optim import adamw_param_groups
 
 ZERO_STAGES = (1, 2, 3)
 
@@ -54,6 +55,25 @@ STEPS_PER_PRINT = 2**31 - 1
 
 SHM_COMM_OP = "deepspeed_shm_comm"
 """DeepSpeed's JIT-built shared-memory all-reduce op (inference only; see the module docstring)."""
+
+
+class TrainSettings(Protocol):
+    """What the DeepSpeed engines read of a run's training settings: the fields of
+    `recpar.train.config.TrainConfig` (which sits above this package, so its fields are named
+    here rather than the class imported)."""
+
+    global_batch_size: int
+    """Sequences per optimiser step, over all data-parallel ranks."""
+    lr: float
+    """AdamW learning rate."""
+    betas: tuple[float, float]
+    """AdamW betas."""
+    weight_decay: float
+    """AdamW weight decay of the matrices (`recpar.model.param_groups`)."""
+    clip_grad: float
+    """Global gradient-norm clip (0 = off)."""
+    device: str
+    """`cpu` or `cuda`."""
 
 
 class ZeroLossSum(nn.Module):
@@ -79,7 +99,7 @@ def _check_stage(stage: int) -> None:
         raise PlanError(f"zero stage must be one of {ZERO_STAGES}, got {stage!r}")
 
 
-def gradient_accumulation_steps(train_cfg: TrainConfig, plan: ParallelPlan,
+def gradient_accumulation_steps(train_cfg: TrainSettings, plan: ParallelPlan,
                                 micro_batch_per_rank: int) -> int:
     """global_batch_size / (micro_batch_per_rank × dp); error unless it divides exactly."""
     if isinstance(micro_batch_per_rank, bool) or not isinstance(micro_batch_per_rank, int) \
@@ -93,7 +113,7 @@ def gradient_accumulation_steps(train_cfg: TrainConfig, plan: ParallelPlan,
     return train_cfg.global_batch_size // per_step
 
 
-def deepspeed_config(train_cfg: TrainConfig, plan: ParallelPlan, stage: int,
+def deepspeed_config(train_cfg: TrainSettings, plan: ParallelPlan, stage: int,
                      micro_batch_per_rank: int,
                      zero_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """DeepSpeed config dict for ZeRO `stage` with the baseline's AdamW, clipping and fp32.
@@ -117,7 +137,7 @@ def deepspeed_config(train_cfg: TrainConfig, plan: ParallelPlan, stage: int,
     return adamw_fp32_config(train_cfg, micro_batch_per_rank, gas, zero)
 
 
-def adamw_fp32_config(train_cfg: TrainConfig, micro_batch_per_rank: int, gas: int,
+def adamw_fp32_config(train_cfg: TrainSettings, micro_batch_per_rank: int, gas: int,
                       zero: dict[str, Any]) -> dict[str, Any]:
     """The DeepSpeed config body every recpar DeepSpeed engine shares: global batch =
     train_cfg.global_batch_size split as micro_batch_per_rank × gas × dp, torch AdamW with the
@@ -185,7 +205,7 @@ def init_deepspeed(device: str, caller: str = "apply_zero"):
     return deepspeed
 
 
-def apply_zero(model: nn.Module, train_cfg: TrainConfig, plan: ParallelPlan, stage: int,
+def apply_zero(model: nn.Module, train_cfg: TrainSettings, plan: ParallelPlan, stage: int,
                micro_batch_per_rank: int | None = None,
                zero_overrides: dict[str, Any] | None = None):
     """Wrap the recommender in a DeepSpeed ZeRO engine on the current process group.
@@ -249,8 +269,6 @@ def zero_step(engine, x_local: torch.Tensor, y_local: torch.Tensor,
     """
     import torch.distributed as dist
 
-    from recpar.model.recommender import PAD_ITEM
-
     if x_local.shape != y_local.shape or x_local.dim() != 2:
         raise ValueError(f"zero_step: x_local {tuple(x_local.shape)} and y_local "
                          f"{tuple(y_local.shape)} must be equal [b, L] shapes")
@@ -266,9 +284,8 @@ def zero_step(engine, x_local: torch.Tensor, y_local: torch.Tensor,
         x_local, y_local = torch.cat([x_local, fill]), torch.cat([y_local, fill])
     dp = engine.dp_world_size
     if global_token_count is None:
-        # Same validity rule as Recommender.loss_sum: real target and real input.
-        global_token_count = all_reduce_token_count(((y_local != PAD_ITEM) & (x_local != PAD_ITEM)).sum())
-    n_global = torch.as_tensor(global_token_count, device=device).float().clamp(min=1)
+        global_token_count = all_reduce_token_count(valid_positions(x_local, y_local).sum())
+    n_global = mean_divisor(torch.as_tensor(global_token_count, device=device))
     loss_total = torch.zeros((), dtype=torch.float32, device=device)
     for x_mb, y_mb in zip(x_local.tensor_split(gas), y_local.tensor_split(gas)):
         loss_sum, _ = engine(x_mb, y_mb)
