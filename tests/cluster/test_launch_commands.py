@@ -2,10 +2,10 @@
 
 import pytest
 
-from recpar.cluster.emulated import ClusterState
 from recpar.cluster.launch import agent_commands
 from recpar.cluster.netns import ClusterError, Names
 from recpar.cluster.shaping import LinkShape
+from recpar.cluster.state import ClusterState
 from recpar.cluster.topology import ENV_VAR, Topology
 
 

@@ -22,11 +22,11 @@ import json
 import os
 import sys
 import time
-import torch
 
-from recpar.atomic_write import write_text
+import torch
 import torch.distributed as dist
 
+from recpar.atomic_write import write_text
 
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 

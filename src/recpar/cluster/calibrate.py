@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 from recpar.cluster import netns
-from recpar.cluster.emulated import ClusterState
 from recpar.cluster.netns import ClusterError
+from recpar.cluster.state import ClusterState
 
 PROBE_PORT = 5201
 

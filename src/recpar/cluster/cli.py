@@ -78,7 +78,7 @@ def _cmd_status(a: argparse.Namespace) -> int:
 
 
 def _load_state(a):
-    from recpar.cluster.emulated import ClusterState
+    from recpar.cluster.state import ClusterState
 
     try:
         return ClusterState.load(a.prefix, a.state_dir)
@@ -152,7 +152,7 @@ def _cmd_fault_straggler(a: argparse.Namespace) -> int:
     except (ClusterError, ValueError) as e:
         raise _fail(e) from None
     finally:
-        from recpar.cluster.emulated import ClusterState
+        from recpar.cluster.state import ClusterState
 
         try:  # the cluster may have been taken down meanwhile
             st = ClusterState.load(a.prefix, a.state_dir)

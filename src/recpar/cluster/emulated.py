@@ -6,93 +6,23 @@ and one veth uplink to a Linux bridge in the switch namespace `<prefix>-sw`. Add
 added to the host's namespace, so the emulator cannot route traffic anywhere else.
 See `recpar.cluster.shaping` for how the uplinks are shaped.
 
-A state file (`<state_dir>/<prefix>.json`, default /run/recpar) records what `up` built and what
-`calibrate` measured, so `down`, `status`, `launch` and `fault` find everything. `down` also
-sweeps by prefix, so a crash that lost the state file leaves nothing behind.
+A state file (`recpar.cluster.state`: `<state_dir>/<prefix>.json`, default /run/recpar) records
+what `up` built and what `calibrate` measured, so `down`, `status`, `launch` and `fault` find
+everything. `down` also sweeps by prefix, so a crash that lost the state file leaves nothing
+behind.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
-from recpar.atomic_write import write_text
 from recpar.cluster import netns
+from recpar.cluster.fault import stop_stragglers
 from recpar.cluster.netns import ClusterError, Names, run
-from recpar.cluster.shaping import LinkShape, apply_shape, netem_available
-from recpar.cluster.topology import Topology
-
-DEFAULT_STATE_DIR = "/run/recpar"
-STATE_DIR_ENV = "RECPAR_CLUSTER_STATE_DIR"
-
-
-def state_path(prefix: str = netns.DEFAULT_PREFIX, state_dir: str | os.PathLike | None = None) -> Path:
-    """Where the state of the cluster with `prefix` lives."""
-    base = state_dir or os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR
-    return Path(base) / f"{Names(prefix).prefix}.json"
-
-
-@dataclass
-class ClusterState:
-    """What `up` built (and `calibrate` / `fault` later measured or changed)."""
-
-    prefix: str
-    """Name prefix of every object of this cluster."""
-    nodes: int
-    """Number of node namespaces."""
-    ranks_per_node: int
-    """Ranks each node's torchrun agent starts."""
-    base_shape: dict
-    """Configured link of every node (LinkShape.to_dict()): what `up` was asked for."""
-    node_shapes: list[dict]
-    """Current link of each node (differs from base_shape after a `fault link`)."""
-    netem: bool
-    """Whether the kernel has sch_netem (latency emulation possible)."""
-    created_unix_s: float
-    """When `up` finished (time.time())."""
-    calibration: dict | None = None
-    """Result of `calibrate` (see recpar.cluster.calibrate), None until run."""
-    stragglers: dict = field(default_factory=dict)
-    """node index (str) -> pid of a running straggler duty-cycler (see recpar.cluster.fault)."""
-
-    @property
-    def names(self) -> Names:
-        return Names(self.prefix)
-
-    def topology(self) -> Topology:
-        base = LinkShape.from_dict(self.base_shape)
-        cal = self.calibration or {}
-        return Topology(kind="emulated", nodes=self.nodes, ranks_per_node=self.ranks_per_node,
-                        inter_rate_bit_per_s=base.rate_bit_per_s,
-                        inter_latency_s=base.latency_s, inter_loss=base.loss,
-                        calibrated_rate_bit_per_s=cal.get("rate_bit_per_s"),
-                        calibrated_latency_s=cal.get("latency_s"))
-
-    def save(self, state_dir: str | os.PathLike | None = None) -> Path:
-        """Write atomically (temp file + rename)."""
-        path = state_path(self.prefix, state_dir)
-        write_text(path, json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
-        return path
-
-    @classmethod
-    def load(cls, prefix: str = netns.DEFAULT_PREFIX,
-             state_dir: str | os.PathLike | None = None) -> "ClusterState":
-        path = state_path(prefix, state_dir)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ClusterError(f"no emulated cluster with prefix {prefix!r} is up "
-                               f"(no state file {path}); run `recpar cluster up` first") from None
-        except json.JSONDecodeError as e:
-            raise ClusterError(f"{path}: not valid JSON ({e.msg}); run `recpar cluster down`") from None
-        try:
-            return cls(**data)
-        except TypeError as e:
-            raise ClusterError(f"{path}: unexpected content ({e}); run `recpar cluster down`") from None
+from recpar.cluster.shaping import LinkShape, apply_shape, netem_available, qdisc_stats
+from recpar.cluster.state import ClusterState, state_path
 
 
 def up(nodes: int, ranks_per_node: int, shape: LinkShape, prefix: str = netns.DEFAULT_PREFIX,
@@ -167,8 +97,6 @@ def down(prefix: str = netns.DEFAULT_PREFIX, state_dir: str | os.PathLike | None
     path = state_path(prefix, state_dir)
     # Straggler duty-cyclers run in the host namespace; stop them first (see fault.py).
     try:
-        from recpar.cluster.fault import stop_stragglers
-
         stop_stragglers(ClusterState.load(prefix, state_dir), state_dir, save=False)
     except ClusterError:
         pass
@@ -190,8 +118,6 @@ def down(prefix: str = netns.DEFAULT_PREFIX, state_dir: str | os.PathLike | None
 
 def status(prefix: str = netns.DEFAULT_PREFIX, state_dir: str | os.PathLike | None = None) -> dict:
     """What is up: the state file's content plus what the kernel actually has."""
-    from recpar.cluster.shaping import qdisc_stats
-
     names = Names(prefix)
     netns.require_root_and_iproute2("cluster status")
     present = sorted(n for n in netns.list_namespaces() if names.is_namespace(n))

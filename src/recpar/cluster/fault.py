@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recpar.cluster import netns
-from recpar.cluster.emulated import ClusterState
 from recpar.cluster.netns import ClusterError
 from recpar.cluster.shaping import LinkShape, change_shape
+from recpar.cluster.state import ClusterState
 from recpar.cluster.units import parse_duration, parse_loss, parse_rate, parse_slowdown
 
 DEFAULT_PERIOD_S = 0.1  # straggler duty-cycle period

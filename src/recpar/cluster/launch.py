@@ -28,8 +28,8 @@ from pathlib import Path
 
 from recpar.cluster import netns
 from recpar.cluster.calibrate import package_env
-from recpar.cluster.emulated import ClusterState
 from recpar.cluster.netns import ClusterError
+from recpar.cluster.state import ClusterState
 from recpar.cluster.topology import Topology
 
 DEFAULT_RDZV_PORT = 29400
