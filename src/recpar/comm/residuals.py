@@ -164,10 +164,3 @@ class ResidualStore:
             flat = self._loaded_flat.pop(index)
             del self._loaded_layouts[index]
             self._by_bucket[index] = (layout, flat.to(like.device, like.dtype))
-
-
-def _prod(shape: Sequence[int]) -> int:
-    out = 1
-    for s in shape:
-        out *= int(s)
-    return out
