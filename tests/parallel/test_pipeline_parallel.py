@@ -16,12 +16,13 @@ import pytest
 import torch
 
 from recpar.model.config import ModelConfig
+from recpar.model.loss import cross_entropy_sum, mask_targets, mean_divisor
 from recpar.model.recommender import Recommender
 from recpar.parallel.partition import cut
-from recpar.parallel.pipeline_parallel import (StageModule, apply_pp, bubble_fraction_theory,
-                                               bubble_ratio_theory, microbatch_loss,
-                                               prepare_targets)
+from recpar.parallel.pipeline_parallel import apply_pp
+from recpar.parallel.pipeline_theory import bubble_fraction_theory, bubble_ratio_theory
 from recpar.parallel.plan import ParallelPlan, PlanError
+from recpar.parallel.stage_module import StageModule
 
 from . import pp_workers as w
 
@@ -84,6 +85,15 @@ def test_stage_copies_weights():
     with torch.no_grad():
         model.item_id_emb.weight.add_(1.0)
     assert not torch.equal(st.item_id_emb.weight, model.item_id_emb.weight)
+
+
+def prepare_targets(x, y):  # what the pipeline runner divides each micro-batch's CE by
+    masked, count = mask_targets(x, y)
+    return masked, mean_divisor(count)
+
+
+def microbatch_loss(logits, masked, count):  # the runner's loss_fn (no tensor parallelism)
+    return cross_entropy_sum(logits, masked) / count
 
 
 def test_microbatch_losses_sum_to_the_mean_loss():

@@ -83,7 +83,7 @@ Layers of the PipelineModule (DeepSpeed partitions this list; recpar's units in 
     `TensorParallelRecommender`. DeepSpeed builds one tied group per (dp, model) coordinate,
     so each TP rank ties, broadcasts and all-reduces its own shard between first and last
     stage. The loss is megatron's `vocab_parallel_cross_entropy`
-    (`pipeline_parallel.vocab_parallel_microbatch_loss`) with the same m × dp scale.
+    (`tensor_parallel.vocab_parallel_cross_entropy_sum`) with the same m × dp scale.
   - *Between stages.* Every TP rank of a stage holds the same activations; DeepSpeed's
     `pipe_partitioned`/`grad_partitioned` (default on when tp > 1) sends each TP rank 1/tp of
     them and all-gathers them in the TP group on arrival: exact (a split and a concatenation).
@@ -133,8 +133,11 @@ from recpar.model.loss import cross_entropy_sum, mask_targets, mean_divisor
 from recpar.model.param_groups import adamw_param_groups
 from recpar.model.recommender import Recommender, attention_mask, check_item_ids, positions
 from recpar.parallel.plan import ParallelPlan, PlanError
-from recpar.parallel.tensor_parallel import (VocabShardedItemTable, validate_tp,
-                                             vocab_parallel_cross_entropy_sum)
+from recpar.parallel.tensor_parallel import (
+    VocabShardedItemTable,
+    validate_tp,
+    vocab_parallel_cross_entropy_sum,
+)
 from recpar.parallel.zero import TrainSettings, adamw_fp32_config, init_deepspeed
 
 TIED_KEY = "item_table"

@@ -31,7 +31,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from recpar.device import device_sync
+from recpar.model.loss import mask_targets, mean_divisor
 from recpar.parallel.plan import PARTITION_METHODS, PlanError
+from recpar.parallel.stage_module import build_stage
 
 EMBEDDING_UNIT = "embedding"
 HEAD_UNIT = "head"
@@ -125,9 +127,6 @@ def profile_units(model, example_microbatch: tuple[torch.Tensor, torch.Tensor], 
     last pipeline stage computes them. Torch's RNG state is restored afterwards, so profiling
     on one rank does not shift that rank's dropout stream.
     """
-    # Imported here: pipeline_parallel imports this module for `cut`.
-    from recpar.parallel.pipeline_parallel import StageModule, microbatch_loss, prepare_targets
-
     if repeats < 1 or warmup < 0:
         raise ValueError(f"profile_units: repeats={repeats} must be >= 1 and warmup={warmup} >= 0")
     ids, targets = example_microbatch
@@ -136,13 +135,14 @@ def profile_units(model, example_microbatch: tuple[torch.Tensor, torch.Tensor], 
                          f"{tuple(ids.shape)} and {tuple(targets.shape)}")
     device = next(model.parameters()).device
     ids, targets = ids.to(device), targets.to(device)
-    masked, count = prepare_targets(ids, targets)
+    masked, count = mask_targets(ids, targets)
+    count = mean_divisor(count)
     names = unit_names(model.cfg.n_layers)
     costs: list[UnitCost] = []
     x: torch.Tensor = ids
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for u, name in enumerate(names):
-            unit = StageModule(model, u, u + 1).train(model.training)
+            unit = build_stage(model, u, u + 1).train(model.training)
             exclude = {t.untyped_storage().data_ptr()
                        for t in [*unit.parameters(), *unit.buffers()]}
             is_head = name == HEAD_UNIT
@@ -152,7 +152,7 @@ def profile_units(model, example_microbatch: tuple[torch.Tensor, torch.Tensor], 
             def fwd_bwd() -> torch.Tensor:
                 out = unit(inp, input_ids=ids)
                 if is_head:
-                    microbatch_loss(out, masked, valid_count=count).backward()
+                    (unit.cross_entropy_sum(out, masked) / count).backward()
                 else:
                     if not grad_out:
                         # Fixed upstream gradient of the output's shape; its values do not
@@ -167,7 +167,7 @@ def profile_units(model, example_microbatch: tuple[torch.Tensor, torch.Tensor], 
 
             act_bytes = _saved_activation_bytes(
                 lambda: unit(inp, input_ids=ids) if not is_head else
-                microbatch_loss(unit(inp, input_ids=ids), masked, valid_count=count),
+                unit.cross_entropy_sum(unit(inp, input_ids=ids), masked) / count,
                 exclude)
             for _ in range(warmup):
                 fwd_bwd()

@@ -2,9 +2,10 @@
 
 `apply_pp` cuts the single-device `Recommender` into stages (`recpar.parallel.partition`:
 uniform, or balanced from a profiling pass), builds this rank's stage module(s) from copies of
-the model's weights, and returns a `PipelineRunner` that trains one global batch per `step`
-with torch's GPipe, 1F1B or interleaved 1F1B schedule (they run on CPU/gloo and on NCCL;
-megatron-core's pipeline schedules hard-code CUDA, see DESIGN.md).
+the model's weights (`recpar.parallel.stage_module`), and returns a `PipelineRunner` that
+trains one global batch per `step` with torch's GPipe, 1F1B or interleaved 1F1B schedule
+(`recpar.parallel.pipeline_stage`; they run on CPU/gloo and on NCCL; megatron-core's pipeline
+schedules hard-code CUDA, see DESIGN.md).
 
 Design choices:
 
@@ -36,7 +37,7 @@ own stage objects and schedule (built once, cached), on every rank alike.
 **With tensor parallelism** (`apply_pp` over a model `apply_tp` has sharded): the stages
 are cut from the TP shard this rank holds; each TP rank of a stage runs the same schedule,
 so the TP all-reduces inside a stage pair up. Copies keep megatron's process groups shared
-and its TP marks on the parameters (`_copy_module`); the first stage looks up the
+and its TP marks on the parameters (`stage_module._copy_module`); the first stage looks up the
 vocab-sharded item table with one all-reduce, the last stage's logits are this rank's vocab
 shard and the loss is megatron's vocab-parallel cross-entropy, as in
 `TensorParallelRecommender`. The gradient norm is summed over the model-parallel group
@@ -45,267 +46,23 @@ shard and the loss is megatron's vocab-parallel cross-entropy, as in
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
-from torch.distributed.pipelining import (
-    PipelineStage,
-    Schedule1F1B,
-    ScheduleGPipe,
-    ScheduleInterleaved1F1B,
-)
 
 from recpar.device import device_sync
-from recpar.model.recommender import PAD_ITEM, Recommender, attention_mask, positions
+from recpar.model.loss import cross_entropy_sum, mask_targets, mean_divisor
+from recpar.model.recommender import Recommender
 from recpar.parallel.partition import Partition, Profile, cut, profile_units, unit_names
+from recpar.parallel.pipeline_stage import InstrumentedStage, StageSchedule, build_schedule
 from recpar.parallel.pipeline_theory import bubble_fraction_theory, bubble_ratio_theory
 from recpar.parallel.plan import ParallelPlan, PlanError
-
-SCHEDULE_CLASSES = {
-    "gpipe": ScheduleGPipe,
-    "1f1b": Schedule1F1B,
-    "interleaved-1f1b": ScheduleInterleaved1F1B,
-}
-"""ParallelPlan.pipeline_schedule -> torch.distributed.pipelining schedule class."""
-
-IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index
-
-
-# --- loss ------------------------------------------------------------------------------------
-
-
-def prepare_targets(input_ids: torch.Tensor, targets: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(targets with invalid positions set to IGNORE_INDEX, valid count as a float tensor >= 1).
-
-    Valid = real target after a real input, the rule of `Recommender.loss_sum`; the count is
-    clamped to 1 as `Recommender.loss` does (an all-padding batch has loss 0).
-    """
-    valid = (targets != PAD_ITEM) & (input_ids != PAD_ITEM)  # [B, L]
-    masked = targets.masked_fill(~valid, IGNORE_INDEX)
-    return masked, valid.sum().clamp(min=1).to(torch.float32)
-
-
-def microbatch_loss(logits: torch.Tensor, masked_targets: torch.Tensor,
-                    valid_count: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy summed over one micro-batch's valid positions / global valid count.
-
-    logits [mb, L, n_items + 1]; masked_targets [mb, L] (IGNORE_INDEX where invalid);
-    valid_count: scalar, valid positions in the whole global batch. Summing this over the
-    micro-batches gives the single-device mean loss, and so the same gradient.
-    """
-    total = F.cross_entropy(logits.flatten(0, 1), masked_targets.flatten(),
-                            ignore_index=IGNORE_INDEX, reduction="sum")
-    return total / valid_count
-
-
-def vocab_parallel_microbatch_loss(logits: torch.Tensor, masked_targets: torch.Tensor,
-                                   valid_count: torch.Tensor) -> torch.Tensor:
-    """`microbatch_loss` for vocab-sharded logits [mb, L, V_local] (tensor parallelism).
-
-    megatron's vocab_parallel_cross_entropy has no ignore_index: ignored positions get target
-    item 1 (finite loss) and are zeroed with `where`, so they add neither loss nor gradient.
-    """
-    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
-
-    valid = masked_targets != IGNORE_INDEX  # [mb, L]
-    per_pos = vocab_parallel_cross_entropy(logits, masked_targets.masked_fill(~valid, 1))
-    return torch.where(valid, per_pos, torch.zeros_like(per_pos)).sum() / valid_count
-
-
-# --- stage module ----------------------------------------------------------------------------
-
-_TP_PARAM_ATTRS = ("tensor_model_parallel", "partition_dim", "partition_stride")
-"""megatron's marks on a sharded parameter (read by grad-norm and checkpoint code)."""
-
-
-def _copy_module(module: nn.Module | None) -> nn.Module | None:
-    """deepcopy that shares process groups and keeps megatron's TP marks on the parameters.
-
-    megatron's parallel layers hold their TP group (a ProcessGroup cannot be copied), and a
-    Parameter's deepcopy drops attributes such as `tensor_model_parallel`.
-    """
-    if module is None:
-        return None
-    memo: dict[int, object] = {}
-    for sub in module.modules():
-        for value in vars(sub).values():
-            if isinstance(value, dist.ProcessGroup):
-                memo[id(value)] = value
-    new = copy.deepcopy(module, memo)
-    for p in module.parameters():
-        q = memo.get(id(p))
-        for attr in _TP_PARAM_ATTRS:
-            if q is not None and hasattr(p, attr):
-                setattr(q, attr, getattr(p, attr))
-    return new
-
-
-
-class StageModule(nn.Module):
-    """Layer units [start, stop) of a `Recommender` (see `partition.unit_names`), weights copied.
-
-    Parameter names equal the single-device ones (`item_id_emb.weight`, `blocks.3.attn.qkv
-    .weight`, `ln_f.bias`, ...), so the stages' state dicts merge into a `Recommender` state
-    dict. A stage holding the head but not the embedding carries its own copies of
-    `item_id_emb` and `text_proj` for the tied output layer (module docstring). Cut from a
-    `TensorParallelRecommender`, it holds this TP rank's shards (`vocab_parallel`).
-
-    forward(x, input_ids): x is the [mb, L] item ids on the first stage, else the [mb, L, d]
-    hidden states; returns [mb, L, d] hidden states, or on the head stage [mb, L, n_items + 1]
-    logits ([mb, n_items + 1] for the last position only with last_only=True).
-    """
-
-    def __init__(self, model: Recommender, start: int, stop: int):
-        super().__init__()
-        cfg = model.cfg
-        n_units = cfg.n_layers + 2
-        if not 0 <= start < stop <= n_units:
-            raise ValueError(f"StageModule: unit range [{start}, {stop}) outside [0, {n_units})")
-        self.start, self.stop = start, stop
-        self.max_seq_len = cfg.max_seq_len
-        self.has_embedding = start == 0
-        self.has_head = stop == n_units
-        # Tensor-parallel model: the item table is this rank's vocab shard.
-        self.vocab_parallel = getattr(model, "tp_size", 1) > 1
-        if self.has_embedding or self.has_head:
-            # [n_items + 1, d], or [V_local, d] (VocabParallelEmbedding) under TP
-            self.item_id_emb = _copy_module(model.item_id_emb)
-            self.text_proj = _copy_module(model.text_proj)  # text_dim -> d, or None
-            # The frozen text table is shared with the model, not copied: it never changes.
-            self.register_buffer("text_emb", model.text_emb, persistent=False)
-            if self.vocab_parallel:
-                self.vocab_start_index = model.vocab_start_index
-                self.vocab_end_index = model.vocab_end_index
-                # [V_local] True for the pad item and the vocab padding rows
-                self.register_buffer("tp_vocab_pad_mask", model.tp_vocab_pad_mask,
-                                     persistent=False)
-        if self.has_embedding:
-            self.pos_emb = _copy_module(model.pos_emb)
-            self.drop = _copy_module(model.drop)
-        # ModuleDict keyed by the global block index keeps the single-device names.
-        first_block, last_block = max(start, 1) - 1, min(stop, n_units - 1) - 1
-        self.blocks = nn.ModuleDict({str(i): _copy_module(model.blocks[i])
-                                     for i in range(first_block, last_block)})
-        if self.has_head:
-            self.ln_f = _copy_module(model.ln_f)
-
-    def item_table(self) -> torch.Tensor:
-        """Fused item table [n_items + 1, d], as `Recommender.item_embeddings` ([V_local, d]
-        under TP, as `TensorParallelRecommender.item_embeddings`)."""
-        if self.vocab_parallel:
-            from recpar.parallel.tensor_parallel import TensorParallelRecommender
-
-            return TensorParallelRecommender.item_embeddings(self)  # type: ignore[arg-type]
-        table = self.item_id_emb.weight
-        if self.text_proj is not None:
-            table = table + self.text_proj(self.text_emb)
-        return table
-
-    def forward(self, x: torch.Tensor, input_ids: torch.Tensor,
-                last_only: bool = False) -> torch.Tensor:
-        if self.has_embedding:
-            ids = x  # [mb, L]
-            if ids.shape[1] > self.max_seq_len:
-                raise ValueError(f"StageModule: sequence length {ids.shape[1]} exceeds "
-                                 f"max_seq_len={self.max_seq_len}")
-            if self.vocab_parallel and self.text_proj is not None:
-                from recpar.parallel.tensor_parallel import _vocab_parallel_lookup
-
-                # the text rows are sharded too: look up the fused shard, one all-reduce
-                x = _vocab_parallel_lookup(ids, self.item_table(), self.vocab_start_index,
-                                           self.vocab_end_index)  # [mb, L, d]
-            else:
-                # Fuse only the looked-up rows (Recommender.embed without item_table): the
-                # same sum as gathering from the fused table, for mb*L rows, not all items.
-                # (Under TP without text: VocabParallelEmbedding, masked lookup + all-reduce.)
-                x = self.item_id_emb(ids)  # [mb, L, d]
-                if self.text_proj is not None:
-                    x = x + self.text_proj(F.embedding(ids, self.text_emb))
-            x = self.drop(x + self.pos_emb(positions(ids)))
-        if len(self.blocks):
-            mask = attention_mask(input_ids)  # [mb, 1, L, L], recomputed on every stage
-            for block in self.blocks.values():
-                x = block(x, mask)
-        if not self.has_head:
-            return x  # [mb, L, d]
-        h = self.ln_f(x[:, -1] if last_only else x)  # [mb, d] or [mb, L, d]
-        if self.vocab_parallel:
-            from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
-
-            # identity forward; backward all-reduces the hidden-state gradient over TP
-            h = copy_to_tensor_model_parallel_region(h)
-            scores = h @ self.item_table().t()  # [..., V_local]
-            return scores.masked_fill(self.tp_vocab_pad_mask, float("-inf"))
-        scores = h @ self.item_table().t()  # [..., n_items + 1]
-        pad = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
-        pad[PAD_ITEM] = True
-        return scores.masked_fill(pad, float("-inf"))
-
-    def tied_parameters(self) -> list[nn.Parameter]:
-        """Parameters of the tied item table held by this stage (empty if neither end)."""
-        if not (self.has_embedding or self.has_head):
-            return []
-        params = [self.item_id_emb.weight]
-        if self.text_proj is not None:
-            params += list(self.text_proj.parameters())
-        return params
-
-
-# --- instrumented stage ----------------------------------------------------------------------
-
-
-class _InstrumentedStage(PipelineStage):
-    """A `PipelineStage` that times its forward/backward compute and counts bytes it sends.
-
-    Only the hooks torch's schedules call per micro-batch are wrapped; all scheduling,
-    buffering and communication is torch's. On CUDA each timed region is bracketed by device
-    syncs (the schedule blocks on its P2P work anyway).
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.reset_counters()
-
-    def reset_counters(self) -> None:
-        self.forward_s = 0.0
-        self.backward_s = 0.0
-        self.activation_bytes_sent = 0
-        self.grad_bytes_sent = 0
-
-    def forward_maybe_with_nosync(self, *args, **kwargs):
-        device_sync(self.device)
-        t0 = time.perf_counter()
-        out = super().forward_maybe_with_nosync(*args, **kwargs)
-        device_sync(self.device)
-        self.forward_s += time.perf_counter() - t0
-        return out
-
-    def backward_maybe_with_nosync(self, *args, **kwargs):
-        device_sync(self.device)
-        t0 = time.perf_counter()
-        out = super().backward_maybe_with_nosync(*args, **kwargs)
-        device_sync(self.device)
-        self.backward_s += time.perf_counter() - t0
-        return out
-
-    def get_fwd_send_ops(self, fwd_chunk_id: int):
-        ops = super().get_fwd_send_ops(fwd_chunk_id)
-        self.activation_bytes_sent += sum(op.tensor.numel() * op.tensor.element_size()
-                                          for op in ops)
-        return ops
-
-    def get_bwd_send_ops(self, bwd_chunk_id: int):
-        ops = super().get_bwd_send_ops(bwd_chunk_id)
-        self.grad_bytes_sent += sum(op.tensor.numel() * op.tensor.element_size() for op in ops)
-        return ops
-
+from recpar.parallel.stage_module import build_stage
+from recpar.parallel.tensor_parallel import VocabShardedItemTable, vocab_parallel_cross_entropy_sum
 
 # --- runner ----------------------------------------------------------------------------------
 
@@ -348,15 +105,46 @@ class PipelineStepResult:
     def to_record(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def measured(cls, *, loss: float, stage_indices: list[int], built: StageSchedule,
+                 schedule_s: float, loss_s: float, tied_s: float, tied_bytes: int,
+                 bcast_s: float) -> "PipelineStepResult":
+        """The result from a step's raw timings (seconds) and its stages' counters."""
+        fwd, bwd = built.forward_s, built.backward_s
+        compute = fwd + bwd + loss_s
+        idle = max(schedule_s - compute, 0.0)
+        return cls(
+            loss=loss,
+            stage_indices=list(stage_indices),
+            schedule_ms=schedule_s * 1e3,
+            forward_ms=fwd * 1e3,
+            backward_ms=bwd * 1e3,
+            loss_ms=loss_s * 1e3,
+            compute_ms=compute * 1e3,
+            idle_ms=idle * 1e3,
+            bubble_fraction_measured=idle / schedule_s if schedule_s > 0 else 0.0,
+            bubble_ratio_measured=idle / compute if compute > 0 else 0.0,
+            activation_bytes_sent=built.activation_bytes_sent,
+            activation_grad_bytes_sent=built.grad_bytes_sent,
+            tied_grad_allreduce_ms=tied_s * 1e3,
+            tied_grad_payload_bytes=tied_bytes,
+            loss_broadcast_ms=bcast_s * 1e3,
+        )
 
-@dataclass
-class _Built:
-    """Stage objects and schedule for one micro-batch shape."""
 
-    stages: list[_InstrumentedStage]
-    """This rank's torch PipelineStage wrappers (over the runner's StageModules)."""
-    schedule: object
-    """The torch.distributed.pipelining schedule driving them."""
+def _flat_grads(params: list[nn.Parameter]) -> torch.Tensor:
+    """The parameters' gradients (zeros where None) concatenated into one flat tensor."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+def _set_grads_from_flat(params: list[nn.Parameter], flat: torch.Tensor) -> None:
+    """Inverse of `_flat_grads`: each parameter's .grad becomes a copy of its slice."""
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone()
+        offset += n
 
 
 @dataclass
@@ -403,8 +191,6 @@ class PipelineRunner:
     """Stages hold TP shards of the item table: logits [..., local_cols], vocab-parallel loss."""
     local_cols: int | None = None
     """Width of this rank's logits under TP (padded vocab / tp); None = n_cols."""
-    tp_group: object = None
-    """Tensor-parallel group (`score_last` gathers the vocab shards over it)."""
     tp_rank: int = 0
     """Rank in the TP group: TP-replicated parameters enter the grad norm on TP rank 0 only."""
     norm_group: object = None
@@ -438,6 +224,10 @@ class PipelineRunner:
     def is_last(self) -> bool:
         return self.num_stages - 1 in self.stage_indices
 
+    @property
+    def _dtype(self) -> torch.dtype:
+        return next(self.module.parameters()).dtype
+
     def _tied_params(self) -> list[nn.Parameter]:
         params: list[nn.Parameter] = []
         for mod in self.module:
@@ -451,46 +241,52 @@ class PipelineRunner:
     def eval(self) -> "PipelineRunner":
         return self.train(False)
 
-    # -- schedule --
+    # -- schedule (built once per micro-batch shape) --
     def _loss_fn(self, logits: torch.Tensor, target: torch.Tensor,
                  valid_count: torch.Tensor) -> torch.Tensor:
         device_sync(self.device)
         t0 = time.perf_counter()
-        loss_fn = vocab_parallel_microbatch_loss if self.vocab_parallel else microbatch_loss
-        loss = loss_fn(logits, target, valid_count)
+        ce = vocab_parallel_cross_entropy_sum if self.vocab_parallel else cross_entropy_sum
+        loss = ce(logits, target) / valid_count  # summed over micro-batches: the global mean
         device_sync(self.device)
         self._loss_s += time.perf_counter() - t0
         return loss
 
-    def _schedule_for(self, mb: int, seq_len: int) -> _Built:
+    def _schedule_for(self, mb: int, seq_len: int) -> StageSchedule:
         key = (mb, seq_len)
-        if key in self._built:
-            return self._built[key]
-        dtype = next(self.module.parameters()).dtype
-        d_model, n_cols = self.d_model, self.local_cols or self.n_cols
-        stages = []
+        if key not in self._built:
+            self._built[key] = self._build_schedule(mb, seq_len)
+        return self._built[key]
+
+    def _build_schedule(self, mb: int, seq_len: int) -> StageSchedule:
         submods = self.stage_wrappers or list(self.module)
-        for s, mod in zip(self.stage_indices, submods):
-            if s == 0:
-                inp = torch.empty(mb, seq_len, dtype=torch.long, device=self.device)  # ids
-            else:
-                inp = torch.empty(mb, seq_len, d_model, dtype=dtype, device=self.device,
-                                  requires_grad=True)  # hidden states
-            if s == self.num_stages - 1:
-                out = torch.empty(mb, seq_len, n_cols, dtype=dtype, device=self.device,
-                                  requires_grad=True)  # logits [mb, L, n_items + 1 or V_local]
-            else:
-                out = torch.empty(mb, seq_len, d_model, dtype=dtype, device=self.device,
-                                  requires_grad=True)
-            stages.append(_InstrumentedStage(mod, s, self.num_stages, self.device,
-                                             input_args=(inp,), output_args=(out,),
-                                             group=self.pp_group))
-        cls = SCHEDULE_CLASSES[self.plan.pipeline_schedule]
-        arg = stages if self.plan.pipeline_schedule == "interleaved-1f1b" else stages[0]
-        schedule = cls(arg, self.plan.num_microbatches, loss_fn=self._loss_fn,
-                       scale_grads=False)
-        built = self._built[key] = _Built(stages, schedule)
-        return built
+        stages = [self._make_stage(s, mod, mb, seq_len)
+                  for s, mod in zip(self.stage_indices, submods)]
+        return build_schedule(self.plan.pipeline_schedule, stages, self.plan.num_microbatches,
+                              self._loss_fn)
+
+    def _make_stage(self, s: int, mod: nn.Module, mb: int, seq_len: int) -> InstrumentedStage:
+        """torch stage `s` over `mod`, with static metadata for [mb, seq_len] micro-batches."""
+        inp, out = self._io_templates(s, mb, seq_len)
+        return InstrumentedStage(mod, s, self.num_stages, self.device, input_args=(inp,),
+                                 output_args=(out,), group=self.pp_group)
+
+    def _io_templates(self, s: int, mb: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Empty tensors shaped as stage `s`'s input and output (no metadata forward)."""
+        dtype = self._dtype
+        d_model, n_cols = self.d_model, self.local_cols or self.n_cols
+        if s == 0:
+            inp = torch.empty(mb, seq_len, dtype=torch.long, device=self.device)  # ids
+        else:
+            inp = torch.empty(mb, seq_len, d_model, dtype=dtype, device=self.device,
+                              requires_grad=True)  # hidden states
+        if s == self.num_stages - 1:
+            out = torch.empty(mb, seq_len, n_cols, dtype=dtype, device=self.device,
+                              requires_grad=True)  # logits [mb, L, n_items + 1 or V_local]
+        else:
+            out = torch.empty(mb, seq_len, d_model, dtype=dtype, device=self.device,
+                              requires_grad=True)
+        return inp, out
 
     # -- training --
     def step(self, input_ids: torch.Tensor, targets: torch.Tensor,
@@ -504,6 +300,20 @@ class PipelineRunner:
         batch (a data-parallel replica passes the global batch's count / dp, so that DDP's
         average over replicas gives the single-device gradient).
         """
+        mb, seq_len = self._microbatch_shape(input_ids, targets)
+        input_ids, targets = input_ids.to(self.device), targets.to(self.device)
+        built = self._schedule_for(mb, seq_len)
+        masked, count = self._loss_targets(input_ids, targets, valid_count)
+        schedule_s, losses = self._run_schedule(built, input_ids, masked, count)
+        tied_s, tied_bytes = self._allreduce_tied_grads()
+        loss, bcast_s = self._step_loss(losses)
+        return PipelineStepResult.measured(
+            loss=loss, stage_indices=self.stage_indices, built=built, schedule_s=schedule_s,
+            loss_s=self._loss_s, tied_s=tied_s, tied_bytes=tied_bytes, bcast_s=bcast_s)
+
+    def _microbatch_shape(self, input_ids: torch.Tensor, targets: torch.Tensor
+                          ) -> tuple[int, int]:
+        """(micro-batch size, sequence length) of a [B, L] global batch; checks the shapes."""
         if input_ids.dim() != 2 or targets.shape != input_ids.shape:
             raise ValueError(f"PipelineRunner.step: input_ids {tuple(input_ids.shape)} and "
                              f"targets {tuple(targets.shape)} must be the same [B, L] shape")
@@ -512,26 +322,35 @@ class PipelineRunner:
         if b % m:
             raise PlanError(f"global batch of {b} sequences is not divisible by "
                             f"num_microbatches = {m}")
-        input_ids, targets = input_ids.to(self.device), targets.to(self.device)
-        built = self._schedule_for(b // m, seq_len)
-        masked, count = prepare_targets(input_ids, targets)
+        return b // m, seq_len
+
+    def _loss_targets(self, input_ids: torch.Tensor, targets: torch.Tensor,
+                      valid_count: torch.Tensor | float | None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(masked targets, the count the loss sum is divided by: `valid_count` if given)."""
+        masked, count = mask_targets(input_ids, targets)
+        count = mean_divisor(count)
         if valid_count is not None:
             count = torch.as_tensor(valid_count, dtype=torch.float32,
                                     device=self.device).clamp(min=1)
-        for st in built.stages:
-            st.reset_counters()
+        return masked, count
+
+    def _run_schedule(self, built: StageSchedule, input_ids: torch.Tensor,
+                      masked: torch.Tensor, count: torch.Tensor
+                      ) -> tuple[float, list[torch.Tensor]]:
+        """All micro-batches forward and backward; (wall seconds, last stage's losses)."""
+        built.reset_counters()
         self._loss_s = 0.0
         losses: list[torch.Tensor] = []
-
         device_sync(self.device)
         t0 = time.perf_counter()
         built.schedule.step(input_ids, target=masked, losses=losses, return_outputs=False,
                             loss_kwargs={"valid_count": count}, input_ids=input_ids)
         device_sync(self.device)
-        schedule_s = time.perf_counter() - t0
+        return time.perf_counter() - t0, losses
 
-        tied_s, tied_bytes = self._allreduce_tied_grads()
-
+    def _step_loss(self, losses: list[torch.Tensor]) -> tuple[float, float]:
+        """(global-batch loss, NaN where unknown; seconds spent broadcasting it)."""
         t1 = time.perf_counter()
         loss = (torch.stack([l.detach() for l in losses]).sum() if self.is_last
                 else torch.zeros((), device=self.device))
@@ -540,49 +359,24 @@ class PipelineRunner:
             dist.broadcast(loss, src=self._global(self._stage_rank(self.num_stages - 1)),
                            group=self.pp_group)
         loss_value = float(loss) if (self.is_last or self.broadcast_loss) else math.nan
-        bcast_s = time.perf_counter() - t1
-
-        fwd = sum(st.forward_s for st in built.stages)
-        bwd = sum(st.backward_s for st in built.stages)
-        compute = fwd + bwd + self._loss_s
-        idle = max(schedule_s - compute, 0.0)
-        return PipelineStepResult(
-            loss=loss_value,
-            stage_indices=list(self.stage_indices),
-            schedule_ms=schedule_s * 1e3,
-            forward_ms=fwd * 1e3,
-            backward_ms=bwd * 1e3,
-            loss_ms=self._loss_s * 1e3,
-            compute_ms=compute * 1e3,
-            idle_ms=idle * 1e3,
-            bubble_fraction_measured=idle / schedule_s if schedule_s > 0 else 0.0,
-            bubble_ratio_measured=idle / compute if compute > 0 else 0.0,
-            activation_bytes_sent=sum(st.activation_bytes_sent for st in built.stages),
-            activation_grad_bytes_sent=sum(st.grad_bytes_sent for st in built.stages),
-            tied_grad_allreduce_ms=tied_s * 1e3,
-            tied_grad_payload_bytes=tied_bytes,
-            loss_broadcast_ms=bcast_s * 1e3,
-        )
+        return loss_value, time.perf_counter() - t1
 
     def _allreduce_tied_grads(self) -> tuple[float, int]:
-        """Sum the tied item-table gradients of the first and last stage (one all-reduce)."""
+        """Sum the tied item-table gradients of the first and last stage (one all-reduce);
+        (seconds, payload bytes), zeros on ranks without exactly one end."""
         params = self._tied_params()
         if not params or (self.is_first and self.is_last):
             return 0.0, 0
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        flat = _flat_grads(params)
         device_sync(self.device)
         t0 = time.perf_counter()
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.embedding_group)
         device_sync(self.device)
         dt = time.perf_counter() - t0
-        offset = 0
-        for p in params:
-            n = p.numel()
-            p.grad = flat[offset:offset + n].view_as(p).clone()
-            offset += n
+        _set_grads_from_flat(params, flat)
         return dt, flat.numel() * flat.element_size()
 
+    # -- gradient norm --
     def clip_grad_norm_(self, max_norm: float) -> float:
         """Clip all stages' gradients to a global L2 norm of max_norm; returns the norm.
 
@@ -590,24 +384,37 @@ class PipelineRunner:
         once (the last stage's copy is left out of the norm), and under TP replicated
         parameters once (TP rank 0), so the norm equals the single-device one.
         """
-        tied_copies = set()
-        if not self.is_first:
-            tied_copies = {id(p) for p in self._tied_params()}
-        elif self.is_last:  # both ends on this rank: count only the first stage's copy
-            tied_copies = {id(p) for p in self.module[-1].tied_parameters()}
-        grads = [p.grad for p in self.module.parameters()
-                 if p.grad is not None and id(p) not in tied_copies
-                 and (self.tp_rank == 0 or getattr(p, "tensor_model_parallel", False))]
+        total = self._global_grad_norm()
+        if max_norm > 0:
+            torch.nn.utils.clip_grads_with_norm_(
+                [p for p in self.module.parameters() if p.grad is not None], max_norm, total)
+        return float(total)
+
+    def _global_grad_norm(self) -> torch.Tensor:
+        """L2 norm of the gradients over all stages (and TP shards); a 0-dim float32 tensor."""
+        grads = self._norm_grads()
         sq = (torch.nn.utils.get_total_norm(grads, 2.0).to(torch.float64) ** 2 if grads
               else torch.zeros((), dtype=torch.float64, device=self.device))
         sq = sq.reshape(1).to(self.device)
         dist.all_reduce(sq, op=dist.ReduceOp.SUM,
                         group=self.pp_group if self.norm_group is None else self.norm_group)
-        total = sq.sqrt().to(torch.float32).reshape(())
-        if max_norm > 0:
-            torch.nn.utils.clip_grads_with_norm_(
-                [p for p in self.module.parameters() if p.grad is not None], max_norm, total)
-        return float(total)
+        return sq.sqrt().to(torch.float32).reshape(())
+
+    def _norm_grads(self) -> list[torch.Tensor]:
+        """This rank's gradients that enter the global norm: no tied copy, and TP-replicated
+        parameters only on TP rank 0."""
+        tied_copies = self._tied_copy_ids()
+        return [p.grad for p in self.module.parameters()
+                if p.grad is not None and id(p) not in tied_copies
+                and (self.tp_rank == 0 or getattr(p, "tensor_model_parallel", False))]
+
+    def _tied_copy_ids(self) -> set[int]:
+        """ids of the tied-table parameters left out of the norm (the last stage's copy)."""
+        if not self.is_first:
+            return {id(p) for p in self._tied_params()}
+        if self.is_last:  # both ends on this rank: count only the first stage's copy
+            return {id(p) for p in self.module[-1].tied_parameters()}
+        return set()
 
     # -- evaluation --
     @torch.no_grad()
@@ -622,33 +429,44 @@ class PipelineRunner:
         if input_ids.dim() != 2:
             raise ValueError(f"score_last: input_ids must be [B, L], got {tuple(input_ids.shape)}")
         input_ids = input_ids.to(self.device)
-        b, seq_len = input_ids.shape
-        dtype = next(self.module.parameters()).dtype
-        d_model = self.d_model
-        local = dict(zip(self.stage_indices, self.module))
-        x: torch.Tensor | None = None
+        x = self._forward_blocking(input_ids)
+        return self._broadcast_scores(x, input_ids.shape[0])
+
+    def _forward_blocking(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Run this rank's stages in stage order over the whole batch, receiving each stage's
+        input from and sending its output to the neighbouring ranks; returns the output of
+        this rank's last stage ([B, n_items + 1] scores on the last stage's rank)."""
         last = self.num_stages - 1
-        for s in range(self.num_stages):
-            owner = self._stage_rank(s)
-            if owner != self.pp_rank:
-                continue
+        x: torch.Tensor | None = None
+        for s, mod in zip(self.stage_indices, self.module):
             if s == 0:
                 x = input_ids
             elif self._stage_rank(s - 1) != self.pp_rank:
-                x = torch.empty(b, seq_len, d_model, dtype=dtype, device=self.device)
-                dist.recv(x, src=self._global(self._stage_rank(s - 1)), group=self.pp_group)
-            x = local[s](x, input_ids=input_ids, last_only=(s == last))
-            if s == last and self.vocab_parallel:  # [B, V_local] -> [B, n_items + 1]
-                shards = [torch.empty_like(x) for _ in range(dist.get_world_size(self.tp_group))]
-                dist.all_gather(shards, x.contiguous(), group=self.tp_group)
-                x = torch.cat(shards, dim=-1)[:, : self.n_cols]
+                x = self._recv_hidden(s - 1, input_ids.shape)
+            x = mod(x, input_ids=input_ids, last_only=(s == last))
+            if s == last:  # under TP [B, V_local] -> [B, n_items + 1] (all-gather)
+                x = mod.full_scores(x)
             if s < last and self._stage_rank(s + 1) != self.pp_rank:
                 dist.send(x.contiguous(), dst=self._global(self._stage_rank(s + 1)),
                           group=self.pp_group)
-        scores = x if self.is_last else torch.empty(b, self.n_cols, dtype=dtype, device=self.device)
-        dist.broadcast(scores, src=self._global(self._stage_rank(last)), group=self.pp_group)
+        return x
+
+    def _recv_hidden(self, src_stage: int, ids_shape: torch.Size) -> torch.Tensor:
+        """Blocking receive of stage `src_stage`'s [B, L, d] hidden states."""
+        b, seq_len = ids_shape
+        x = torch.empty(b, seq_len, self.d_model, dtype=self._dtype, device=self.device)
+        dist.recv(x, src=self._global(self._stage_rank(src_stage)), group=self.pp_group)
+        return x
+
+    def _broadcast_scores(self, x: torch.Tensor, b: int) -> torch.Tensor:
+        """The last stage's [B, n_items + 1] scores, broadcast to every pipeline rank."""
+        scores = (x if self.is_last
+                  else torch.empty(b, self.n_cols, dtype=self._dtype, device=self.device))
+        dist.broadcast(scores, src=self._global(self._stage_rank(self.num_stages - 1)),
+                       group=self.pp_group)
         return scores
 
+    # -- state and record --
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """All stages' parameters gathered on every rank under single-device names (CPU
         tensors), loadable into a `Recommender` with the same config. Collective; pickles
@@ -664,12 +482,6 @@ class PipelineRunner:
             for k, v in part.items():
                 merged.setdefault(k, v)
         return merged
-
-    def gather_step_results(self, result: PipelineStepResult) -> list[dict]:
-        """Every rank's step result, in pipeline-rank order, on every rank. Collective."""
-        out: list[dict] = [None] * self.plan.pp  # type: ignore[list-item]
-        dist.all_gather_object(out, result.to_record(), group=self.pp_group)
-        return out
 
     def to_record(self) -> dict:
         """Layout and theory for the run record."""
@@ -715,6 +527,35 @@ def apply_pp(model: Recommender, plan: ParallelPlan, stage_index: int,
     virtual_pipeline_model_parallel_size: stages per rank for interleaved 1F1B (megatron-core's
         name); ignored by the other schedules.
     """
+    v, names = _check_layout(model, plan, example_microbatch,
+                             virtual_pipeline_model_parallel_size)
+    pp_rank = _check_pipeline_group(plan, stage_index, pp_group)
+    prof = _shared_profile(model, plan, profile, example_microbatch, profile_repeats, pp_rank,
+                           pp_group)
+    if prof is not None and len(prof.units) != len(names):
+        raise PlanError(f"apply_pp: profile has {len(prof.units)} units, model has {len(names)}")
+    n_stages = plan.pp * v
+    partition = cut(None if prof is None else prof.times_ms(), n_stages,
+                    plan.partition_method, n_units=len(names))
+
+    stage_indices = [pp_rank + k * plan.pp for k in range(v)]
+    device = next(model.parameters()).device
+    module = nn.ModuleList(build_stage(model, *partition.boundaries[s]).train(model.training)
+                           for s in stage_indices)
+    embedding_group = _embedding_group(plan, n_stages, pp_rank, pp_group, embedding_group)
+    return PipelineRunner(plan=plan, partition=partition, profile=prof, names=names,
+                          pp_rank=pp_rank, stage_indices=stage_indices, module=module,
+                          device=device, virtual_stages=v, d_model=model.cfg.d_model,
+                          n_cols=model.n_items + 1, pp_group=pp_group,
+                          embedding_group=embedding_group, broadcast_loss=broadcast_loss,
+                          **_tp_fields(model))
+
+
+def _check_layout(model: Recommender, plan: ParallelPlan,
+                  example_microbatch: tuple[torch.Tensor, torch.Tensor],
+                  virtual_pipeline_model_parallel_size: int) -> tuple[int, list[str]]:
+    """(stages per rank, layer unit names); PlanError, before any communication, if the plan
+    cannot cut this model."""
     plan.validate()
     if plan.pp < 2:
         raise PlanError(f"apply_pp: pp = {plan.pp}; pipeline parallelism needs pp >= 2")
@@ -734,7 +575,11 @@ def apply_pp(model: Recommender, plan: ParallelPlan, stage_index: int,
                         f"{model.cfg.n_layers} blocks, head)")
     if plan.partition_method == "uniform":
         cut(None, n_stages, "uniform", n_units=len(names))  # fail before any communication
+    return v, names
 
+
+def _check_pipeline_group(plan: ParallelPlan, stage_index: int, pp_group) -> int:
+    """This rank's index in the pipeline group, checked against the plan and `stage_index`."""
     if not dist.is_available() or not dist.is_initialized():
         raise PlanError(f"apply_pp: torch.distributed is not initialised (need {plan.pp} ranks)")
     group_size = dist.get_world_size(pp_group)
@@ -744,29 +589,30 @@ def apply_pp(model: Recommender, plan: ParallelPlan, stage_index: int,
     if stage_index != pp_rank:
         raise PlanError(f"apply_pp: stage_index = {stage_index} but this rank is rank {pp_rank} "
                         "of the pipeline group")
+    return pp_rank
 
-    want_profile = profile is True or (profile is None and plan.partition_method == "balanced")
+
+def _shared_profile(model: Recommender, plan: ParallelPlan, profile: Profile | bool | None,
+                    example_microbatch: tuple[torch.Tensor, torch.Tensor],
+                    profile_repeats: int, pp_rank: int, pp_group) -> Profile | None:
+    """The profile to cut by, the same on every pipeline rank: the given one, or (profile
+    True, or None with `balanced`) measured on pipeline rank 0 and broadcast; else None."""
     if isinstance(profile, Profile):
-        prof = profile
-    elif want_profile:
-        box: list = [None]
-        if pp_rank == 0:
-            box[0] = profile_units(model, (ids, targets), repeats=profile_repeats).to_record()
-        src = 0 if pp_group is None else dist.get_global_rank(pp_group, 0)
-        dist.broadcast_object_list(box, src=src, group=pp_group)
-        prof = Profile.from_record(box[0])
-    else:
-        prof = None
-    if prof is not None and len(prof.units) != len(names):
-        raise PlanError(f"apply_pp: profile has {len(prof.units)} units, model has {len(names)}")
-    partition = cut(None if prof is None else prof.times_ms(), n_stages,
-                    plan.partition_method, n_units=len(names))
+        return profile
+    if not (profile is True or (profile is None and plan.partition_method == "balanced")):
+        return None
+    box: list = [None]
+    if pp_rank == 0:
+        box[0] = profile_units(model, example_microbatch, repeats=profile_repeats).to_record()
+    src = 0 if pp_group is None else dist.get_global_rank(pp_group, 0)
+    dist.broadcast_object_list(box, src=src, group=pp_group)
+    return Profile.from_record(box[0])
 
-    stage_indices = [pp_rank + k * plan.pp for k in range(v)]
-    device = next(model.parameters()).device
-    module = nn.ModuleList(StageModule(model, *partition.boundaries[s]).train(model.training)
-                           for s in stage_indices)
 
+def _embedding_group(plan: ParallelPlan, n_stages: int, pp_rank: int, pp_group,
+                     embedding_group):
+    """The group of the first and last stage's ranks (tied-gradient all-reduce): the given
+    one, pp_group when pp = 2, else built over the default group (collective there)."""
     first_rank, last_rank = 0, (n_stages - 1) % plan.pp
     holds_tied = pp_rank in (first_rank, last_rank)
     if embedding_group is None and first_rank != last_rank and (holds_tied or pp_group is None):
@@ -778,17 +624,15 @@ def apply_pp(model: Recommender, plan: ParallelPlan, stage_index: int,
         else:
             raise PlanError("apply_pp: pp > 2 inside a non-default pipeline group needs "
                             "embedding_group (ranks of the first and last stage)")
+    return embedding_group
 
-    tp_fields: dict = {}
-    if getattr(model, "tp_size", 1) > 1:  # stages over a TensorParallelRecommender's shards
-        from recpar.parallel import process_groups as pg
 
-        tp_fields = {"vocab_parallel": True, "local_cols": model.padded_vocab_size // model.tp_size,
-                     "tp_group": pg.tp_group(), "tp_rank": pg.tp_rank(),
-                     "norm_group": pg.model_parallel_group()}
-    return PipelineRunner(plan=plan, partition=partition, profile=prof, names=names,
-                          pp_rank=pp_rank, stage_indices=stage_indices, module=module,
-                          device=device, virtual_stages=v, d_model=model.cfg.d_model,
-                          n_cols=model.n_items + 1, pp_group=pp_group,
-                          embedding_group=embedding_group, broadcast_loss=broadcast_loss,
-                          **tp_fields)
+def _tp_fields(model: Recommender) -> dict:
+    """PipelineRunner fields for stages cut from a TensorParallelRecommender's shards."""
+    if not isinstance(model, VocabShardedItemTable):
+        return {}
+    from recpar.parallel import process_groups as pg
+
+    return {"vocab_parallel": True, "local_cols": model.padded_vocab_size // model.tp_size,
+            "tp_rank": pg.tp_rank(),
+            "norm_group": pg.model_parallel_group()}
