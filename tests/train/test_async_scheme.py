@@ -99,7 +99,7 @@ def _spec(data, out):
     from recpar.model.config import ModelConfig
     from recpar.parallel.plan import ParallelPlan
     from recpar.train.config import TrainConfig
-    from recpar.train.loop import RunSpec
+    from recpar.train.spec import RunSpec
 
     return RunSpec(data_dir=data, out_dir=out, run_id="async3-order", seed=0,
                    model=ModelConfig.named("tiny", max_seq_len=20, dropout=0.0),

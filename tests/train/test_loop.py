@@ -10,7 +10,8 @@ from recpar.model.config import ModelConfig
 from recpar.train import checkpoint, loop, record
 from recpar.train.checkpoint import CheckpointError
 from recpar.train.config import TrainConfig
-from recpar.train.loop import DataMissingError, RunSpec, train
+from recpar.train.loop import DataMissingError, train
+from recpar.train.spec import RunSpec
 
 MODEL = ModelConfig.named("tiny", max_seq_len=20, dropout=0.1)
 TRAIN = TrainConfig(max_epochs=3, patience=5, warmup_steps=2, timed_steps=4,

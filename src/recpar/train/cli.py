@@ -98,8 +98,8 @@ def _spec(args, scheme: str):
     from recpar.comm.config import GradSyncConfig
     from recpar.model.config import ModelConfig
     from recpar.train.config import TrainConfig
-    from recpar.train.loop import RunSpec
     from recpar.train.run_id import grad_sync_id, make_run_id
+    from recpar.train.spec import RunSpec
 
     train_values = {}
     if args.train_config:

@@ -1,13 +1,15 @@
-"""The training loop, the same for every scheme, and the run record it writes.
+"""The training loop, the same for every scheme, and the non-learned reference run.
 
-Order of work for one run: load the prepared dataset -> build the model (single-device code,
-`recpar.model`; same seed, so identical on every rank) -> hand it to the scheme's engine
-(`recpar.train.engines`: it applies the plan's parallelism with the `apply_*` functions of
-`recpar.parallel`) -> cut training sequences -> one engine step per global batch inside the
-timing window of `recpar.train.timing` -> every epoch gather the full weights on rank 0,
-validate (full ranking), keep the best checkpoint, stop early after `patience` epochs without
-improvement -> reload the best weights -> evaluate valid and test under both protocols ->
-write the run record (rank 0).
+Order of work for one run (`train`): set up (load the prepared dataset -> build the model,
+single-device code, `recpar.model`, same seed so identical on every rank -> hand it to the
+scheme's engine, `recpar.train.engines`, which applies the plan's parallelism with the `apply_*`
+functions of `recpar.parallel` -> cut training sequences) -> resume from the last saved epoch,
+if any -> per epoch: one engine step per global batch inside the timing window of
+`recpar.train.timing`; gather the full weights on rank 0, validate (full ranking), keep the
+best checkpoint, stop early after `patience` epochs without improvement; save checkpoints ->
+gather every rank's measurements -> reload the best weights, evaluate valid and test under both
+protocols (`recpar.train.validation`) -> write the run record (rank 0,
+`recpar.train.run_record`).
 
 Checkpoints: `last.pt` and `best.pt` hold the full single-device weights whatever the plan
 (so any two runs compare key by key); each rank's training state (weights or shard,
@@ -17,7 +19,6 @@ An interrupted run resumes from them.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
@@ -33,54 +34,21 @@ from tqdm import tqdm
 
 from recpar.data.prepared import PreparedDataset
 from recpar.eval.popularity import popularity_scorer
-from recpar.eval.protocols import build_eval_examples, evaluate_protocols, sample_negatives
 from recpar.model.config import ModelConfig
 from recpar.model.recommender import Recommender
 from recpar.model.sequences import build_training_sequences
-from recpar.comm.async_ps import AsyncPSConfig
-from recpar.comm.config import GradSyncConfig
-from recpar.parallel.plan import ParallelPlan
 from recpar.train import checkpoint, record
-from recpar.train.config import EVAL_PROTOCOLS, TrainConfig
-from recpar.train.engines import EngineContext, build_engine
+from recpar.train.config import TrainConfig
+from recpar.train.engines import Engine, EngineContext, build_engine
 from recpar.train.memory import model_state_gib
+from recpar.train.run_record import base_record, training_metrics
+from recpar.train.spec import RunSpec
 from recpar.train.timing import StepWindow, peak_rss_gib
+from recpar.train.validation import EvalCopy, eval_examples, quality
 
 
 class DataMissingError(FileNotFoundError):
     """An input the run needs (prepared data, text embeddings) is absent."""
-
-
-@dataclass
-class RunSpec:
-    """Everything `recpar train` was asked to do, resolved and validated."""
-
-    data_dir: Path
-    """Prepared dataset directory (`recpar data prepare` output)."""
-    out_dir: Path
-    """Where record.json, checkpoints and the log go."""
-    run_id: str
-    """Spells out what ran, e.g. `baseline-tiny-n1`."""
-    model: ModelConfig
-    """Model architecture (named size plus overrides)."""
-    train: TrainConfig = field(default_factory=TrainConfig)
-    """Optimiser, schedule, timing window."""
-    plan: ParallelPlan = field(default_factory=ParallelPlan)
-    """Parallel degrees; baseline = all ones."""
-    seed: int = 0
-    """Seeds torch (init, dropout, shuffling) and the sampled-negatives protocol."""
-    use_text: bool = True
-    """Fuse the item text embeddings (needs `recpar data embed`); False = ID embeddings only."""
-    topology: dict = field(default_factory=lambda: {"kind": "local", "nodes": 1,
-                                                     "ranks_per_node": 1})
-    """Topology actually used (recpar.cluster provides it for multi-node runs)."""
-    grad_sync: GradSyncConfig = field(default_factory=GradSyncConfig)
-    """How data-parallel gradients travel (scheme dp; ignored when dp = 1)."""
-    zero_stage: int = 0
-    """ZeRO stage 1/2/3 for scheme `zero` (DeepSpeed); 0 otherwise."""
-    async_ps: AsyncPSConfig = field(default_factory=AsyncPSConfig)
-    """Parameter-server settings for scheme `async` (damping, timeout); its clip_grad is
-    replaced by train.clip_grad (one clipping setting for every scheme)."""
 
 
 def _set_determinism(cfg: TrainConfig, seed: int) -> None:
@@ -102,79 +70,18 @@ def _text_embeddings(ds: PreparedDataset, use_text: bool) -> torch.Tensor | None
     return torch.from_numpy(emb).float()
 
 
-def _eval_examples(ds: PreparedDataset, max_seq_len: int, seed: int) -> dict:
-    examples = {s: build_eval_examples(ds, s, max_seq_len) for s in ("valid", "test")}
-    for ex in examples.values():
-        # Draw (and cache) the sampled100 negatives now: a dataset too small for the
-        # protocol fails here, before any training, not after it.
-        sample_negatives(ex, seed)
-    return examples
-
-
-def _quality(score_fn, examples: dict, seed: int, batch_size: int) -> dict:
-    return {split: evaluate_protocols(score_fn, ex, EVAL_PROTOCOLS, k=10, batch_size=batch_size,
-                                      seed=seed)
-            for split, ex in examples.items()}
-
-
-@contextlib.contextmanager
-def _eval_threads(world: int):
-    """Rank 0 evaluates alone: the other ranks wait for it (in a collective, or have exited),
-    so it may use every core this process may run on instead of its 1/world share. Evaluation
-    lies outside the timing window; only its wall time changes."""
-    if world == 1:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(max(old, len(os.sched_getaffinity(0))))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def _dataset_record(ds: PreparedDataset) -> dict:
-    return {"source": str(ds.stats.get("source", "unknown")), "path": str(ds.root),
-            "stats": ds.stats}
-
-
-def _base_record(spec: RunSpec, ds: PreparedDataset, scheme: str,
-                 model_cfg: ModelConfig | None = None) -> dict:
-    return {
-        "schema_version": 1,
-        "run_id": spec.run_id,
-        "scheme": scheme,
-        "status": "completed",
-        "created_utc": record.utc_now(),
-        "config": {"model": asdict(model_cfg or spec.model), "train": spec.train.to_record(),
-                   "grad_sync": (spec.grad_sync.to_dict()
-                                 if spec.plan.dp > 1 and spec.plan.scheme != "async" else None),
-                   **({"async_ps": asdict(dataclasses.replace(
-                       spec.async_ps, clip_grad=spec.train.clip_grad))}
-                      if spec.plan.scheme == "async" else {}),
-                   "use_text": spec.use_text},
-        "plan": spec.plan.to_record(),
-        "topology": spec.topology,
-        "dataset": _dataset_record(ds),
-        "versions": record.versions(),
-        "git": record.git_state(),
-        "hardware": record.hardware(spec.train.device),
-        "seed": spec.seed,
-    }
-
-
 def run_most_popular(spec: RunSpec) -> dict:
     """The non-learned reference: rank items by training-split popularity."""
     ds = PreparedDataset.load(spec.data_dir)
-    examples = _eval_examples(ds, spec.model.max_seq_len, spec.seed)
+    examples = eval_examples(ds, spec.model.max_seq_len, spec.seed)
     t0 = time.perf_counter()
-    quality = _quality(popularity_scorer(ds), examples, spec.seed, spec.train.eval_batch_size)
-    rec = _base_record(spec, ds, "most-popular")
+    q = quality(popularity_scorer(ds), examples, spec.seed, spec.train.eval_batch_size)
+    rec = base_record(spec, ds, "most-popular")
     rec["timing"] = {"warmup_steps": 0, "timed_steps": 0, "window_start_utc": None,
                      "window_end_utc": None, "window_s": None, "device_sync": "none (no training)",
                      "total_train_s": 0.0}
     rec["metrics"] = {"eval_s": time.perf_counter() - t0, "peak_rss_gib": peak_rss_gib()}
-    rec["quality"] = quality
+    rec["quality"] = q
     record.write(rec, spec.out_dir / "record.json")
     return rec
 
@@ -240,6 +147,109 @@ def replace_stale_run(spec: RunSpec) -> Path | None:
 def train(spec: RunSpec, progress: bool = True) -> dict | None:
     """Train one run (single device, or one rank of a parallel scheme under torchrun); returns
     the record on rank 0 (None on other ranks). The record is written by rank 0 only."""
+    run = _set_up(spec, progress)
+    state = _resume(run)
+    # A resumed run measures its window on the steps it actually runs.
+    timed = _Timed(StepWindow(run.cfg.warmup_steps, run.cfg.timed_steps, run.cfg.device))
+    scorer = (EvalCopy(run.model_cfg, run.ds.n_items, run.text_emb, run.device, run.world)
+              if run.rank == 0 else None)
+    t_train0 = time.perf_counter()
+    for epoch in range(state.start_epoch, run.cfg.max_epochs):
+        entry = _train_epoch(run, state, timed, epoch)
+        # Full single-device weights on rank 0 (a collective for sharded engines).
+        full = run.engine.full_state_dict()
+        if scorer is not None:
+            scorer.load(full)
+        if (epoch + 1) % run.cfg.eval_every == 0 or state.stop:
+            _validate(run, state, scorer, epoch, full, entry)
+        state.history.append(entry)
+        _log_epoch(run, entry)
+        _save_epoch(run, state, epoch, full)
+        state.stop = _bcast(state.stop, run.rank, run.world)
+        if state.stop:
+            break
+    measured = _gather_measurements(run, timed, t_train0)
+    if run.rank != 0:
+        return None
+    return _write_record(run, state, timed, measured, scorer, _final_quality(run, scorer))
+
+
+@dataclass
+class _Run:
+    """One rank's fixed parts of a run (`_set_up`)."""
+
+    spec: RunSpec
+    cfg: TrainConfig
+    rank: int
+    world: int
+    progress: bool
+    """Show progress bars (rank 0 only)."""
+    ds: PreparedDataset
+    text_emb: torch.Tensor | None
+    model_cfg: ModelConfig
+    """spec.model with the text width of the embeddings on disk."""
+    device: torch.device
+    engine: Engine
+    inputs: torch.Tensor
+    """[N, L] int64 training sequences, left-padded with 0."""
+    targets: torch.Tensor
+    """[N, L] int64 next-item targets."""
+    examples: dict | None
+    """Rank 0's valid/test examples (`eval_examples`); None on other ranks."""
+    fingerprint: str
+    out: Path
+
+    @property
+    def n_seq(self) -> int:
+        return self.inputs.shape[0]
+
+    @property
+    def last_path(self) -> Path:
+        return self.out / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.out / "best.pt"
+
+
+@dataclass
+class _Progress:
+    """What carries from epoch to epoch; last.pt saves it for a resume."""
+
+    start_epoch: int = 0
+    step: int = 0
+    best: float = -1.0
+    bad_epochs: int = 0
+    history: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    stop: bool = False
+
+
+@dataclass
+class _Timed:
+    """The timing window and what this rank measured inside it."""
+
+    window: StepWindow
+    fwd_bwd_ms: list[float] = field(default_factory=list)
+    comm_stats: dict = field(default_factory=dict)
+    first_epoch_batches: list[torch.Tensor] | None = None
+    """The batches of the first epoch run, which `Engine.finish` replays."""
+
+
+@dataclass
+class _Measured:
+    """This rank's measurements after training, and every rank's."""
+
+    timing: dict
+    comm_stats: dict
+    this_rank: dict
+    all_ranks: list[dict]
+    total_train_s: float
+
+
+def _set_up(spec: RunSpec, progress: bool) -> _Run:
+    """Validate, seed, load the data, build the model and the scheme's engine, cut the training
+    sequences; rank 0 builds its evaluation examples."""
     cfg = spec.train.validate()
     rank, world = _dist()
     spec.plan.validate(world_size=world, n_heads=spec.model.n_heads, n_layers=spec.model.n_layers)
@@ -247,7 +257,6 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
     if cfg.global_batch_size % spec.plan.batch_shards:  # dp, or dp - 1 workers for async
         raise ValueError(f"train.global_batch_size = {cfg.global_batch_size} is not divisible "
                          f"by the {spec.plan.batch_shards} ranks that split it (dp = {dp})")
-    progress = progress and rank == 0
     _set_determinism(cfg, spec.seed)
     ds = PreparedDataset.load(spec.data_dir)
     text_emb = _text_embeddings(ds, spec.use_text)
@@ -263,193 +272,179 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
     # applies the plan's parallelism to this single-device model.
     model = Recommender(model_cfg, ds.n_items, text_emb).to(device)
     inputs, targets = build_training_sequences(ds.train, model_cfg.max_seq_len)
-    # inputs, targets: [N, L] int64, left-padded with 0
     engine = build_engine(EngineContext(spec=spec, model=model, model_cfg=model_cfg,
                                         device=device, rank=rank, world=world,
                                         seq_len=int(inputs.shape[1])))
-    n_seq = inputs.shape[0]
-    steps_per_epoch = math.ceil(n_seq / cfg.global_batch_size)
-    examples = _eval_examples(ds, model_cfg.max_seq_len, spec.seed) if rank == 0 else None
-
+    examples = eval_examples(ds, model_cfg.max_seq_len, spec.seed) if rank == 0 else None
     fp = run_fingerprint(spec, ds, model_cfg)
     out = Path(spec.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    start_epoch, step, best, bad_epochs, history = 0, 0, -1.0, 0, []
-    notes: list[str] = []
-    if last_path.exists():
-        state = checkpoint.load(last_path, expect_fingerprint=fp)
-        engine.load(out, fp)
-        checkpoint.set_rng_state(state["rng"])
-        start_epoch, step = state["epoch"] + 1, state["step"]
-        best, bad_epochs, history = state["best"], state["bad_epochs"], state["history"]
-        notes.append(f"resumed from {last_path.name} after epoch {state['epoch']}")
+    return _Run(spec=spec, cfg=cfg, rank=rank, world=world, progress=progress and rank == 0,
+                ds=ds, text_emb=text_emb, model_cfg=model_cfg, device=device, engine=engine,
+                inputs=inputs, targets=targets, examples=examples, fingerprint=fp, out=out)
 
-    # A resumed run measures its window on the steps it actually runs.
-    window = StepWindow(cfg.warmup_steps, cfg.timed_steps, cfg.device)
 
-    # What rank 0 scores: a plain single-device copy filled from the engine's full weights.
-    # Its random init is overwritten; fork_rng keeps it from advancing the training stream.
-    eval_model = None
-    if rank == 0:
-        with torch.random.fork_rng(devices=[]):
-            eval_model = Recommender(model_cfg, ds.n_items, text_emb).to(device)
+def _resume(run: _Run) -> _Progress:
+    """After the epoch last.pt saved (engine state and RNG state restored), or from scratch."""
+    if not run.last_path.exists():
+        return _Progress()
+    state = checkpoint.load(run.last_path, expect_fingerprint=run.fingerprint)
+    run.engine.load(run.out, run.fingerprint)
+    checkpoint.set_rng_state(state["rng"])
+    return _Progress(start_epoch=state["epoch"] + 1, step=state["step"], best=state["best"],
+                     bad_epochs=state["bad_epochs"], history=state["history"],
+                     notes=[f"resumed from {run.last_path.name} after epoch {state['epoch']}"])
 
-    def score_fn(hist: torch.Tensor) -> torch.Tensor:
-        return eval_model.score_last(hist.to(device))
 
-    t_train0 = time.perf_counter()
-    stop = False
-    fb_ms_in_window: list[float] = []
-    comm_stats: dict = {}
-    first_epoch_batches = None
-    full: dict | None = None
-    for epoch in range(start_epoch, cfg.max_epochs):
-        engine.train()
-        # Identical permutation on every rank; the engine picks this rank's rows.
-        g = torch.Generator().manual_seed(spec.seed * 100_003 + epoch)
-        perm = torch.randperm(n_seq, generator=g)
-        batches = [perm[b * cfg.global_batch_size:(b + 1) * cfg.global_batch_size]
-                   for b in range(steps_per_epoch)]
-        first_epoch_batches = first_epoch_batches or batches
-        # Engines without one synchronous step per batch (async) train the epoch themselves
-        # and drive the window; see their module for how the window is measured.
-        epoch_batches = batches[:cfg.max_steps - step] if cfg.max_steps else batches
-        losses = engine.run_epoch(inputs, targets, epoch_batches, window)
-        if losses is not None:
-            step += len(epoch_batches)
-            stop = bool(cfg.max_steps) and step >= cfg.max_steps
-        bar = tqdm(batches if losses is None else [], desc=f"epoch {epoch}",
-                   disable=not progress or losses is not None, leave=False, mininterval=2.0)
-        losses = [] if losses is None else losses
-        for idx in bar:
-            # valid (input, target) positions of this batch, counted before the timed region
-            tokens = int(Recommender.valid_positions(inputs[idx], targets[idx]).sum())
-            was_open = window.open
-            window.before_step()
-            if window.open and not was_open:
-                engine.window_opened()
-            in_window = window.open
-            res = engine.step(inputs, targets, idx)
-            if in_window and res.fwd_bwd_ms is not None:
-                fb_ms_in_window.append(res.fwd_bwd_ms)
-            window.after_step(samples=int(idx.numel()), tokens=tokens)
-            if in_window and window.closed:
-                comm_stats = engine.window_closed(window.steps_in_window)
-            losses.append(res.loss_mean)
-            step += 1
-            if cfg.max_steps and step >= cfg.max_steps:
-                stop = True
-                break
-        window.pause()  # validation and checkpoints below are not training time
-        entry = {"epoch": epoch, "step": step, "train_loss": float(np.mean(losses))}
-        # Full single-device weights on rank 0 (a collective for sharded engines).
-        full = engine.full_state_dict()
-        if rank == 0:
-            eval_model.load_state_dict(full)
-        if (epoch + 1) % cfg.eval_every == 0 or stop:
-            improved = False
-            if rank == 0:
-                eval_model.eval()
-                with torch.no_grad(), _eval_threads(world):
-                    v = evaluate_protocols(score_fn, examples["valid"], ("full",), k=10,
-                                           batch_size=cfg.eval_batch_size,
-                                           seed=spec.seed)["full"]
-                metric = v[cfg.early_stopping_metric]
-                entry[f"valid_{cfg.early_stopping_metric}"] = metric
-                improved = metric > best
-                if improved:
-                    best = metric
-                    checkpoint.save(best_path, {"model": full, "epoch": epoch,
-                                                "fingerprint": fp, "metric": metric})
-            improved, best = _bcast((improved, best), rank, world)
-            bad_epochs = 0 if improved else bad_epochs + 1
-            if bad_epochs >= cfg.patience:
-                stop = True
-                notes.append(f"early stop after epoch {epoch}: no better valid "
-                             f"{cfg.early_stopping_metric} for {cfg.patience} epochs")
-        history.append(entry)
-        if rank == 0:  # one line per epoch, also in logs where the bar is off
-            tqdm.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                for k, v in entry.items()), file=sys.stdout)
-            sys.stdout.flush()
-        # Engine state first (every rank), then last.pt: last.pt is the commit marker.
-        engine.save(out, fp)
-        if world > 1:
-            dist.barrier()
-        if rank == 0:
-            checkpoint.save(last_path, {"model": full, "rng": checkpoint.rng_state(),
-                                        "epoch": epoch, "step": step, "best": best,
-                                        "bad_epochs": bad_epochs, "history": history,
-                                        "plan": spec.plan.to_record(), "fingerprint": fp})
-        stop = _bcast(stop, rank, world)
-        if stop:
+def _train_epoch(run: _Run, state: _Progress, timed: _Timed, epoch: int) -> dict:
+    """One epoch of engine steps (the timed ones inside the window); its history entry."""
+    cfg, engine = run.cfg, run.engine
+    engine.train()
+    # Identical permutation on every rank; the engine picks this rank's rows.
+    g = torch.Generator().manual_seed(run.spec.seed * 100_003 + epoch)
+    perm = torch.randperm(run.n_seq, generator=g)
+    steps_per_epoch = math.ceil(run.n_seq / cfg.global_batch_size)
+    batches = [perm[b * cfg.global_batch_size:(b + 1) * cfg.global_batch_size]
+               for b in range(steps_per_epoch)]
+    timed.first_epoch_batches = timed.first_epoch_batches or batches
+    # Engines without one synchronous step per batch (async) train the epoch themselves
+    # and drive the window; see their module for how the window is measured.
+    epoch_batches = batches[:cfg.max_steps - state.step] if cfg.max_steps else batches
+    losses = engine.run_epoch(run.inputs, run.targets, epoch_batches, timed.window)
+    if losses is not None:
+        state.step += len(epoch_batches)
+        state.stop = bool(cfg.max_steps) and state.step >= cfg.max_steps
+    else:
+        losses = _step_batches(run, state, timed, batches, epoch)
+    timed.window.pause()  # validation and checkpoints below are not training time
+    return {"epoch": epoch, "step": state.step, "train_loss": float(np.mean(losses))}
+
+
+def _step_batches(run: _Run, state: _Progress, timed: _Timed, batches: list[torch.Tensor],
+                  epoch: int) -> list[float]:
+    """One engine step per global batch until the epoch or `max_steps` ends; the losses."""
+    engine, window, inputs, targets = run.engine, timed.window, run.inputs, run.targets
+    losses = []
+    for idx in tqdm(batches, desc=f"epoch {epoch}", disable=not run.progress, leave=False,
+                    mininterval=2.0):
+        # valid (input, target) positions of this batch, counted before the timed region
+        tokens = int(Recommender.valid_positions(inputs[idx], targets[idx]).sum())
+        was_open = window.open
+        window.before_step()
+        if window.open and not was_open:
+            engine.window_opened()
+        in_window = window.open
+        res = engine.step(inputs, targets, idx)
+        if in_window and res.fwd_bwd_ms is not None:
+            timed.fwd_bwd_ms.append(res.fwd_bwd_ms)
+        window.after_step(samples=int(idx.numel()), tokens=tokens)
+        if in_window and window.closed:
+            timed.comm_stats = engine.window_closed(window.steps_in_window)
+        losses.append(res.loss_mean)
+        state.step += 1
+        if run.cfg.max_steps and state.step >= run.cfg.max_steps:
+            state.stop = True
             break
+    return losses
+
+
+def _validate(run: _Run, state: _Progress, scorer: EvalCopy | None, epoch: int,
+              full: dict | None, entry: dict) -> None:
+    """Validation on rank 0 (into `entry`), best.pt on improvement, early stopping (every rank
+    learns rank 0's verdict)."""
+    cfg = run.cfg
+    improved = False
+    if run.rank == 0:
+        metric = scorer.validate(run.examples, cfg.early_stopping_metric, cfg.eval_batch_size,
+                                 run.spec.seed)
+        entry[f"valid_{cfg.early_stopping_metric}"] = metric
+        improved = metric > state.best
+        if improved:
+            state.best = metric
+            checkpoint.save(run.best_path, {"model": full, "epoch": epoch,
+                                            "fingerprint": run.fingerprint, "metric": metric})
+    improved, state.best = _bcast((improved, state.best), run.rank, run.world)
+    state.bad_epochs = 0 if improved else state.bad_epochs + 1
+    if state.bad_epochs >= cfg.patience:
+        state.stop = True
+        state.notes.append(f"early stop after epoch {epoch}: no better valid "
+                           f"{cfg.early_stopping_metric} for {cfg.patience} epochs")
+
+
+def _log_epoch(run: _Run, entry: dict) -> None:
+    if run.rank == 0:  # one line per epoch, also in logs where the bar is off
+        tqdm.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                            for k, v in entry.items()), file=sys.stdout)
+        sys.stdout.flush()
+
+
+def _save_epoch(run: _Run, state: _Progress, epoch: int, full: dict | None) -> None:
+    """Engine state first (every rank), then last.pt: last.pt is the commit marker."""
+    run.engine.save(run.out, run.fingerprint)
+    if run.world > 1:
+        dist.barrier()
+    if run.rank == 0:
+        checkpoint.save(run.last_path, {"model": full, "rng": checkpoint.rng_state(),
+                                        "epoch": epoch, "step": state.step, "best": state.best,
+                                        "bad_epochs": state.bad_epochs, "history": state.history,
+                                        "plan": run.spec.plan.to_record(),
+                                        "fingerprint": run.fingerprint})
+
+
+def _gather_measurements(run: _Run, timed: _Timed, t_train0: float) -> _Measured:
+    """Close the window; this rank's timing, communication and memory figures, then every
+    rank's (a collective); release the engine."""
+    engine, window = run.engine, timed.window
     window.close()
-    if window.steps_in_window and not comm_stats:
-        comm_stats = engine.window_closed(window.steps_in_window)
+    if window.steps_in_window and not timed.comm_stats:
+        timed.comm_stats = engine.window_closed(window.steps_in_window)
     total_train_s = time.perf_counter() - t_train0
 
     timing_metrics = window.metrics()
-    if fb_ms_in_window:
-        timing_metrics["fwd_bwd_ms_per_iter"] = float(np.mean(fb_ms_in_window))
-    if first_epoch_batches:
-        timing_metrics.update(engine.finish(inputs, targets, first_epoch_batches,
+    if timed.fwd_bwd_ms:
+        timing_metrics["fwd_bwd_ms_per_iter"] = float(np.mean(timed.fwd_bwd_ms))
+    if timed.first_epoch_batches:
+        timing_metrics.update(engine.finish(run.inputs, run.targets, timed.first_epoch_batches,
                                             {**timing_metrics,
                                              "timed_steps": window.steps_in_window}))
-    rank_metrics = {**timing_metrics, **comm_stats, "peak_rss_gib": peak_rss_gib()}
+    rank_metrics = {**timing_metrics, **timed.comm_stats, "peak_rss_gib": peak_rss_gib()}
     held = engine.trained_state()
     if held is not None:
         rank_metrics["model_state_gib"] = model_state_gib(*held)
     all_ranks = [rank_metrics]
-    if world > 1:
-        all_ranks = [None] * world
+    if run.world > 1:
+        all_ranks = [None] * run.world
         dist.all_gather_object(all_ranks, rank_metrics)
     engine.close()
-    if rank != 0:
-        return None
+    return _Measured(timing=timing_metrics, comm_stats=timed.comm_stats, this_rank=rank_metrics,
+                     all_ranks=all_ranks, total_train_s=total_train_s)
 
-    if best_path.exists():
-        eval_model.load_state_dict(checkpoint.load(best_path, expect_fingerprint=fp)["model"])
-    eval_model.eval()
-    with torch.no_grad(), _eval_threads(world):
-        quality = _quality(score_fn, examples, spec.seed, cfg.eval_batch_size)
 
-    rec = _base_record(spec, ds, spec.plan.scheme, model_cfg)
-    rec["timing"] = {**window.to_record(), "total_train_s": total_train_s}
-    n_params = sum(p.numel() for p in eval_model.parameters())
-    metrics = {
-        **timing_metrics,
-        "comm_ms_per_iter": 0.0 if world == 1 else comm_stats.get("comm_ms_per_iter"),
-        "peak_device_mem_gib": (torch.cuda.max_memory_allocated() / 2**30
-                                if device.type == "cuda" else None),
-        "params_count": n_params,
-        "train_sequences_count": n_seq,
-        "steps_count": step,
-        "epochs_count": len(history),
-        "best_valid_metric": best,
-    }
-    if engine.loss_is_estimate:
-        notes.append("train_loss with dp > 1 is rank 0's share x dp (an estimate of the "
-                     "global mean)")
-    if timing_metrics.get("throughput_samples_per_s") is not None:
-        metrics["throughput_samples_per_s_per_device"] = (
-            timing_metrics["throughput_samples_per_s"] / world)
-    for k, v in comm_stats.items():
-        metrics.setdefault(k, v)
-    # Per-rank spread of what each rank measured (max over ranks is what the slowest sees).
-    for key in ("peak_rss_gib", "model_state_gib", "comm_ms_per_iter",
-                "exposed_comm_ms_per_iter", "tp_comm_ms_per_iter",
-                "payload_bytes_per_rank_per_iter", "cpu_util_pct"):
-        vals = [r[key] for r in all_ranks if r.get(key) is not None]
-        if vals:
-            metrics[f"{key}_max_over_ranks"] = float(max(vals))
-    metrics["peak_rss_gib"] = rank_metrics["peak_rss_gib"]
-    if "model_state_gib" in rank_metrics:
-        metrics["model_state_gib"] = rank_metrics["model_state_gib"]
+def _final_quality(run: _Run, scorer: EvalCopy) -> dict:
+    """Rank 0: the best weights (the last ones if no epoch was validated) on valid and test
+    under both protocols."""
+    if run.best_path.exists():
+        scorer.load(checkpoint.load(run.best_path,
+                                    expect_fingerprint=run.fingerprint)["model"])
+    return scorer.quality(run.examples, run.spec.seed, run.cfg.eval_batch_size)
+
+
+def _write_record(run: _Run, state: _Progress, timed: _Timed, measured: _Measured,
+                  scorer: EvalCopy, quality: dict) -> dict:
+    """Rank 0: build the run record, write record.json, return it."""
+    rec = base_record(run.spec, run.ds, run.spec.plan.scheme, run.model_cfg)
+    rec["timing"] = {**timed.window.to_record(), "total_train_s": measured.total_train_s}
+    metrics = training_metrics(
+        measured.timing, measured.comm_stats, measured.this_rank, measured.all_ranks,
+        world=run.world, device=run.device, params_count=scorer.params_count(),
+        train_sequences_count=run.n_seq, steps_count=state.step,
+        epochs_count=len(state.history), best_valid_metric=state.best)
+    if run.engine.loss_is_estimate:
+        state.notes.append("train_loss with dp > 1 is rank 0's share x dp (an estimate of the "
+                           "global mean)")
     rec["metrics"] = metrics
     rec["quality"] = quality
-    rec["history"] = history
-    rec["notes"] = notes
-    record.write(rec, out / "record.json")
+    rec["history"] = state.history
+    rec["notes"] = state.notes
+    record.write(rec, run.out / "record.json")
     return rec

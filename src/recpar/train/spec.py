@@ -1,8 +1,9 @@
-"""RunSpec <-> JSON, so the launcher can hand a validated spec to every rank."""
+"""`RunSpec`, everything `recpar train` was asked to do, and its JSON form (so the launcher can
+hand a validated spec to every rank)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from recpar.comm.async_ps import AsyncPSConfig
@@ -10,7 +11,38 @@ from recpar.comm.config import GradSyncConfig
 from recpar.model.config import ModelConfig
 from recpar.parallel.plan import ParallelPlan
 from recpar.train.config import TrainConfig
-from recpar.train.loop import RunSpec
+
+
+@dataclass
+class RunSpec:
+    """Everything `recpar train` was asked to do, resolved and validated."""
+
+    data_dir: Path
+    """Prepared dataset directory (`recpar data prepare` output)."""
+    out_dir: Path
+    """Where record.json, checkpoints and the log go."""
+    run_id: str
+    """Spells out what ran, e.g. `baseline-tiny-n1`."""
+    model: ModelConfig
+    """Model architecture (named size plus overrides)."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimiser, schedule, timing window."""
+    plan: ParallelPlan = field(default_factory=ParallelPlan)
+    """Parallel degrees; baseline = all ones."""
+    seed: int = 0
+    """Seeds torch (init, dropout, shuffling) and the sampled-negatives protocol."""
+    use_text: bool = True
+    """Fuse the item text embeddings (needs `recpar data embed`); False = ID embeddings only."""
+    topology: dict = field(default_factory=lambda: {"kind": "local", "nodes": 1,
+                                                     "ranks_per_node": 1})
+    """Topology actually used (recpar.cluster provides it for multi-node runs)."""
+    grad_sync: GradSyncConfig = field(default_factory=GradSyncConfig)
+    """How data-parallel gradients travel (scheme dp; ignored when dp = 1)."""
+    zero_stage: int = 0
+    """ZeRO stage 1/2/3 for scheme `zero` (DeepSpeed); 0 otherwise."""
+    async_ps: AsyncPSConfig = field(default_factory=AsyncPSConfig)
+    """Parameter-server settings for scheme `async` (damping, timeout); its clip_grad is
+    replaced by train.clip_grad (one clipping setting for every scheme)."""
 
 
 def spec_to_dict(spec: RunSpec) -> dict:

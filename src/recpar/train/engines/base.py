@@ -34,14 +34,15 @@ import torch
 from recpar.model.config import ModelConfig
 from recpar.model.recommender import Recommender
 from recpar.train import checkpoint
+from recpar.train.spec import RunSpec
 
 
 @dataclass
 class EngineContext:
     """What an engine is built from (the loop fills it; identical on every rank)."""
 
-    spec: object
-    """The RunSpec (plan, grad_sync, zero_stage, seed, ...)."""
+    spec: RunSpec
+    """What the run was asked to do (plan, grad_sync, zero_stage, seed, ...)."""
     model: Recommender
     """The single-device model, built from the run seed: identical on every rank."""
     model_cfg: ModelConfig
