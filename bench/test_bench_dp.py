@@ -36,6 +36,7 @@ def _rank(rank: int, world: int, init_file: str, out: str) -> None:
 
     from recpar.comm.config import GradSyncConfig
     from recpar.model.config import ModelConfig
+    from recpar.model.loss import valid_positions
     from recpar.model.recommender import Recommender
     from recpar.parallel.data_parallel import TrainStep, apply_dp
     from recpar.train.config import TrainConfig
@@ -50,7 +51,7 @@ def _rank(rank: int, world: int, init_file: str, out: str) -> None:
     x = torch.randint(1, N_ITEMS + 1, (GLOBAL_BATCH, SEQ_LEN), generator=gen)
     y = torch.randint(1, N_ITEMS + 1, (GLOBAL_BATCH, SEQ_LEN), generator=gen)
     xl, yl = x[rank::world], y[rank::world]
-    gcount = Recommender.valid_positions(x, y).sum()
+    gcount = valid_positions(x, y).sum()
     tcfg = TrainConfig()
 
     torch.manual_seed(0)

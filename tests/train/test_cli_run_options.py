@@ -30,3 +30,14 @@ def test_options_set_the_same_attributes_as_flags():
 def test_bad_options_name_the_key(options, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         apply_run_options(_args(), options)
+
+
+@pytest.mark.parametrize("text, value", [("1e-05", 1e-05), ("-2.5E3", -2500.0), ("0.001", 0.001),
+                                         ("128", 128), ("true", True), ("cpu", "cpu"),
+                                         ("[0.9, 0.95]", [0.9, 0.95]), ("inf", "inf")])
+def test_set_values_parse_exponent_floats_as_numbers(text, value):
+    """The workflow writes small floats as Python prints them (1e-05), which YAML 1.1 would
+    read as a string and TrainConfig would then refuse."""
+    from recpar.train.cli import parse_value
+
+    assert parse_value(text) == value and type(parse_value(text)) is type(value)

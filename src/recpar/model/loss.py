@@ -18,7 +18,9 @@ from recpar.constants import IGNORE_INDEX, PAD_ITEM
 
 def valid_positions(input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """[B, L] bool: positions that count in the loss (a real target after a real input: a
-    target after pure padding has no history to be predicted from)."""
+    target after pure padding has no history to be predicted from). Data-parallel ranks count
+    it over the whole global batch to normalise their local loss sums by the global count,
+    which makes the averaged gradient equal the single-device one."""
     return (targets != PAD_ITEM) & (input_ids != PAD_ITEM)
 
 

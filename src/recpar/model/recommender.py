@@ -32,7 +32,7 @@ from torch import nn
 from recpar.constants import PAD_ITEM
 from recpar.model.config import ModelConfig
 from recpar.model.item_table import TiedItemTable
-from recpar.model.loss import mask_targets, mean_divisor, valid_positions
+from recpar.model.loss import mask_targets, mean_divisor
 
 
 class CausalSelfAttention(nn.Module):
@@ -191,11 +191,6 @@ class Recommender(TiedItemTable):
         hidden = self.forward(input_ids, item_table=table)  # [B, L, d]
         logits = self.logits(hidden, item_table=table)  # [B, L, n_items + 1]
         return self.cross_entropy_sum(logits, masked), count
-
-    valid_positions = staticmethod(valid_positions)
-    """[B, L] bool: positions that count in the loss (`recpar.model.loss.valid_positions`).
-    Data-parallel ranks use it on the whole global batch to normalise their local loss sums by
-    the global count, which makes the averaged gradient equal the single-device one."""
 
     def loss(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean next-item cross-entropy over valid positions (0 when there are none)."""

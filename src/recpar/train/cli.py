@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -83,13 +84,25 @@ def register(sub) -> None:
     pop.set_defaults(func=cmd_popularity)
 
 
+# A float in exponent form without a dot (1e-05, as Python and the workflow print small floats):
+# YAML 1.1 (PyYAML) reads it as a string, so it is matched here first.
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def parse_value(text: str):
+    """A KEY=VALUE value: numbers (1e-05 too), bools and lists as YAML scalars, else a string."""
+    if _EXPONENT_FLOAT.fullmatch(text.strip()):
+        return float(text)
+    return yaml.safe_load(text)
+
+
 def _parse_kv(items: list[str], what: str) -> dict:
     out = {}
     for item in items:
         if "=" not in item:
             raise ValueError(f"{what} {item!r}: expected KEY=VALUE")
         k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)  # numbers/bools/lists parse as YAML scalars
+        out[k.strip()] = parse_value(v)
     return out
 
 

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from recpar.data.prepared import PreparedDataset
 from recpar.eval.popularity import popularity_scorer
 from recpar.model.config import ModelConfig
+from recpar.model.loss import valid_positions
 from recpar.model.recommender import Recommender
 from recpar.model.sequences import build_training_sequences
 from recpar.train import checkpoint, record
@@ -328,7 +329,7 @@ def _step_batches(run: _Run, state: _Progress, timed: _Timed, batches: list[torc
     for idx in tqdm(batches, desc=f"epoch {epoch}", disable=not run.progress, leave=False,
                     mininterval=2.0):
         # valid (input, target) positions of this batch, counted before the timed region
-        tokens = int(Recommender.valid_positions(inputs[idx], targets[idx]).sum())
+        tokens = int(valid_positions(inputs[idx], targets[idx]).sum())
         was_open = window.open
         window.before_step()
         if window.open and not was_open:

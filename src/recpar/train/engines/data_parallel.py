@@ -10,13 +10,12 @@ import time
 
 import torch
 
-from recpar.model.recommender import Recommender
+from recpar.device import device_sync
+from recpar.model.loss import valid_positions
 from recpar.parallel.data_parallel import TrainStep, apply_dp
 from recpar.train.engines.base import Engine, EngineContext, StepResult
 from recpar.train.engines.no_sync_replay import exposed_metrics, no_sync_fwd_bwd_ms
 from recpar.train.optim import build_adamw
-from recpar.device import device_sync
-
 
 
 class ReplicaEngine(Engine):
@@ -40,7 +39,7 @@ class ReplicaEngine(Engine):
     def _local(self, inputs, targets, idx):
         local = idx[self.ctx.rank::self.dp]
         dev = self.ctx.device
-        gcount = Recommender.valid_positions(inputs[idx], targets[idx]).sum().to(dev)
+        gcount = valid_positions(inputs[idx], targets[idx]).sum().to(dev)
         return inputs[local].to(dev), targets[local].to(dev), gcount
 
     def step(self, inputs, targets, idx) -> StepResult:

@@ -51,13 +51,14 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from recpar.model.recommender import PAD_ITEM, Recommender
+from recpar.constants import PAD_ITEM
+from recpar.device import device_sync
+from recpar.model.loss import valid_positions
 from recpar.parallel.data_parallel import TrainStep
 from recpar.parallel.plan import PlanError
 from recpar.train.engines.base import Engine, EngineContext, StepResult
 from recpar.train.engines.no_sync_replay import exposed_metrics, no_sync_fwd_bwd_ms
 from recpar.train.optim import build_adamw
-from recpar.device import device_sync
 
 PP_STEP_FIELDS = ("schedule_ms", "forward_ms", "backward_ms", "loss_ms", "compute_ms", "idle_ms",
                   "activation_bytes_sent", "activation_grad_bytes_sent",
@@ -204,7 +205,7 @@ class ModelParallelEngine(Engine):
         global batch's valid-position count."""
         dev = self.ctx.device
         local = idx[self.dp_rank::self.dp]
-        gcount = int(Recommender.valid_positions(inputs[idx], targets[idx]).sum())
+        gcount = int(valid_positions(inputs[idx], targets[idx]).sum())
         m = self.plan.num_microbatches if self.runner is not None else 1
         rows = max(m, -(-local.numel() // m) * m)  # a multiple of m, at least one row
         x = _pad_rows(inputs[local], rows).to(dev)  # [rows, L]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recpar.model.recommender import Recommender
+from recpar.model.loss import valid_positions
 from recpar.parallel.zero import apply_zero, zero_state_dict, zero_step
 from recpar.train import checkpoint
 from recpar.train.engines.base import Engine, EngineContext, StepResult
@@ -26,7 +26,7 @@ class ZeroEngine(Engine):
 
     def step(self, inputs, targets, idx) -> StepResult:
         local = idx[self.ctx.rank::self.dp]
-        gcount = Recommender.valid_positions(inputs[idx], targets[idx]).sum()
+        gcount = valid_positions(inputs[idx], targets[idx]).sum()
         # zero_step's loss is already the global mean (all-reduced).
         return StepResult(loss_mean=float(zero_step(self.engine, inputs[local], targets[local],
                                                      gcount)))
