@@ -65,3 +65,13 @@ def test_bad_paper_file(tmp_path):
     f.write_text("users: 1\nitems: x\n")
     with pytest.raises(DataError, match=r"p.yaml: missing or non-integer key\(s\) items, train"):
         load_paper_table1(f)
+
+
+def test_release_note_says_whether_this_run_checked_the_published_counts():
+    assert "not checked by this run" in render({"synthetic-amazon": _stats()})
+    real = {"source": "amazon-electronics-2014", "scale": 1, "users": 192_403, "items": 63_001,
+            "train": 1_351_350, "valid": 168_919, "test": 168_919}
+    assert "checked by this run: the downloaded file has the same counts" in render(
+        {"amazon-electronics-2014": real})
+    other = render({"amazon-electronics-2014": {**real, "users": 192_400}})
+    assert "the downloaded file DIFFERS, with 192,400 users" in other
