@@ -3,9 +3,12 @@
 import pytest
 
 from recpar.perfmodel import collectives as C
-from recpar.perfmodel.costs import (CostInputError, GradSync, ModelShape, PlanShape, Precision,
-                                    Topology, bubble_fraction, group_span, iteration_cost,
-                                    memory_per_rank_bytes, stage_fwd_flops_per_token)
+from recpar.perfmodel.iteration import iteration_cost
+from recpar.perfmodel.memory import memory_per_rank_bytes
+from recpar.perfmodel.placement import group_span
+from recpar.perfmodel.shapes import (CostInputError, GradSync, ModelShape, PlanShape, Precision,
+                                     Topology)
+from recpar.perfmodel.stages import stage_fwd_flops_per_token
 
 TINY = dict(d_model=8, n_layers=2, n_heads=2, d_ff=32, seq_len=4, vocab_size=10)
 NO_OVERLAP_ONE_BUCKET = GradSync(overlap=False, bucket_size_mb=1024)
@@ -37,12 +40,6 @@ def test_model_shape_aliases_and_errors():
         ModelShape.from_mapping({**TINY, "n_layers": 0})
     with pytest.raises(CostInputError, match="not divisible by n_heads"):
         ModelShape.from_mapping({**TINY, "n_heads": 3})
-
-
-def test_bubble_fraction():
-    assert bubble_fraction(4, 8) == pytest.approx(3 / 8)
-    assert bubble_fraction(4, 8, virtual=2) == pytest.approx(3 / 16)
-    assert bubble_fraction(1, 5) == 0.0
 
 
 def test_group_span():
@@ -158,7 +155,7 @@ def test_pipeline_time_bubble_and_p2p(toy_hw):
     assert stages == [2 * 1664, 2 * 1664 + 160]  # last stage carries the item head
     t_stage = 3 * stages[1] * tokens / 5e11
     p2p = C.point_to_point(b * 4 * 8 * 2, toy_hw.intra_link())
-    assert c.bubble_fraction == pytest.approx(1 / 4)
+    assert c.bubble_ratio == pytest.approx(1 / 4)
     assert c.bubble_ms == pytest.approx(1e3 * t_stage)
     assert c.pp_comm_ms == pytest.approx(1e3 * (m + 1) * 2 * p2p)
     assert c.iter_ms == pytest.approx(1e3 * (m + 1) * (t_stage + 2 * p2p))
@@ -205,7 +202,7 @@ def test_shapes_from_the_real_config_and_plan_count_the_real_model():
     from recpar.model.config import ModelConfig
     from recpar.model.recommender import Recommender
     from recpar.parallel.plan import ParallelPlan
-    from recpar.perfmodel.costs import ModelShape, PlanShape
+    from recpar.perfmodel.shapes import ModelShape, PlanShape
 
     for text_dim in (0, 8):
         cfg = ModelConfig.named("tiny", max_seq_len=20, text_dim=text_dim)

@@ -2,11 +2,11 @@
 
 import pytest
 
-from recpar.perfmodel.costs import CostInputError
 from recpar.perfmodel.hardware import load_profile
 from recpar.perfmodel.predict import (KIND, PAPER_TABLE2, ProjectionSettings, predict_record,
                                       project_paper_tables, scenario_from_record,
                                       validation_rows)
+from recpar.perfmodel.shapes import CostInputError
 
 
 def record(**over):
@@ -94,7 +94,7 @@ def test_topk_bytes_follow_recpars_wire_format():
     """The cost model's top-k payload equals the bytes recpar's codec actually sends."""
     from recpar.comm import byte_formulas
     from recpar.perfmodel import collectives as C
-    from recpar.perfmodel.costs import GradSync
+    from recpar.perfmodel.shapes import GradSync
 
     for numel, ratio in ((857_344, 0.01), (12_345, 0.1)):
         k = byte_formulas.topk_k(numel, ratio)

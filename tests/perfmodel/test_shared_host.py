@@ -9,8 +9,9 @@ from recpar.perfmodel.calibrate import (emulated_profile_mapping, inter_node_fro
                                         loaded_step_mapping, measure_compress_elements_per_s,
                                         measure_loaded_steps, measure_model_step_flops_per_s,
                                         shared_host_mapping)
-from recpar.perfmodel.costs import GradSync, ModelShape, PlanShape, iteration_cost
 from recpar.perfmodel.hardware import ProfileError, load_profile, profile_from_mapping
+from recpar.perfmodel.iteration import iteration_cost
+from recpar.perfmodel.shapes import GradSync, ModelShape, PlanShape
 
 from .conftest import fig, toy_mapping
 from .test_costs import TINY

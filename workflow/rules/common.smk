@@ -104,7 +104,7 @@ wildcard_constraints:
 # The paper's values and tolerances ship with the workflow (not the working directory).
 PAPER_VALUES = os.path.join(workflow.basedir, "paper_tables", "paper.yaml")
 
-# What `recpar report tables` writes (recpar.report.cli.TABLE_FILES; figures are extra).
+# What `recpar report tables` writes (recpar.report.paper_tables.TABLE_FILES; figures are extra).
 REPORT_TABLES = ["table2.md", "table2.csv", "table2.tex", "table3.md", "table3.csv", "table3.tex",
                  "comm_share.md", "comm_share.csv", "claims.md", "audit.md"]
 # ... and its figures (recpar.report.figures.FIGURE_FILES; a card says why one was not drawn).
@@ -122,8 +122,11 @@ def quality_delta_target():
 
 
 # Cost-model validation (config perfmodel_validation, emulated topology only): the sweep's
-# baseline and dp runs, the issue's "DP ring, hierarchical and compressed runs".
-PERFMODEL_SCHEMES = ("baseline", "dp")
+# baseline and dp runs, the issue's "DP ring, hierarchical and compressed runs"
+# (recpar.perfmodel.validation_runs picks them and derives the calibration's rank counts).
+from recpar.perfmodel import validation_runs
+
+PERFMODEL_SCHEMES = validation_runs.VALIDATED_SCHEMES
 PERFMODEL_DIR = "paper_tables/{sweep}/perfmodel"
 
 
@@ -133,28 +136,16 @@ def perfmodel_validation_target():
     return [f"paper_tables/{SWEEP_NAME}/perfmodel/validation_projected_vs_measured.csv"]
 
 
-def _perfmodel_runs():
-    runs = {k: v for k, v in SWEEP["runs"].items() if v["scheme"] in PERFMODEL_SCHEMES}
-    if not any(v["scheme"] == "baseline" for v in runs.values()):
-        raise ValueError("config perfmodel_validation: sweep.runs has no baseline run to "
-                         "calibrate against")
-    return runs
-
-
-def _world(opts):
-    return opts.get("dp", 1) * opts.get("tp", 1) * opts.get("pp", 1)
-
-
 def perfmodel_baseline_record(wildcards):
-    run = next(k for k, v in _perfmodel_runs().items() if v["scheme"] == "baseline")
+    run = validation_runs.baseline_run(SWEEP["runs"])
     return (f"results/{config['dataset']}/{SWEEP_NAME}/{run}/seed{config['seeds'][0]}/"
             "record.json")
 
 
 def perfmodel_loaded_ranks(wildcards):
     """Rank counts of the validated runs: each gets its own loaded-step line."""
-    return ",".join(str(w) for w in sorted({_world(v) for v in _perfmodel_runs().values()}))
+    return ",".join(str(w) for w in validation_runs.loaded_ranks(SWEEP["runs"]))
 
 
 def perfmodel_ranks_per_node(wildcards):
-    return max(-(-_world(v) // v.get("nodes", 1)) for v in _perfmodel_runs().values())
+    return validation_runs.ranks_per_node(SWEEP["runs"])

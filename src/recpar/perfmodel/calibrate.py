@@ -511,7 +511,7 @@ def efficiency_from_record(record: Mapping[str, Any], peak_flops_per_s: float,
     """Achieved model FLOP/s of a single-rank run ÷ peak: the measured efficiency.
 
     achieved = train_flops_per_sequence × metrics.throughput_samples_per_s (the model's own
-    FLOP count, costs.ModelShape). Only a world-size-1 run measures compute alone.
+    FLOP count, shapes.ModelShape). Only a world-size-1 run measures compute alone.
     """
     from recpar.perfmodel.predict import scenario_from_record
 

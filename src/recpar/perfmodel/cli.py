@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from recpar.atomic_write import write_text
-from recpar.perfmodel.costs import CostInputError
 from recpar.perfmodel.hardware import ProfileError, load_profile
+from recpar.perfmodel.shapes import CostInputError
 
 _ERRORS = (CostInputError, ProfileError)
 
@@ -160,9 +160,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     import yaml
 
     from recpar.perfmodel import calibrate as cal
+    from recpar.perfmodel.emulated_calibration import (CalibrationError, CalibrationOptions,
+                                                       calibrate_emulated_profile,
+                                                       parse_rank_counts)
 
     # checked before anything is measured
-    args.loaded_ranks_list = _parse_ranks(args.loaded_ranks) if args.loaded_ranks.strip() else []
+    try:
+        loaded_ranks = parse_rank_counts(args.loaded_ranks)
+    except ValueError as e:
+        raise _fail(f"--loaded-ranks: {e}") from None
     try:
         text = Path(args.inter_node).read_text()
     except FileNotFoundError:
@@ -171,127 +177,25 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         lat, bw = cal.inter_node_from_calibration(yaml.safe_load(text), args.inter_node)
     except (ProfileError, yaml.YAMLError, TypeError, ValueError) as e:
         raise _fail(str(e).splitlines()[0]) from None
-    flops = cal.measure_matmul_flops(threads=args.threads_per_rank)
-    reduce_rate = cal.measure_reduce_bytes_per_s()
-    loop = cal.measure_loopback_link()
-    eff, eff_src = 1.0, "assumed: 1.0 until a baseline run is measured"
-    shared, topk, sign, notes = None, None, None, []
     base = _read_json(args.baseline_record) if args.baseline_record else None
-    if base is not None:
-        bname = args.baseline_record
-        try:
-            eff = cal.efficiency_from_record(base, flops, bname)
-            shared, (topk, sign), notes = _shared_host_and_compress(cal, base, bname,
-                                                                    flops * eff, args)
-        except (*_ERRORS, ValueError, RuntimeError) as e:  # incl. a failed loaded-step timing
-            raise _fail(str(e)) from None
-        eff_src = f"measured: baseline run {bname}"
-    m = cal.emulated_profile_mapping(
+    options = CalibrationOptions(
         ranks_per_node=args.ranks_per_node, threads_per_rank=args.threads_per_rank,
-        inter_latency_s=lat, inter_bandwidth_bytes_per_s=bw,
-        inter_source=f"measured: cluster calibration in {args.inter_node}",
-        flops_per_s=flops, reduce_bytes_per_s=reduce_rate, loopback=loop,
-        cpu_name=cal.cpu_model(), mem_gib=cal.mem_gib(), efficiency=eff,
-        efficiency_source=eff_src, shared_host=shared, topk_compress=topk,
-        sign_compress=sign)
-    cal.write_profile(m, args.out)
-    print(f"wrote {args.out}: {flops / 1e9:.1f} GFLOP/s, loopback "
-          f"{loop['bandwidth_bytes_per_s'] / 1e9:.2f} GB/s α={loop['latency_s'] * 1e6:.0f} µs")
-    for line in notes:
+        host_cores=args.host_cores, shared_host=not args.no_shared_host,
+        loaded_ranks=tuple(loaded_ranks), topk_ratio=args.topk_ratio)
+    try:
+        res = calibrate_emulated_profile(
+            inter_latency_s=lat, inter_bandwidth_bytes_per_s=bw,
+            inter_source=f"measured: cluster calibration in {args.inter_node}", options=options,
+            baseline=base, baseline_name=args.baseline_record)
+    except CalibrationError as e:
+        raise _fail(str(e)) from None
+    cal.write_profile(res.profile, args.out)
+    print(f"wrote {args.out}: {res.flops_per_s / 1e9:.1f} GFLOP/s, loopback "
+          f"{res.loopback['bandwidth_bytes_per_s'] / 1e9:.2f} GB/s "
+          f"α={res.loopback['latency_s'] * 1e6:.0f} µs")
+    for line in res.notes:
         print(f"  {line}")
     return 0
-
-
-def _parse_ranks(text: str) -> list[int]:
-    try:
-        ranks = sorted({int(x) for x in text.split(",") if x.strip()})
-    except ValueError:
-        raise _fail(f"--loaded-ranks: expected comma-separated rank counts, got {text!r}") \
-            from None
-    if not ranks or ranks[0] < 1:
-        raise _fail(f"--loaded-ranks: rank counts must be >= 1, got {text!r}")
-    return ranks
-
-
-def _shared_host_and_compress(cal, base: dict, bname: str, base_rate: float,
-                              args: argparse.Namespace) -> tuple[Any, tuple[Any, Any], list[str]]:
-    """The profile's shared_host section and top-k / sign rates, measured for the baseline's
-    shape.
-
-    Rates by thread count: the baseline record's own (train FLOPs × throughput) at the threads
-    it ran with; every other thread count a rank can get (max(1, C // W), W = 1 .. C) timed
-    with recpar's training step at the baseline's model and batch (measure_model_step_...).
-    Loaded steps (unless --loaded-ranks is empty): for each W of --loaded-ranks, W concurrent
-    training steps at batches B // 4, B // 2 and B (B = the baseline's global batch).
-    """
-    from recpar.perfmodel.predict import scenario_from_record
-    from recpar.rank_threads import host_cores, threads_per_rank
-
-    name = bname  # the path as given: every record file is called record.json
-    notes: list[str] = []
-    shared = None
-    sc = scenario_from_record(base, bname)
-    if not args.no_shared_host:
-        cores = args.host_cores or host_cores()
-        base_t = cal.record_threads(base)
-        need = sorted({threads_per_rank(w, cores) for w in range(1, cores + 1)})
-        rates: dict[int, tuple[float, str]] = {}
-        if base_t is not None and base_t <= cores:
-            rates[base_t] = (base_rate, f"measured: baseline run {name} ({base_t} thread(s), "
-                                        "hardware.torch_threads): train FLOPs per sequence × "
-                                        "metrics.throughput_samples_per_s")
-        for t in need:
-            if t in rates:
-                continue
-            r = cal.measure_model_step_flops_per_s(base, threads=t, where=bname)
-            clock = "CPU time" if t == 1 else "wall time"
-            v = r["flops_per_s"] if t == 1 else r["flops_per_s"] * r["cpu_s_per_step"] \
-                / r["wall_s_per_step"]
-            rates[t] = (v, f"measured: recpar Recommender training step (fwd + bwd + clip + "
-                           f"AdamW) at {name}'s model and batch {r['batch']}, random ids, "
-                           f"{t} thread(s), median {clock} of {r['steps']} steps after 1 "
-                           f"warm-up ({r['cpu_s_per_step'] * 1e3:.0f} ms CPU, "
-                           f"{r['wall_s_per_step'] * 1e3:.0f} ms wall per step); CPU time so "
-                           "that other jobs on the host do not count"
-                           if t == 1 else
-                           f"measured: recpar Recommender training step at {name}'s model "
-                           f"and batch {r['batch']}, {t} threads, median wall time")
-            notes.append(f"model step, {t} thread(s): {v / 1e9:.2f} GFLOP/s "
-                         f"({r['cpu_s_per_step'] * 1e3:.0f} ms CPU, "
-                         f"{r['wall_s_per_step'] * 1e3:.0f} ms wall per step)")
-        notes.append(f"baseline ({base_t} thread(s)): {base_rate / 1e9:.2f} GFLOP/s")
-        loaded = None
-        ranks = args.loaded_ranks_list
-        if ranks:
-            big = sc.global_batch_size
-            measured = []
-            for w in ranks:
-                m = cal.measure_loaded_steps(base, w, cores,
-                                             (max(1, big // 4), max(1, big // 2), big),
-                                             where=bname)
-                measured.append(m)
-                notes.append(f"loaded step, {w} rank(s) × {m['threads']} thread(s): slowest "
-                             + ", ".join(f"b={b} {t * 1e3:.0f} ms" for b, t in
-                                         zip(m["batches"], m["slowest_s"]))
-                             + f" -> {m['fixed_s'] * 1e3:.1f} ms + "
-                               f"{m['per_sequence_s'] * 1e3:.2f} ms/sequence")
-            loaded = cal.loaded_step_mapping(sc.shape.train_flops_per_sequence, measured, name)
-        shared = cal.shared_host_mapping(cores, rates, loaded)
-    n = sc.shape.trainable_params
-    out = []
-    for codec in ("topk", "sign"):
-        r = cal.measure_compress_elements_per_s(n, codec, ratio=args.topk_ratio)
-        work = ("p = g + r, topk_encode, r = p - g_hat, topk_decode_mean" if codec == "topk"
-                else "p = g + r, sign_encode, r = p - g_hat, sign_decode_mean")
-        ratio = f", ratio {r['ratio']}" if codec == "topk" else ""
-        out.append({"value": r["elements_per_s"],
-                    "source": f"measured: recpar {codec} hook work ({work} of {r['world']} "
-                              f"payloads) on {n} random elements (= {name}'s trainable "
-                              f"parameters){ratio}, 1 thread, median CPU time "
-                              f"{r['cpu_s'] * 1e3:.2f} ms of 10"})
-        notes.append(f"{codec} hook work: {r['cpu_s'] * 1e3:.2f} ms CPU for {n} elements "
-                     f"({r['elements_per_s'] / 1e6:.0f} M elements/s)")
-    return shared, (out[0], out[1]), notes
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

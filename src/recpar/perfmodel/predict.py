@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
-from recpar.perfmodel.costs import (CostInputError, GradSync, IterationCost, ModelShape,
-                                    PlanShape, Precision, Topology, iteration_cost)
 from recpar.perfmodel.hardware import HardwareProfile
+from recpar.perfmodel.iteration import IterationCost, iteration_cost
+from recpar.perfmodel.shapes import (CostInputError, GradSync, ModelShape, PlanShape, Precision,
+                                     Topology)
 
 KIND = "projected"
 VALIDATION_TARGET_PCT = 15.0
