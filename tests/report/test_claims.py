@@ -1,15 +1,15 @@
 import pytest
 
-from recpar.report import claims, paper, tables
+from recpar.report import claims, paper, projection, records
 from recpar.report.claims import MET, MISSED, NOT_RUN
 from tests.report.record_factory import HARDWARE_A100, make_run
 
 PAPER = paper.load("paper_tables/paper.yaml")
-NO_PROJ = tables.Projection({}, {}, "none (test)")
+NO_PROJ = projection.Projection({}, {}, "none (test)")
 
 
 def _claims(runs, proj=NO_PROJ) -> dict[str, claims.ClaimResult]:
-    rs = tables.group([(f"r{i}.json", r) for i, r in enumerate(runs)])
+    rs = records.group([(f"r{i}.json", r) for i, r in enumerate(runs)])
     return {c.id: c for c in claims.check_claims(rs, PAPER, proj)}
 
 
@@ -71,8 +71,9 @@ def test_table1_counts_from_amazon_records():
 
 
 def test_projected_values_are_judged_in_their_own_column():
-    proj = tables.Projection(table2={"dp": {"speedup": 3.5, "throughput_samples_per_s": 9000.0}},
-                             table3={}, caption="test projection")
+    proj = projection.Projection(
+        table2={"dp": {"speedup": 3.5, "throughput_samples_per_s": 9000.0}},
+        table3={}, caption="test projection")
     c = _claims([make_run("baseline")], proj)
     assert c["T2-speedup-dp"].status == NOT_RUN
     assert (c["T2-speedup-dp"].projected, c["T2-speedup-dp"].projected_status) == ("3.50", MET)
@@ -80,7 +81,7 @@ def test_projected_values_are_judged_in_their_own_column():
 
 
 def test_markdown_counts_and_lists_figures_not_drawn():
-    rs = tables.group([("r.json", make_run("baseline"))])
+    rs = records.group([("r.json", make_run("baseline"))])
     res = claims.check_claims(rs, PAPER, NO_PROJ)
     md = claims.claims_markdown(res, NO_PROJ, [("comm_share.png", "no parallel record")], [])
     assert f"{sum(r.status == NOT_RUN for r in res)} not run" in md

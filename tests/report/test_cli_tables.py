@@ -3,7 +3,7 @@
 import pytest
 
 from recpar.cli import main
-from recpar.report.cli import TABLE_FILES
+from recpar.report.paper_tables import TABLE_FILES
 from tests.report.record_factory import make_run, write_runs
 
 

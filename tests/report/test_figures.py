@@ -1,14 +1,14 @@
 from pathlib import Path
 
-from recpar.report import figures, paper, tables
+from recpar.report import figures, paper, projection, records
 from tests.report.record_factory import make_run
 
 PAPER = paper.load("paper_tables/paper.yaml")
-PROJ = tables.Projection({"dp": {"comm_share_pct": 10.0}}, {(2, "dp"): {"speedup": 12.0}}, "t")
+PROJ = projection.Projection({"dp": {"comm_share_pct": 10.0}}, {(2, "dp"): {"speedup": 12.0}}, "t")
 
 
 def _rs(runs):
-    return tables.group([(f"r{i}.json", r) for i, r in enumerate(runs)])
+    return records.group([(f"r{i}.json", r) for i, r in enumerate(runs)])
 
 
 def test_figures_are_drawn_from_measured_rows(tmp_path):

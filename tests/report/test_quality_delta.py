@@ -2,7 +2,7 @@ import pytest
 
 from recpar.report.quality_delta import (CELLS, compare_to_reference, delta_table,
                                          seed_spread_tolerance)
-from recpar.report.tables import load_records
+from recpar.report.records import load_records
 from recpar.train import record
 from tests.train.test_record import make_record
 

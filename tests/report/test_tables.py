@@ -1,16 +1,17 @@
 import pandas as pd
 import pytest
 
-from recpar.report import paper, tables
-from recpar.report.tables import NOT_RUN, BaselineError, RecordsError
-from tests.report.record_factory import make_run, write_runs
+from recpar.report import paper, projection, records, render, tables
+from recpar.report.records import BaselineError
+from recpar.report.tables import NOT_RUN
+from tests.report.record_factory import make_run
 
 PAPER = paper.load("paper_tables/paper.yaml")
-NO_PROJ = tables.Projection({}, {}, "none (test)")
+NO_PROJ = projection.Projection({}, {}, "none (test)")
 
 
 def _rs(runs):
-    return tables.group([(f"r{i}.json", r) for i, r in enumerate(runs)])
+    return records.group([(f"r{i}.json", r) for i, r in enumerate(runs)])
 
 
 def test_speedup_uses_the_baseline_of_the_same_sweep_and_averages_seeds():
@@ -55,70 +56,13 @@ def test_a_sweep_without_baseline_is_an_error_naming_table_and_sweep():
         tables.table2(rs, PAPER, NO_PROJ)
 
 
-def test_failed_and_most_popular_records_are_left_out_and_listed():
-    rs = _rs([make_run("baseline"), make_run("dp", dp=2, status="failed"),
-              make_run("most-popular")])
-    assert [r.key.scheme for r in rs.rows] == ["baseline"]
-    assert len(rs.skipped) == 2 and "status failed" in rs.skipped[0]
-
-
-def test_comm_share_prefers_exposed_time_and_says_its_basis():
-    a = make_run("dp", dp=2, comm_ms=30, exposed_ms=10, iter_ms=50)
-    b = make_run("zero", dp=2, comm_ms=20, iter_ms=80)
-    assert tables.comm_share(a) == (pytest.approx(20.0), "exposed")
-    assert tables.comm_share(b) == (pytest.approx(25.0), "hook time (incl. overlapped)")
-    assert tables.comm_share(make_run("baseline")) == (0.0, "single device")
-
-
-def test_model_parallel_comm_share_adds_tp_pp_and_dp_parts():
-    """mp/hybrid: TP time blocked + pipeline waits (idle, tied-table all-reduce, loss
-    broadcast) + DP exposed (else hook time), over rank 0's iteration."""
-    tp = make_run("mp", tp=2, iter_ms=80, metrics={"tp_comm_ms_per_iter": 20.0})
-    assert tables.comm_share(tp) == (pytest.approx(25.0), "TP blocked")
-    pp = make_run("mp", pp=2, iter_ms=100, metrics={
-        "pp_idle_ms_per_iter": 30.0, "pp_tied_grad_allreduce_ms_per_iter": 4.0,
-        "pp_loss_broadcast_ms_per_iter": 1.0})
-    assert tables.comm_share(pp) == (pytest.approx(35.0), "PP wait (P2P + bubble)")
-    hy = make_run("hybrid", dp=2, tp=2, comm_ms=12, exposed_ms=5, iter_ms=50,
-                  metrics={"tp_comm_ms_per_iter": 10.0, "dp_grad_sync_ms_per_iter": 12.0})
-    assert tables.comm_share(hy) == (pytest.approx(30.0), "TP blocked + DP exposed")
-    hook = make_run("hybrid", dp=2, pp=2, comm_ms=7, iter_ms=100, metrics={
-        "pp_idle_ms_per_iter": 20.0, "dp_grad_sync_ms_per_iter": 7.0})
-    assert tables.comm_share(hook) == (
-        pytest.approx(27.0), "PP wait (P2P + bubble) + DP hook time (incl. overlapped)")
-    # a part that was not measured: no share rather than a partial one
-    assert tables.comm_share(make_run("mp", tp=2, comm_ms=20)) == (None, None)
-    assert tables.comm_share(make_run("hybrid", dp=2, tp=2, metrics={
-        "tp_comm_ms_per_iter": 3.0})) == (None, None)
-
-
-def test_invalid_record_is_named(tmp_path):
-    good = write_runs(tmp_path, [make_run("baseline")])
-    bad = tmp_path / "bad" / "record.json"
-    bad.parent.mkdir()
-    bad.write_text('{"schema_version": 1}')
-    with pytest.raises(RecordsError, match=f"{bad}: invalid run record"):
-        tables.load_records(good + [bad])
-    with pytest.raises(RecordsError, match="missing.json: run record not found"):
-        tables.load_records([tmp_path / "missing.json"])
-
-
 def test_outputs_render():
     rs = _rs([make_run("baseline"), make_run("dp", dp=2)])
     t2 = tables.table2(rs, PAPER, NO_PROJ)
-    md = tables.to_markdown(t2, "T", ["a note"])
+    md = render.to_markdown(t2, "T", ["a note"])
     assert md.startswith("# T") and "| dp " in md and "- a note" in md
-    assert "\\begin{tabular}" in tables.to_latex(t2, "cap")
+    assert "\\begin{tabular}" in render.to_latex(t2, "cap")
     assert isinstance(pd.read_csv(pd.io.common.StringIO(t2.to_csv(index=False))), pd.DataFrame)
-
-
-def test_sweep_notes_state_the_commit_and_topology_of_the_records():
-    dirty = make_run("dp", dp=4, nodes=2, throughput=300)
-    dirty["git"] = {"commit": "b" * 40, "dirty": True}
-    notes = tables.sweep_notes(_rs([make_run("baseline", throughput=100), dirty]))
-    assert len(notes) == 1
-    assert "git aaaaaaaaaaaa, bbbbbbbbbbbb+dirty" in notes[0]
-    assert "topology emulated, local" in notes[0]
 
 
 def test_comm_share_table_tells_dp_rows_apart_by_their_gradient_sync():

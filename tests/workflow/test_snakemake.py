@@ -147,7 +147,7 @@ def test_report_table_list_matches_the_cli():
     """The pipeline declares exactly the files `recpar report tables` writes."""
     import re
 
-    from recpar.report.cli import TABLE_FILES
+    from recpar.report.paper_tables import TABLE_FILES
     from recpar.report.figures import FIGURE_FILES
 
     common = (ROOT / "workflow" / "rules" / "common.smk").read_text()

@@ -33,16 +33,12 @@ class Finding:
     """The numbers."""
 
 
-def _t2(paper: Paper, scheme: str, metric: str) -> float | None:
-    q = paper.table2_value(scheme, metric)
-    return q.value if q else None
-
-
 def _ratio_checks(paper: Paper) -> list[Finding]:
     bad, n = [], 0
-    b2 = _t2(paper, "baseline", "throughput_samples_per_s")
+    b2 = paper.table2_number("baseline", "throughput_samples_per_s")
     for s, row in paper.data["table2"]["rows"].items():
-        t, sp = _t2(paper, s, "throughput_samples_per_s"), _t2(paper, s, "speedup")
+        t = paper.table2_number(s, "throughput_samples_per_s")
+        sp = paper.table2_number(s, "speedup")
         if None in (t, sp, b2):
             continue
         n += 1
@@ -71,7 +67,7 @@ def _table2_vs_table3(paper: Paper) -> list[Finding]:
     first = min(nodes)
     equal, differ = [], []
     for s in ("dp", "mp", "hybrid"):
-        t2, d2 = _t2(paper, s, "speedup"), (paper.table2_row(s) or {}).get("devices")
+        t2, d2 = paper.table2_number(s, "speedup"), (paper.table2_row(s) or {}).get("devices")
         p3 = paper.table3(first, s)
         if t2 is None or p3 is None:
             continue
@@ -110,7 +106,7 @@ def _gain(h: float, single: dict[str, float], unit: str) -> str:
 def _abstract(paper: Paper) -> list[Finding]:
     out = []
     q = paper.q("abstract.hybrid_throughput_gain_pct")
-    t = {s: _t2(paper, s, "throughput_samples_per_s") for s in ("dp", "mp", "hybrid")}
+    t = {s: paper.table2_number(s, "throughput_samples_per_s") for s in ("dp", "mp", "hybrid")}
     last = max(paper.table3_nodes())
     t3 = {s: (paper.table3(last, s) or {}).get("throughput_samples_per_s") for s in ("dp", "mp", "hybrid")}
     gains = {"Table II": 100 * (t["hybrid"] / max(t["dp"], t["mp"]) - 1)}
@@ -125,7 +121,7 @@ def _abstract(paper: Paper) -> list[Finding]:
         + f". Table II per scheme: {_gain(t['hybrid'], {s: t[s] for s in ('dp', 'mp')}, 'samples/s')}"
         + ("" if ok else f". Only the comparison with model parallelism exceeds {q.value:g} %.")))
     q = paper.q("abstract.hybrid_util_gain_pct")
-    u = {s: _t2(paper, s, "gpu_util_pct") for s in ("baseline", "dp", "mp", "hybrid")}
+    u = {s: paper.table2_number(s, "gpu_util_pct") for s in ("baseline", "dp", "mp", "hybrid")}
     best = max(u["dp"], u["mp"])
     rel_best = 100 * (u["hybrid"] / best - 1)
     readings = {"relative vs best single-mode": rel_best,
@@ -165,7 +161,8 @@ def _fig4(paper: Paper) -> list[Finding]:
     parts = []
     for s in ("dp", "mp", "hybrid"):
         share = f4["comm_share_pct"].get(s)
-        ms, tput = _t2(paper, s, "comm_ms_per_iter"), _t2(paper, s, "throughput_samples_per_s")
+        ms = paper.table2_number(s, "comm_ms_per_iter")
+        tput = paper.table2_number(s, "throughput_samples_per_s")
         dev = (paper.table2_row(s) or {}).get("devices")
         if share is None or ms is None or tput is None or not share["value"]:
             continue
@@ -184,10 +181,10 @@ def _fig4(paper: Paper) -> list[Finding]:
 
 
 def _baseline_comm(paper: Paper) -> list[Finding]:
-    ms = _t2(paper, "baseline", "comm_ms_per_iter")
+    ms = paper.table2_number("baseline", "comm_ms_per_iter")
     if ms is None or (paper.table2_row("baseline") or {}).get("devices") != 1:
         return []
-    others = {s: _t2(paper, s, "comm_ms_per_iter") for s in ("dp", "mp", "hybrid")}
+    others = {s: paper.table2_number(s, "comm_ms_per_iter") for s in ("dp", "mp", "hybrid")}
     return [Finding("A8", "communication overhead of the single-card baseline", QUESTIONABLE,
                     f"{ms:g} ms/iter on one card, more than any parallel scheme "
                     f"({', '.join(f'{s} {v:g}' for s, v in others.items() if v is not None)}); "

@@ -25,8 +25,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from recpar.report.metrics import PROTOCOLS
 from recpar.report.paper import Paper, Quantity, Tolerance
-from recpar.report.tables import PAPER_SCHEMES, PROTOCOLS, Projection, RecordSet, Row, _fmt
+from recpar.report.projection import Projection
+from recpar.report.records import PAPER_SCHEMES, RecordSet, Row
+from recpar.report.render import fmt
 
 MET, MISSED, NOT_RUN = "met", "missed", "not run"
 QUALITY_SPLIT_NOTE = "test split, full and sampled100"
@@ -81,19 +84,19 @@ def _judge_rows(q: Quantity, rows: list[tuple[Row, float | None]], rs: RecordSet
     parts, status = [], MET
     for r, v in judged:
         if q.tolerance.met(v, q.value):
-            parts.append(f"{_row_label(rs, r)}: {_fmt(v)} within the band")
+            parts.append(f"{_row_label(rs, r)}: {fmt(v)} within the band")
         else:
             status = MISSED
-            parts.append(f"{_row_label(rs, r)}: {_fmt(v)}, outside the band by "
-                         f"{_fmt(q.tolerance.miss(v, q.value))} {q.unit}")
-    measured = ", ".join(_fmt(v) for _, v in judged)
+            parts.append(f"{_row_label(rs, r)}: {fmt(v)}, outside the band by "
+                         f"{fmt(q.tolerance.miss(v, q.value))} {q.unit}")
+    measured = ", ".join(fmt(v) for _, v in judged)
     return measured, status, "; ".join(parts)
 
 
 def _projected(q: Quantity, value: float | None) -> tuple[str, str]:
     if value is None:
         return "—", "—"
-    return _fmt(value), MET if q.tolerance.met(value, q.value) else MISSED
+    return fmt(value), MET if q.tolerance.met(value, q.value) else MISSED
 
 
 def _tol(t: Tolerance) -> str:
@@ -101,7 +104,7 @@ def _tol(t: Tolerance) -> str:
 
 
 def _elsewhere(rs: RecordSet, scheme: str, measure: Callable[[Row], float | None]) -> str:
-    other = [f"{r.key.plan_label} on {r.key.topology_label}: {_fmt(measure(r))}"
+    other = [f"{r.key.plan_label} on {r.key.topology_label}: {fmt(measure(r))}"
              for r in rs.rows if r.key.scheme == scheme and measure(r) is not None]
     return (" Measured at other scales (see the tables): " + "; ".join(other) + ".") if other \
         else f" No {scheme} record was given."
@@ -158,7 +161,7 @@ def _table2(rs: RecordSet, paper: Paper, proj: Projection) -> list[ClaimResult]:
                               + _elsewhere(rs, scheme, lambda r: r.mean("throughput_samples_per_s")))
         pv, ps = _projected(q, p2.get("throughput_samples_per_s"))
         out.append(ClaimResult(f"T2-throughput-{scheme}", f"{label}: throughput", q.where,
-                               f"{_fmt(q.value)} {q.unit}", _tol(q.tolerance), m, s, d, pv, ps))
+                               f"{fmt(q.value)} {q.unit}", _tol(q.tolerance), m, s, d, pv, ps))
         if scheme != "baseline":
             q = paper.table2_value(scheme, "speedup")
             m, s, d = _judge_rows(q, [(r, rs.speedup(r)) for r in rows], rs,
@@ -166,7 +169,7 @@ def _table2(rs: RecordSet, paper: Paper, proj: Projection) -> list[ClaimResult]:
                                   + _elsewhere(rs, scheme, rs.speedup))
             pv, ps = _projected(q, p2.get("speedup"))
             out.append(ClaimResult(f"T2-speedup-{scheme}", f"{label}: speedup vs baseline",
-                                   q.where, f"{_fmt(q.value)} {q.unit}", _tol(q.tolerance),
+                                   q.where, f"{fmt(q.value)} {q.unit}", _tol(q.tolerance),
                                    m, s, d, pv, ps))
         q = paper.table2_value(scheme, "gpu_util_pct")
         gpu_rows = [(r, r.mean("util_pct")) for r in rows if r.basis("util") == "gpu"]
@@ -174,7 +177,7 @@ def _table2(rs: RecordSet, paper: Paper, proj: Projection) -> list[ClaimResult]:
                               f"needs NVML GPU utilisation ({scale}); the records given carry "
                               "process CPU share (cpu_util_pct, in Table II), not comparable")
         out.append(ClaimResult(f"T2-util-{scheme}", f"{label}: GPU utilisation", q.where,
-                               f"{_fmt(q.value)} {q.unit}", _tol(q.tolerance), m, s, d,
+                               f"{fmt(q.value)} {q.unit}", _tol(q.tolerance), m, s, d,
                                "—", "— (perfmodel models no utilisation)"))
         q = paper.table2_value(scheme, "comm_ms_per_iter")
         m, s, d = _judge_rows(q, [(r, r.mean("comm_ms_per_iter")) for r in hw_rows], rs,
@@ -183,7 +186,7 @@ def _table2(rs: RecordSet, paper: Paper, proj: Projection) -> list[ClaimResult]:
                               + _elsewhere(rs, scheme, lambda r: r.mean("comm_ms_per_iter")))
         pv, ps = _projected(q, p2.get("comm_ms_per_iter"))
         out.append(ClaimResult(f"T2-comm-{scheme}", f"{label}: communication per iteration",
-                               q.where, f"{_fmt(q.value)} {q.unit}", _tol(q.tolerance), m, s, d,
+                               q.where, f"{fmt(q.value)} {q.unit}", _tol(q.tolerance), m, s, d,
                                pv, ps))
         src = paper.data["table1"]["record_source"]
         for metric in ("hr_at_10", "ndcg_at_10"):
@@ -195,7 +198,7 @@ def _table2(rs: RecordSet, paper: Paper, proj: Projection) -> list[ClaimResult]:
                                   f"sampled100 ({scale}); no such record (other datasets' "
                                   "values are in Table II)")
             out.append(ClaimResult(f"T2-{metric}-{scheme}", f"{label}: {metric} (absolute)",
-                                   q.where, f"{_fmt(q.value)}", _tol(q.tolerance), m, s, d))
+                                   q.where, f"{fmt(q.value)}", _tol(q.tolerance), m, s, d))
     ds = paper.table2_row("deepspeed")
     if ds is not None:
         out.append(ClaimResult("T2-deepspeed", ds["label"], paper.data["table2"]["where"], "—",
@@ -224,8 +227,8 @@ def _quality(rs: RecordSet, paper: Paper) -> list[ClaimResult]:
                     deltas.append(delta)
                     if not t.met(v, b):
                         status = MISSED
-                        parts.append(f"{_row_label(rs, r)} {name}: {_fmt(v)} vs baseline "
-                                     f"{_fmt(b)} (Δ {delta:+.4f}, {_fmt(t.miss(v, b))} beyond)")
+                        parts.append(f"{_row_label(rs, r)} {name}: {fmt(v)} vs baseline "
+                                     f"{fmt(b)} (Δ {delta:+.4f}, {fmt(t.miss(v, b))} beyond)")
         base = dict(id=f"Q-{scheme}", claim=f"{scheme}: HR@10 and NDCG@10 equal the baseline's",
                     where="Table II + §IV.B", paper="|Δ| ≤ 0.002 in Table II",
                     tolerance=" / ".join(f"{m}: {_tol(t)}" for m, t in tol.items()))
@@ -260,7 +263,7 @@ def _table3(rs: RecordSet, paper: Paper, proj: Projection) -> list[ClaimResult]:
             pv, ps = _projected(q, proj.table3.get((n, scheme), {}).get("speedup"))
             out.append(ClaimResult(f"T3-speedup-{scheme}-{n}n",
                                    f"{scheme}: speedup on {n} nodes", q.where,
-                                   f"{_fmt(q.value)} {q.unit}", _tol(q.tolerance), m, s, d, pv, ps))
+                                   f"{fmt(q.value)} {q.unit}", _tol(q.tolerance), m, s, d, pv, ps))
     return out
 
 
@@ -287,14 +290,14 @@ def _orderings(rs: RecordSet, paper: Paper, proj: Projection) -> list[ClaimResul
     groups = _common_groups(rs, PAPER_SCHEMES, 3)
     base = dict(id="T3-order", claim="hybrid has the highest speedup of dp, mp, hybrid",
                 where=f"Table III ({last} nodes), §IV.C",
-                paper=" > ".join(f"{s} {_fmt(paper.table3(last, s)['speedup'].value)}×"
+                paper=" > ".join(f"{s} {fmt(paper.table3(last, s)['speedup'].value)}×"
                                  for s in ("hybrid", "dp", "mp")),
                 tolerance="ordering, no band: hybrid's throughput ≥ dp's and mp's")
     proj_t = {s: proj.table3.get((last, s), {}).get("throughput_samples_per_s")
               for s in PAPER_SCHEMES}
     p_ok = (None if None in proj_t.values() else
             proj_t["hybrid"] >= max(proj_t["dp"], proj_t["mp"]))
-    pv = "—" if p_ok is None else ", ".join(f"{s} {_fmt(v)}" for s, v in proj_t.items())
+    pv = "—" if p_ok is None else ", ".join(f"{s} {fmt(v)}" for s, v in proj_t.items())
     ps = "—" if p_ok is None else (MET if p_ok else MISSED)
     if not groups:
         out.append(ClaimResult(**base, measured="—", status=NOT_RUN,
@@ -304,10 +307,10 @@ def _orderings(rs: RecordSet, paper: Paper, proj: Projection) -> list[ClaimResul
         (sweep, nodes, world), g = groups[0]
         t = {s: g[s].mean("throughput_samples_per_s") for s in PAPER_SCHEMES}
         ok = t["hybrid"] >= max(t["dp"], t["mp"])
-        out.append(ClaimResult(**base, measured=", ".join(f"{s} {_fmt(v)} samples/s" for s, v in t.items()),
+        out.append(ClaimResult(**base, measured=", ".join(f"{s} {fmt(v)} samples/s" for s, v in t.items()),
                                status=MET if ok else MISSED,
                                detail=f"sweep {sweep}, {nodes} node(s), {world} devices"
-                               + ("" if ok else f"; hybrid is {_fmt(100 * (1 - t['hybrid'] / max(t['dp'], t['mp'])))} % "
+                               + ("" if ok else f"; hybrid is {fmt(100 * (1 - t['hybrid'] / max(t['dp'], t['mp'])))} % "
                                   "below the faster single-mode scheme"),
                                projected=pv, projected_status=ps))
     # Fig. 4 ordering: hybrid lowest share, mp highest.
@@ -320,7 +323,7 @@ def _orderings(rs: RecordSet, paper: Paper, proj: Projection) -> list[ClaimResul
     if None in pj.values():
         ppv, pps = "—", "—"
     else:
-        ppv = ", ".join(f"{s} {_fmt(v)} %" for s, v in pj.items())
+        ppv = ", ".join(f"{s} {fmt(v)} %" for s, v in pj.items())
         pps = MET if pj["hybrid"] <= pj["dp"] <= pj["mp"] else MISSED
     found = None
     for k, g in groups:
@@ -336,7 +339,7 @@ def _orderings(rs: RecordSet, paper: Paper, proj: Projection) -> list[ClaimResul
     else:
         (sweep, nodes, world), sh = found
         ok = sh["hybrid"] <= sh["dp"] <= sh["mp"]
-        out.append(ClaimResult(**base, measured=", ".join(f"{s} {_fmt(v)} %" for s, v in sh.items()),
+        out.append(ClaimResult(**base, measured=", ".join(f"{s} {fmt(v)} %" for s, v in sh.items()),
                                status=MET if ok else MISSED,
                                detail=f"sweep {sweep}, {nodes} node(s), {world} devices",
                                projected=ppv, projected_status=pps))
@@ -353,7 +356,7 @@ def _fig4(rs: RecordSet, paper: Paper, proj: Projection) -> list[ClaimResult]:
                               + _elsewhere(rs, scheme, lambda r: r.mean("comm_share_pct")))
         pv, ps = _projected(q, proj.table2.get(scheme, {}).get("comm_share_pct"))
         out.append(ClaimResult(f"F4-share-{scheme}", f"{scheme}: communication share of an "
-                               "iteration", q.where, f"{_fmt(q.value)} {q.unit}",
+                               "iteration", q.where, f"{fmt(q.value)} {q.unit}",
                                _tol(q.tolerance), m, s, d, pv, ps))
     return out
 
@@ -378,7 +381,7 @@ def _fig5(rs: RecordSet, paper: Paper, proj: Projection) -> list[ClaimResult]:
         pv, ps = ("—", "—")
         if pkey:
             pv, ps = _projected(q, proj.table3.get((n, scheme), {}).get(pkey))
-        out.append(ClaimResult(f"F5-{key}", text, q.where, f"{_fmt(q.value)} {q.unit}",
+        out.append(ClaimResult(f"F5-{key}", text, q.where, f"{fmt(q.value)} {q.unit}",
                                _tol(q.tolerance), m, s, d, pv, ps))
     return out
 
@@ -391,7 +394,7 @@ def _abstract(rs: RecordSet, paper: Paper, proj: Projection) -> list[ClaimResult
                                                 "utilisation")):
         q = paper.q(f"abstract.{key}")
         base = dict(id=f"A-{key}", claim=f"hybrid {what} gain over single-mode parallelism",
-                    where=q.where, paper=f"{_fmt(q.value)} {q.unit}", tolerance=_tol(q.tolerance))
+                    where=q.where, paper=f"{fmt(q.value)} {q.unit}", tolerance=_tol(q.tolerance))
         pv, ps = "—", "—"
         if measure == "throughput_samples_per_s":
             pt = {s: proj.table2.get(s, {}).get("throughput_samples_per_s") for s in PAPER_SCHEMES}
@@ -422,10 +425,10 @@ def _abstract(rs: RecordSet, paper: Paper, proj: Projection) -> list[ClaimResult
         basis = f", {g['hybrid'].basis('util')} basis" if measure == "util_pct" else ""
         out.append(ClaimResult(
             **base, measured=f"{gain:+.1f} %", status=MET if ok else MISSED,
-            detail=(f"hybrid {_fmt(vals['hybrid'])} vs {best} {_fmt(single[best])} "
+            detail=(f"hybrid {fmt(vals['hybrid'])} vs {best} {fmt(single[best])} "
                     f"(sweep {sweep}, {nodes} node(s), {world} devices{basis}"
                     + ("" if len(single) == 2 else f"; only {best} measured as single-mode")
-                    + ")" + ("" if ok else f"; {_fmt(q.tolerance.miss(gain, q.value))} "
+                    + ")" + ("" if ok else f"; {fmt(q.tolerance.miss(gain, q.value))} "
                              "points outside the band")),
             projected=pv, projected_status=ps))
     return out

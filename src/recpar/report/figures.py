@@ -19,7 +19,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from recpar.report.paper import Paper  # noqa: E402
-from recpar.report.tables import PAPER_SCHEMES, Projection, RecordSet  # noqa: E402
+from recpar.report.projection import Projection  # noqa: E402
+from recpar.report.records import PAPER_SCHEMES, RecordSet  # noqa: E402
 
 Skipped = tuple[str, str]
 """(figure file name, why it was not drawn)."""

@@ -142,6 +142,11 @@ class Paper:
     def table2_value(self, scheme: str, metric: str) -> Quantity | None:
         return self.q(f"table2.rows.{scheme}.values.{metric}")
 
+    def table2_number(self, scheme: str, metric: str) -> float | None:
+        """The number of table2_value, None when the paper gives none."""
+        q = self.table2_value(scheme, metric)
+        return q.value if q else None
+
     def table3(self, nodes: int, scheme: str) -> dict[str, Quantity] | None:
         for i, r in enumerate(self.data["table3"]["rows"]):
             if r["nodes"] == nodes and r["scheme"] == scheme:

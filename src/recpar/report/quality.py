@@ -7,10 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from recpar.report.metrics import PROTOCOLS, QUALITY_METRICS
 from recpar.train import record
-
-PROTOCOLS = ("full", "sampled100")
-METRICS = ("hr_at_10", "ndcg_at_10")
 
 
 def _fmt(values: list[float]) -> str:
@@ -26,12 +24,12 @@ def quality_table(paths: list[str | Path], split: str = "test") -> str:
         rec = record.read(p)
         by_run[rec["run_id"]].append(rec)
     header = ["run", "seeds"] + [f"{m.replace('_at_', '@').upper()} ({proto})"
-                                 for proto in PROTOCOLS for m in METRICS]
+                                 for proto in PROTOCOLS for m in QUALITY_METRICS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run_id, recs in by_run.items():
         cells = [run_id, str(len(recs))]
         for proto in PROTOCOLS:
-            for m in METRICS:
+            for m in QUALITY_METRICS:
                 cells.append(_fmt([r["quality"][split][proto][m] for r in recs]))
         lines.append("| " + " | ".join(cells) + " |")
     first = next(iter(by_run.values()))[0]

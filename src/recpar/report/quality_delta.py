@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recpar.report.quality import METRICS, PROTOCOLS
+from recpar.report.metrics import PROTOCOLS, QUALITY_METRICS
 
 Cell = tuple[str, str]
 """(protocol, metric), e.g. ("full", "hr_at_10")."""
-CELLS: tuple[Cell, ...] = tuple((p, m) for p in PROTOCOLS for m in METRICS)
+CELLS: tuple[Cell, ...] = tuple((p, m) for p in PROTOCOLS for m in QUALITY_METRICS)
 
 
 @dataclass
@@ -167,3 +167,15 @@ def delta_table(deltas: list[QualityDelta], reference_run_id: str) -> str:
             f"{m.replace('_at_', '@').upper()} {p} {tol[c]:.4f}" for c in CELLS for p, m in [c])
             + f". Δ = run − {reference_run_id} on the same seed(s)."]
     return "\n".join(lines) + "\n"
+
+
+def reference_report(records: list[dict], reference_run_id: str, floor: float = 0.01,
+                     split: str = "test") -> str:
+    """Markdown: every run against the reference under the seed-spread tolerance rule, with
+    the rule stated; the non-learned `most-popular` reference is left out."""
+    recs = [r for r in records if r["scheme"] != "most-popular"]
+    tol = seed_spread_tolerance(recs, reference_run_id, floor=floor, split=split)
+    deltas = compare_to_reference(recs, reference_run_id, tol, split=split)
+    return (f"# Quality vs {reference_run_id} ({split} split)\n\n"
+            + delta_table(deltas, reference_run_id)
+            + f"\nTolerance rule: max({floor}, the reference's seed-to-seed spread).\n")

@@ -101,7 +101,7 @@ class ReplicaEngine(Engine):
         ms = no_sync_fwd_bwd_ms(self.ddp, fwd_bwd, batches, timing.get("timed_steps", 10),
                                 lambda: self.step_module.zero_grad(set_to_none=True),
                                 self.ctx.device)
-        return exposed_metrics(fb, ms)  # the share (exposed / iter_ms): recpar.report.tables
+        return exposed_metrics(fb, ms)  # the share (exposed / iter_ms): recpar.report.metrics
 
     def close(self) -> None:
         if self.sync_state is not None:

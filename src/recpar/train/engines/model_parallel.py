@@ -371,7 +371,7 @@ class ModelParallelEngine(Engine):
 
         ms = no_sync_fwd_bwd_ms(ddp, fwd_bwd, batches, timing.get("timed_steps", 10),
                                 lambda: self.opt.zero_grad(set_to_none=True), dev)
-        return exposed_metrics(fb, ms)  # the share adds TP time: recpar.report.tables
+        return exposed_metrics(fb, ms)  # the share adds TP time: recpar.report.metrics
 
     def finish(self, inputs, targets, batches, timing) -> dict:
         """Exposed DP time of a pp = 1 hybrid (_exposed_dp), then per pipeline rank numbers

@@ -1,0 +1,137 @@
+"""Metrics derived from one run record: utilisation, communication share, device memory,
+quality, and the per-record measures that table rows average over seeds (`MEASURES`).
+
+Each reader returns None when the record lacks what it needs; a measure is never invented.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+QUALITY_SPLIT = "test"
+"""The split whose quality the tables and claims report."""
+PROTOCOLS = ("full", "sampled100")
+"""Evaluation protocols every record's quality carries."""
+QUALITY_METRICS = ("hr_at_10", "ndcg_at_10")
+"""Quality metrics every protocol carries."""
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+        return None
+    return float(v)
+
+
+def utilisation(rec: dict) -> tuple[float | None, str | None]:
+    """(percent, basis): NVML GPU utilisation when the record has it, else process CPU share."""
+    m = rec["metrics"]
+    if _num(m.get("gpu_util_pct")) is not None:
+        return float(m["gpu_util_pct"]), "gpu"
+    if _num(m.get("cpu_util_pct")) is not None:
+        return float(m["cpu_util_pct"]), "cpu"
+    return None, None
+
+
+def _model_parallel_comm(rec: dict) -> tuple[float | None, str | None]:
+    """(ms per iteration rank 0 spends in communication it cannot compute through, basis) of
+    a tp > 1 or pp > 1 record: TP collectives (time blocked, recpar.comm.group_timer), the
+    pipeline's waits (idle: P2P and bubble, which torch's schedules do not separate; plus the
+    tied-table all-reduce and the loss broadcast) and DP gradient sync (exposed where the
+    engine measured it, pp = 1; else hook time, which also counts what backward hid)."""
+    m, plan = rec["metrics"], rec["plan"]
+    parts, basis = [], []
+    if plan.get("tp", 1) > 1:
+        tp = _num(m.get("tp_comm_ms_per_iter"))
+        if tp is None:
+            return None, None
+        parts.append(tp)
+        basis.append("TP blocked")
+    if plan.get("pp", 1) > 1:
+        idle = _num(m.get("pp_idle_ms_per_iter"))
+        if idle is None:
+            return None, None
+        parts += [idle, _num(m.get("pp_tied_grad_allreduce_ms_per_iter")) or 0.0,
+                  _num(m.get("pp_loss_broadcast_ms_per_iter")) or 0.0]
+        basis.append("PP wait (P2P + bubble)")
+    if plan.get("dp", 1) > 1:
+        exposed = _num(m.get("exposed_comm_ms_per_iter"))
+        hook = _num(m.get("dp_grad_sync_ms_per_iter"))
+        if exposed is not None:
+            parts.append(exposed)
+            basis.append("DP exposed")
+        elif hook is not None:
+            parts.append(hook)
+            basis.append("DP hook time (incl. overlapped)")
+        else:
+            return None, None
+    return sum(parts), " + ".join(basis)
+
+
+def comm_share(rec: dict) -> tuple[float | None, str | None]:
+    """(percent of an iteration spent communicating, basis).
+
+    Schemes mp and hybrid (tp > 1 or pp > 1, recpar's own engine): the sum of their parts
+    (_model_parallel_comm) / iter_ms. Otherwise, preference: exposed_comm_ms_per_iter (fwd+bwd
+    with sync − without) / iter_ms, then hook time comm_ms_per_iter / iter_ms (counts time
+    hidden by overlap too). A single-device run communicates nothing: 0.
+    """
+    m = rec["metrics"]
+    if rec["plan"]["world_size"] == 1:
+        return 0.0, "single device"
+    it = _num(m.get("iter_ms"))
+    if rec.get("scheme") in ("mp", "hybrid") and (rec["plan"].get("tp", 1) > 1
+                                                  or rec["plan"].get("pp", 1) > 1):
+        ms, basis = _model_parallel_comm(rec)
+        return (100.0 * ms / it, basis) if ms is not None and it else (None, None)
+    if it and _num(m.get("exposed_comm_ms_per_iter")) is not None:
+        return 100.0 * m["exposed_comm_ms_per_iter"] / it, "exposed"
+    if it and _num(m.get("comm_ms_per_iter")) is not None:
+        return 100.0 * m["comm_ms_per_iter"] / it, "hook time (incl. overlapped)"
+    return None, None
+
+
+def device_mem_pct(rec: dict) -> float | None:
+    """Peak device memory as % of the accelerator's memory (None on CPU)."""
+    peak = _num(rec["metrics"].get("peak_device_mem_gib"))
+    acc = rec["hardware"].get("accelerators") or []
+    total = _num(acc[0].get("mem_gib")) if acc else None
+    return 100.0 * peak / total if peak is not None and total else None
+
+
+def quality(rec: dict, protocol: str, metric: str) -> float | None:
+    try:
+        return _num(rec["quality"][QUALITY_SPLIT][protocol][metric])
+    except KeyError:
+        return None
+
+
+def _mib(gib: Any) -> float | None:
+    v = _num(gib)
+    return None if v is None else v * 1024
+
+
+MEASURES = {
+    "throughput_samples_per_s": lambda r: _num(r["metrics"].get("throughput_samples_per_s")),
+    "throughput_samples_per_s_per_device":
+        lambda r: _num(r["metrics"].get("throughput_samples_per_s_per_device")),
+    "iter_ms": lambda r: _num(r["metrics"].get("iter_ms")),
+    "util_pct": lambda r: utilisation(r)[0],
+    "comm_ms_per_iter": lambda r: _num(r["metrics"].get("comm_ms_per_iter")),
+    "exposed_comm_ms_per_iter": lambda r: (0.0 if r["plan"]["world_size"] == 1 else
+                                           _num(r["metrics"].get("exposed_comm_ms_per_iter"))),
+    "comm_share_pct": lambda r: comm_share(r)[0],
+    # model parallelism: the slowest rank's blocked time in megatron's TP collectives, the
+    # pipeline's idle time (P2P waits and bubble; rank 0's stage), per-rank state and memory
+    "tp_comm_ms_per_iter": lambda r: _num(r["metrics"].get("tp_comm_ms_per_iter_max_over_ranks")),
+    "pp_idle_ms_per_iter": lambda r: _num(r["metrics"].get("pp_idle_ms_per_iter")),
+    "model_state_mib": lambda r: _mib(r["metrics"].get("model_state_gib_max_over_ranks",
+                                                        r["metrics"].get("model_state_gib"))),
+    "peak_rss_gib": lambda r: _num(r["metrics"].get("peak_rss_gib_max_over_ranks",
+                                                     r["metrics"].get("peak_rss_gib"))),
+    "device_mem_pct": device_mem_pct,
+    "gpu_util_min_over_ranks_pct": lambda r: _num(r["metrics"].get("gpu_util_pct_min_over_ranks")),
+    **{f"{m}_{p}": (lambda r, m=m, p=p: quality(r, p, m))
+       for p in PROTOCOLS for m in QUALITY_METRICS},
+}
+"""Row measure -> how to read it from one record (None when the record lacks it)."""

@@ -1,0 +1,38 @@
+"""recpar.report.records: reading records, grouping them into rows, the sweeps' notes."""
+
+import pytest
+
+from recpar.report import records
+from recpar.report.records import RecordsError
+from tests.report.record_factory import make_run, write_runs
+
+
+def _rs(runs):
+    return records.group([(f"r{i}.json", r) for i, r in enumerate(runs)])
+
+
+def test_failed_and_most_popular_records_are_left_out_and_listed():
+    rs = _rs([make_run("baseline"), make_run("dp", dp=2, status="failed"),
+              make_run("most-popular")])
+    assert [r.key.scheme for r in rs.rows] == ["baseline"]
+    assert len(rs.skipped) == 2 and "status failed" in rs.skipped[0]
+
+
+def test_invalid_record_is_named(tmp_path):
+    good = write_runs(tmp_path, [make_run("baseline")])
+    bad = tmp_path / "bad" / "record.json"
+    bad.parent.mkdir()
+    bad.write_text('{"schema_version": 1}')
+    with pytest.raises(RecordsError, match=f"{bad}: invalid run record"):
+        records.load_records(good + [bad])
+    with pytest.raises(RecordsError, match="missing.json: run record not found"):
+        records.load_records([tmp_path / "missing.json"])
+
+
+def test_sweep_notes_state_the_commit_and_topology_of_the_records():
+    dirty = make_run("dp", dp=4, nodes=2, throughput=300)
+    dirty["git"] = {"commit": "b" * 40, "dirty": True}
+    notes = records.sweep_notes(_rs([make_run("baseline", throughput=100), dirty]))
+    assert len(notes) == 1
+    assert "git aaaaaaaaaaaa, bbbbbbbbbbbb+dirty" in notes[0]
+    assert "topology emulated, local" in notes[0]
