@@ -6,18 +6,20 @@ rule baseline_quality:
         baseline=records(BASELINE_RUN),
         popular=records("most-popular"),
     output:
-        report(
+        table=report(
             "paper_tables/baseline_quality.md",
             caption="../report/baseline_quality.rst",
             category="Quality",
         ),
+        # the records it was rendered from, so the committed table can be re-rendered
+        records=directory("paper_tables/records/baseline_quality"),
     conda:
         "../../envs/environment.yaml"
     log:
         "logs/report/baseline_quality.log",
     shell:
-        "recpar report quality --records {input.baseline} {input.popular} --out {output}"
-        " > {log} 2>&1"
+        "recpar report quality --records {input.baseline} {input.popular} --out {output.table}"
+        " --publish-records {output.records} > {log} 2>&1"
 
 
 rule paper_tables:
@@ -35,6 +37,9 @@ rule paper_tables:
             caption="../report/figures.rst",
             category="Figures",
         ),
+        # the records they were rendered from: `recpar report tables --records
+        # paper_tables/<sweep>/records` re-renders the published tables
+        records=directory("paper_tables/{sweep}/records"),
     conda:
         "../../envs/environment.yaml"
     log:
@@ -43,7 +48,7 @@ rule paper_tables:
         out_dir=lambda w, output: os.path.dirname(output.tables[0]),
     shell:
         "recpar report tables --records {input.records} --paper {input.paper}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        " --out-dir {params.out_dir} --publish-records {output.records} > {log} 2>&1"
 
 
 rule quality_delta:

@@ -11,14 +11,15 @@ from pathlib import Path
 from recpar.atomic_write import write_text
 from recpar.data.errors import DataError
 from recpar.data.prepared import PreparedDataError
+from recpar.published import expand_inputs, publish
 
 _SHA = re.compile(r"([^=]+)=([0-9a-fA-F]{64})")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `data` command group to the top-level `recpar` parser."""
-    from recpar.data.sources import DEFAULT_MAX_BAD_FRACTION, SOURCES
     from recpar.data.prepare import DEFAULT_K_CORE
+    from recpar.data.sources import DEFAULT_MAX_BAD_FRACTION, SOURCES
 
     data = subparsers.add_parser("data", help="download, prepare and embed datasets")
     sub = data.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
@@ -60,8 +61,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_embed)
 
     p = sub.add_parser("table1", help="render Table I from stats.json files")
-    p.add_argument("--stats", required=True, nargs="+", type=Path, help="stats.json files")
+    p.add_argument("--stats", required=True, nargs="+", type=Path,
+                   help="stats.json files, or a folder of published ones")
     p.add_argument("--out", required=True, type=Path, help="markdown file to write")
+    p.add_argument("--publish-stats", type=Path, metavar="DIR",
+                   help="copy the stats files into DIR (<source>/stats.json, with their order) "
+                        "so the table can be re-rendered from them")
     p.set_defaults(func=_table1)
 
 
@@ -111,7 +116,9 @@ def _prepare(args: argparse.Namespace) -> int:
 
 def _embed(args: argparse.Namespace) -> int:
     from recpar.data.text_embed import (
-        DEFAULT_BATCH_SIZE, DEFAULT_ENCODER, ensure_item_text_embeddings,
+        DEFAULT_BATCH_SIZE,
+        DEFAULT_ENCODER,
+        ensure_item_text_embeddings,
     )
 
     try:
@@ -130,8 +137,9 @@ def _table1(args: argparse.Namespace) -> int:
     from recpar.data.table1 import label_for, render
 
     stats_by_label: dict[str, dict] = {}
+    paths = expand_inputs(args.stats)
     try:
-        for path in args.stats:
+        for path in paths:
             try:
                 stats = json.loads(path.read_text())
             except OSError as e:
@@ -146,5 +154,7 @@ def _table1(args: argparse.Namespace) -> int:
         raise _fail(e) from None
     out: Path = args.out
     write_text(out, text)
+    if args.publish_stats:
+        publish(paths, args.publish_stats, keep_parts=2)  # <source>/stats.json
     sys.stdout.write(text)
     return 0

@@ -4,18 +4,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from recpar.published import expand_inputs, publish
+
+RECORDS_HELP = "run records (record.json), or folders of published records"
+PUBLISH_HELP = ("copy the records the output was rendered from into DIR (with their order), "
+                "so the published output can be re-rendered from them")
+RECORD_PARTS = 3
+"""A record is published under <run>/seed<k>/record.json (the last 3 parts of its path)."""
+
 
 def register(sub) -> None:
     p = sub.add_parser("report", help="tables and figures from run records")
     rs = p.add_subparsers(dest="report_cmd", required=True)
     q = rs.add_parser("quality", help="HR@10/NDCG@10 per run id (mean ± std over seeds)")
-    q.add_argument("--records", nargs="+", required=True, type=Path)
+    q.add_argument("--records", nargs="+", required=True, type=Path, help=RECORDS_HELP)
     q.add_argument("--split", default="test", choices=["valid", "test"])
     q.add_argument("--out", required=True, type=Path)
+    q.add_argument("--publish-records", type=Path, metavar="DIR", help=PUBLISH_HELP)
     q.set_defaults(func=cmd_quality)
     d = rs.add_parser("quality-delta", help="HR@10/NDCG@10 of each run minus a reference "
                       "run's, on shared seeds, within a tolerance or by how much it misses")
-    d.add_argument("--records", nargs="+", required=True, type=Path)
+    d.add_argument("--records", nargs="+", required=True, type=Path, help=RECORDS_HELP)
     d.add_argument("--reference", required=True, help="run id of the reference (sync DP)")
     d.add_argument("--floor", type=float, default=0.01,
                    help="smallest tolerance; the reference's seed-to-seed spread if larger")
@@ -25,19 +34,24 @@ def register(sub) -> None:
     t = rs.add_parser("tables", help="Tables II-III, communication share, claims, audit and "
                       "figures vs the paper's values (paper_tables/paper.yaml)")
     t.add_argument("--records", nargs="+", required=True, type=Path,
-                   help="run records (record.json), every sweep with its baseline record")
+                   help="run records (record.json), every sweep with its baseline record, "
+                        "or a folder of published records (paper_tables/<sweep>/records)")
     t.add_argument("--paper", default=Path("paper_tables/paper.yaml"), type=Path,
                    help="the paper's values and tolerances")
     t.add_argument("--out-dir", required=True, type=Path)
+    t.add_argument("--publish-records", type=Path, metavar="DIR", help=PUBLISH_HELP)
     t.set_defaults(func=cmd_tables)
 
 
 def cmd_quality(args) -> int:
     from recpar.report.quality import quality_table
 
-    text = quality_table(args.records, args.split)
+    records = expand_inputs(args.records)
+    text = quality_table(records, args.split)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
+    if args.publish_records:
+        publish(records, args.publish_records, RECORD_PARTS)
     print(text)
     return 0
 
@@ -47,8 +61,8 @@ def cmd_quality_delta(args) -> int:
     from recpar.report.quality_delta import reference_report
     from recpar.report.records import load_records
 
-    text = reference_report([r for _, r in load_records(args.records)], args.reference,
-                            floor=args.floor, split=args.split)
+    records = [r for _, r in load_records(expand_inputs(args.records))]
+    text = reference_report(records, args.reference, floor=args.floor, split=args.split)
     write_text(args.out, text)
     print(text)
     return 0
@@ -59,9 +73,12 @@ def cmd_tables(args) -> int:
     from recpar.report.figures import FIGURE_FILES
     from recpar.report.paper_tables import TABLE_FILES, render
 
-    texts, not_drawn = render(args.records, args.paper, args.out_dir)
+    records = expand_inputs(args.records)
+    texts, not_drawn = render(records, args.paper, args.out_dir)
     for name in TABLE_FILES:
         write_text(args.out_dir / name, texts[name])
+    if args.publish_records:
+        publish(records, args.publish_records, RECORD_PARTS)
     print(f"wrote {', '.join(TABLE_FILES + FIGURE_FILES)} to {args.out_dir}")
     for name, why in not_drawn:
         print(f"not drawn: {name}: {why}")

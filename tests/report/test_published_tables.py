@@ -1,0 +1,93 @@
+"""Every committed table under paper_tables/ re-renders, byte for byte, from the inputs published
+beside it (recpar.published): a reader can re-derive each number from the records.
+
+Checked: table1.md (from paper_tables/records/table1), baseline_quality.md (from
+paper_tables/records/baseline_quality) and each sweep's Markdown/CSV/LaTeX tables and
+quality_delta.md (from paper_tables/<sweep>/records). Figures are drawn too but compared only
+for existence (PNG bytes depend on the matplotlib build).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from recpar.cli import main
+from recpar.report.paper_tables import TABLE_FILES
+
+ROOT = Path(__file__).resolve().parents[2]
+PUBLISHED = ROOT / "paper_tables"
+PAPER = PUBLISHED / "paper.yaml"
+
+
+def sweep_dirs() -> list[Path]:
+    """paper_tables/<sweep>/ folders that hold rendered sweep tables."""
+    return sorted(d for d in PUBLISHED.iterdir() if (d / "table2.md").is_file())
+
+
+def sweep_reference(sweep: str) -> str | None:
+    """sweep.reference of the config file whose sweep is `sweep` (None: no reference)."""
+    for cfg in sorted((ROOT / "config").glob("*.yaml")):
+        s = (yaml.safe_load(cfg.read_text()) or {}).get("sweep") or {}
+        if s.get("name") == sweep:
+            return s.get("reference")
+    raise LookupError(f"no config/*.yaml has sweep.name {sweep!r}")
+
+
+def _same(committed: Path, rendered: Path) -> None:
+    assert rendered.read_text() == committed.read_text(), (
+        f"{committed.relative_to(ROOT)} differs from its re-rendering {rendered}: "
+        "commit the table together with the records it was rendered from")
+
+
+def _run(argv: list[str]) -> None:
+    assert main([str(a) for a in argv]) == 0, f"recpar {' '.join(map(str, argv))} failed"
+
+
+@pytest.mark.parametrize("sweep", [d.name for d in sweep_dirs()])
+def test_sweep_tables_rerender_from_their_records(sweep, tmp_path):
+    committed = PUBLISHED / sweep
+    records = committed / "records"
+    assert (records / "index.json").is_file(), f"{committed}: tables without their records"
+    _run(["report", "tables", "--records", records, "--paper", PAPER, "--out-dir", tmp_path])
+    for name in TABLE_FILES:
+        _same(committed / name, tmp_path / name)
+    reference = sweep_reference(sweep)
+    if (committed / "quality_delta.md").is_file():
+        assert reference is not None, f"{sweep}: quality_delta.md but no sweep.reference"
+        out = tmp_path / "quality_delta.md"
+        _run(["report", "quality-delta", "--records", records, "--reference", reference,
+              "--out", out])
+        _same(committed / "quality_delta.md", out)
+
+
+def test_table1_rerenders_from_its_stats(tmp_path):
+    out = tmp_path / "table1.md"
+    _run(["data", "table1", "--stats", PUBLISHED / "records" / "table1", "--out", out])
+    _same(PUBLISHED / "table1.md", out)
+
+
+def test_baseline_quality_rerenders_from_its_records(tmp_path):
+    out = tmp_path / "baseline_quality.md"
+    _run(["report", "quality", "--records", PUBLISHED / "records" / "baseline_quality",
+          "--out", out])
+    _same(PUBLISHED / "baseline_quality.md", out)
+
+
+def test_a_changed_record_is_caught(tmp_path):
+    """The comparison can fail: a published record edited after rendering changes a table."""
+    import shutil
+
+    sweep = sweep_dirs()[0]
+    records = tmp_path / "records"
+    shutil.copytree(sweep / "records", records)
+    baseline = next(records.glob("baseline-*/seed*/record.json"))
+    text = baseline.read_text()
+    key = '"throughput_samples_per_s": '
+    at = text.index(key) + len(key)
+    end = min(text.index(c, at) for c in ",}\n" if c in text[at:])
+    baseline.write_text(text[:at] + str(float(text[at:end]) * 2) + text[end:])
+    _run(["report", "tables", "--records", records, "--paper", PAPER, "--out-dir", tmp_path])
+    assert (tmp_path / "table2.md").read_text() != (sweep / "table2.md").read_text()
