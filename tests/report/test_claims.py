@@ -95,7 +95,9 @@ def test_fig4_ordering_uses_the_model_parallel_shares(hybrid_tp_ms, status):
     runs = [make_run("baseline"),
             make_run("dp", dp=4, comm_ms=30, exposed_ms=20, iter_ms=100),
             make_run("mp", tp=2, pp=2, iter_ms=100, metrics={
-                "tp_comm_ms_per_iter": 25.0, "pp_idle_ms_per_iter": 15.0}),
+                "tp_comm_ms_per_iter": 25.0, "pp_idle_ms_per_iter": 15.0,
+                # the engine writes every pipeline part; here they took no time
+                "pp_tied_grad_allreduce_ms_per_iter": 0.0, "pp_loss_broadcast_ms_per_iter": 0.0}),
             make_run("hybrid", dp=2, tp=2, comm_ms=9, exposed_ms=5, iter_ms=100, metrics={
                 "tp_comm_ms_per_iter": hybrid_tp_ms, "dp_grad_sync_ms_per_iter": 9.0})]
     c = _claims(runs)["F4-order"]
@@ -113,3 +115,98 @@ def test_quality_claim_leaves_compressed_dp_rows_out_and_says_so():
     assert "1 row(s) with compressed gradient sync left out" in c.detail
     only = _claims([make_run("baseline", hr=0.25), topk])["Q-dp"]
     assert only.status == NOT_RUN and "left out" in only.detail
+
+
+# --- issue 18: quality verdicts show the band that judged them --------------------------------
+
+def _seeded(scheme, hrs, **kw):
+    return [make_run(scheme, hr=h, seed=i, **kw) for i, h in enumerate(hrs)]
+
+
+def test_quality_with_one_seed_uses_the_paper_yaml_constant_and_says_so():
+    c = _claims([make_run("baseline", hr=0.25), make_run("dp", dp=2, hr=0.255)])["Q-dp"]
+    assert c.status == MET  # |Δ| 0.005 within paper.yaml's ±0.01
+    assert c.band == "±0.01 (absolute); paper.yaml constant, one seed per run (4 of 4 comparisons)"
+    assert "band ±0.01 (absolute); paper.yaml constant, 1 + 1 seeds → within" in c.detail
+
+
+def test_quality_with_three_seeds_takes_the_band_from_the_seed_spread():
+    """Same Δ 0.005 as above, but three seeds each with HR@10 spread 0.001: the pooled-t band
+    t(0.975, 4) · 0.001 · sqrt(2/3) = 0.00227 judges it, and it is missed."""
+    runs = (_seeded("baseline", [0.250, 0.251, 0.252])
+            + _seeded("dp", [0.255, 0.256, 0.257], dp=2))
+    c = _claims(runs)["Q-dp"]
+    assert c.status == MISSED
+    assert c.band.endswith("; 95 % pooled t from seed spread (4 of 4 comparisons)")
+    assert "±0.0023; 95 % pooled t from seed spread, 3 + 3 seeds" in c.detail
+    assert "hr_at_10_full Δ +0.0050 (0.0027 beyond ±0.0023)" in c.detail
+    # with Δ inside the spread it is met, on the same basis
+    ok = (_seeded("baseline", [0.250, 0.251, 0.252])
+          + _seeded("dp", [0.251, 0.252, 0.253], dp=2))
+    assert _claims(ok)["Q-dp"].status == MET
+
+
+def test_one_side_with_seeds_is_enough_for_a_seed_band():
+    runs = _seeded("baseline", [0.250, 0.251, 0.252]) + [make_run("dp", dp=2, hr=0.251)]
+    c = _claims(runs)["Q-dp"]
+    assert "seed spread" in c.band and "paper.yaml constant" not in c.band
+    assert "3 + 1 seeds" in c.detail
+
+
+@pytest.mark.parametrize("delta, band_status, gap_status", [
+    (0.001, MET, MET), (0.002, MET, MET), (0.005, MET, MISSED), (0.0102, MISSED, MISSED)])
+def test_quality_has_a_second_verdict_against_the_papers_own_gap(delta, band_status, gap_status):
+    c = _claims([make_run("baseline", hr=0.25), make_run("dp", dp=2, hr=0.25 + delta)])["Q-dp"]
+    assert (c.status, c.paper_gap_status) == (band_status, gap_status)
+    assert c.paper == "|Δ| ≤ 0.002 (largest gap in Table II)"
+    if gap_status == MISSED:
+        assert f"against the paper's 0.002: beyond by {delta - 0.002:.4f}" in c.detail
+
+
+def test_claims_markdown_shows_band_paper_gap_and_both_verdicts():
+    rs = records.group([("b.json", make_run("baseline", hr=0.25)),
+                        ("d.json", make_run("dp", dp=2, hr=0.2536))])
+    res = claims.check_claims(rs, PAPER, NO_PROJ)
+    md = claims.claims_markdown(res, NO_PROJ, [], [])
+    assert "| id | claim | where | paper | band used | measured | status |" in md
+    row = next(line for line in md.splitlines() if line.startswith("| Q-dp |"))
+    assert ("| \\|Δ\\| ≤ 0.002 (largest gap in Table II) | ±0.01 (absolute); paper.yaml "
+            "constant, one seed per run (4 of 4 comparisons) | largest \\|Δ\\| 0.0036 | "
+            "**met**; vs paper's gap: **missed** |") in row
+    assert "- **Q-dp** (met within the band; missed against the paper's gap):" in md
+    assert ("Quality claims judged instead against the paper's own largest gap (Table II; "
+            "second verdict in the status column): 0 met, 1 missed.") in md
+    # every other claim shows its band too
+    speed = next(line for line in md.splitlines() if line.startswith("| T2-speedup-dp |"))
+    assert "| ±10 % (relative) |" in speed
+
+
+def test_quality_names_cells_it_could_not_compare():
+    dp = make_run("dp", dp=2, hr=0.25)
+    del dp["quality"]["test"]["sampled100"]
+    c = _claims([make_run("baseline", hr=0.25), dp])["Q-dp"]
+    assert c.status == MET
+    assert ("not compared: dp dp2·tp1·pp1 ring/none on 1×2 local (sweep" in c.detail
+            and "hr_at_10_sampled100, ndcg_at_10_sampled100 not measured" in c.detail)
+    assert "2 of 2 comparisons" in c.band
+
+
+def test_a_row_without_throughput_is_not_ranked_as_zero():
+    """T3-order picks each scheme's fastest row: a row without a throughput is no candidate
+    (it used to count as 0 samples/s, and a group of such rows crashed the comparison)."""
+    mp = make_run("mp", tp=2, pp=2, throughput=80)
+    mp["metrics"]["throughput_samples_per_s"] = None
+    runs = [make_run("baseline", throughput=50), make_run("dp", dp=4, throughput=100), mp,
+            make_run("hybrid", dp=2, tp=2, throughput=130)]
+    c = _claims(runs)
+    assert c["T3-order"].status == NOT_RUN
+    assert c["A-hybrid_throughput_gain_pct"].detail.endswith("only dp measured as single-mode)")
+
+
+def test_an_unstated_compressor_is_not_taken_for_uncompressed():
+    dp = make_run("dp", dp=2, hr=0.10)
+    dp["config"]["grad_sync"] = {"algorithm": "ring"}
+    rs = records.group([("b.json", make_run("baseline", hr=0.25)), ("d.json", dp)])
+    assert rs.rows[-1].key.grad_sync == "ring/?"
+    c = {x.id: x for x in claims.check_claims(rs, PAPER, NO_PROJ)}["Q-dp"]
+    assert c.status == NOT_RUN and "unstated compressor counts as compressed" in c.detail

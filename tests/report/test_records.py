@@ -36,3 +36,17 @@ def test_sweep_notes_state_the_commit_and_topology_of_the_records():
     assert len(notes) == 1
     assert "git aaaaaaaaaaaa, bbbbbbbbbbbb+dirty" in notes[0]
     assert "topology emulated, local" in notes[0]
+
+
+def test_runs_that_differ_beyond_plan_and_sync_are_separate_rows_and_seeds_share_one():
+    """Top-k at two ratios (same plan, same compressor name) must not be averaged as seeds."""
+    runs = [make_run("baseline"), make_run("baseline", seed=1)]
+    for ratio in ("0.01", "0.1"):
+        for seed in (0, 1):
+            rec = make_run("dp", dp=2, seed=seed, run_id=f"dp2-topk{ratio}-ring-n1")
+            rec["config"]["grad_sync"]["compressor"] = "topk"
+            runs.append(rec)
+    rs = records.group([(f"r{i}", r) for i, r in enumerate(runs)])
+    assert sorted((r.key.run_id, r.seeds) for r in rs.rows) == [
+        ("baseline-dp1tp1pp1-n1", [0, 1]), ("dp2-topk0.01-ring-n1", [0, 1]),
+        ("dp2-topk0.1-ring-n1", [0, 1])]

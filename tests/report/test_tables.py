@@ -72,3 +72,37 @@ def test_comm_share_table_tells_dp_rows_apart_by_their_gradient_sync():
     cs = tables.comm_share_table(_rs([make_run("baseline"), ring, topk]), PAPER, NO_PROJ)
     dp = cs[cs["scheme"] == "dp"].set_index("grad_sync")["comm_share_pct"]
     assert dp.to_dict() == {"ring/none": pytest.approx(20.0), "ring/topk": pytest.approx(5.0)}
+
+
+def test_table3_says_which_gradient_sync_and_compressor_each_row_ran():
+    """Issue 18 item 3: three dp rows on 2 nodes that differ only by compressor."""
+    runs = [make_run("baseline", throughput=100), make_run("mp", tp=2, nodes=2, throughput=90)]
+    for comp, tput in (("none", 300), ("sign", 310), ("topk", 320)):
+        r = make_run("dp", dp=2, nodes=2, throughput=tput)
+        r["config"]["grad_sync"] = {"algorithm": "ring", "compressor": comp}
+        runs.append(r)
+    hier = make_run("dp", dp=2, nodes=2, throughput=330)
+    hier["config"]["grad_sync"] = {"algorithm": "hierarchical", "compressor": "none"}
+    t3 = tables.table3(_rs(runs + [hier]), PAPER, NO_PROJ)
+    cols = list(t3.columns)
+    assert cols[cols.index("topology") + 1:cols.index("topology") + 3] == ["grad_sync",
+                                                                            "compressor"]
+    dp = t3[(t3["nodes"] == 2) & (t3["scheme"] == "dp")]
+    assert sorted(zip(dp["grad_sync"], dp["compressor"], dp["throughput_samples_per_s"])) == [
+        ("hierarchical", "none", 330), ("ring", "none", 300), ("ring", "sign", 310),
+        ("ring", "topk", 320)]
+    # no data parallelism: no gradient sync; a cell without records: not run
+    mp = t3[(t3["nodes"] == 2) & (t3["scheme"] == "mp")]
+    assert (mp["grad_sync"].item(), mp["compressor"].item()) == ("-", "-")
+    empty = t3[(t3["nodes"] == 4) & (t3["scheme"] == "dp")]
+    assert (empty["grad_sync"].item(), empty["compressor"].item()) == (NOT_RUN, NOT_RUN)
+    md = render.to_markdown(t3, "T", [])
+    assert "| grad_sync" in md and "| compressor" in md and "| topk" in md
+
+
+def test_table2_shows_an_absent_global_batch_as_absent_not_zero():
+    dp = make_run("dp", dp=2)
+    del dp["config"]["train"]["global_batch_size"]
+    t2 = tables.table2(_rs([make_run("baseline"), dp]), PAPER, NO_PROJ)
+    assert pd.isna(t2[t2["scheme"] == "dp"]["global_batch"].item())
+    assert t2[t2["scheme"] == "baseline"]["global_batch"].item() == 64

@@ -10,6 +10,7 @@ figure's place that says so (every figure file exists, so the workflow can decla
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -131,11 +132,19 @@ def utilisation_figure(rs: RecordSet, paper: Paper, out: Path) -> Path | Skipped
                       "memory (CPU runs have neither)")
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     labels = [f"{r.key.scheme}\n{r.key.plan_label}" for r in rows]
-    util = [r.mean("util_pct") if r.basis("util") == "gpu" else 0.0 for r in rows]
-    mem = [r.mean("device_mem_pct") or 0.0 for r in rows]
+    # A value not measured (CPU utilisation is no GPU utilisation) is no bar, marked so, never
+    # a zero-height bar that would read as measured.
+    util = [r.mean("util_pct") if r.basis("util") == "gpu" else None for r in rows]
+    mem = [r.mean("device_mem_pct") for r in rows]
     xs = range(len(rows))
-    ax.bar([x - 0.2 for x in xs], util, width=0.4, label="GPU utilisation %")
-    ax.bar([x + 0.2 for x in xs], mem, width=0.4, label="device memory %")
+    for offset, values, label in ((-0.2, util, "GPU utilisation %"),
+                                  (0.2, mem, "device memory %")):
+        ax.bar([x + offset for x in xs], [math.nan if v is None else v for v in values],
+               width=0.4, label=label)
+        for x, v in zip(xs, values):
+            if v is None:
+                ax.text(x + offset, 2, "not measured", rotation=90, ha="center", va="bottom",
+                        fontsize=6)
     ax.set_xticks(list(xs), labels, fontsize=7)
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8)

@@ -158,7 +158,21 @@ class Paper:
         return sorted({r["nodes"] for r in self.data["table3"]["rows"]})
 
     def quality_tolerance(self, metric: str) -> Tolerance:
+        """paper.yaml's constant band for |scheme − baseline| of `metric` (used where no seed
+        spread is measured: recpar.report.quality_band)."""
         return Tolerance.from_mapping(self.data["table2"]["quality_vs_baseline"][metric])
+
+    def quality_gap(self, metrics: tuple[str, ...] = ("hr_at_10", "ndcg_at_10")) -> float | None:
+        """The paper's own largest |scheme − baseline| over `metrics` in Table II (0.002 for
+        HR@10 and NDCG@10), rounded to the 6th decimal; None when Table II gives no pair."""
+        gaps = []
+        for m in metrics:
+            base = self.table2_number("baseline", m)
+            for scheme in self.data["table2"]["rows"]:
+                v = self.table2_number(scheme, m)
+                if scheme != "baseline" and v is not None and base is not None:
+                    gaps.append(abs(v - base))
+        return round(max(gaps), 6) if gaps else None
 
     @property
     def devices_per_node(self) -> int:

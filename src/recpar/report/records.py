@@ -80,11 +80,13 @@ def sweep_key(rec: dict) -> str:
 
 
 def _grad_sync_label(rec: dict) -> str:
+    """algorithm/compressor of DP gradient sync; '-' without DP; '?' for a part the record does
+    not state (never assumed 'none': an unstated compressor is not known to be lossless)."""
     gs = (rec.get("config") or {}).get("grad_sync")
     if not gs or rec["plan"].get("dp", 1) == 1:
         return "-"
-    comp = gs.get("compressor") or gs.get("compression") or "none"
-    return f"{gs.get('algorithm', '?')}/{comp}"
+    comp = gs.get("compressor") or gs.get("compression") or "?"
+    return f"{gs.get('algorithm') or '?'}/{comp}"
 
 
 @dataclass(frozen=True, order=True)
@@ -117,6 +119,20 @@ class RowKey:
     """algorithm/compressor of DP gradient sync, '-' without DP."""
     global_batch_size: int
     """config.train.global_batch_size (0 when absent)."""
+    run_id: str
+    """The run id, which spells out everything else that ran (top-k ratio, overlap, bucket
+    size, schedule, ...): records of one configuration differ only in seed, so two settings
+    the fields above do not tell apart are never averaged as if they were seeds."""
+
+    @property
+    def sync_algorithm(self) -> str:
+        """The all-reduce algorithm of grad_sync (ring, hierarchical; '-' without DP)."""
+        return self.grad_sync.split("/", 1)[0]
+
+    @property
+    def compressor(self) -> str:
+        """The gradient compressor of grad_sync (none, sign, topk, ...; '-' without DP)."""
+        return self.grad_sync.split("/", 1)[-1]
 
     @property
     def plan_label(self) -> str:
@@ -139,7 +155,8 @@ def row_key(rec: dict) -> RowKey:
         microbatches=int(plan.get("num_microbatches", 1) or 1),
         ranks_per_node=int(topo["ranks_per_node"]), topology=str(topo["kind"]),
         grad_sync=_grad_sync_label(rec),
-        global_batch_size=int((rec["config"].get("train") or {}).get("global_batch_size", 0)))
+        global_batch_size=int((rec["config"].get("train") or {}).get("global_batch_size", 0)),
+        run_id=str(rec["run_id"]))
 
 
 @dataclass
@@ -153,16 +170,17 @@ class Row:
     paths: list[str] = field(default_factory=list)
     """Their files."""
 
-    def _values(self, measure: str) -> list[float]:
+    def values(self, measure: str) -> list[float]:
+        """The measure of each seed's record that has it (records lacking it are left out)."""
         return [v for v in (MEASURES[measure](r) for r in self.records) if v is not None]
 
     def mean(self, measure: str) -> float | None:
-        vals = self._values(measure)
+        vals = self.values(measure)
         return sum(vals) / len(vals) if vals else None
 
     def std(self, measure: str) -> float | None:
         """Sample standard deviation over the seeds (n − 1); None with fewer than 2 seeds."""
-        vals = self._values(measure)
+        vals = self.values(measure)
         if len(vals) < 2:
             return None
         mu = sum(vals) / len(vals)

@@ -29,7 +29,8 @@ def table2(rs: RecordSet, paper: Paper, proj: Projection) -> pd.DataFrame:
         out.append({
             "sweep": k.sweep, "scheme": k.scheme, "plan": k.plan_label,
             "devices": k.world_size, "topology": k.topology_label, "grad_sync": k.grad_sync,
-            "global_batch": k.global_batch_size, "seeds": len(r.seeds),
+            "global_batch": k.global_batch_size or None,  # 0 in the key: not in the record
+            "seeds": len(r.seeds),
             "throughput_samples_per_s": r.mean("throughput_samples_per_s"),
             "throughput_samples_per_s_std": r.std("throughput_samples_per_s"),
             "throughput_samples_per_s_per_device": r.mean("throughput_samples_per_s_per_device"),
@@ -67,7 +68,8 @@ def table3(rs: RecordSet, paper: Paper, proj: Projection) -> pd.DataFrame:
     """Speedup vs nodes: every (nodes, scheme) of the paper's grid and every measured one.
 
     A cell with no record says "not run"; several configurations at one (nodes, scheme) give
-    one line each.
+    one line each, told apart by plan, topology, gradient sync (all-reduce algorithm) and
+    compressor ('-' without data parallelism, '?' where the record does not say).
     """
     rs.require_baselines("Table III (speedup vs the 1-device baseline)")
     nodes = sorted(set(paper.table3_nodes()) | {r.key.nodes for r in rs.rows})
@@ -89,16 +91,18 @@ def table3(rs: RecordSet, paper: Paper, proj: Projection) -> pd.DataFrame:
         rows = [r for r in rs.rows if r.key.nodes == n and r.key.scheme == s]
         if not rows:
             out.append({"sweep": NOT_RUN, "plan": NOT_RUN, "devices": NOT_RUN,
-                        "topology": NOT_RUN, "throughput_samples_per_s": NOT_RUN,
+                        "topology": NOT_RUN, "grad_sync": NOT_RUN, "compressor": NOT_RUN,
+                        "throughput_samples_per_s": NOT_RUN,
                         "throughput_samples_per_s_std": NOT_RUN, "speedup": NOT_RUN, **common})
             continue
         for r in rows:
             out.append({"sweep": r.key.sweep, "plan": r.key.plan_label,
                         "devices": r.key.world_size, "topology": r.key.topology_label,
+                        "grad_sync": r.key.sync_algorithm, "compressor": r.key.compressor,
                         "throughput_samples_per_s": r.mean("throughput_samples_per_s"),
                         "throughput_samples_per_s_std": r.std("throughput_samples_per_s"),
                         "speedup": rs.speedup(r), **common})
-    cols = ["nodes", "scheme", "sweep", "plan", "devices", "topology",
+    cols = ["nodes", "scheme", "sweep", "plan", "devices", "topology", "grad_sync", "compressor",
             "throughput_samples_per_s", "throughput_samples_per_s_std", "speedup",
             "paper_throughput_samples_per_s", "paper_speedup", "projected_throughput_samples_per_s",
             "projected_speedup"]
