@@ -127,9 +127,9 @@ def resume_case(rank: int, world: int, out_dir: str, x, y) -> dict:
 
 
 def dsp_tp_worker(rank: int, world: int, out_dir: str) -> None:
+    from recpar.parallel.deepspeed_layers import recommender_key
     from recpar.parallel.deepspeed_pipeline import (apply_deepspeed_pipeline, pipeline_record,
-                                                    pipeline_state_dict, pipeline_step,
-                                                    recommender_key)
+                                                    pipeline_state_dict, pipeline_step)
 
     init_rank(rank, world, out_dir)
     x, y = make_batches()

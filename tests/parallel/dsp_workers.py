@@ -97,7 +97,7 @@ def _capture_grads_after_tied_reduce(engine, sink: list) -> None:
     first step (before the dp reduction and the optimizer, which consumes the grads)."""
     from deepspeed.runtime.pipe import schedule
 
-    from recpar.parallel.deepspeed_pipeline import recommender_key
+    from recpar.parallel.deepspeed_layers import recommender_key
 
     orig = type(engine)._INSTRUCTION_MAP[schedule.ReduceTiedGrads]
 

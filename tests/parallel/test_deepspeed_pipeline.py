@@ -25,11 +25,11 @@ from .ds_reference_checks import (assert_final_state_equals_reference, assert_re
                                   assert_series_equal_reference)
 from .dsp_workers import (CASES, GLOBAL_BATCH, N_ITEMS, STEPS, TRAIN_CFG, WORLD_SIZE,
                           dsp_worker, make_batches, make_model)
-from recpar.parallel.deepspeed_pipeline import (DS_REDUCE_BUCKET_SIZE, TIED_KEY, FinalNorm,
-                                                GlobalMeanLoss, ItemTable, PipeBlock,
-                                                PositionEmbedding, deepspeed_pipeline_config,
-                                                deepspeed_topology, recommender_key,
-                                                topology_mismatches, validate_deepspeed_plan)
+from recpar.parallel.deepspeed_layers import (TIED_KEY, FinalNorm, GlobalMeanLoss, ItemTable,
+                                              PipeBlock, PositionEmbedding, recommender_key)
+from recpar.parallel.deepspeed_pipeline import (DS_REDUCE_BUCKET_SIZE, deepspeed_pipeline_config,
+                                                deepspeed_topology, topology_mismatches,
+                                                validate_deepspeed_plan)
 from recpar.parallel.plan import ParallelPlan, PlanError
 
 ATOL = 1e-5

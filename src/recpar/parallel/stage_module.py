@@ -30,7 +30,7 @@ from torch import nn
 
 from recpar.model.item_table import TiedItemTable
 from recpar.model.recommender import Recommender, attention_mask, check_item_ids, positions
-from recpar.parallel.tensor_parallel import VocabShardedItemTable
+from recpar.parallel.vocab_parallel import VocabShardedItemTable
 
 _TP_PARAM_ATTRS = ("tensor_model_parallel", "partition_dim", "partition_stride")
 """megatron's marks on a sharded parameter (read by grad-norm and checkpoint code)."""
