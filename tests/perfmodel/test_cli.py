@@ -42,9 +42,18 @@ def test_validate_writes_table(tmp_path):
     rp = tmp_path / "run.json"
     rp.write_text(json.dumps(record()))
     assert run(["perfmodel", "validate", "--records", str(rp), "--hardware", "paper-a100",
-                "--out", str(tmp_path / "v")]) == 0
+                "--grid-role", "held-out", "--grid", "g", "--out", str(tmp_path / "v")]) == 0
     rows = list(csv.DictReader((tmp_path / "v" / "validation_projected_vs_measured.csv").open()))
     assert rows[0]["measured_iter_ms"] == "10.0"
+    assert (rows[0]["grid"], rows[0]["grid_role"], rows[0]["target_pct"]) == ("g", "held-out",
+                                                                            "15.0")
+    assert {"iter_verdict", "comm_verdict", "comm_basis", "record_derived_inputs",
+            "calibration_spread_pct", "row_role"} <= set(rows[0])
+    summary = (tmp_path / "v" / "validation_summary.md").read_text()
+    assert "## Grid `g`: held-out" in summary
+    with pytest.raises(SystemExit):  # the role is required: argparse exits
+        run(["perfmodel", "validate", "--records", str(rp), "--hardware", "paper-a100",
+             "--out", str(tmp_path / "w")])
 
 
 def test_validate_keeps_the_schemes_asked_for(tmp_path, capsys):
@@ -54,13 +63,43 @@ def test_validate_keeps_the_schemes_asked_for(tmp_path, capsys):
         p.write_text(json.dumps(record(scheme=scheme, run_id=name)))
         paths.append(str(p))
     assert run(["perfmodel", "validate", "--records", *paths, "--hardware", "paper-a100",
-                "--schemes", "baseline,dp", "--out", str(tmp_path / "v")]) == 0
+                "--schemes", "baseline,dp", "--grid-role", "development",
+                "--out", str(tmp_path / "v")]) == 0
     rows = list(csv.DictReader((tmp_path / "v" / "validation_projected_vs_measured.csv").open()))
     assert [r["run_id"] for r in rows] == ["dp"]
     assert "left out 1 record(s) of other schemes" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--schemes zero: none of the 2 record"):
         run(["perfmodel", "validate", "--records", *paths, "--hardware", "paper-a100",
-             "--schemes", "zero", "--out", str(tmp_path / "w")])
+             "--schemes", "zero", "--grid-role", "development", "--out", str(tmp_path / "w")])
+
+
+def test_validate_prints_both_verdicts_with_the_band(tmp_path, capsys):
+    rp = tmp_path / "run.json"
+    rp.write_text(json.dumps(record()))
+    run(["perfmodel", "validate", "--records", str(rp), "--hardware", "paper-a100",
+         "--grid-role", "development", "--grid", "emulated", "--out", str(tmp_path / "v")])
+    out = capsys.readouterr().out
+    assert "grid emulated (development), target ±15 %, 1 record(s):" in out
+    assert "  iteration time: 0 of 1 judged within ±15 %" in out
+    assert "  communication time: 0 of 1 judged within ±15 %" in out
+
+
+def test_summarize_keeps_grids_apart(tmp_path):
+    rp = tmp_path / "run.json"
+    rp.write_text(json.dumps(record()))
+    for role, grid in (("held-out", "h"), ("development", "d")):
+        run(["perfmodel", "validate", "--records", str(rp), "--hardware", "paper-a100",
+             "--grid-role", role, "--grid", grid, "--out", str(tmp_path / grid)])
+    out = tmp_path / "all.md"
+    assert run(["perfmodel", "summarize", "--tables",
+                str(tmp_path / "h" / "validation_projected_vs_measured.csv"),
+                str(tmp_path / "d" / "validation_projected_vs_measured.csv"),
+                "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.index("## Grid `d`: development") < text.index("## Grid `h`: held-out")
+    with pytest.raises(SystemExit, match="nope.csv: file not found"):
+        run(["perfmodel", "summarize", "--tables", str(tmp_path / "nope.csv"),
+             "--out", str(out)])
 
 
 def test_bad_input_is_one_line(tmp_path):
@@ -81,3 +120,6 @@ def test_calibrate_refuses_bad_loaded_ranks_before_measuring(tmp_path, ranks, me
     with pytest.raises(SystemExit, match=f"--loaded-ranks: {message}"):
         run(["perfmodel", "calibrate", "--inter-node", str(tmp_path / "absent.yaml"),
              "--ranks-per-node", "2", "--loaded-ranks", ranks, "--out", str(tmp_path / "p.yaml")])
+    with pytest.raises(SystemExit, match="--loaded-repeats: must be >= 1, got 0"):
+        run(["perfmodel", "calibrate", "--inter-node", str(tmp_path / "absent.yaml"),
+             "--ranks-per-node", "2", "--loaded-repeats", "0", "--out", str(tmp_path / "p.yaml")])

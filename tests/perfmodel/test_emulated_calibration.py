@@ -6,7 +6,7 @@ import pytest
 from recpar.perfmodel import calibrate as cal
 from recpar.perfmodel.emulated_calibration import (CalibrationError, CalibrationOptions,
                                                    calibrate_emulated_profile, parse_rank_counts)
-from recpar.perfmodel.hardware import profile_from_mapping
+from recpar.perfmodel.hardware import figure_provenance, profile_from_mapping
 from recpar.perfmodel.predict import scenario_from_record
 
 from .test_predict import record
@@ -39,11 +39,13 @@ def stubbed(monkeypatch):
                 "batch": 16, "steps": 4}
 
     def loaded(rec, ranks, cores, batches, where):
+        """The slowest step grows with each repeat of the same W: 0, +1 %, +2 %."""
         calls["loaded"].append((ranks, cores, batches))
         b = sorted(set(batches))
+        k = sum(1 for r, _, _ in calls["loaded"] if r == ranks) - 1
         return {"ranks": ranks, "threads": max(1, cores // ranks), "batches": b, "steps": 3,
-                "slowest_s": [0.01 * ranks + 0.001 * x for x in b], "fixed_s": 0.01 * ranks,
-                "per_sequence_s": 0.001}
+                "per_rank_s": [], "mean_s": [],
+                "slowest_s": [(0.01 * ranks + 0.001 * x) * (1 + 0.01 * k) for x in b]}
 
     def compress(n, codec, ratio):
         calls["compress"].append((n, codec, ratio))
@@ -51,7 +53,7 @@ def stubbed(monkeypatch):
                 "ratio": ratio if codec == "topk" else None}
 
     monkeypatch.setattr(cal, "measure_model_step_flops_per_s", step)
-    monkeypatch.setattr(cal, "measure_loaded_steps", loaded)
+    monkeypatch.setattr(cal, "time_loaded_steps", loaded)
     monkeypatch.setattr(cal, "measure_compress_elements_per_s", compress)
     return calls
 
@@ -77,27 +79,51 @@ def test_without_a_baseline_efficiency_is_assumed(stubbed):
 
 
 def test_baseline_measures_thread_rates_loaded_steps_and_codecs(stubbed):
+    """Everything is timed on the host at the baseline's shape: no figure comes from the
+    record's measured throughput (its 1-thread run included), and each says so."""
     base = baseline(threads=1)
-    opts = CalibrationOptions(ranks_per_node=2, host_cores=4, loaded_ranks=(1, 2))
+    opts = CalibrationOptions(ranks_per_node=2, host_cores=4, loaded_ranks=(1, 2),
+                              loaded_repeats=3)
     res = calibrate_emulated_profile(**LINK, options=opts, baseline=base,
                                      baseline_name="base.json")
     sc = scenario_from_record(base)
-    # thread counts a rank can get on 4 cores: 4, 2, 1; the baseline's own (1) is not re-timed
-    assert stubbed["step_threads"] == [2, 4]
-    assert stubbed["loaded"] == [(1, 4, (4, 8, 16)), (2, 4, (4, 8, 16))]  # B // 4, B // 2, B
+    # thread counts a rank can get on 4 cores: 4, 2, 1, each timed on the host
+    assert stubbed["step_threads"] == [1, 2, 4]
+    # 3 repeats, interleaved over W: B // 4, B // 2, B
+    assert stubbed["loaded"] == [(1, 4, (4, 8, 16)), (2, 4, (4, 8, 16))] * 3
     n = sc.shape.trainable_params
     assert stubbed["compress"] == [(n, "topk", 0.01), (n, "sign", 0.01)]
     hw = profile_from_mapping(res.profile, "p.yaml")
-    eff = sc.shape.train_flops_per_sequence * 100.0 / 3e10
-    assert hw.efficiency.value == pytest.approx(eff)
-    assert hw.shared_host.model_flops_per_s_by_threads[1].value == pytest.approx(3e10 * eff)
+    assert hw.efficiency.value == pytest.approx(1e9 / 3e10)  # host step rate ÷ matmul peak
+    assert hw.efficiency.provenance == "host" and "not the record's" in hw.efficiency.source
+    assert hw.shared_host.model_flops_per_s_by_threads[1].value == pytest.approx(1e9)
     assert hw.shared_host.model_flops_per_s_by_threads[2].value == pytest.approx(2e9)
-    assert hw.shared_host.loaded_step(2, sc.shape.train_flops_per_sequence) is not None
+    assert {k: figure_provenance(f) for k, f in hw.figures.items()
+            if figure_provenance(f) == "record"} == {}
+    step = hw.shared_host.loaded_step(2, sc.shape.train_flops_per_sequence)
+    assert step.repeats.value == 3
+    assert step.spread_pct.value == pytest.approx(100 * 0.02 / 1.01)  # (max − min) / median
+    assert step.seconds(16) == pytest.approx((0.02 + 0.016) * 1.01)  # the medians' line
     assert hw.topk_compress_elements_per_s.value == 4e7
     assert [line.split(":")[0] for line in res.notes] == [
-        "model step, 2 thread(s)", "model step, 4 thread(s)", "baseline (1 thread(s))",
+        "model step, 1 thread(s)", "model step, 2 thread(s)", "model step, 4 thread(s)",
         "loaded step, 1 rank(s) × 4 thread(s)", "loaded step, 2 rank(s) × 2 thread(s)",
         "topk hook work", "sign hook work"]
+    assert "run-to-run spread 2.0 % over 3 repeats" in res.notes[4]  # 1.98 rounded
+
+
+def test_one_repeat_records_no_spread(stubbed):
+    opts = CalibrationOptions(ranks_per_node=2, host_cores=2, loaded_ranks=(2,),
+                              loaded_repeats=1)
+    res = calibrate_emulated_profile(**LINK, options=opts, baseline=baseline(),
+                                     baseline_name="base.json")
+    sc = scenario_from_record(baseline())
+    step = profile_from_mapping(res.profile, "p.yaml").shared_host.loaded_step(
+        2, sc.shape.train_flops_per_sequence)
+    assert step.repeats.value == 1 and step.spread_pct is None
+    with pytest.raises(CalibrationError, match="loaded_repeats must be >= 1"):
+        calibrate_emulated_profile(**LINK, options=CalibrationOptions(ranks_per_node=2,
+                                                                      loaded_repeats=0))
 
 
 def test_no_shared_host_and_no_loaded_steps(stubbed):
@@ -105,7 +131,8 @@ def test_no_shared_host_and_no_loaded_steps(stubbed):
         **LINK, options=CalibrationOptions(ranks_per_node=2, shared_host=False),
         baseline=baseline(), baseline_name="base.json")
     assert profile_from_mapping(res.profile, "p.yaml").shared_host is None
-    assert stubbed["step_threads"] == [] and stubbed["loaded"] == []
+    # only the rank's own thread count, for the efficiency
+    assert stubbed["step_threads"] == [1] and stubbed["loaded"] == []
     assert len(stubbed["compress"]) == 2
     res = calibrate_emulated_profile(**LINK, options=CalibrationOptions(ranks_per_node=2,
                                                                         host_cores=2),
@@ -115,6 +142,6 @@ def test_no_shared_host_and_no_loaded_steps(stubbed):
 
 
 def test_a_multi_rank_baseline_is_one_calibration_error(stubbed):
-    with pytest.raises(CalibrationError, match="r.json: efficiency needs a single-rank"):
+    with pytest.raises(CalibrationError, match="r.json: the calibration needs a single-rank"):
         calibrate_emulated_profile(**LINK, options=CalibrationOptions(ranks_per_node=2),
                                    baseline=record(), baseline_name="r.json")

@@ -1,11 +1,11 @@
-"""Run-record predictions, the validation table, and the labelled paper projections."""
+"""Run-record predictions and the labelled paper projections (the validation table:
+test_validation.py)."""
 
 import pytest
 
 from recpar.perfmodel.hardware import load_profile
 from recpar.perfmodel.predict import (KIND, PAPER_TABLE2, ProjectionSettings, predict_record,
-                                      project_paper_tables, scenario_from_record,
-                                      validation_rows)
+                                      project_paper_tables, scenario_from_record)
 from recpar.perfmodel.shapes import CostInputError
 
 
@@ -40,21 +40,6 @@ def test_predict_record_is_labelled_projected(toy_hw):
     out = predict_record(record(), toy_hw)
     assert out["kind"] == KIND == "projected"
     assert out["iter_ms"] > 0 and 0 <= out["comm_share"] < 1
-
-
-def test_validation_rows_report_signed_error(toy_hw):
-    pred = predict_record(record(), toy_hw)
-    measured = record(metrics={"iter_ms": pred["iter_ms"] * 1.25,
-                               "comm_ms_per_iter": pred["comm_ms_per_iter"] / 2})
-    slow = record(metrics={"iter_ms": pred["iter_ms"] / 2})
-    none = record(metrics={})
-    rows = validation_rows([("a", measured), ("b", slow), ("c", none)], toy_hw)
-    assert rows[0]["iter_error_pct"] == pytest.approx(-20.0)
-    assert rows[0]["comm_error_pct"] == pytest.approx(100.0)
-    assert rows[0]["within_target"] is False
-    assert rows[1]["iter_error_pct"] == pytest.approx(100.0)
-    assert rows[2]["iter_error_pct"] is None and rows[2]["within_target"] is None
-    assert all(r["kind"] == "projected" for r in rows)
 
 
 def test_paper_projection_rows_are_labelled_and_consistent():

@@ -158,6 +158,16 @@ LOADED_2 = {"fixed_s": fig(0.01), "per_sequence_s": fig(0.002)}
      f"{LOADED}.by_ranks.2.fixed_s.value: must be >= 0"),
     (lambda m: m[SH].update(loaded_step={"flops_per_sequence": fig(1e6), "ranks": {}}),
      f"{LOADED}.ranks: unknown key"),
+    (lambda m: m[SH].update(loaded_step={"flops_per_sequence": fig(1e6),
+                                         "by_ranks": {2: {**LOADED_2, "repeats": fig(0)}}}),
+     f"{LOADED}.by_ranks.2.repeats.value: must be >= 1"),
+    (lambda m: m[SH].update(loaded_step={"flops_per_sequence": fig(1e6),
+                                         "by_ranks": {2: {**LOADED_2, "spread_pct": fig(-1)}}}),
+     f"{LOADED}.by_ranks.2.spread_pct.value: must be >= 0"),
+    (lambda m: m[SH].update(loaded_step={"flops_per_sequence": fig(1e6),
+                                         "by_ranks": {2: {**LOADED_2, "spread": fig(1)}}}),
+     f"{LOADED}.by_ranks.2.spread: unknown key; known: fixed_s, per_sequence_s, repeats, "
+     "spread_pct"),
 ])
 def test_shared_host_validation_errors_name_the_field(edit, message):
     with pytest.raises(ProfileError) as e:

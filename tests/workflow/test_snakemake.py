@@ -62,19 +62,52 @@ def test_default_dag_is_the_documented_slice():
     assert "perfmodel_validation" not in r.stdout  # off by default (config perfmodel_validation)
 
 
-def test_emulated_grid_calibrates_and_validates_the_cost_model_after_its_runs():
-    """config/emulated.yaml: rule perfmodel_validation needs every sweep record, calibrates a
-    loaded-step line for each rank count of the baseline and dp runs (1-4), at the largest
-    ranks per node among them (dp4 on 2 nodes), and compares baseline and dp only."""
-    target = "paper_tables/emulated/perfmodel/validation_projected_vs_measured.csv"
-    r = _snakemake("-n", "-p", "--cores", "1", "--forceall", target,
-                   "--configfile", "config/emulated.yaml")
+def _perfmodel_dry_run(configfile: str, sweep: str) -> str:
+    """The shell command of rule perfmodel_validation in a dry run of `configfile`."""
+    target = f"paper_tables/{sweep}/perfmodel/validation_summary.md"
+    r = _snakemake("-n", "-p", "--cores", "1", "--forceall", target, "--configfile", configfile)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
-    cmd = next(line for line in out.splitlines() if "recpar perfmodel calibrate" in line)
-    assert "--loaded-ranks 1,2,3,4 " in cmd and "--ranks-per-node 2 " in cmd
-    assert "--inter-node results/cluster/state.json" in cmd and "--schemes baseline,dp" in cmd
-    assert "emulated/dp4-hierarchical-tiny-n2/seed0/record.json" in cmd
+    return next(line for line in out.splitlines() if "recpar perfmodel calibrate" in line)
+
+
+def test_emulated_grid_calibrates_and_validates_the_cost_model_after_its_runs():
+    """config/emulated.yaml, the development grid: rule perfmodel_validation needs every sweep
+    record, calibrates a loaded-step line (3 repeats) for each rank count of the sweep's runs
+    (1-8), at the largest ranks per node among them (dp2tp2 on one node), and compares every
+    scheme; the summary says the grid is a development grid."""
+    cmd = _perfmodel_dry_run("config/emulated.yaml", "emulated")
+    assert "--loaded-ranks 1,2,3,4,6,8 " in cmd and "--ranks-per-node 4 " in cmd
+    assert "--loaded-repeats 3 " in cmd
+    assert "--inter-node results/cluster/state.json" in cmd
+    assert "--schemes dp,mp,hybrid,baseline,deepspeed " in cmd
+    assert "--grid emulated --grid-role development " in cmd
+    for run in ("dp4-hierarchical-tiny-n2", "pp3-tiny-n3", "deepspeed-pp2-tiny-n1"):
+        assert f"emulated/{run}/seed0/record.json" in cmd
+
+
+def test_held_out_grid_is_its_own_sweep_and_says_so():
+    """config/emulated_heldout.yaml: its own sweep (records and tables apart from the
+    development grid's), every scheme, rank counts 1, 2, 4, role held-out; its run ids spell out
+    what runs."""
+    cmd = _perfmodel_dry_run("config/emulated_heldout.yaml", "emulated-heldout")
+    assert "--loaded-ranks 1,2,4 " in cmd and "--loaded-repeats 3 " in cmd
+    assert "--grid emulated-heldout --grid-role held-out " in cmd
+    assert set(cmd.split("--schemes ")[1].split()[0].split(",")) == \
+        {"baseline", "dp", "mp", "hybrid", "deepspeed"}
+    assert cmd.count("results/movielens-100k/emulated-heldout/") == 10  # 9 runs + the baseline
+    assert "results/movielens-100k/emulated/" not in cmd
+    test_sweep_run_ids_spell_out_what_runs("config/emulated_heldout.yaml")
+
+
+def test_perfmodel_validation_needs_a_grid_role(tmp_path):
+    cfg = yaml.safe_load((ROOT / "config" / "emulated.yaml").read_text())
+    del cfg["perfmodel_grid_role"]
+    bad = tmp_path / "emulated.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    r = _snakemake("-n", "--cores", "1", "--configfile", str(bad))
+    assert r.returncode != 0
+    assert "'perfmodel_grid_role' is a required property" in r.stdout + r.stderr
 
 
 def _merged(base: dict, over: dict) -> dict:

@@ -121,19 +121,34 @@ def quality_delta_target():
     return [f"paper_tables/{SWEEP_NAME}/quality_delta.md"]
 
 
-# Cost-model validation (config perfmodel_validation, emulated topology only): the sweep's
-# baseline and dp runs, the issue's "DP ring, hierarchical and compressed runs"
-# (recpar.perfmodel.validation_runs picks them and derives the calibration's rank counts).
+# Cost-model validation (config perfmodel_validation, emulated topology only): every run of the
+# sweep, whatever its scheme (recpar.perfmodel.validation_runs picks them and derives the
+# calibration's rank counts); the grid's role (perfmodel_grid_role: development or held-out)
+# goes into every row and the summary.
 from recpar.perfmodel import validation_runs
 
-PERFMODEL_SCHEMES = validation_runs.VALIDATED_SCHEMES
 PERFMODEL_DIR = "paper_tables/{sweep}/perfmodel"
+PERFMODEL_OUTPUTS = ["validation_projected_vs_measured.csv", "validation_summary.md"]
 
 
 def perfmodel_validation_target():
     if not config.get("perfmodel_validation") or TOPOLOGY != "emulated":
         return []
-    return [f"paper_tables/{SWEEP_NAME}/perfmodel/validation_projected_vs_measured.csv"]
+    return [f"paper_tables/{SWEEP_NAME}/perfmodel/{name}" for name in PERFMODEL_OUTPUTS]
+
+
+def perfmodel_schemes(wildcards):
+    """Every scheme of the sweep (`recpar perfmodel validate --schemes`)."""
+    return ",".join(validation_runs.sweep_schemes(SWEEP["runs"]))
+
+
+def perfmodel_grid_role(wildcards):
+    """development or held-out (the schema requires it when perfmodel_validation is on)."""
+    return config["perfmodel_grid_role"]
+
+
+def perfmodel_calibration_repeats(wildcards):
+    return config.get("perfmodel_calibration_repeats", 3)
 
 
 def perfmodel_baseline_record(wildcards):

@@ -82,6 +82,11 @@ rule perfmodel_validation:
             caption="../report/perfmodel_validation.rst",
             category="Performance model",
         ),
+        summary=report(
+            f"{PERFMODEL_DIR}/validation_summary.md",
+            caption="../report/perfmodel_validation.rst",
+            category="Performance model",
+        ),
     conda:
         "../../envs/environment.yaml"
     log:
@@ -92,12 +97,15 @@ rule perfmodel_validation:
     params:
         baseline=perfmodel_baseline_record,
         ranks=perfmodel_loaded_ranks,
+        repeats=perfmodel_calibration_repeats,
         rpn=perfmodel_ranks_per_node,
-        schemes=",".join(PERFMODEL_SCHEMES),
+        schemes=perfmodel_schemes,
+        role=perfmodel_grid_role,
         out_dir=lambda w, output: os.path.dirname(output.table),
     shell:
         "(recpar perfmodel calibrate --inter-node {input.cluster} --ranks-per-node {params.rpn}"
         " --baseline-record {params.baseline} --loaded-ranks {params.ranks}"
-        " --out {output.profile}"
+        " --loaded-repeats {params.repeats} --out {output.profile}"
         " && recpar perfmodel validate --records {input.records} --schemes {params.schemes}"
+        " --grid {wildcards.sweep} --grid-role {params.role}"
         " --hardware {output.profile} --out {params.out_dir}) > {log} 2>&1"

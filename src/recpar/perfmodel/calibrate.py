@@ -76,12 +76,6 @@ def _median_cpu_time(fn, repeats: int, warmup: int = 1) -> tuple[float, float]:
     return float(np.median(cpu)), float(np.median(wall))
 
 
-def record_threads(record: Mapping[str, Any]) -> int | None:
-    """Intra-op threads the recorded run used (hardware.torch_threads), None if absent."""
-    t = (record.get("hardware") or {}).get("torch_threads")
-    return int(t) if isinstance(t, int) and not isinstance(t, bool) and t >= 1 else None
-
-
 def _training_step(record: Mapping[str, Any], batch: int, where: str = "<record>"):
     """(step, flops_per_sequence): recpar's own training step at the record's model, on
     `batch` sequences of random item ids (no padding: shapes, hence FLOPs, are the same as
@@ -189,18 +183,17 @@ def _loaded_step_worker(rank: int, record: Mapping[str, Any], threads: int,
     Path(out, f"rank{rank}.json").write_text(json.dumps(medians))
 
 
-def measure_loaded_steps(record: Mapping[str, Any], ranks: int, cores: int,
-                         batches: Sequence[int], steps: int = 8,
-                         where: str = "<record>") -> dict[str, Any]:
-    """Step time of W = `ranks` training steps running at once on this host.
+def time_loaded_steps(record: Mapping[str, Any], ranks: int, cores: int,
+                      batches: Sequence[int], steps: int = 8,
+                      where: str = "<record>") -> dict[str, Any]:
+    """Step time of W = `ranks` training steps running at once on this host (no fit).
 
     Spawns W processes, each with max(1, cores // W) intra-op threads (what `recpar train`
     gives a rank of a W-rank run), which start together at each batch size, time `steps`
     steps of `_training_step` (wall clock: when W > cores the time-sharing is part of what
-    is measured) and keep stepping until every process is done. Returns per-process medians,
-    the slowest process's median per batch (a synchronous step waits for the slowest rank),
-    and the least-squares line through the slowest times: step(b) = fixed_s +
-    per_sequence_s × b (fixed_s clamped at 0). The host should otherwise be idle.
+    is measured) and keep stepping until every process is done. Returns per-process medians
+    and the slowest process's median per batch (a synchronous step waits for the slowest
+    rank). The host should otherwise be idle.
     """
     import multiprocessing
     import tempfile
@@ -228,34 +221,96 @@ def measure_loaded_steps(record: Mapping[str, Any], ranks: int, cores: int,
             raise RuntimeError(f"measure_loaded_steps: {len(bad)} of {ranks} processes failed "
                                f"(exit codes {bad})")
         per_rank = [json.loads(Path(d, f"rank{r}.json").read_text()) for r in range(ranks)]
-    slowest = [max(pr[i] for pr in per_rank) for i in range(len(bs))]
-    slope, intercept = np.polyfit(np.asarray(bs, float), np.asarray(slowest), 1)  # least squares
-    slope = float(slope)
-    if slope <= 0:
-        raise ValueError(f"measure_loaded_steps: step time did not grow with the batch "
-                         f"({dict(zip(bs, slowest))} s): timings are too noisy")
-    fixed = max(0.0, float(intercept))
     return {"ranks": ranks, "threads": threads, "batches": bs, "steps": steps,
-            "per_rank_s": per_rank, "slowest_s": slowest,
-            "mean_s": [float(np.mean([pr[i] for pr in per_rank])) for i in range(len(bs))],
-            "fixed_s": fixed, "per_sequence_s": slope}
+            "per_rank_s": per_rank,
+            "slowest_s": [max(pr[i] for pr in per_rank) for i in range(len(bs))],
+            "mean_s": [float(np.mean([pr[i] for pr in per_rank])) for i in range(len(bs))]}
+
+
+def fit_loaded_line(batches: Sequence[int], step_s: Sequence[float]) -> tuple[float, float]:
+    """(fixed_s, per_sequence_s): least-squares line step(b) = fixed + per_sequence × b through
+    the step times, fixed clamped at 0; a slope <= 0 (noise larger than the batch's effect)
+    raises ValueError."""
+    slope, intercept = np.polyfit(np.asarray(batches, float), np.asarray(step_s, float), 1)
+    if float(slope) <= 0:
+        raise ValueError(f"measure_loaded_steps: step time did not grow with the batch "
+                         f"({dict(zip(batches, step_s))} s): timings are too noisy")
+    return max(0.0, float(intercept)), float(slope)
+
+
+def measure_loaded_steps(record: Mapping[str, Any], ranks: int, cores: int,
+                         batches: Sequence[int], steps: int = 8,
+                         where: str = "<record>") -> dict[str, Any]:
+    """time_loaded_steps once, and the least-squares line through the slowest process's times:
+    step(b) = fixed_s + per_sequence_s × b (fit_loaded_line)."""
+    m = time_loaded_steps(record, ranks, cores, batches, steps, where)
+    fixed, slope = fit_loaded_line(m["batches"], m["slowest_s"])
+    return {**m, "fixed_s": fixed, "per_sequence_s": slope}
+
+
+def combine_loaded_repeats(timings: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """k repeats of time_loaded_steps for the same W and batches -> one loaded-step line and its
+    run-to-run spread.
+
+    The line goes through the per-batch median (over repeats) of the slowest process's step;
+    `spread_pct` is 100 · (max − min) / median of those k times at the batch where it is
+    largest (None with one repeat): how much the calibration itself moves from run to run.
+    """
+    if not timings:
+        raise ValueError("combine_loaded_repeats: no timings")
+    first = timings[0]
+    if any(t["ranks"] != first["ranks"] or list(t["batches"]) != list(first["batches"])
+           for t in timings):
+        raise ValueError("combine_loaded_repeats: repeats of different rank counts or batches")
+    bs = list(first["batches"])
+    by_batch = [[float(t["slowest_s"][i]) for t in timings] for i in range(len(bs))]
+    medians = [float(np.median(v)) for v in by_batch]
+    fixed, slope = fit_loaded_line(bs, medians)
+    ranges = [{"batch": b, "min_s": min(v), "median_s": med, "max_s": max(v)}
+              for b, v, med in zip(bs, by_batch, medians)]
+    spread = (max(100.0 * (r["max_s"] - r["min_s"]) / r["median_s"] for r in ranges)
+              if len(timings) > 1 else None)
+    return {"ranks": first["ranks"], "threads": first["threads"], "batches": bs,
+            "steps": first["steps"], "repeats": len(timings), "slowest_s": medians,
+            "repeat_ranges": ranges, "spread_pct": spread, "fixed_s": fixed,
+            "per_sequence_s": slope}
 
 
 def loaded_step_mapping(flops_per_sequence: float, measured: Sequence[Mapping[str, Any]],
                         where: str) -> dict[str, Any]:
-    """The profile's `shared_host.loaded_step` section from measure_loaded_steps results."""
+    """The profile's `shared_host.loaded_step` section from measure_loaded_steps or
+    combine_loaded_repeats results (the latter add `repeats` and `spread_pct`)."""
     by = {}
     for m in measured:
+        k = int(m.get("repeats", 1))
+        of = f"median over {k} repeats of the " if k > 1 else ""
         src = (f"measured: {m['ranks']} concurrent recpar training steps (fwd + bwd + clip + "
                f"AdamW) at {where}'s model, {m['threads']} thread(s) each, batches "
-               f"{m['batches']}: slowest process's median wall time of {m['steps']} steps "
+               f"{m['batches']}: {of}slowest process's median wall time of {m['steps']} steps "
                f"({', '.join(f'{t * 1e3:.1f}' for t in m['slowest_s'])} ms), least-squares "
                "line")
-        by[int(m["ranks"])] = {"fixed_s": {"value": m["fixed_s"], "source": src},
-                               "per_sequence_s": {"value": m["per_sequence_s"], "source": src}}
+        entry = {"fixed_s": {"value": m["fixed_s"], "source": src, "provenance": "host"},
+                 "per_sequence_s": {"value": m["per_sequence_s"], "source": src,
+                                    "provenance": "host"}}
+        if "repeats" in m:
+            entry["repeats"] = {"value": k, "source": "config: recpar perfmodel calibrate "
+                                                      "--loaded-repeats (interleaved over W)",
+                                "provenance": "config"}
+        if m.get("spread_pct") is not None:
+            ranges = "; ".join(f"b={r['batch']}: {r['min_s'] * 1e3:.1f} / "
+                               f"{r['median_s'] * 1e3:.1f} / {r['max_s'] * 1e3:.1f} ms"
+                               for r in m["repeat_ranges"])
+            entry["spread_pct"] = {
+                "value": m["spread_pct"],
+                "source": f"measured: 100 x (max - min) / median of the slowest process's step "
+                          f"over {k} repeats, largest over the batches (min / median / max: "
+                          f"{ranges})",
+                "provenance": "host"}
+        by[int(m["ranks"])] = entry
     return {"flops_per_sequence": {
                 "value": flops_per_sequence,
-                "source": f"cost model: ModelShape.train_flops_per_sequence of {where}"},
+                "source": f"cost model: ModelShape.train_flops_per_sequence of {where}",
+                "provenance": "model"},
             "by_ranks": by}
 
 
@@ -435,43 +490,52 @@ def emulated_profile_mapping(*, ranks_per_node: int, threads_per_rank: int,
                              efficiency: float = 1.0,
                              efficiency_source: str = "assumed: 1.0 until a baseline run "
                                                       "is measured",
+                             efficiency_provenance: str = "assumed",
                              shared_host: Mapping[str, Any] | None = None,
                              topk_compress: Mapping[str, Any] | None = None,
                              sign_compress: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The emulated profile as a mapping (validated by `profile_from_mapping` before return)."""
+    """The emulated profile as a mapping (validated by `profile_from_mapping` before return);
+    every figure says its provenance (recpar.perfmodel.hardware.PROVENANCE)."""
     m = {
         "name": "emulated",
         "description": f"emulated nodes of {ranks_per_node} rank(s) on one CPU host "
                        f"({cpu_name})",
         "devices_per_node": {"value": ranks_per_node,
-                             "source": "measured: topology of the calibration run"},
+                             "source": "measured: topology of the calibration run",
+                             "provenance": "config"},
         "device": {
             "name": cpu_name,
             "compute_dtype": "fp32",
             "peak_flops_per_s": {"fp32": {
                 "value": flops_per_s,
-                "source": f"measured: torch.mm 1024x1024 fp32, {threads_per_rank} thread(s)"}},
-            "efficiency": {"value": efficiency, "source": efficiency_source},
+                "source": f"measured: torch.mm 1024x1024 fp32, {threads_per_rank} thread(s)",
+                "provenance": "host"}},
+            "efficiency": {"value": efficiency, "source": efficiency_source,
+                           "provenance": efficiency_provenance},
             "memory_gib": {"value": mem_gib / ranks_per_node,
-                           "source": "measured: /proc/meminfo MemTotal / ranks per node"},
+                           "source": "measured: /proc/meminfo MemTotal / ranks per node",
+                           "provenance": "host"},
             "reduce_bytes_per_s": {"value": reduce_bytes_per_s,
-                                   "source": "measured: torch.add_ on 64 MiB fp32"},
+                                   "source": "measured: torch.add_ on 64 MiB fp32",
+                                   "provenance": "host"},
         },
         "links": {
             "intra_node": {
                 "latency_s": {"value": loopback["latency_s"],
                               "source": "measured: gloo send/recv ping-pong on loopback, "
-                                        "least-squares alpha"},
+                                        "least-squares alpha", "provenance": "host"},
                 "bandwidth_bytes_per_s": {"value": loopback["bandwidth_bytes_per_s"],
                                           "source": "measured: gloo send/recv ping-pong on "
-                                                    "loopback, 1/beta"},
+                                                    "loopback, 1/beta", "provenance": "host"},
             },
             "inter_node": {
-                "latency_s": {"value": inter_latency_s, "source": inter_source},
+                "latency_s": {"value": inter_latency_s, "source": inter_source,
+                              "provenance": "cluster"},
                 "bandwidth_bytes_per_s": {"value": inter_bandwidth_bytes_per_s,
-                                          "source": inter_source},
+                                          "source": inter_source, "provenance": "cluster"},
                 "nics_per_node": {"value": 1,
-                                  "source": "emulated topology: one shaped veth per node"},
+                                  "source": "emulated topology: one shaped veth per node",
+                                  "provenance": "config"},
             },
         },
     }
@@ -485,15 +549,19 @@ def emulated_profile_mapping(*, ranks_per_node: int, threads_per_rank: int,
     return m
 
 
-def shared_host_mapping(cores: int, rates: Mapping[int, tuple[float, str]],
+def shared_host_mapping(cores: int, rates: Mapping[int, tuple],
                         loaded_step: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The profile's `shared_host` section: C cores, {threads: (FLOP/s, source)} and, if
-    given, the loaded-step section (loaded_step_mapping)."""
+    """The profile's `shared_host` section: C cores, {threads: (FLOP/s, source[, provenance])}
+    (provenance `host` when not given) and, if given, the loaded-step section
+    (loaded_step_mapping)."""
     out = {"cores": {"value": cores,
                       "source": "measured: os.cpu_count() on the calibration host, as recpar "
-                                "train reads it to set OMP_NUM_THREADS = max(1, cores // ranks)"},
-            "model_flops_per_s_by_threads": {int(t): {"value": v, "source": src}
-                                             for t, (v, src) in sorted(rates.items())}}
+                                "train reads it to set OMP_NUM_THREADS = max(1, cores // ranks)",
+                      "provenance": "host"},
+            "model_flops_per_s_by_threads": {
+                int(t): {"value": rate[0], "source": rate[1],
+                         "provenance": rate[2] if len(rate) > 2 else "host"}
+                for t, rate in sorted(rates.items())}}
     if loaded_step is not None:
         out["loaded_step"] = dict(loaded_step)
     return out
@@ -504,26 +572,3 @@ def write_profile(mapping: Mapping[str, Any], path: str | Path) -> Path:
     from recpar.atomic_write import write_text
 
     return write_text(path, yaml.safe_dump(dict(mapping), sort_keys=False))
-
-
-def efficiency_from_record(record: Mapping[str, Any], peak_flops_per_s: float,
-                           where: str = "<record>") -> float:
-    """Achieved model FLOP/s of a single-rank run ÷ peak: the measured efficiency.
-
-    achieved = train_flops_per_sequence × metrics.throughput_samples_per_s (the model's own
-    FLOP count, shapes.ModelShape). Only a world-size-1 run measures compute alone.
-    """
-    from recpar.perfmodel.predict import scenario_from_record
-
-    sc = scenario_from_record(record, where)
-    if sc.plan.world_size != 1:
-        raise ProfileError(f"{where}: efficiency needs a single-rank (baseline) run, "
-                           f"got world size {sc.plan.world_size}")
-    tput = (record.get("metrics") or {}).get("throughput_samples_per_s")
-    if not isinstance(tput, (int, float)) or tput <= 0:
-        raise ProfileError(f"{where}: metrics.throughput_samples_per_s missing or not > 0")
-    eff = sc.shape.train_flops_per_sequence * tput / peak_flops_per_s
-    if not 0 < eff <= 1:
-        raise ProfileError(f"{where}: measured efficiency {eff:.3f} is outside (0, 1]: the "
-                           "record's model shape or the FLOP/s measurement is off")
-    return eff

@@ -2,7 +2,10 @@
 
     recpar perfmodel project  --hardware paper-a100 [--model-size medium] --out DIR
     recpar perfmodel predict  --record run.json --hardware PROFILE [--out FILE]
-    recpar perfmodel validate --records a.json b.json ... --hardware PROFILE --out DIR
+    recpar perfmodel validate --records a.json b.json ... --hardware PROFILE
+        --grid-role development|held-out [--grid NAME] --out DIR
+        (DIR/validation_projected_vs_measured.csv and DIR/validation_summary.md)
+    recpar perfmodel summarize --tables dev.csv heldout.csv ... --out summary.md
     recpar perfmodel calibrate --inter-node FILE --ranks-per-node N [--baseline-record R] --out P
         (FILE: a calibration YAML/JSON, or a run record of the emulated cluster, whose
         topology.inter_node.calibrated holds the link `recpar cluster calibrate` measured)
@@ -125,8 +128,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+VALIDATION_CSV = "validation_projected_vs_measured.csv"
+VALIDATION_SUMMARY = "validation_summary.md"
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
-    from recpar.perfmodel.predict import validation_rows
+    from recpar.perfmodel.validation import validation_rows
+    from recpar.perfmodel.validation_summary import measure_summary, summary_markdown
 
     hw = _profile(args.hardware)
     recs = [(p, _read_json(p)) for p in args.records]
@@ -141,18 +149,47 @@ def cmd_validate(args: argparse.Namespace) -> int:
             raise _fail(f"--schemes {args.schemes}: none of the {len(left)} record(s) has "
                         "one of these schemes")
     try:
-        rows = validation_rows(recs, hw, _overrides(args.set))
+        rows = validation_rows(recs, hw, grid_role=args.grid_role, grid=args.grid,
+                               overrides=_overrides(args.set))
     except _ERRORS as e:
         raise _fail(str(e)) from None
     out = Path(args.out)
-    _atomic_write(out / "validation_projected_vs_measured.csv", _csv(rows))
-    errs = [abs(r["iter_error_pct"]) for r in rows if r["iter_error_pct"] is not None]
-    if errs:
-        print(f"{len(errs)} record(s): max |iteration-time error| {max(errs):.1f} %, "
-              f"{sum(r['within_target'] for r in rows if r['within_target'] is not None)} "
-              f"within ±15 %")
-    else:
-        print("no record had a measured iter_ms: nothing to compare")
+    table, summary = _csv(rows), summary_markdown(rows)  # both rendered before either is written
+    _atomic_write(out / VALIDATION_CSV, table)
+    _atomic_write(out / VALIDATION_SUMMARY, summary)
+    band = f"±{rows[0]['target_pct']:g} %"
+    print(f"grid {args.grid or '(unnamed)'} ({args.grid_role}), target {band}, "
+          f"{len(rows)} record(s):")
+    for key, label in (("iter", "iteration time"), ("comm", "communication time")):
+        s = measure_summary(rows, key)
+        worst = (f", largest |error| {s['max_abs_error_pct']:.1f} %"
+                 if s["max_abs_error_pct"] is not None else "")
+        print(f"  {label}: {s['within']} of {s['judged']} judged within {band}{worst}")
+    for role in ("calibration workload", "not predicted"):
+        n = sum(r["row_role"] == role for r in rows)
+        if n:
+            print(f"  left out of the summary: {n} {role} row(s)")
+    print(f"wrote {VALIDATION_CSV} and {VALIDATION_SUMMARY} to {out}")
+    return 0
+
+
+def cmd_summarize(args: argparse.Namespace) -> int:
+    from recpar.perfmodel.validation_summary import rows_from_csv, summary_markdown
+
+    rows = []
+    for path in args.tables:
+        try:
+            rows += rows_from_csv(Path(path).read_text())
+        except FileNotFoundError:
+            raise _fail(f"{path}: file not found") from None
+        except (KeyError, ValueError) as e:
+            raise _fail(f"{path}: not a validation table ({e})") from None
+    try:
+        text = summary_markdown(rows)
+    except KeyError as e:
+        raise _fail(f"not a validation table: column {e} missing") from None
+    _atomic_write(Path(args.out), text)
+    print(f"wrote {args.out} ({len(rows)} row(s) of {len(args.tables)} table(s))")
     return 0
 
 
@@ -169,6 +206,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         loaded_ranks = parse_rank_counts(args.loaded_ranks)
     except ValueError as e:
         raise _fail(f"--loaded-ranks: {e}") from None
+    if args.loaded_repeats < 1:
+        raise _fail(f"--loaded-repeats: must be >= 1, got {args.loaded_repeats}")
     try:
         text = Path(args.inter_node).read_text()
     except FileNotFoundError:
@@ -181,7 +220,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     options = CalibrationOptions(
         ranks_per_node=args.ranks_per_node, threads_per_rank=args.threads_per_rank,
         host_cores=args.host_cores, shared_host=not args.no_shared_host,
-        loaded_ranks=tuple(loaded_ranks), topk_ratio=args.topk_ratio)
+        loaded_ranks=tuple(loaded_ranks), loaded_repeats=args.loaded_repeats,
+        topk_ratio=args.topk_ratio)
     try:
         res = calibrate_emulated_profile(
             inter_latency_s=lat, inter_bandwidth_bytes_per_s=bw,
@@ -225,14 +265,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pd.add_argument("--out", help="JSON file (default: stdout)")
     pd.set_defaults(func=cmd_predict)
 
-    va = sub.add_parser("validate", help="projected vs measured table for run records")
+    from recpar.perfmodel.validation import GRID_ROLES, TARGET_PCT
+
+    va = sub.add_parser(
+        "validate", help="projected vs measured table and summary for run records",
+        description=f"Predict each record and compare with what it measured: iteration time "
+                    f"and communication time, each judged against ±{TARGET_PCT:g} % "
+                    "(iter_verdict, comm_verdict). Records the model cannot price get a row "
+                    "saying why; a single-rank record priced by the calibration's own timing "
+                    "of its workload is marked and left out of the summary.")
     va.add_argument("--records", nargs="+", required=True)
     va.add_argument("--hardware", required=True, help="profile name or YAML path")
     va.add_argument("--set", action="append", metavar="KEY=INT")
     va.add_argument("--schemes", default="",
                     help="comma-separated schemes to compare (e.g. baseline,dp); default: all")
-    va.add_argument("--out", required=True, help="output directory")
+    va.add_argument("--grid-role", required=True, choices=list(GRID_ROLES),
+                    help="; ".join(f"{k}: {v}" for k, v in GRID_ROLES.items()))
+    va.add_argument("--grid", default=None,
+                    help="name of the grid (the sweep) the records belong to")
+    va.add_argument("--out", required=True,
+                    help=f"output directory ({VALIDATION_CSV}, {VALIDATION_SUMMARY})")
     va.set_defaults(func=cmd_validate)
+
+    su = sub.add_parser("summarize",
+                        help="one markdown summary of several validation tables, development "
+                             "and held-out grids apart")
+    su.add_argument("--tables", nargs="+", required=True,
+                    help=f"{VALIDATION_CSV} files written by `recpar perfmodel validate`")
+    su.add_argument("--out", required=True, help="markdown file to write")
+    su.set_defaults(func=cmd_summarize)
 
     ca = sub.add_parser("calibrate", help="measure this host and write an emulated profile")
     ca.add_argument("--inter-node", required=True,
@@ -249,6 +310,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ca.add_argument("--loaded-ranks", default="1,2,3,4,8",
                     help="rank counts W at which W concurrent training steps are timed for "
                          "shared_host.loaded_step (comma-separated; empty: skip)")
+    ca.add_argument("--loaded-repeats", type=int, default=3,
+                    help="times the loaded-step measurement is repeated (interleaved over the "
+                         "rank counts): the line goes through the per-batch medians and the "
+                         "profile records the repeats' spread")
     ca.add_argument("--topk-ratio", type=float, default=0.01,
                     help="top-k ratio at which the compression rate is measured")
     ca.add_argument("--out", required=True, help="profile YAML to write")

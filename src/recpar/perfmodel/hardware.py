@@ -2,7 +2,10 @@
 
 A profile is a YAML file. Every number is a mapping `{value: <number>, source: <text>}` so a
 projection can say where each input came from; a source starting with `assumed` marks a
-number we chose, `measured` one we measured, anything else a citation. Packaged profiles live
+number we chose, `measured` one we measured, anything else a citation. A figure may also say
+what kind of evidence it is, `provenance: <one of PROVENANCE>` (the calibration writes it for
+every figure): `record` marks a number taken from a run record's measured outcome, which makes
+a validation against that record circular (see `figure_provenance`). Packaged profiles live
 in `recpar/perfmodel/profiles/` and are named by their file stem (`paper-a100`, `emulated`);
 a user passes the path of their own file instead. Layout (all keys required unless noted):
 
@@ -28,7 +31,9 @@ a user passes the path of their own file instead. Layout (all keys required unle
       loaded_step:                           # optional: step time with W ranks running at once
         flops_per_sequence: {value, source}  # the model shape it was measured at
         by_ranks:                            # W -> slowest rank's step = fixed + per_seq × b
-          2: {fixed_s: {value, source}, per_sequence_s: {value, source}}
+          2: {fixed_s: {value, source}, per_sequence_s: {value, source},
+              repeats: {value, source},      # optional: times the measurement was repeated
+              spread_pct: {value, source}}   # optional: its run-to-run spread (max-min)/median
     links:
       intra_node: {latency_s: {value, source}, bandwidth_bytes_per_s: {value, source}}
       inter_node: {latency_s: ..., bandwidth_bytes_per_s: ..., nics_per_node: {value, source}}
@@ -71,6 +76,24 @@ class ProfileError(ValueError):
     """A hardware profile that cannot be used; the message names the file and the key."""
 
 
+PROVENANCE = {
+    "host": "measured on the calibration host by timing recpar's own kernels or steps (at a "
+            "record's configured shape at most); no run's measured outcome enters",
+    "cluster": "the emulated cluster's own link calibration",
+    "record": "taken from a run record's measured outcome (e.g. its throughput): a validation "
+              "against that record is circular",
+    "model": "cost-model arithmetic on a configuration (e.g. FLOPs per sequence of a shape)",
+    "config": "a setting of the calibration (command-line option or emulated topology)",
+    "assumed": "a number we chose",
+    "cited": "a published figure (datasheet, paper)",
+}
+"""Values of a figure's optional `provenance` field, and what each means."""
+
+LEGACY_RECORD_SOURCE = "measured: baseline run"
+"""How `recpar perfmodel calibrate` began the source of a record-derived figure before figures
+had a provenance field: such figures read as provenance `record`."""
+
+
 @dataclass(frozen=True)
 class Figure:
     """One number of a profile and where it came from."""
@@ -79,6 +102,18 @@ class Figure:
     """The number, in the unit its key names."""
     source: str
     """Citation, or `assumed: why`, or `measured: how`."""
+    provenance: str | None = None
+    """Kind of evidence (a key of PROVENANCE); None when the profile does not say."""
+
+
+def figure_provenance(fig: Figure) -> str | None:
+    """The figure's provenance; for a profile written before the field existed, `record` when
+    its source is a run record's measured outcome (LEGACY_RECORD_SOURCE), else None."""
+    if fig.provenance is not None:
+        return fig.provenance
+    if fig.source.startswith(LEGACY_RECORD_SOURCE):
+        return "record"
+    return None
 
 
 @dataclass(frozen=True)
@@ -101,6 +136,11 @@ class LoadedStep:
     """Seconds per step that do not depend on the batch (intercept of the fitted line)."""
     per_sequence_s: Figure
     """Seconds per sequence of the rank's batch (slope of the fitted line)."""
+    repeats: Figure | None = None
+    """How often the measurement was repeated (the line goes through the per-batch medians)."""
+    spread_pct: Figure | None = None
+    """Run-to-run spread of the repeats: 100 · (max − min) / median of the slowest rank's step,
+    the largest over the batch sizes; None with one repeat."""
 
     def seconds(self, sequences: float) -> float:
         return self.fixed_s.value + self.per_sequence_s.value * sequences
@@ -271,7 +311,8 @@ class HardwareProfile:
 
     def sources(self) -> list[dict[str, Any]]:
         """Rows (key, value, source) for every figure: goes next to every projection."""
-        return [{"profile": self.name, "key": k, "value": f.value, "source": f.source}
+        return [{"profile": self.name, "key": k, "value": f.value,
+                 "provenance": figure_provenance(f), "source": f.source}
                 for k, f in sorted(self.figures.items())]
 
 
@@ -310,10 +351,14 @@ class _Reader:
                 raise self.fail(full, "missing")
             return None
         m = self.mapping(node[key], full)
-        unknown = sorted(set(m) - {"value", "source", "note"})
+        unknown = sorted(set(m) - {"value", "source", "note", "provenance"})
         if unknown:
             raise self.fail(full, f"unknown field(s) {', '.join(unknown)}; "
-                                  "expected value, source (and optional note)")
+                                  "expected value, source (and optional note, provenance)")
+        prov = m.get("provenance")
+        if prov is not None and prov not in PROVENANCE:
+            raise self.fail(f"{full}.provenance", f"must be one of {', '.join(PROVENANCE)}, "
+                                                  f"got {prov!r}")
         if "source" not in m or not isinstance(m["source"], str) or not m["source"].strip():
             raise self.fail(f"{full}.source", "missing: every figure needs a source "
                                               "(citation, 'assumed: ...' or 'measured: ...')")
@@ -331,7 +376,7 @@ class _Reader:
             raise self.fail(f"{full}.value", f"must be <= {hi}, got {v}")
         if integer and int(v) != v:
             raise self.fail(f"{full}.value", f"must be an integer, got {v}")
-        fig = Figure(float(v), m["source"].strip())
+        fig = Figure(float(v), m["source"].strip(), prov)
         self.figures[full] = fig
         return fig
 
@@ -412,11 +457,16 @@ def _loaded_step(r: _Reader, node: Any) -> tuple[Figure | None, dict[int, Loaded
         if w in steps:
             raise r.fail(p, "rank count given twice")
         e = r.mapping(v, p)
-        unknown = sorted(set(e) - {"fixed_s", "per_sequence_s"})
+        known = ("fixed_s", "per_sequence_s", "repeats", "spread_pct")
+        unknown = sorted(set(e) - set(known))
         if unknown:
-            raise r.fail(f"{p}.{unknown[0]}", "unknown key; known: fixed_s, per_sequence_s")
+            raise r.fail(f"{p}.{unknown[0]}", f"unknown key; known: {', '.join(known)}")
         steps[w] = LoadedStep(fixed_s=r.figure(e, "fixed_s", f"{p}.", lo_open=False),
-                              per_sequence_s=r.figure(e, "per_sequence_s", f"{p}."))
+                              per_sequence_s=r.figure(e, "per_sequence_s", f"{p}."),
+                              repeats=r.figure(e, "repeats", f"{p}.", required=False,
+                                               lo=1.0, lo_open=False, integer=True),
+                              spread_pct=r.figure(e, "spread_pct", f"{p}.", required=False,
+                                                  lo_open=False))
     if not steps:
         raise r.fail(f"{key}.by_ranks", "empty: give at least one rank count")
     return fps, steps

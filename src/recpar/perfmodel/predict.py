@@ -1,4 +1,5 @@
-"""Predictions for run records, the predicted-vs-measured table, and the paper-table projections.
+"""Predictions for run records and the paper-table projections (the predicted-vs-measured
+table is recpar.perfmodel.validation).
 
 Everything produced here is a model output and says so: `kind: "projected"`. Measured values
 copied from a run record keep a `measured_` prefix. The paper's own figures (Tables II-III),
@@ -16,8 +17,6 @@ from recpar.perfmodel.shapes import (CostInputError, GradSync, ModelShape, PlanS
                                      Topology)
 
 KIND = "projected"
-VALIDATION_TARGET_PCT = 15.0
-"""Issue 6's target for |predicted − measured| / measured iteration time on the emulated cluster."""
 
 # Named shapes for projections. The paper states no architecture; these are our choices.
 # vocab 63,002 = the paper's 63,001 Amazon Electronics items + one padding id; text_dim 384 =
@@ -134,43 +133,6 @@ def predict_record(record: Mapping[str, Any], hw: HardwareProfile, where: str = 
     out = {"kind": KIND, "hardware": hw.name, "run_id": record.get("run_id"),
            "scheme": record.get("scheme"), **cost.to_dict()}
     return out
-
-
-def validation_rows(records: list[tuple[str, Mapping[str, Any]]], hw: HardwareProfile,
-                    overrides: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Predicted vs measured for each (name, record): iteration and comm time with % errors.
-
-    error_pct = 100 · (predicted − measured) / measured; `within_target` compares
-    |iter error| with VALIDATION_TARGET_PCT. Records without measured iter_ms are skipped
-    with a row saying so (no number is invented for them).
-    """
-    rows = []
-    for name, rec in records:
-        sc = scenario_from_record(rec, name, overrides)
-        cost = sc.cost(hw)
-        metrics = rec.get("metrics") or {}
-        m_iter = metrics.get("iter_ms")
-        m_comm = metrics.get("comm_ms_per_iter")
-        row = {
-            "kind": KIND, "record": name, "run_id": rec.get("run_id"),
-            "scheme": rec.get("scheme"), "dp": sc.plan.data_parallel_size,
-            "tp": sc.plan.tensor_model_parallel_size, "pp": sc.plan.pipeline_model_parallel_size,
-            "nodes": sc.topology.nodes, "algorithm": sc.grad_sync.algorithm,
-            "compression": sc.grad_sync.compression,
-            "predicted_iter_ms": cost.iter_ms, "measured_iter_ms": m_iter,
-            "iter_error_pct": None,
-            "predicted_comm_ms_per_iter": cost.comm_ms_per_iter,
-            "measured_comm_ms_per_iter": m_comm, "comm_error_pct": None,
-            "within_target": None,
-        }
-        if isinstance(m_iter, (int, float)) and m_iter > 0:
-            err = 100.0 * (cost.iter_ms - m_iter) / m_iter
-            row["iter_error_pct"] = err
-            row["within_target"] = abs(err) <= VALIDATION_TARGET_PCT
-        if isinstance(m_comm, (int, float)) and m_comm > 0:
-            row["comm_error_pct"] = 100.0 * (cost.comm_ms_per_iter - m_comm) / m_comm
-        rows.append(row)
-    return rows
 
 
 # --- paper tables ----------------------------------------------------------------------------

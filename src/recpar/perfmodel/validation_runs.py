@@ -3,6 +3,9 @@
 Used by the workflow's rule perfmodel_validation (workflow/rules/common.smk). `runs` is the
 config's `sweep.runs` mapping: run id -> the options `recpar train --run-options` takes
 ({scheme, dp, tp, pp, nodes, ...}; an absent degree is 1, absent nodes 1).
+
+Every run of the sweep is validated, whatever its scheme: a run the cost model cannot price
+gets a row that says why (recpar.perfmodel.validation), it is not left out.
 """
 
 from __future__ import annotations
@@ -10,10 +13,6 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from recpar.perfmodel.shapes import PlanShape
-
-VALIDATED_SCHEMES = ("baseline", "dp")
-"""The schemes compared with the model: the baseline and the DP ring, hierarchical and
-compressed runs."""
 
 RunOptions = Mapping[str, Any]
 
@@ -23,13 +22,19 @@ def world_size(run_id: str, options: RunOptions) -> int:
     return PlanShape.from_mapping(options, f"sweep.runs.{run_id}").world_size
 
 
+def sweep_schemes(runs: Mapping[str, RunOptions]) -> list[str]:
+    """The schemes of the sweep's runs, each once, in sweep order (`recpar perfmodel validate
+    --schemes`)."""
+    return list(dict.fromkeys(v["scheme"] for v in runs.values()))
+
+
 def validated_runs(runs: Mapping[str, RunOptions]) -> dict[str, RunOptions]:
-    """The runs of VALIDATED_SCHEMES, in sweep order; one of them must be a baseline run."""
-    out = {k: v for k, v in runs.items() if v["scheme"] in VALIDATED_SCHEMES}
-    if not any(v["scheme"] == "baseline" for v in out.values()):
+    """Every run of the sweep, in sweep order; one of them must be a baseline run (the
+    calibration's workload)."""
+    if not any(v["scheme"] == "baseline" for v in runs.values()):
         raise ValueError("config perfmodel_validation: sweep.runs has no baseline run to "
                          "calibrate against")
-    return out
+    return dict(runs)
 
 
 def baseline_run(runs: Mapping[str, RunOptions]) -> str:
