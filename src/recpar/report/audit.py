@@ -8,6 +8,7 @@ Statuses: `consistent`, `inconsistent` (two statements of the paper cannot both 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from recpar.report.paper import Paper
 
@@ -251,7 +252,7 @@ def audit_markdown(findings: list[Finding], paper: Paper) -> str:
               for s in (INCONSISTENT, QUESTIONABLE, CONSISTENT)}
     lines = [f"# Internal consistency of {paper.data['paper']['id']}", "",
              f"{counts[INCONSISTENT]} inconsistent, {counts[QUESTIONABLE]} questionable, "
-             f"{counts[CONSISTENT]} consistent. Computed from `{paper.path}` (the paper's own "
+             f"{counts[CONSISTENT]} consistent. Computed from `{Path(paper.path).name}` (the paper's own "
              "numbers; no run record involved).", "",
              "| id | check | status | detail |", "|---|---|---|---|"]
     for f in findings:
