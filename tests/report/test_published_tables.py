@@ -27,13 +27,20 @@ def sweep_dirs() -> list[Path]:
     return sorted(d for d in PUBLISHED.iterdir() if (d / "table2.md").is_file())
 
 
-def sweep_reference(sweep: str) -> str | None:
-    """sweep.reference of the config file whose sweep is `sweep` (None: no reference)."""
+def sweep_config(sweep: str) -> dict:
+    """The config/*.yaml whose sweep is `sweep`, merged over config/config.yaml one level deep
+    (as Snakemake's --configfile merges it for the keys read here)."""
+    base = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     for cfg in sorted((ROOT / "config").glob("*.yaml")):
-        s = (yaml.safe_load(cfg.read_text()) or {}).get("sweep") or {}
-        if s.get("name") == sweep:
-            return s.get("reference")
+        data = yaml.safe_load(cfg.read_text()) or {}
+        if (data.get("sweep") or {}).get("name") == sweep:
+            return {**base, **data, "sweep": {**base["sweep"], **data["sweep"]}}
     raise LookupError(f"no config/*.yaml has sweep.name {sweep!r}")
+
+
+def sweep_reference(sweep: str) -> str | None:
+    """sweep.reference of the sweep's config (None: no reference)."""
+    return sweep_config(sweep)["sweep"].get("reference")
 
 
 def _same(committed: Path, rendered: Path) -> None:
@@ -61,6 +68,23 @@ def test_sweep_tables_rerender_from_their_records(sweep, tmp_path):
         _run(["report", "quality-delta", "--records", records, "--reference", reference,
               "--out", out])
         _same(committed / "quality_delta.md", out)
+
+
+def validated_sweeps() -> list[str]:
+    """Sweeps whose cost-model validation is published (paper_tables/<sweep>/perfmodel/)."""
+    return sorted(d.name for d in PUBLISHED.iterdir()
+                  if (d / "perfmodel" / "validation_summary.md").is_file())
+
+
+@pytest.mark.parametrize("sweep", validated_sweeps())
+def test_cost_model_validation_rerenders_from_its_records_and_profile(sweep, tmp_path):
+    committed = PUBLISHED / sweep / "perfmodel"
+    role = sweep_config(sweep)["perfmodel_grid_role"]
+    _run(["perfmodel", "validate", "--records", PUBLISHED / sweep / "records",
+          "--hardware", committed / "emulated_profile.yaml", "--grid", sweep,
+          "--grid-role", role, "--out", tmp_path])
+    for name in ("validation_projected_vs_measured.csv", "validation_summary.md"):
+        _same(committed / name, tmp_path / name)
 
 
 def test_table1_rerenders_from_its_stats(tmp_path):

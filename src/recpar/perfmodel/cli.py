@@ -23,6 +23,7 @@ from typing import Any
 from recpar.atomic_write import write_text
 from recpar.perfmodel.hardware import ProfileError, load_profile
 from recpar.perfmodel.shapes import CostInputError
+from recpar.published import expand_inputs
 
 _ERRORS = (CostInputError, ProfileError)
 
@@ -137,7 +138,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from recpar.perfmodel.validation_summary import measure_summary, summary_markdown
 
     hw = _profile(args.hardware)
-    recs = [(p, _read_json(p)) for p in args.records]
+    recs = [(str(p), _read_json(str(p))) for p in expand_inputs(args.records)]
     if args.schemes:
         keep = {s.strip() for s in args.schemes.split(",") if s.strip()}
         left = [p for p, r in recs if r.get("scheme") not in keep]
@@ -274,7 +275,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "(iter_verdict, comm_verdict). Records the model cannot price get a row "
                     "saying why; a single-rank record priced by the calibration's own timing "
                     "of its workload is marked and left out of the summary.")
-    va.add_argument("--records", nargs="+", required=True)
+    va.add_argument("--records", nargs="+", required=True,
+                    help="run records, or a folder of published ones "
+                         "(paper_tables/<sweep>/records)")
     va.add_argument("--hardware", required=True, help="profile name or YAML path")
     va.add_argument("--set", action="append", metavar="KEY=INT")
     va.add_argument("--schemes", default="",
