@@ -138,7 +138,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from recpar.perfmodel.validation_summary import measure_summary, summary_markdown
 
     hw = _profile(args.hardware)
-    recs = [(str(p), _read_json(str(p))) for p in expand_inputs(args.records)]
+    # a record is named <run>/seed<k>/record.json, as published: no machine's paths in the table
+    recs = [(Path(*Path(p).parts[-3:]).as_posix(), _read_json(str(p)))
+            for p in expand_inputs(args.records)]
     if args.schemes:
         keep = {s.strip() for s in args.schemes.split(",") if s.strip()}
         left = [p for p, r in recs if r.get("scheme") not in keep]
