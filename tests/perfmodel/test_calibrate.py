@@ -28,23 +28,24 @@ def test_inter_node_calibration_keys():
         inter_node_from_calibration({"bandwidth_bytes_per_s": 1e8}, "cal.json")
 
 
+def _mapping() -> dict:
+    return emulated_profile_mapping(ranks_per_node=2, threads_per_rank=1, inter_latency_s=1e-3,
+                                    inter_bandwidth_bytes_per_s=1.25e8,
+                                    inter_source="measured: x", flops_per_s=3e10,
+                                    reduce_bytes_per_s=5e9,
+                                    loopback={"latency_s": 1e-4, "bandwidth_bytes_per_s": 2e9},
+                                    cpu_name="cpu", mem_gib=24.0)
+
+
 def test_emulated_profile_mapping_validates():
-    m = emulated_profile_mapping(ranks_per_node=2, threads_per_rank=1, inter_latency_s=1e-3,
-                                 inter_bandwidth_bytes_per_s=1.25e8, inter_source="measured: x",
-                                 flops_per_s=3e10, reduce_bytes_per_s=5e9,
-                                 loopback={"latency_s": 1e-4, "bandwidth_bytes_per_s": 2e9},
-                                 cpu_name="cpu", mem_gib=24.0)
+    m = _mapping()
     hw = profile_from_mapping(m, "emulated.yaml")
     assert hw.gpus_per_node == 2 and hw.memory_gib.value == 12.0
     assert hw.gamma_s_per_byte == pytest.approx(1 / 5e9)
 
 
 def test_every_figure_of_the_calibrated_profile_says_its_provenance():
-    m = emulated_profile_mapping(ranks_per_node=2, threads_per_rank=1, inter_latency_s=1e-3,
-                                 inter_bandwidth_bytes_per_s=1.25e8, inter_source="measured: x",
-                                 flops_per_s=3e10, reduce_bytes_per_s=5e9,
-                                 loopback={"latency_s": 1e-4, "bandwidth_bytes_per_s": 2e9},
-                                 cpu_name="cpu", mem_gib=24.0)
+    m = _mapping()
     hw = profile_from_mapping(m, "emulated.yaml")
     prov = {k: f.provenance for k, f in hw.figures.items()}
     assert None not in prov.values() and set(prov.values()) <= set(PROVENANCE)
