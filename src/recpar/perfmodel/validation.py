@@ -22,13 +22,14 @@ Every row says:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Mapping
 
 from recpar.perfmodel.hardware import HardwareProfile, ProfileError, figure_provenance
 from recpar.perfmodel.iteration import IterationCost
 from recpar.perfmodel.predict import KIND, Scenario, scenario_from_record
 from recpar.perfmodel.shapes import CostInputError
+from recpar.train.measured_comm import comm_parts
+from recpar.train.measured_comm import measured_comm as record_comm
 
 TARGET_PCT = 15.0
 """Issue 6's target for |predicted − measured| / measured on the emulated cluster, applied to
@@ -57,24 +58,21 @@ CALIBRATION_NOTE = ("calibration workload: the prediction is the calibration's o
                     "this model and batch), so it tests nothing; left out of the summary")
 
 
-@dataclass(frozen=True)
-class CommPart:
-    """One measured part of a record's communication and the prediction it is compared with."""
-
-    label: str
-    """What was measured, e.g. 'DP exposed'."""
-    metrics: tuple[str, ...]
-    """Record metrics summed for it."""
-    predicted: str
-    """Key of `_predicted_part`: the prediction's counterpart."""
-
+_MEASURED_LABELS = {
+    "tp": "TP blocked",
+    "pp_wait": "PP wait (P2P + bubble) + tied-table all-reduce + loss broadcast",
+    "dp_exposed": "DP exposed (fwd+bwd with sync − replay without)",
+    "dp_hook": "DP hook time (incl. what backward hid)",
+}
+"""recpar.train.measured_comm part -> what this table calls the measured side."""
 
 _PREDICTED_LABELS = {
     "tp": "TP all-reduces",
     "pp_wait": "P2P + bubble + tied-table all-reduce",
     "dp_exposed": "exposed DP sync + compression",
-    "dp_whole": "whole DP sync + compression",
+    "dp_hook": "whole DP sync + compression",
 }
+"""recpar.train.measured_comm part -> the prediction's counterpart."""
 
 
 def _num(v: Any) -> float | None:
@@ -88,47 +86,20 @@ def _plan(record: Mapping[str, Any]) -> dict[str, int]:
     return {k: int(p.get(k) or 1) for k in ("dp", "tp", "pp")}
 
 
-def comm_parts(record: Mapping[str, Any]) -> list[CommPart]:
-    """The parts of a multi-rank record's communication, as recpar.report.metrics counts them
-    for the communication share (the same definition, kept here because perfmodel sits below
-    report): TP time blocked in collectives; the pipeline's waits (P2P and bubble, which torch's
-    schedules do not separate) with the tied-table all-reduce and the loss broadcast; DP
-    gradient sync, exposed (fwd+bwd with sync − a replay without) where the engine measured it,
-    else hook time. A pure DP record: exposed time, else hook time."""
-    p, m = _plan(record), record.get("metrics") or {}
-    parts: list[CommPart] = []
-    if p["tp"] > 1:
-        parts.append(CommPart("TP blocked", ("tp_comm_ms_per_iter",), "tp"))
-    if p["pp"] > 1:
-        parts.append(CommPart("PP wait (P2P + bubble) + tied-table all-reduce + loss broadcast",
-                              ("pp_idle_ms_per_iter", "pp_tied_grad_allreduce_ms_per_iter",
-                               "pp_loss_broadcast_ms_per_iter"), "pp_wait"))
-    if p["dp"] > 1:
-        hook = "dp_grad_sync_ms_per_iter" if (p["tp"] > 1 or p["pp"] > 1) else "comm_ms_per_iter"
-        if _num(m.get("exposed_comm_ms_per_iter")) is not None:
-            parts.append(CommPart("DP exposed (fwd+bwd with sync − replay without)",
-                                  ("exposed_comm_ms_per_iter",), "dp_exposed"))
-        else:
-            parts.append(CommPart("DP hook time (incl. what backward hid)", (hook,), "dp_whole"))
-    return parts
-
-
 def measured_comm(record: Mapping[str, Any]) -> tuple[float | None, str]:
-    """(ms per iteration, basis) of a record's measured communication (comm_parts). A metric a
-    part needs that the record lacks makes it (None, "not measured: ..."), never 0."""
+    """(ms per iteration, basis) of a record's measured communication
+    (recpar.train.measured_comm). A metric a part needs that the record lacks makes it
+    (None, "not measured: ..."), never 0."""
     p = _plan(record)
     if p["dp"] * p["tp"] * p["pp"] == 1:
         return 0.0, "single device: no communication"
-    m = record.get("metrics") or {}
-    parts = comm_parts(record)
-    missing = [k for part in parts for k in part.metrics if _num(m.get(k)) is None]
+    total, parts, missing = record_comm(record)
     if missing:
         why = f"not measured: {', '.join(missing)} absent from the record"
         if record.get("scheme") == "deepspeed":
             why += " (the DeepSpeed engine does not time its communication)"
         return None, why
-    total = sum(float(m[k]) for part in parts for k in part.metrics)
-    return total, " + ".join(part.label for part in parts)
+    return total, " + ".join(_MEASURED_LABELS[part.kind] for part in parts)
 
 
 def _predicted_part(cost: IterationCost, key: str) -> float:
@@ -139,7 +110,7 @@ def _predicted_part(cost: IterationCost, key: str) -> float:
         return cost.pp_comm_ms + cost.bubble_ms + tied
     if key == "dp_exposed":
         return cost.dp_comm_exposed_ms - tied + cost.compress_ms
-    if key == "dp_whole":
+    if key == "dp_hook":
         return cost.dp_comm_ms - tied + cost.compress_ms
     raise KeyError(key)
 
@@ -147,8 +118,8 @@ def _predicted_part(cost: IterationCost, key: str) -> float:
 def predicted_comm(cost: IterationCost, record: Mapping[str, Any]) -> tuple[float, str]:
     """(ms, basis) of the prediction's counterpart of measured_comm: the same parts."""
     parts = comm_parts(record)
-    return (sum(_predicted_part(cost, part.predicted) for part in parts),
-            " + ".join(_PREDICTED_LABELS[part.predicted] for part in parts))
+    return (sum(_predicted_part(cost, part.kind) for part in parts),
+            " + ".join(_PREDICTED_LABELS[part.kind] for part in parts))
 
 
 def figures_used(hw: HardwareProfile, sc: Scenario, cost: IterationCost) -> list[str]:

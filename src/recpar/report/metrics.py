@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from recpar.train.measured_comm import measured_comm
+
 QUALITY_SPLIT = "test"
 """The split whose quality the tables and claims report."""
 PROTOCOLS = ("full", "sampled100")
@@ -41,57 +43,20 @@ def _not_measured(*missing: str) -> tuple[None, str]:
     return None, f"{NOT_MEASURED}: {' and '.join(missing)} absent"
 
 
-def _model_parallel_comm(rec: dict) -> tuple[float | None, str]:
-    """(ms per iteration rank 0 spends in communication it cannot compute through, basis) of
-    a tp > 1 or pp > 1 record: TP collectives (time blocked, recpar.comm.group_timer), the
-    pipeline's waits (idle: P2P and bubble, which torch's schedules do not separate; plus the
-    tied-table all-reduce and the loss broadcast) and DP gradient sync (exposed where the
-    engine measured it, pp = 1; else hook time, which also counts what backward hid).
-
-    Every part the plan implies must be in the record: one that is absent makes the whole
-    time (None, "not measured: <the absent metrics>"), never a sum that counts it as 0."""
-    m, plan = rec["metrics"], rec["plan"]
-    parts: list[float] = []
-    basis: list[str] = []
-    missing: list[str] = []
-
-    def need(*names: str) -> None:
-        for name in names:
-            v = _num(m.get(name))
-            if v is None:
-                missing.append(name)
-            else:
-                parts.append(v)
-
-    if plan.get("tp", 1) > 1:
-        need("tp_comm_ms_per_iter")
-        basis.append("TP blocked")
-    if plan.get("pp", 1) > 1:
-        need("pp_idle_ms_per_iter", "pp_tied_grad_allreduce_ms_per_iter",
-             "pp_loss_broadcast_ms_per_iter")
-        basis.append("PP wait (P2P + bubble)")
-    if plan.get("dp", 1) > 1:
-        if _num(m.get("exposed_comm_ms_per_iter")) is not None:
-            need("exposed_comm_ms_per_iter")
-            basis.append("DP exposed")
-        elif _num(m.get("dp_grad_sync_ms_per_iter")) is not None:
-            need("dp_grad_sync_ms_per_iter")
-            basis.append("DP hook time (incl. overlapped)")
-        else:
-            missing.append("exposed_comm_ms_per_iter or dp_grad_sync_ms_per_iter")
-    if missing:
-        return _not_measured(*missing)
-    return sum(parts), " + ".join(basis)
+_MODEL_PARALLEL_LABELS = {"tp": "TP blocked", "pp_wait": "PP wait (P2P + bubble)",
+                          "dp_exposed": "DP exposed",
+                          "dp_hook": "DP hook time (incl. overlapped)"}
+_DATA_PARALLEL_LABELS = {"dp_exposed": "exposed", "dp_hook": "hook time (incl. overlapped)"}
+"""recpar.train.measured_comm part -> the basis this table states, beside TP/PP and alone."""
 
 
 def comm_share(rec: dict) -> tuple[float | None, str]:
     """(percent of an iteration spent communicating, basis).
 
-    Schemes mp and hybrid (tp > 1 or pp > 1, recpar's own engine): the sum of their parts
-    (_model_parallel_comm) / iter_ms. Otherwise, preference: exposed_comm_ms_per_iter (fwd+bwd
-    with sync − without) / iter_ms, then hook time comm_ms_per_iter / iter_ms (counts time
-    hidden by overlap too). A single-device run communicates nothing: 0. When a part or
-    iter_ms is absent: (None, "not measured: <what is absent>").
+    The record's measured communication, part by part (recpar.train.measured_comm: TP time
+    blocked, pipeline waits, DP sync exposed or else hook time, which also counts what overlap
+    hid), over iter_ms. A single-device run communicates nothing: 0. When a part or iter_ms is
+    absent: (None, "not measured: <what is absent>").
     """
     m = rec["metrics"]
     if rec["plan"]["world_size"] == 1:
@@ -101,15 +66,13 @@ def comm_share(rec: dict) -> tuple[float | None, str]:
         return _not_measured("iter_ms")
     if it <= 0:
         return None, f"{NOT_MEASURED}: iter_ms is {it:g}"
-    if rec.get("scheme") in ("mp", "hybrid") and (rec["plan"].get("tp", 1) > 1
-                                                  or rec["plan"].get("pp", 1) > 1):
-        ms, basis = _model_parallel_comm(rec)
-        return (None, basis) if ms is None else (100.0 * ms / it, basis)
-    if _num(m.get("exposed_comm_ms_per_iter")) is not None:
-        return 100.0 * m["exposed_comm_ms_per_iter"] / it, "exposed"
-    if _num(m.get("comm_ms_per_iter")) is not None:
-        return 100.0 * m["comm_ms_per_iter"] / it, "hook time (incl. overlapped)"
-    return _not_measured("exposed_comm_ms_per_iter or comm_ms_per_iter")
+    ms, parts, missing = measured_comm(rec)
+    if missing:
+        return _not_measured(*missing)
+    p = rec["plan"]
+    labels = (_MODEL_PARALLEL_LABELS if p.get("tp", 1) > 1 or p.get("pp", 1) > 1
+              else _DATA_PARALLEL_LABELS)
+    return 100.0 * ms / it, " + ".join(labels[part.kind] for part in parts)
 
 
 def device_mem_pct(rec: dict) -> float | None:
