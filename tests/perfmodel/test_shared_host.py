@@ -5,10 +5,11 @@ import copy
 import pytest
 import yaml
 
-from recpar.perfmodel.calibrate import (emulated_profile_mapping, inter_node_from_calibration,
-                                        loaded_step_mapping, measure_compress_elements_per_s,
-                                        measure_loaded_steps, measure_model_step_flops_per_s,
-                                        shared_host_mapping)
+from recpar.perfmodel.calibrate import (combine_loaded_repeats, emulated_profile_mapping,
+                                        inter_node_from_calibration, loaded_step_mapping,
+                                        measure_compress_elements_per_s,
+                                        measure_model_step_flops_per_s, shared_host_mapping,
+                                        time_loaded_steps)
 from recpar.perfmodel.hardware import ProfileError, load_profile, profile_from_mapping
 from recpar.perfmodel.iteration import iteration_cost
 from recpar.perfmodel.shapes import GradSync, ModelShape, PlanShape
@@ -271,18 +272,19 @@ def test_loaded_step_mapping_round_trips_through_the_profile():
     assert hw.shared_host.loaded_step(2, 2e6) is None and hw.shared_host.loaded_step(3, 1e6) is None
 
 
-def test_measure_loaded_steps_times_concurrent_processes():
+def test_loaded_steps_time_concurrent_processes():
     """world size 2 (spawned processes): two concurrent steps at batches 2 and 256 (far apart,
     so the step time grows with the batch despite timing noise); the line is a least-squares
-    fit through the slowest process's times."""
-    m = measure_loaded_steps(record(), ranks=2, cores=2, batches=(256, 2), steps=3)
+    fit through the slowest process's times (one repeat)."""
+    m = time_loaded_steps(record(), ranks=2, cores=2, batches=(256, 2), steps=3)
     assert m["batches"] == [2, 256] and m["threads"] == 1
     assert len(m["per_rank_s"]) == 2 and all(len(pr) == 2 for pr in m["per_rank_s"])
     for i in range(2):
         assert m["slowest_s"][i] == max(pr[i] for pr in m["per_rank_s"]) >= m["mean_s"][i]
-    assert m["per_sequence_s"] > 0 and m["fixed_s"] >= 0
+    line = combine_loaded_repeats([m])
+    assert line["per_sequence_s"] > 0 and line["fixed_s"] >= 0
     with pytest.raises(ValueError, match="two or more batch sizes"):
-        measure_loaded_steps(record(), ranks=2, cores=2, batches=(4, 4))
+        time_loaded_steps(record(), ranks=2, cores=2, batches=(4, 4))
 
 
 def test_sign_compress_measurement_and_bad_codec():

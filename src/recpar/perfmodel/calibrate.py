@@ -148,14 +148,14 @@ def measure_model_step_flops_per_s(record: Mapping[str, Any], threads: int = 1, 
 
 
 LOADED_STEP_TIMEOUT_S = 600.0
-"""A process of measure_loaded_steps that waits this long for the others gives up (one that
+"""A process of time_loaded_steps that waits this long for the others gives up (one that
 crashed would otherwise leave the rest waiting at the barrier for ever)."""
 
 
 def _loaded_step_worker(rank: int, record: Mapping[str, Any], threads: int,
                         batches: Sequence[int], steps: int, barrier, done, out: str,
                         where: str) -> None:
-    """One of W concurrent processes of measure_loaded_steps (module level: spawned)."""
+    """One of W concurrent processes of time_loaded_steps (module level: spawned)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -177,7 +177,7 @@ def _loaded_step_worker(rank: int, record: Mapping[str, Any], threads: int,
         t_done = time.monotonic()
         while done[i].value < barrier.parties:
             if time.monotonic() - t_done > LOADED_STEP_TIMEOUT_S:
-                raise TimeoutError(f"measure_loaded_steps: waited {LOADED_STEP_TIMEOUT_S:.0f} "
+                raise TimeoutError(f"time_loaded_steps: waited {LOADED_STEP_TIMEOUT_S:.0f} "
                                    f"s for the other processes at batch {b}")
             step()
     Path(out, f"rank{rank}.json").write_text(json.dumps(medians))
@@ -202,7 +202,7 @@ def time_loaded_steps(record: Mapping[str, Any], ranks: int, cores: int,
         raise ValueError(f"ranks and cores must be >= 1, got {ranks}, {cores}")
     bs = sorted(set(int(b) for b in batches))
     if len(bs) < 2 or bs[0] < 1:
-        raise ValueError(f"measure_loaded_steps needs two or more batch sizes >= 1, got "
+        raise ValueError(f"time_loaded_steps needs two or more batch sizes >= 1, got "
                          f"{list(batches)}")
     threads = threads_per_rank(ranks, cores)
     ctx = multiprocessing.get_context("spawn")
@@ -218,7 +218,7 @@ def time_loaded_steps(record: Mapping[str, Any], ranks: int, cores: int,
             p.join()
         bad = [p.exitcode for p in procs if p.exitcode != 0]
         if bad:
-            raise RuntimeError(f"measure_loaded_steps: {len(bad)} of {ranks} processes failed "
+            raise RuntimeError(f"time_loaded_steps: {len(bad)} of {ranks} processes failed "
                                f"(exit codes {bad})")
         per_rank = [json.loads(Path(d, f"rank{r}.json").read_text()) for r in range(ranks)]
     return {"ranks": ranks, "threads": threads, "batches": bs, "steps": steps,
@@ -233,19 +233,9 @@ def fit_loaded_line(batches: Sequence[int], step_s: Sequence[float]) -> tuple[fl
     raises ValueError."""
     slope, intercept = np.polyfit(np.asarray(batches, float), np.asarray(step_s, float), 1)
     if float(slope) <= 0:
-        raise ValueError(f"measure_loaded_steps: step time did not grow with the batch "
+        raise ValueError(f"loaded-step line: step time did not grow with the batch "
                          f"({dict(zip(batches, step_s))} s): timings are too noisy")
     return max(0.0, float(intercept)), float(slope)
-
-
-def measure_loaded_steps(record: Mapping[str, Any], ranks: int, cores: int,
-                         batches: Sequence[int], steps: int = 8,
-                         where: str = "<record>") -> dict[str, Any]:
-    """time_loaded_steps once, and the least-squares line through the slowest process's times:
-    step(b) = fixed_s + per_sequence_s × b (fit_loaded_line)."""
-    m = time_loaded_steps(record, ranks, cores, batches, steps, where)
-    fixed, slope = fit_loaded_line(m["batches"], m["slowest_s"])
-    return {**m, "fixed_s": fixed, "per_sequence_s": slope}
 
 
 def combine_loaded_repeats(timings: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -278,7 +268,7 @@ def combine_loaded_repeats(timings: Sequence[Mapping[str, Any]]) -> dict[str, An
 
 def loaded_step_mapping(flops_per_sequence: float, measured: Sequence[Mapping[str, Any]],
                         where: str) -> dict[str, Any]:
-    """The profile's `shared_host.loaded_step` section from measure_loaded_steps or
+    """The profile's `shared_host.loaded_step` section from combine_loaded_repeats or
     combine_loaded_repeats results (the latter add `repeats` and `spread_pct`)."""
     by = {}
     for m in measured:
