@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 import torch
@@ -142,4 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from recpar.rank_exit import run_rank
+
+    # A rank ends without interpreter finalization (recpar.rank_exit: gloo threads vs exit).
+    run_rank(main)

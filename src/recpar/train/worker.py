@@ -40,5 +40,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from recpar.rank_exit import run_rank
+
+    # A rank ends without interpreter finalization (recpar.rank_exit: gloo threads vs exit).
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
-    sys.exit(main())
+    run_rank(main)
