@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
@@ -66,6 +67,12 @@ def register(sub) -> None:
     par.add_argument("--bucket-size", type=int, default=None,
                      help="gradient bucket size in elements (megatron-core bucket_size)")
     par.add_argument("--timeout-s", type=float, default=None, help="kill the job after this long")
+    par.add_argument("--cpu-budget", type=float, default=None, metavar="CORES",
+                     help="run every device (rank, or the single device) in its own CPU cgroup "
+                          "limited to CORES CPU-seconds per second, one intra-op thread (needs "
+                          "root and a cgroup cpu controller)")
+    par.add_argument("--cpu-budget-period-us", type=int, default=10_000,
+                     help="CFS period of the CPU budget, µs")
     par.add_argument("--no-staleness-damping", action="store_true",
                      help="scheme async: apply stale gradients undamped (plain async SGD) "
                           "instead of Formula 12's g / (1 + tau)")
@@ -177,7 +184,9 @@ def _spec(args, scheme: str):
     if pp > 1 and (train.global_batch_size // dp) % microbatches:
         raise ValueError(f"train.global_batch_size / dp = {train.global_batch_size // dp} "
                          f"is not divisible by --microbatches {microbatches}")
-    run_id = args.run_id or make_run_id(plan, args.model_size, nodes=nodes, grad_sync=sync_id)
+    cpu_budget = _cpu_budget(args)
+    run_id = args.run_id or make_run_id(plan, args.model_size, nodes=nodes, grad_sync=sync_id,
+                                        cpu_cores=cpu_budget.cores if cpu_budget else None)
     kind = getattr(args, "topology", "local")
     if kind == "local":
         # All ranks on this machine; --nodes only groups them into logical nodes (what the
@@ -186,9 +195,28 @@ def _spec(args, scheme: str):
                     "logical_nodes": nodes}
     else:
         topology = {"kind": kind, "nodes": nodes, "ranks_per_node": world // nodes}
+    if cpu_budget is not None:
+        from recpar.cluster.cpu_budget import find_controller
+
+        topology["cpu_budget"] = cpu_budget.to_record(find_controller().mechanism)
     return RunSpec(data_dir=args.data, out_dir=args.out, run_id=run_id, model=model, train=train,
                    plan=plan, seed=args.seed, use_text=not args.no_text, topology=topology,
-                   grad_sync=grad_sync, zero_stage=zero_stage, async_ps=async_ps)
+                   grad_sync=grad_sync, zero_stage=zero_stage, async_ps=async_ps,
+                   cpu_budget=cpu_budget)
+
+
+def _cpu_budget(args):
+    """--cpu-budget: validated, and known to be applicable here, before any rank starts."""
+    cores = getattr(args, "cpu_budget", None)
+    if cores is None:
+        return None
+    from recpar.cluster.cpu_budget import CpuBudget, unavailable_reason
+
+    budget = CpuBudget(cores=cores, period_us=args.cpu_budget_period_us)
+    reason = unavailable_reason()
+    if reason is not None:
+        raise ValueError(f"--cpu-budget {cores}: {reason}")
+    return budget
 
 
 NEGATED_OPTIONS = {"error_feedback": "no_error_feedback", "overlap": "no_overlap",
@@ -267,9 +295,7 @@ def cmd_train(args) -> int:
             print(f"recpar train: {spec.out_dir} held a run of another configuration; "
                   f"moved it to {moved}", file=sys.stderr)
     if args.scheme == "baseline":
-        from recpar.train.loop import train
-
-        rec = train(spec, progress=not args.no_progress)
+        rec = _train_here(spec, progress=not args.no_progress)
     else:
         rec = _launch_ranks(spec, args)
     print(json.dumps({"run_id": rec["run_id"], "metrics": rec["metrics"],
@@ -294,11 +320,41 @@ def _launch_ranks(spec, args) -> dict:
                     ranks_per_node=spec.topology["ranks_per_node"])
     # One intra-op thread per rank when ranks share the CPU cores; more would oversubscribe.
     env = {"OMP_NUM_THREADS": str(threads_per_rank(spec.plan.world_size))}
-    code = launch(topo, ["-m", "recpar.train.worker", str(spec_path)], env=env,
-                  timeout_s=args.timeout_s)
+    with contextlib.ExitStack() as stack:
+        if spec.cpu_budget is not None:
+            from recpar.cluster.cpu_budget import ENV_DIR, budget_groups
+
+            groups = stack.enter_context(budget_groups(spec.cpu_budget, spec.plan.world_size,
+                                                       spec.run_id))
+            env = {"OMP_NUM_THREADS": str(spec.cpu_budget.intra_op_threads),
+                   ENV_DIR: str(groups.dir)}
+        code = launch(topo, ["-m", "recpar.train.worker", str(spec_path)], env=env,
+                      timeout_s=args.timeout_s)
     if code != 0:
         raise RuntimeError(f"recpar train: ranks exited with code {code} (see the log above)")
     return record.read(spec.out_dir / "record.json")
+
+
+def _train_here(spec, progress: bool) -> dict:
+    """A single-device run in this process; with a CPU budget, inside its own group (left and
+    removed afterwards, also on an error)."""
+    from recpar.train.loop import train
+
+    if spec.cpu_budget is None:
+        return train(spec, progress=progress)
+    import torch
+
+    from recpar.cluster.cpu_budget import budget_groups, join, leave
+
+    with budget_groups(spec.cpu_budget, 1, spec.run_id) as groups:
+        join(groups.path, 0)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(spec.cpu_budget.intra_op_threads)
+        try:
+            return train(spec, progress=progress)
+        finally:
+            torch.set_num_threads(threads)
+            leave()
 
 
 def cmd_popularity(args) -> int:

@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from recpar.cluster.cpu_budget import own_throttling
 from recpar.data.prepared import PreparedDataset
 from recpar.eval.popularity import popularity_scorer
 from recpar.model.config import ModelConfig
@@ -408,7 +409,8 @@ def _gather_measurements(run: _Run, timed: _Timed, t_train0: float) -> _Measured
         timing_metrics.update(engine.finish(run.inputs, run.targets, timed.first_epoch_batches,
                                             {**timing_metrics,
                                              "timed_steps": window.steps_in_window}))
-    rank_metrics = {**timing_metrics, **timed.comm_stats, "peak_rss_gib": peak_rss_gib()}
+    rank_metrics = {**timing_metrics, **timed.comm_stats, "peak_rss_gib": peak_rss_gib(),
+                    **own_throttling()}
     held = engine.trained_state()
     if held is not None:
         rank_metrics["model_state_gib"] = model_state_gib(*held)

@@ -16,7 +16,8 @@ from recpar.train.spec import RunSpec
 
 MAX_OVER_RANKS = ("peak_rss_gib", "model_state_gib", "comm_ms_per_iter",
                   "exposed_comm_ms_per_iter", "tp_comm_ms_per_iter",
-                  "payload_bytes_per_rank_per_iter", "cpu_util_pct")
+                  "payload_bytes_per_rank_per_iter", "cpu_util_pct",
+                  "cpu_throttled_periods_pct", "cpu_throttled_s")
 """Per-rank measurements whose maximum over ranks the record keeps (`<key>_max_over_ranks`)."""
 
 
@@ -79,6 +80,7 @@ def training_metrics(timing: dict, comm_stats: dict, this_rank: dict, all_ranks:
         if vals:
             metrics[f"{key}_max_over_ranks"] = float(max(vals))
     metrics["peak_rss_gib"] = this_rank["peak_rss_gib"]
-    if "model_state_gib" in this_rank:
-        metrics["model_state_gib"] = this_rank["model_state_gib"]
+    for key in ("model_state_gib", "cpu_throttled_periods_pct", "cpu_throttled_s"):
+        if key in this_rank:
+            metrics[key] = this_rank[key]
     return metrics

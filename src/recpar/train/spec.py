@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from recpar.cluster.cpu_budget import CpuBudget
 from recpar.comm.async_ps import AsyncPSConfig
 from recpar.comm.config import GradSyncConfig
 from recpar.model.config import ModelConfig
@@ -43,6 +44,9 @@ class RunSpec:
     async_ps: AsyncPSConfig = field(default_factory=AsyncPSConfig)
     """Parameter-server settings for scheme `async` (damping, timeout); its clip_grad is
     replaced by train.clip_grad (one clipping setting for every scheme)."""
+    cpu_budget: CpuBudget | None = None
+    """Each rank (and a single-device run) in its own CPU cgroup with this quota; None = the
+    ranks share the machine's cores (recpar.cluster.cpu_budget)."""
 
 
 def spec_to_dict(spec: RunSpec) -> dict:
@@ -52,6 +56,7 @@ def spec_to_dict(spec: RunSpec) -> dict:
         "plan": asdict(spec.plan), "seed": spec.seed, "use_text": spec.use_text,
         "topology": spec.topology, "grad_sync": spec.grad_sync.to_dict(),
         "zero_stage": spec.zero_stage, "async_ps": asdict(spec.async_ps),
+        "cpu_budget": asdict(spec.cpu_budget) if spec.cpu_budget else None,
     }
 
 
@@ -70,4 +75,5 @@ def spec_from_dict(d: dict) -> RunSpec:
         topology=d["topology"], grad_sync=GradSyncConfig.from_dict(d["grad_sync"]),
         zero_stage=int(d.get("zero_stage", 0)),
         async_ps=_async_ps_from_dict(d.get("async_ps")),
+        cpu_budget=CpuBudget(**d["cpu_budget"]) if d.get("cpu_budget") else None,
     )

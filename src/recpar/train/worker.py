@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from recpar.cluster.cpu_budget import join_from_env
 from recpar.train.spec import spec_from_dict
 
 
@@ -25,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     spec = spec_from_dict(json.loads(Path(argv[0]).read_text()))
     backend = "nccl" if spec.train.device == "cuda" else "gloo"
+    join_from_env(int(os.environ.get("RANK", "0")))  # its CPU budget, before any work
     dist.init_process_group(backend, timeout=timedelta(minutes=30))
     try:
         from recpar.cluster.topology import Topology
