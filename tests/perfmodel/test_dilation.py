@@ -8,8 +8,12 @@ A device measured at 5e9 FLOP/s: D = 5e9 / 1.248e14 = 4.00641e-5.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from recpar.cli import main as recpar_main
+from recpar.cluster.cpu_budget import unavailable_reason
 from recpar.perfmodel.dilation import scale_model
 from recpar.perfmodel.hardware import load_profile
 
@@ -52,3 +56,24 @@ def test_a_dilation_that_cannot_be_emulated_fails_with_its_numbers(a100, flops, 
     with pytest.raises(ValueError) as e:
         scale_model(a100, flops)
     assert message in str(e.value)
+
+
+def test_scale_model_command_rejects_a_budget_before_measuring(capsys):
+    with pytest.raises(SystemExit) as e:
+        recpar_main(["perfmodel", "scale-model", "--cpu-budget", "0"])
+    assert "cores = 0.0 must be in (0, " in str(e.value)
+
+
+@pytest.mark.skipif(unavailable_reason() is not None,
+                    reason=f"CPU budgets: {unavailable_reason()}")
+def test_scale_model_command_measures_a_budgeted_device(tmp_path, a100):
+    out = tmp_path / "scale.json"
+    assert recpar_main(["perfmodel", "scale-model", "--hardware", "paper-a100",
+                        "--cpu-budget", "0.5", "--steps", "3", "--out", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    sm, dev = rec["scale_model"], rec["device_measurement"]
+    assert dev["devices"] == 1 and dev["steps_per_s_sum"] > 0
+    assert sm["device_flops_per_s"] == pytest.approx(dev["steps_per_s_sum"] * dev["step_flops"])
+    assert sm["dilation"] == pytest.approx(sm["device_flops_per_s"] / a100.sustained_flops_per_s)
+    assert sm["inter_node"]["rate_bit_per_s"] == pytest.approx(1e11 * sm["dilation"])
+    assert rec["cpu_budget"]["quota_us"] == 5000

@@ -9,6 +9,9 @@
     recpar perfmodel calibrate --inter-node FILE --ranks-per-node N [--baseline-record R] --out P
         (FILE: a calibration YAML/JSON, or a run record of the emulated cluster, whose
         topology.inter_node.calibrated holds the link `recpar cluster calibrate` measured)
+    recpar perfmodel scale-model --hardware paper-a100 --cpu-budget 0.2 [--out FILE]
+        (measures one budgeted device's training FLOP/s and prints the dilation and the
+        profile's links scaled to it; needs root and a cgroup cpu controller)
 """
 
 from __future__ import annotations
@@ -196,6 +199,35 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scale_model(args: argparse.Namespace) -> int:
+    from recpar.cluster.cpu_budget import CpuBudget, find_controller, unavailable_reason
+    from recpar.perfmodel.device_step import run_devices
+    from recpar.perfmodel.dilation import scale_model
+
+    try:
+        profile = load_profile(args.hardware)
+        budget = CpuBudget(cores=args.cpu_budget, period_us=args.cpu_budget_period_us)
+    except (ProfileError, ValueError) as e:
+        raise _fail(str(e)) from None
+    reason = unavailable_reason()
+    if reason is not None:
+        raise _fail(f"--cpu-budget {args.cpu_budget}: {reason}")
+    measured = run_devices(1, budget, args.steps)
+    try:
+        sm = scale_model(profile, measured["device_flops_per_s_mean"])
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    out = {"scale_model": sm.to_record(), "cpu_budget": budget.to_record(find_controller().mechanism),
+           "device_measurement": measured,
+           "definition": "dilation D = device / profile sustained FLOP/s; links: rate × D, "
+                         "latency / D (recpar.perfmodel.dilation)"}
+    text = json.dumps(out, indent=1)
+    if args.out:
+        _atomic_write(Path(args.out), text + "\n")
+    print(text)
+    return 0
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     import yaml
 
@@ -323,3 +355,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="top-k ratio at which the compression rate is measured")
     ca.add_argument("--out", required=True, help="profile YAML to write")
     ca.set_defaults(func=cmd_calibrate)
+
+    sm = sub.add_parser("scale-model",
+                        help="measure a budgeted device and scale a profile's links to it")
+    sm.add_argument("--hardware", default="paper-a100", help="profile name or YAML path")
+    sm.add_argument("--cpu-budget", type=float, required=True, metavar="CORES",
+                    help="CPU-seconds per second of one emulated device")
+    sm.add_argument("--cpu-budget-period-us", type=int, default=10_000)
+    sm.add_argument("--steps", type=int, default=12, help="timed training steps")
+    sm.add_argument("--out", default=None, help="JSON file to write (also printed)")
+    sm.set_defaults(func=cmd_scale_model)
