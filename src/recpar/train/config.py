@@ -47,10 +47,16 @@ class TrainConfig:
     """torch.use_deterministic_algorithms (bit-reproducible on CPU)."""
     max_steps: int = 0
     """Stop after this many optimiser steps in total (0 = no limit); for smoke tests."""
+    collective_timeout_s: float = 120.0
+    """Longest wait for one collective (the process groups' timeout): a peer that stops
+    answering ends the run after this, with the rank and the collective named."""
+    rank0_phase_timeout_s: float = 3600.0
+    """Longest wait of the other ranks while rank 0 alone validates (a monitored barrier), so
+    a long validation does not count against collective_timeout_s."""
 
     def validate(self) -> "TrainConfig":
         positive = ("lr", "global_batch_size", "max_epochs", "patience", "eval_batch_size",
-                    "eval_every")
+                    "eval_every", "collective_timeout_s", "rank0_phase_timeout_s")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be > 0, got {getattr(self, name)!r}")

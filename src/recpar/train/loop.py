@@ -25,6 +25,7 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -365,12 +366,25 @@ def _validate(run: _Run, state: _Progress, scorer: EvalCopy | None, epoch: int,
             state.best = metric
             checkpoint.save(run.best_path, {"model": full, "epoch": epoch,
                                             "fingerprint": run.fingerprint, "metric": metric})
+    if run.world > 1:
+        _wait_for_rank0(cfg)
     improved, state.best = _bcast((improved, state.best), run.rank, run.world)
     state.bad_epochs = 0 if improved else state.bad_epochs + 1
     if state.bad_epochs >= cfg.patience:
         state.stop = True
         state.notes.append(f"early stop after epoch {epoch}: no better valid "
                            f"{cfg.early_stopping_metric} for {cfg.patience} epochs")
+
+
+def _wait_for_rank0(cfg: TrainConfig) -> None:
+    """The other ranks wait here while rank 0 alone validates: up to cfg.rank0_phase_timeout_s,
+    not the collective timeout (gloo's monitored barrier takes its own timeout and names a rank
+    that does not arrive; NCCL has none, its barrier waits the group's timeout)."""
+    if dist.get_backend() == "gloo":
+        dist.monitored_barrier(timeout=timedelta(seconds=cfg.rank0_phase_timeout_s),
+                               wait_all_ranks=True)
+    else:
+        dist.barrier()
 
 
 def _log_epoch(run: _Run, entry: dict) -> None:

@@ -16,7 +16,11 @@ import torch
 import torch.distributed as dist
 
 from recpar.cluster.cpu_budget import join_from_env
+from recpar.comm.collective_trace import CollectiveTrace, describe_failure
 from recpar.train.spec import spec_from_dict
+
+COMM_FAILURE_EXIT = 3
+"""Exit code of a rank whose peer stopped answering (the error line names the collective)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     spec = spec_from_dict(json.loads(Path(argv[0]).read_text()))
     backend = "nccl" if spec.train.device == "cuda" else "gloo"
     join_from_env(int(os.environ.get("RANK", "0")))  # its CPU budget, before any work
-    dist.init_process_group(backend, timeout=timedelta(minutes=30))
+    timeout_s = spec.train.collective_timeout_s
+    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    trace = CollectiveTrace().install()
     try:
         from recpar.cluster.topology import Topology
 
@@ -36,7 +42,14 @@ def main(argv: list[str] | None = None) -> int:
         from recpar.train.loop import train
 
         train(spec, progress=dist.get_rank() == 0 and sys.stderr.isatty())
+    except RuntimeError as e:  # torch's DistBackendError and gloo's errors are RuntimeErrors
+        line = describe_failure(e, trace, dist.get_rank(), dist.get_world_size(), timeout_s)
+        if line is None:
+            raise
+        print(line, file=sys.stderr, flush=True)
+        return COMM_FAILURE_EXIT
     finally:
+        trace.uninstall()
         dist.destroy_process_group()
     return 0
 

@@ -1,0 +1,96 @@
+"""A rank whose peer stops answering ends the run after train.collective_timeout_s, with one
+line naming the rank, the collective and its group, and no process left behind.
+
+World size: 2 (dp2, gloo, the real launcher: `recpar train` -> torchrun -> recpar.train.worker).
+Rank 1 is frozen with SIGSTOP once rank 0 has logged its first epoch, so rank 0 waits in the
+next gradient all-reduce.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ..comm.mp_launch import skip_unless_ranks
+
+TIMEOUT_S = 10
+"""collective_timeout_s of the run (short, so that the test is)."""
+EXIT_MARGIN_S = 60
+"""After the error, torchrun stops the other rank: SIGTERM, and SIGKILL after its 30 s grace
+for a stopped process (a stopped process does not act on SIGTERM)."""
+
+
+def _rank_pid(spec: Path, rank: int) -> int | None:
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"recpar.train.worker" not in cmdline or str(spec).encode() not in cmdline:
+                continue
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env:
+            return int(pid)
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.multiprocess
+def test_a_stopped_rank_ends_the_run_with_the_collective_named(small_prepared, tmp_path):
+    skip_unless_ranks(2)
+    out = tmp_path / "run"
+    err_path = tmp_path / "stderr.txt"
+    cmd = [sys.executable, "-m", "recpar.cli", "train", "--scheme", "dp", "--dp", "2",
+           "--data", str(small_prepared), "--out", str(out), "--model-size", "tiny",
+           "--model-override", "max_seq_len=12", "--set", "max_epochs=200",
+           "--set", "patience=200", "--set", "global_batch_size=128",
+           "--set", f"collective_timeout_s={TIMEOUT_S}", "--no-progress"]
+    with err_path.open("w") as err:
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
+                             env=dict(os.environ, OMP_NUM_THREADS="1"))
+    stopped = None
+    try:
+        for line in p.stdout:  # rank 0's epoch lines: training is under way
+            if "epoch=" in line:
+                break
+        stopped = _rank_pid(out / "spec.json", 1)
+        assert stopped is not None, "rank 1's process not found"
+        os.kill(stopped, signal.SIGSTOP)
+        t0 = time.monotonic()
+        line_s = None
+        while p.poll() is None and time.monotonic() - t0 < TIMEOUT_S + EXIT_MARGIN_S + 60:
+            if line_s is None and "a peer stopped answering" in err_path.read_text():
+                line_s = time.monotonic() - t0
+            time.sleep(0.2)
+        exit_s = time.monotonic() - t0
+        p.stdout.read()
+        p.wait(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        if stopped is not None and _alive(stopped):
+            os.kill(stopped, signal.SIGKILL)
+    stderr = err_path.read_text()
+    print(f"time to the error line {line_s} s, to the launcher's exit {exit_s:.1f} s")
+    lines = [ln for ln in stderr.splitlines() if "a peer stopped answering" in ln]
+    assert p.returncode != 0
+    assert len(lines) == 1, stderr[-3000:]
+    assert lines[0].startswith("recpar: rank 0 of 2: a peer stopped answering (collective "
+                               f"timeout {TIMEOUT_S} s) in "), lines[0]
+    assert " on group [0, 1]" in lines[0] or " on the default group [0, 1]" in lines[0], lines[0]
+    assert line_s is not None and line_s <= TIMEOUT_S + 10, line_s
+    assert exit_s <= TIMEOUT_S + EXIT_MARGIN_S, exit_s
+    assert _rank_pid(out / "spec.json", 0) is None and _rank_pid(out / "spec.json", 1) is None
