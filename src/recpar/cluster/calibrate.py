@@ -7,6 +7,11 @@ Latency is half the median round trip of 1-byte TCP ping-pongs (includes the sof
 
 The cluster-level summary keeps the slowest link's rate and the largest latency: the bottleneck
 a ring collective runs at.
+
+On the VDE data path (`recpar.cluster.vde`) the emulator itself uses CPU that the nodes' work
+then lacks: each bulk transfer also records the CPU seconds the vde_switch/wirefilter processes
+used during it (`emulator_cpu_s`, from /proc/<pid>/stat), and the summary its cost per second of
+transfer and per gigabyte carried, so it can be kept out of the devices' CPU budgets.
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from recpar.cluster import netns
+from recpar.cluster import netns, vde
 from recpar.cluster.netns import ClusterError
-from recpar.cluster.state import ClusterState
+from recpar.cluster.state import ClusterState, state_path
 
 PROBE_PORT = 5201
 
@@ -80,25 +85,46 @@ def calibrate(state: ClusterState, seconds: float = 2.0, count: int = 200,
     netns.require_root_and_iproute2("cluster calibrate")
     if state.nodes < 2:
         raise ClusterError("calibrate needs at least 2 nodes (there is no inter-node link)")
+    rdir = vde.run_dir(state_path(state.prefix, state_dir)) if state.data_path == "vde" else None
     links = []
     for src in range(state.nodes):
         dst = (src + 1) % state.nodes
+        cpu0_s = vde.cpu_seconds(rdir) if rdir else None
         bulk = measure_pair(state, src, dst, "bulk", seconds=seconds)
+        cpu1_s = vde.cpu_seconds(rdir) if rdir else None
         ping = measure_pair(state, src, dst, "pingpong", count=count)
         links.append({"src": src, "dst": dst,
                       "configured": {"src": state.node_shapes[src], "dst": state.node_shapes[dst]},
                       "rate_bit_per_s": bulk["rate_bit_per_s"],
                       "bulk_window_s": bulk.get("window_s"),
+                      "bulk_bytes": bulk.get("bytes"),
+                      "bulk_wall_s": bulk.get("seconds"),
+                      "emulator_cpu_s": None if rdir is None else cpu1_s - cpu0_s,
                       "rtt_median_s": ping["rtt_median_s"],
                       "latency_s": ping["rtt_median_s"] / 2})
     rates = [l["rate_bit_per_s"] for l in links if l["rate_bit_per_s"]]
     result = {"links": links,
               "rate_bit_per_s": min(rates) if rates else None,
               "latency_s": max(l["latency_s"] for l in links),
+              "data_path": state.data_path,
+              "emulator_cpu": emulator_cpu_summary(links) if rdir else None,
               "method": {"bulk_seconds": seconds, "pingpong_count": count,
                          "rate": "TCP goodput of one stream after a warm-up",
-                         "latency": "half the median 1-byte TCP round trip"}}
+                         "latency": "half the median 1-byte TCP round trip",
+                         "emulator_cpu": "user+system CPU of the VDE processes during the "
+                                         "bulk transfers (/proc/<pid>/stat)"}}
     if save:
         state.calibration = result
         state.save(state_dir)
     return result
+
+
+def emulator_cpu_summary(links: list[dict]) -> dict:
+    """The VDE processes' CPU over all bulk transfers: seconds, cores busy while transferring
+    (CPU s per wall s) and CPU seconds per gigabyte (1e9 bytes) of TCP payload carried."""
+    cpu_s = sum(l["emulator_cpu_s"] for l in links)
+    wall_s = sum(l["bulk_wall_s"] or 0.0 for l in links)
+    gbyte = sum(l["bulk_bytes"] or 0 for l in links) / 1e9
+    return {"cpu_s": cpu_s, "transfer_wall_s": wall_s,
+            "cpu_s_per_s": cpu_s / wall_s if wall_s > 0 else None,
+            "cpu_s_per_gbyte": cpu_s / gbyte if gbyte > 0 else None}

@@ -34,15 +34,15 @@ def _cmd_up(a: argparse.Namespace) -> int:
 
     rate = None if a.inter_bw in (None, "none") else _parse(parse_rate, a.inter_bw, "--inter-bw")
     shape = LinkShape(rate, _parse(parse_duration, a.inter_latency, "--inter-latency"),
-                      _parse(parse_loss, a.loss, "--loss"))
+                      _parse(parse_loss, a.loss, "--inter-loss/--loss"))
     if a.nodes < 1 or a.ranks_per_node < 1:
         raise SystemExit("recpar: --nodes and --ranks-per-node must be >= 1")
     try:
-        st = up(a.nodes, a.ranks_per_node, shape, a.prefix, a.state_dir)
+        st = up(a.nodes, a.ranks_per_node, shape, a.prefix, a.state_dir, data_path=a.data_path)
     except (ClusterError, ValueError) as e:
         raise _fail(e) from None
     print(f"cluster {a.prefix}: {st.nodes} node(s) x {st.ranks_per_node} rank(s) up; "
-          f"link {json.dumps(st.base_shape)}")
+          f"link {json.dumps(st.base_shape)}; data path {st.data_path}")
     return 0
 
 
@@ -62,7 +62,8 @@ def _cmd_down(a: argparse.Namespace) -> int:
     except ClusterError as e:
         raise _fail(e) from None
     print(f"cluster {a.prefix}: removed {len(removed['namespaces'])} namespace(s), "
-          f"{removed['processes']} process(es), {len(removed['links'])} stray link(s)")
+          f"{removed['processes']} process(es), {len(removed['links'])} stray link(s)"
+          + (", the VDE run directory" if removed["vde_run_dir"] else ""))
     return 0
 
 
@@ -200,8 +201,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ranks-per-node", type=int, required=True)
     p.add_argument("--inter-bw", default=None,
                    help="rate of each node's uplink, e.g. 100mbit, 1gbit (default: unshaped)")
-    p.add_argument("--inter-latency", default="0", help="one-way node-to-node latency, e.g. 5ms")
-    p.add_argument("--loss", default="0", help="node-to-node packet loss, e.g. 0.1%% or 0.001")
+    p.add_argument("--inter-latency", default="0",
+                   help="one-way node-to-node latency, e.g. 5ms (without the kernel's netem: "
+                        "whole ms, carried by vde2 wirefilters)")
+    p.add_argument("--inter-loss", "--loss", dest="loss", default="0",
+                   help="node-to-node packet loss, e.g. 0.1%% or 0.001")
+    p.add_argument("--data-path", choices=("auto", "tc", "vde"), default="auto",
+                   help="what carries inter-node frames: tc (veth + kernel shaping), vde "
+                        "(user-space vde2 switches and wirefilters), auto (default): vde only "
+                        "for a latency on a kernel without netem")
     _common(p)
     p.set_defaults(func=_cmd_up)
 

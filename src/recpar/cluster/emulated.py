@@ -6,6 +6,12 @@ and one veth uplink to a Linux bridge in the switch namespace `<prefix>-sw`. Add
 added to the host's namespace, so the emulator cannot route traffic anywhere else.
 See `recpar.cluster.shaping` for how the uplinks are shaped.
 
+Data paths (`ClusterState.data_path`): `tc`, the veth star above, shaped in the kernel (rate and
+loss everywhere, latency where the kernel has sch_netem); `vde`, where a latency is asked for and
+the kernel has no netem: the node's uplink is a tap and the bridge is user-space vde_switches
+joined by wirefilters that delay, drop and rate-limit (`recpar.cluster.vde`). Addresses,
+interface names and namespaces are the same on both, so `launch` and `calibrate` do not care.
+
 A state file (`recpar.cluster.state`: `<state_dir>/<prefix>.json`, default /run/recpar) records
 what `up` built and what `calibrate` measured, so `down`, `status`, `launch` and `fault` find
 everything. `down` also sweeps by prefix, so a crash that lost the state file leaves nothing
@@ -18,36 +24,56 @@ import os
 import tempfile
 import time
 
-from recpar.cluster import netns
+from recpar.cluster import netns, vde
 from recpar.cluster.fault import stop_stragglers
 from recpar.cluster.netns import ClusterError, Names, run
 from recpar.cluster.shaping import LinkShape, apply_shape, netem_available, qdisc_stats
 from recpar.cluster.state import ClusterState, state_path
 
+DATA_PATHS = ("auto", "tc", "vde")
+"""What `up` may be asked for: `auto` picks `vde` only for a latency without netem."""
+
+
+def choose_data_path(shape: LinkShape, netem: bool, requested: str = "auto") -> str:
+    """`tc` or `vde` for `shape` on a kernel with or without netem (see the module doc)."""
+    if requested not in DATA_PATHS:
+        raise ValueError(f"data_path: {requested!r} is not one of {', '.join(DATA_PATHS)}")
+    if requested != "auto":
+        if requested == "tc" and shape.latency_s > 0 and not netem:
+            raise ClusterError("latency on the tc data path needs the kernel's netem qdisc "
+                               "(CONFIG_NET_SCH_NETEM), which this kernel lacks; "
+                               "use the vde data path or latency 0")
+        return requested
+    return "vde" if shape.latency_s > 0 and not netem else "tc"
+
 
 def up(nodes: int, ranks_per_node: int, shape: LinkShape, prefix: str = netns.DEFAULT_PREFIX,
-       state_dir: str | os.PathLike | None = None) -> ClusterState:
+       state_dir: str | os.PathLike | None = None, data_path: str = "auto") -> ClusterState:
     """Build the cluster; idempotent when one with the same configuration is already up.
 
     On any failure everything built so far is removed again before the error propagates.
+    `data_path`: `auto` (tc, or vde for a latency the kernel cannot add), `tc` or `vde`.
     """
     names = Names(prefix)
     if not (isinstance(nodes, int) and 1 <= nodes <= netns.MAX_NODES):
         raise ValueError(f"nodes: must be an integer in [1, {netns.MAX_NODES}], got {nodes!r}")
     if not (isinstance(ranks_per_node, int) and ranks_per_node >= 1):
         raise ValueError(f"ranks_per_node: must be an integer >= 1, got {ranks_per_node!r}")
+    if data_path not in DATA_PATHS:
+        raise ValueError(f"data_path: {data_path!r} is not one of {', '.join(DATA_PATHS)}")
     netns.require_root_and_iproute2("cluster up")
 
     path = state_path(prefix, state_dir)
     existing = [n for n in netns.list_namespaces() if names.is_namespace(n)]
-    if path.exists() or existing:
+    if path.exists() or existing or vde.run_dir(path).exists():
         try:
             st = ClusterState.load(prefix, state_dir)
         except ClusterError:
             st = None
         wanted_ns = {names.node_ns(i) for i in range(nodes)} | {names.switch_ns}
         if (st is not None and st.nodes == nodes and st.ranks_per_node == ranks_per_node
-                and LinkShape.from_dict(st.base_shape) == shape and set(existing) == wanted_ns):
+                and LinkShape.from_dict(st.base_shape) == shape and set(existing) == wanted_ns
+                and data_path in ("auto", st.data_path)):
             return st  # already up as asked: nothing to do
         raise ClusterError(f"an emulated cluster with prefix {prefix!r} is already up with a "
                            f"different configuration (or half built); run `recpar cluster down` first")
@@ -55,31 +81,28 @@ def up(nodes: int, ranks_per_node: int, shape: LinkShape, prefix: str = netns.DE
     try:
         sw = names.switch_ns
         run(["ip", "netns", "add", sw])
-        run(["ip", "-n", sw, "link", "add", names.bridge, "type", "bridge"])
-        run(["ip", "-n", sw, "link", "set", names.bridge, "up"])
         run(["ip", "-n", sw, "link", "set", "lo", "up"])
         netem = netem_available(sw)
-        if shape.latency_s > 0 and not netem:
-            raise ClusterError("--inter-latency needs the kernel's netem qdisc "
-                               "(CONFIG_NET_SCH_NETEM), which this kernel lacks; use 0")
+        chosen = choose_data_path(shape, netem, data_path)
+        if chosen == "vde":  # refuse what the VDE path cannot do before building anything
+            settings = vde.wire_settings(shape)
+            reason = vde.unavailable_reason()
+            if reason is not None:
+                raise ClusterError(reason)
         for i in range(nodes):
-            ns, dev, peer = names.node_ns(i), names.node_dev(i), names.switch_dev(i)
-            run(["ip", "netns", "add", ns])
-            run(["ip", "-n", ns, "link", "set", "lo", "up"])
-            # Both ends are created directly inside their namespaces: never in the host's.
-            run(["ip", "link", "add", dev, "netns", ns, "type", "veth",
-                 "peer", "name", peer, "netns", sw])
-            run(["ip", "-n", ns, "addr", "add",
-                 f"{names.node_addr(i)}/{netns.SUBNET_PREFIX_LEN}", "dev", dev])
-            run(["ip", "-n", ns, "link", "set", dev, "up"])
-            run(["ip", "-n", sw, "link", "set", peer, "master", names.bridge])
-            run(["ip", "-n", sw, "link", "set", peer, "up"])
-            apply_shape(ns, dev, shape, netem)
-            apply_shape(sw, peer, shape, netem)
+            run(["ip", "netns", "add", names.node_ns(i)])
+            run(["ip", "-n", names.node_ns(i), "link", "set", "lo", "up"])
+        vde_info = None
+        if chosen == "vde":
+            vde_info = vde.start(names, [names.node_addr(i) for i in range(nodes)],
+                                 netns.SUBNET_PREFIX_LEN, [settings] * nodes, vde.run_dir(path))
+        else:
+            _build_veth_star(names, nodes, shape, netem)
         state = ClusterState(prefix=prefix, nodes=nodes, ranks_per_node=ranks_per_node,
                              base_shape=shape.to_dict(),
                              node_shapes=[shape.to_dict() for _ in range(nodes)],
-                             netem=netem, created_unix_s=time.time())
+                             netem=netem, created_unix_s=time.time(),
+                             data_path=chosen, vde=vde_info)
         state.save(state_dir)
         return state
     except BaseException:
@@ -87,14 +110,38 @@ def up(nodes: int, ranks_per_node: int, shape: LinkShape, prefix: str = netns.DE
         raise
 
 
+def _build_veth_star(names: Names, nodes: int, shape: LinkShape, netem: bool) -> None:
+    """The tc data path: a bridge in the switch namespace, one shaped veth pair per node."""
+    sw = names.switch_ns
+    run(["ip", "-n", sw, "link", "add", names.bridge, "type", "bridge"])
+    run(["ip", "-n", sw, "link", "set", names.bridge, "up"])
+    for i in range(nodes):
+        ns, dev, peer = names.node_ns(i), names.node_dev(i), names.switch_dev(i)
+        # Both ends are created directly inside their namespaces: never in the host's.
+        run(["ip", "link", "add", dev, "netns", ns, "type", "veth",
+             "peer", "name", peer, "netns", sw])
+        run(["ip", "-n", ns, "addr", "add",
+             f"{names.node_addr(i)}/{netns.SUBNET_PREFIX_LEN}", "dev", dev])
+        run(["ip", "-n", ns, "link", "set", dev, "up"])
+        run(["ip", "-n", sw, "link", "set", peer, "master", names.bridge])
+        run(["ip", "-n", sw, "link", "set", peer, "up"])
+        apply_shape(ns, dev, shape, netem)
+        apply_shape(sw, peer, shape, netem)
+
+
 def down(prefix: str = netns.DEFAULT_PREFIX, state_dir: str | os.PathLike | None = None) -> dict:
-    """Remove everything with `prefix`: processes in our namespaces, the namespaces (and with
-    them every veth, bridge and qdisc), stray links in the host namespace, the state file.
+    """Remove everything with `prefix`: the VDE processes its pid files name, processes in our
+    namespaces, the namespaces (and with them every veth, tap, bridge and qdisc), stray links in
+    the host namespace, the VDE run directory (sockets), the state file.
     Idempotent. Returns what was removed."""
     names = Names(prefix)
     netns.require_root_and_iproute2("cluster down")
-    removed = {"processes": 0, "namespaces": [], "links": [], "state_file": None}
+    removed = {"processes": 0, "namespaces": [], "links": [], "state_file": None,
+               "vde_run_dir": None}
     path = state_path(prefix, state_dir)
+    rdir = vde.run_dir(path)
+    if rdir.exists():  # also when the switch namespace is gone and `ip netns pids` cannot see
+        removed["processes"] += vde.kill_processes(rdir)
     # Straggler duty-cyclers run in the host namespace; stop them first (see fault.py).
     try:
         stop_stragglers(ClusterState.load(prefix, state_dir), state_dir, save=False)
@@ -110,6 +157,8 @@ def down(prefix: str = netns.DEFAULT_PREFIX, state_dir: str | os.PathLike | None
         if names.owns(link):
             run(["ip", "link", "del", link], check=False)
             removed["links"].append(link)
+    if vde.remove_run_dir(rdir):
+        removed["vde_run_dir"] = str(rdir)
     if path.exists():
         path.unlink()
         removed["state_file"] = str(path)
@@ -132,6 +181,13 @@ def status(prefix: str = netns.DEFAULT_PREFIX, state_dir: str | os.PathLike | No
         return out
     out["topology"] = st.topology().to_record()
     out["netem"] = st.netem
+    out["data_path"] = st.data_path
+    if st.data_path == "vde":
+        procs = vde.processes(vde.run_dir(state_path(prefix, state_dir)))
+        out["vde"] = {"processes": procs,
+                      "cpu_s_total": sum(p["cpu_s"] or 0.0 for p in procs),
+                      "cpu_s_note": "user+system CPU the emulator's own processes used since "
+                                    "`up` (not the nodes' work)"}
     nodes = []
     for i in range(st.nodes):
         ns = names.node_ns(i)

@@ -2,6 +2,10 @@
 killed rank; each callable directly (`recpar cluster fault ...`) or as a timed schedule that runs
 alongside a launch.
 
+On the VDE data path (`recpar.cluster.vde`, clusters brought up with a latency on a kernel
+without netem) a link change goes to the node's wirefilter through its management socket, while
+it runs (latency in whole milliseconds); on the tc path it changes the veth ends' qdiscs.
+
 Straggler mechanism: SIGSTOP/SIGCONT duty cycling of every process in the node's namespace
 (runs 1/F of each period, stopped the rest). Chosen over cgroup cpu.max / cpu.cfs_quota_us
 because it needs no cgroup hierarchy we may write to (v1 vs v2, containers with read-only
@@ -28,10 +32,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from recpar.cluster import netns
+from recpar.cluster import netns, vde
 from recpar.cluster.netns import ClusterError
 from recpar.cluster.shaping import LinkShape, change_shape
-from recpar.cluster.state import ClusterState
+from recpar.cluster.state import ClusterState, state_path
 from recpar.cluster.units import parse_duration, parse_loss, parse_rate, parse_slowdown
 
 DEFAULT_PERIOD_S = 0.1  # straggler duty-cycle period
@@ -67,8 +71,16 @@ def link(state: ClusterState, node: int, rate_bit_per_s: float | None = None,
     new = (LinkShape.from_dict(state.base_shape) if reset
            else old.updated(rate_bit_per_s, latency_s, loss))
     base = LinkShape.from_dict(state.base_shape)
-    change_shape(names.node_ns(node), names.node_dev(node), old, new, state.netem, base)
-    change_shape(names.switch_ns, names.switch_dev(node), old, new, state.netem, base)
+    if state.data_path == "vde":  # the node's wirefilter, through its management socket
+        vde.set_wire(vde.run_dir(state_path(state.prefix, state_dir)), node,
+                     vde.wire_settings(new, base))
+    else:
+        if new.latency_s > 0 and not state.netem:
+            raise ClusterError("this cluster's links are tc-shaped and the kernel has no netem: "
+                               "latency can be changed only on a cluster brought up with "
+                               "--inter-latency (the VDE data path)")
+        change_shape(names.node_ns(node), names.node_dev(node), old, new, state.netem, base)
+        change_shape(names.switch_ns, names.switch_dev(node), old, new, state.netem, base)
     state.node_shapes[node] = new.to_dict()
     state.save(state_dir)
     return new

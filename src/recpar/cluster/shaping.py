@@ -27,8 +27,8 @@ it goes back to the kernel default (65535) when loss returns to 0.
 
 Why not netem for loss and rate too: some kernels (like the one this was built on) are compiled
 without sch_netem; htb + cls_bpf + pfifo are in every kernel that has traffic control, so rate
-and loss work everywhere and only latency needs netem (`up` says so in one line if it is
-missing).
+and loss work everywhere and only latency needs netem. Where it is missing, `up` builds the
+links from vde2 wirefilters instead (`recpar.cluster.vde`), which add latency in user space.
 """
 
 from __future__ import annotations

@@ -47,6 +47,11 @@ class ClusterState:
     """Result of `calibrate` (see recpar.cluster.calibrate), None until run."""
     stragglers: dict = field(default_factory=dict)
     """node index (str) -> pid of a running straggler duty-cycler (see recpar.cluster.fault)."""
+    data_path: str = "tc"
+    """What carries node-to-node frames: 'tc' (veth pairs to a bridge, htb/BPF shaping, netem
+    where the kernel has it) or 'vde' (taps, wirefilters and vde_switches; recpar.cluster.vde)."""
+    vde: dict | None = None
+    """On the 'vde' data path: its run directory and the pids `up` started (vde.start)."""
 
     @property
     def names(self) -> Names:
