@@ -114,6 +114,23 @@ def test_the_groups_of_a_killed_launcher_are_removed_by_the_next_run():
 
 
 @needs_cgroup
+def test_cluster_down_removes_the_groups_of_a_killed_run_and_keeps_a_live_one(tmp_path):
+    from recpar.cluster import emulated, netns
+
+    if netns.unavailable_reason() is not None:
+        pytest.skip(f"recpar cluster down: {netns.unavailable_reason()}")
+    with budget_groups(CpuBudget(cores=0.5), ranks=1, tag="test-live") as live:
+        p = subprocess.Popen([sys.executable, "-c", LAUNCHER], stdout=subprocess.PIPE,
+                             text=True)
+        stale = Path(p.stdout.readline().strip())
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        removed = emulated.down(prefix="rpcg", state_dir=tmp_path)
+        assert removed["cpu_budget_groups"] == [stale.name]
+        assert not stale.exists() and live.path.exists()
+
+
+@needs_cgroup
 def test_remove_all_leaves_no_group():
     ctl = cpu_budget.find_controller()
     with budget_groups(CpuBudget(cores=0.5), ranks=2, tag="test-all") as groups:

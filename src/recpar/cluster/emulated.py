@@ -24,7 +24,7 @@ import os
 import tempfile
 import time
 
-from recpar.cluster import netns, vde
+from recpar.cluster import cpu_budget, netns, vde
 from recpar.cluster.fault import stop_stragglers
 from recpar.cluster.netns import ClusterError, Names, run
 from recpar.cluster.shaping import LinkShape, apply_shape, netem_available, qdisc_stats
@@ -132,7 +132,8 @@ def _build_veth_star(names: Names, nodes: int, shape: LinkShape, netem: bool) ->
 def down(prefix: str = netns.DEFAULT_PREFIX, state_dir: str | os.PathLike | None = None) -> dict:
     """Remove everything with `prefix`: the VDE processes its pid files name, processes in our
     namespaces, the namespaces (and with them every veth, tap, bridge and qdisc), stray links in
-    the host namespace, the VDE run directory (sockets), the state file.
+    the host namespace, the VDE run directory (sockets), the state file, and the CPU-budget
+    groups of runs whose launcher is gone (cpu_budget.remove_stale; a live run keeps its own).
     Idempotent. Returns what was removed."""
     names = Names(prefix)
     netns.require_root_and_iproute2("cluster down")
@@ -162,6 +163,8 @@ def down(prefix: str = netns.DEFAULT_PREFIX, state_dir: str | os.PathLike | None
     if path.exists():
         path.unlink()
         removed["state_file"] = str(path)
+    removed["cpu_budget_groups"] = ([] if cpu_budget.unavailable_reason() is not None
+                                    else cpu_budget.remove_stale())
     return removed
 
 
