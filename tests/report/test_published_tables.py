@@ -115,3 +115,29 @@ def test_a_changed_record_is_caught(tmp_path):
     baseline.write_text(text[:at] + str(float(text[at:end]) * 2) + text[end:])
     _run(["report", "tables", "--records", records, "--paper", PAPER, "--out-dir", tmp_path])
     assert (tmp_path / "table2.md").read_text() != (sweep / "table2.md").read_text()
+
+
+def test_a_corrupt_record_stops_the_report_unless_skipped_and_then_is_listed(tmp_path, capsys):
+    """A truncated record fails `report tables` naming the file; with --skip-invalid the
+    tables are built from the rest and every table's notes name the file left out."""
+    import shutil
+
+    sweep = sweep_dirs()[0]
+    records = tmp_path / "records"
+    shutil.copytree(sweep / "records", records)
+    broken = next(p for p in records.glob("*/seed*/record.json")
+                  if not p.parent.parent.name.startswith("baseline"))
+    broken.write_text(broken.read_text()[:500])  # a partial write
+    assert main(["report", "tables", "--records", str(records), "--paper", str(PAPER),
+                 "--out-dir", str(tmp_path / "strict")]) != 0
+    assert f"recpar: error: {broken}: not valid JSON" in capsys.readouterr().err
+    assert not (tmp_path / "strict" / "table2.md").exists()
+    _run(["report", "tables", "--records", records, "--paper", PAPER, "--out-dir",
+          tmp_path / "out", "--skip-invalid", "--publish-records", tmp_path / "pub"])
+    for name in ("table2.md", "claims.md"):
+        text = (tmp_path / "out" / name).read_text()
+        assert "1 record(s) failed validation and were left out (--skip-invalid)" in text
+        assert str(broken) in text
+    published = list((tmp_path / "pub").glob("*/seed*/record.json"))
+    assert published and broken.parent.parent.name not in {p.parent.parent.name
+                                                           for p in published}

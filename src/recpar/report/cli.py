@@ -9,6 +9,8 @@ from recpar.published import expand_inputs, publish
 RECORDS_HELP = "run records (record.json), or folders of published records"
 PUBLISH_HELP = ("copy the records the output was rendered from into DIR (with their order), "
                 "so the published output can be re-rendered from them")
+SKIP_HELP = ("leave out records that fail validation (corrupt, partial, older schema) instead "
+             "of stopping; the output lists every one left out, with why")
 RECORD_PARTS = 3
 """A record is published under <run>/seed<k>/record.json (the last 3 parts of its path)."""
 
@@ -30,6 +32,7 @@ def register(sub) -> None:
                    help="smallest tolerance; the reference's seed-to-seed spread if larger")
     d.add_argument("--split", default="test", choices=["valid", "test"])
     d.add_argument("--out", required=True, type=Path)
+    d.add_argument("--skip-invalid", action="store_true", help=SKIP_HELP)
     d.set_defaults(func=cmd_quality_delta)
     t = rs.add_parser("tables", help="Tables II-III, communication share, claims, audit and "
                       "figures vs the paper's values (paper_tables/paper.yaml)")
@@ -40,6 +43,7 @@ def register(sub) -> None:
                    help="the paper's values and tolerances")
     t.add_argument("--out-dir", required=True, type=Path)
     t.add_argument("--publish-records", type=Path, metavar="DIR", help=PUBLISH_HELP)
+    t.add_argument("--skip-invalid", action="store_true", help=SKIP_HELP)
     t.set_defaults(func=cmd_tables)
 
 
@@ -59,10 +63,12 @@ def cmd_quality(args) -> int:
 def cmd_quality_delta(args) -> int:
     from recpar.atomic_write import write_text
     from recpar.report.quality_delta import reference_report
-    from recpar.report.records import load_records
+    from recpar.report.records import load_records, skipped_note
 
-    records = [r for _, r in load_records(expand_inputs(args.records))]
+    skipped: list[str] | None = [] if args.skip_invalid else None
+    records = [r for _, r in load_records(expand_inputs(args.records), skipped)]
     text = reference_report(records, args.reference, floor=args.floor, split=args.split)
+    text += "".join(f"\nNote: {n}\n" for n in skipped_note(skipped or []))
     write_text(args.out, text)
     print(text)
     return 0
@@ -73,12 +79,21 @@ def cmd_tables(args) -> int:
     from recpar.report.figures import FIGURE_FILES
     from recpar.report.paper_tables import TABLE_FILES, render
 
+    from recpar.train.record import RecordError, read
+
     records = expand_inputs(args.records)
-    texts, not_drawn = render(records, args.paper, args.out_dir)
+    texts, not_drawn = render(records, args.paper, args.out_dir, skip_invalid=args.skip_invalid)
     for name in TABLE_FILES:
         write_text(args.out_dir / name, texts[name])
     if args.publish_records:
-        publish(records, args.publish_records, RECORD_PARTS)
+        valid = []
+        for r in records:  # only what the tables were rendered from
+            try:
+                read(r)
+                valid.append(r)
+            except RecordError:
+                pass
+        publish(valid, args.publish_records, RECORD_PARTS)
     print(f"wrote {', '.join(TABLE_FILES + FIGURE_FILES)} to {args.out_dir}")
     for name, why in not_drawn:
         print(f"not drawn: {name}: {why}")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from recpar.report import audit, claims, figures, paper
 from recpar.report.projection import Projection, project
-from recpar.report.records import RecordSet, group, load_records, sweep_notes
+from recpar.report.records import RecordSet, group, load_records, skipped_note, sweep_notes
 from recpar.report.render import to_latex, to_markdown
 from recpar.report.tables import comm_share_table, table2, table3
 
@@ -58,14 +58,16 @@ def table_texts(rs: RecordSet, pap: paper.Paper, proj: Projection,
     }
 
 
-def render(records: list[Path], paper_path: Path, out_dir: Path
+def render(records: list[Path], paper_path: Path, out_dir: Path, skip_invalid: bool = False
            ) -> tuple[dict[str, str], list[figures.Skipped]]:
     """(text of each of TABLE_FILES, figures not drawn with why). Draws the figures into
-    out_dir, but only once every table has been built (a missing baseline writes nothing)."""
+    out_dir, but only once every table has been built (a missing baseline writes nothing).
+    skip_invalid: leave out records that fail validation, listed in every table's notes."""
     pap = paper.load(paper_path)
-    rs = group(load_records(records))
+    skipped: list[str] | None = [] if skip_invalid else None
+    rs = group(load_records(records, skipped))
     proj = project(pap)
-    notes = sweep_notes(rs)
+    notes = skipped_note(skipped or []) + sweep_notes(rs)
     texts = table_texts(rs, pap, proj, notes)
     texts["audit.md"] = audit.audit_markdown(audit.audit(pap), pap)
     _, not_drawn = figures.draw_all(rs, pap, proj, out_dir)

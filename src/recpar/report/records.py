@@ -43,17 +43,31 @@ class BaselineError(ValueError):
     """A sweep without a baseline record; the message says which table needs it."""
 
 
-def load_records(paths: Iterable[str | Path]) -> list[tuple[str, dict]]:
-    """(path, record) for each file, every one schema-validated; errors name the file."""
+def load_records(paths: Iterable[str | Path], skipped: list[str] | None = None
+                 ) -> list[tuple[str, dict]]:
+    """(path, record) for each file, every one schema-validated. A corrupt, partial or
+    older-schema record is an error naming the file; when `skipped` is given (`--skip-invalid`)
+    it is left out and its "<file>: <reason>" appended there instead, for the output to list."""
     out = []
     for p in paths:
         try:
             out.append((str(p), run_record.read(p)))
         except run_record.RecordError as e:
-            raise RecordsError(str(e)) from None
+            if skipped is None:
+                raise RecordsError(str(e)) from None
+            skipped.append(str(e))
     if not out:
-        raise RecordsError("no run records given")
+        raise RecordsError("no run records given" if not skipped else
+                           f"no valid run records ({len(skipped)} skipped: {skipped[0]} ...)")
     return out
+
+
+def skipped_note(skipped: list[str]) -> list[str]:
+    """The note every output built with --skip-invalid carries (empty when nothing was)."""
+    if not skipped:
+        return []
+    return [f"{len(skipped)} record(s) failed validation and were left out (--skip-invalid): "
+            + "; ".join(skipped)]
 
 
 def _canon(obj: Any) -> str:
