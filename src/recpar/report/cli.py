@@ -78,7 +78,6 @@ def cmd_tables(args) -> int:
     from recpar.atomic_write import write_text
     from recpar.report.figures import FIGURE_FILES
     from recpar.report.paper_tables import TABLE_FILES, render
-
     from recpar.train.record import RecordError, read
 
     records = expand_inputs(args.records)
