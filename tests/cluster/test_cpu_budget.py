@@ -185,3 +185,11 @@ def test_an_invalid_budget_fails_before_any_rank_starts(small_prepared, tmp_path
     assert r.returncode != 0
     assert "cpu budget: cores = 0.0 must be in (0, " in r.stderr
     assert not (tmp_path / "run" / "spec.json").exists()
+
+
+def test_a_budget_on_slurm_nodes_is_refused_before_any_rank_starts(small_prepared, tmp_path):
+    r = _train(["--scheme", "dp", "--dp", "2", "--nodes", "2", "--topology", "slurm",
+                "--cpu-budget", "0.5", "--data", str(small_prepared),
+                "--out", str(tmp_path / "run")])
+    assert r.returncode != 0
+    assert "--cpu-budget 0.5: CPU budgets emulate devices on one machine" in r.stderr

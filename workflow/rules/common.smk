@@ -48,12 +48,49 @@ def train_args(wildcards):
 # `auto` becomes `emulated` when an emulated cluster can be built here (root, namespaces, tc;
 # probed by building and removing a one-node cluster), else `local`; records and tables state
 # which one ran.
-TOPOLOGY, TOPOLOGY_WHY = resolve_topology(config["topology"])
+# `slurm` (run with --profile profiles/slurm): each run is a Slurm job of its own nodes, and
+# `recpar train --topology slurm` starts one srun task per node inside it.
+if config["topology"] == "slurm":
+    TOPOLOGY, TOPOLOGY_WHY = "slurm", "set in the config: one srun task per node of each job"
+else:
+    TOPOLOGY, TOPOLOGY_WHY = resolve_topology(config["topology"])
 print(f"recpar: topology {TOPOLOGY} ({TOPOLOGY_WHY})", file=sys.stderr)
 
 SWEEP = config["sweep"]
 SWEEP_NAME = SWEEP["name"]  # records under results/<dataset>/<name>/, tables paper_tables/<name>/
-SWEEP_RUNS = list(SWEEP["runs"])
+# sweep.exclude: runs merged in from the default config (--configfile merges, it does not
+# replace) that this grid does not run, e.g. the default's tiny runs in config/paper.yaml.
+_unknown = [r for r in SWEEP.get("exclude", []) if r not in SWEEP["runs"]]
+if _unknown:
+    raise ValueError(f"config sweep.exclude: {', '.join(map(repr, _unknown))} not a key of "
+                     f"sweep.runs")
+SWEEP_RUNS = [r for r in SWEEP["runs"] if r not in SWEEP.get("exclude", [])]
+
+
+# Slurm job geometry of each run (snakemake-executor-plugin-slurm resource names): its nodes,
+# and GPUs per node (gres) on cuda or one task per node on CPU (recpar.cluster.slurm).
+from recpar.cluster.slurm import job_resources
+
+TRAIN_DEVICE = {**config["train"], **SWEEP.get("train", {})}.get("device", "cpu")
+
+
+def _run_geometry(run):
+    opts = SWEEP["runs"][run]
+    nodes = opts.get("nodes", 1)
+    world = opts.get("dp", 1) * opts.get("tp", 1) * opts.get("pp", 1)
+    return nodes, max(1, world // nodes)
+
+
+def _slurm_resource(name):
+    return lambda w: job_resources(*_run_geometry(w.run), TRAIN_DEVICE)[name]
+
+
+# Only on the slurm topology: the local and emulated runs keep the resources they had.
+if TOPOLOGY == "slurm":
+    SWEEP_SLURM_RESOURCES = {k: _slurm_resource(k) for k in job_resources(1, 1, TRAIN_DEVICE)}
+    BASELINE_SLURM_RESOURCES = job_resources(1, 1, TRAIN_DEVICE)
+else:
+    SWEEP_SLURM_RESOURCES = BASELINE_SLURM_RESOURCES = {}
 
 
 def sweep_args(wildcards):
@@ -115,9 +152,9 @@ def quality_delta_target():
     """paper_tables/<sweep>/quality_delta.md when the sweep names a reference run."""
     if SWEEP.get("reference") is None:
         return []
-    if SWEEP["reference"] not in SWEEP["runs"]:
+    if SWEEP["reference"] not in SWEEP_RUNS:
         raise ValueError(f"config sweep.reference: {SWEEP['reference']!r} is not a key of "
-                         f"sweep.runs ({', '.join(SWEEP_RUNS)})")
+                         f"sweep.runs less sweep.exclude ({', '.join(SWEEP_RUNS)})")
     return [f"paper_tables/{SWEEP_NAME}/quality_delta.md"]
 
 

@@ -20,6 +20,7 @@ rule baseline:
         mem_mb=4096,
         runtime=60,
         timing_slot=1,
+        **BASELINE_SLURM_RESOURCES,
     shell:
         "recpar train --scheme baseline --data {params.data} --out {params.out}"
         " --model-size {wildcards.size} --seed {wildcards.seed} {params.args} --no-progress"
@@ -73,6 +74,8 @@ rule sweep_run:
         # One measured run at a time: runs sharing the cores would distort each other's
         # throughput (the profile caps timing_slot at 1).
         timing_slot=1,
+        # topology slurm: the job's nodes and GPUs (or tasks) per node, from the run's options
+        **SWEEP_SLURM_RESOURCES,
     shell:
         "recpar train --run-id {wildcards.run} --data {params.data} --out {params.out}"
         " --model-size {params.size} --seed {wildcards.seed} {params.args} --no-progress"

@@ -1,6 +1,9 @@
 """Start ranks on a topology with torchrun, wait for them, leave nothing behind.
 
 - `local`: `torchrun --standalone --nproc-per-node R <argv>`.
+- `slurm`: inside a Slurm allocation, one `srun` step with one task per node, each task starting
+  torchrun with c10d rendezvous on the step's first node (`recpar.cluster.slurm`); Slurm starts
+  and stops the agents on the other nodes.
 - `emulated`: one torchrun agent per node namespace (`ip netns exec <prefix>-n<i> torchrun
   --nnodes N --nproc-per-node R --rdzv-backend c10d --rdzv-endpoint
   198.18.0.1:<port> --local-addr <node addr> ...`), with GLOO_SOCKET_IFNAME set to the node's
@@ -26,7 +29,7 @@ import time
 import uuid
 from pathlib import Path
 
-from recpar.cluster import netns
+from recpar.cluster import netns, slurm
 from recpar.cluster.calibrate import package_env
 from recpar.cluster.netns import ClusterError
 from recpar.cluster.state import ClusterState
@@ -97,6 +100,17 @@ def agent_commands(topology: Topology, argv: list[str], state: ClusterState | No
     return out
 
 
+def slurm_commands(topology: Topology, argv: list[str], environ: dict[str, str] | None = None,
+                   rdzv_port: int = DEFAULT_RDZV_PORT,
+                   run=None) -> list[tuple[list[str], dict[str, str]]]:
+    """The one (srun command, extra env) of a `slurm` topology, after checking that this process
+    runs in an allocation with enough nodes (a wrong setting fails before any rank starts)."""
+    kw = {} if run is None else {"run": run}
+    alloc = slurm.check_allocation(topology, environ, **kw)
+    cmd = slurm.srun_command(topology, argv, alloc.job_id, rdzv_port=rdzv_port)
+    return [(cmd, topology.to_env())]
+
+
 def _proc_stat(pid: int) -> tuple[int, int] | None:
     """(parent pid, start time in clock ticks) of a live process, from /proc/<pid>/stat."""
     try:
@@ -162,7 +176,11 @@ def launch(topology: Topology, argv: list[str], env: dict[str, str] | None = Non
     `timeout_s`: kill everything and return 124 when the run takes longer.
     """
     state = None
-    if topology.kind == "emulated":
+    if topology.kind == "slurm":
+        if fault_schedule:
+            raise ValueError("launch: fault schedules need the emulated topology")
+        commands = slurm_commands(topology, argv, rdzv_port=rdzv_port)
+    elif topology.kind == "emulated":
         netns.require_root_and_iproute2("cluster launch")
         state = ClusterState.load(prefix, state_dir)
         # The record gets the measured link next to the configured one.
@@ -175,10 +193,13 @@ def launch(topology: Topology, argv: list[str], env: dict[str, str] | None = Non
                                "inter_loss": cal.inter_loss})
     elif fault_schedule:
         raise ValueError("launch: fault schedules need the emulated topology")
-    commands = agent_commands(topology, argv, state, log_dir, rdzv_port)
+    if topology.kind != "slurm":
+        commands = agent_commands(topology, argv, state, log_dir, rdzv_port)
     if log_dir is not None:
         Path(log_dir).mkdir(parents=True, exist_ok=True)
     base_env = package_env(env)
+    if topology.kind == "slurm":
+        base_env = slurm.srun_env(base_env)
     procs: list[subprocess.Popen] = []
     stop = threading.Event()
     sched_thread = None

@@ -53,10 +53,13 @@ def register(sub) -> None:
                      help="stage cut: balanced (profiled cost) | uniform (equal layer counts)")
     par.add_argument("--zero-stage", type=int, default=1, choices=[1, 2, 3],
                      help="ZeRO stage for scheme zero (DeepSpeed)")
-    par.add_argument("--topology", default="local", choices=["local", "emulated"],
-                     help="where ranks run; emulated needs `recpar cluster up` first")
+    par.add_argument("--topology", default="local", choices=["local", "emulated", "slurm"],
+                     help="where ranks run; emulated needs `recpar cluster up` first; slurm runs "
+                          "inside an allocation (sbatch, salloc, or --profile profiles/slurm): "
+                          "one srun task per node, torchrun on each")
     par.add_argument("--nodes", type=int, default=1,
-                     help="nodes the dp ranks are spread over (emulated: must match the cluster)")
+                     help="nodes the dp ranks are spread over (emulated: must match the cluster; "
+                          "slurm: at most the allocation's nodes)")
     par.add_argument("--grad-sync", default="ring", help="all-reduce algorithm: ring | hierarchical")
     par.add_argument("--compressor", default="none",
                      help="none | sign | topk | powersgd | fp16 | bf16")
@@ -212,6 +215,9 @@ def _cpu_budget(args):
         return None
     from recpar.cluster.cpu_budget import CpuBudget, unavailable_reason
 
+    if getattr(args, "topology", "local") == "slurm":
+        raise ValueError(f"--cpu-budget {cores}: CPU budgets emulate devices on one machine "
+                         "(topology local or emulated), not on a Slurm cluster's real nodes")
     budget = CpuBudget(cores=cores, period_us=args.cpu_budget_period_us)
     reason = unavailable_reason()
     if reason is not None:
