@@ -21,6 +21,7 @@ from recpar.cluster.calibrate import measure_pair, package_env
 from recpar.cluster.shaping import LinkShape, qdisc_stats
 
 from .conftest import TEST_PREFIX, needs_root
+from .udp import udp_delivered
 
 pytestmark = [pytest.mark.root, needs_root]
 
@@ -153,45 +154,12 @@ def test_kill_rank_fails_the_run_and_stops_the_others(cluster, tmp_path):
     assert not any(netns.namespace_pids(st.names.node_ns(i)) for i in range(2))
 
 
-_UDP_RECV = """
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 6001))
-s.settimeout(1.0); print("ready", flush=True); n = 0
-try:
-    while True:
-        s.recv(64); n += 1
-except OSError:
-    pass
-print(n)
-"""
-_UDP_SEND = """
-import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-for i in range(int(sys.argv[2])):
-    s.sendto(b"x", (sys.argv[1], 6001))
-    if i % 100 == 99:
-        time.sleep(0.005)
-"""
-
-
-def _udp_delivered(st, src, dst, count):
-    addr = st.names.node_addr(dst)
-    rx = subprocess.Popen(netns.netns_exec(st.names.node_ns(dst),
-                                           [sys.executable, "-c", _UDP_RECV, addr]),
-                          stdout=subprocess.PIPE, text=True)
-    assert rx.stdout.readline().strip() == "ready"
-    subprocess.run(netns.netns_exec(st.names.node_ns(src),
-                                    [sys.executable, "-c", _UDP_SEND, addr, str(count)]),
-                   check=True)
-    return int(rx.communicate(timeout=30)[0].strip())
-
-
 def test_live_link_change_rate_loss_and_reset(cluster):
     from recpar.cluster.fault import FaultEvent, link, run_schedule
 
     st = cluster(2, 1, LinkShape(1e8))
     fast = measure_pair(st, 0, 1, "bulk", seconds=0.5)["rate_bit_per_s"]
-    assert _udp_delivered(st, 0, 1, 200) == 200  # no loss configured: nothing lost
+    assert udp_delivered(st, 0, 1, 200) == 200  # no loss configured: nothing lost
     log = run_schedule(st, [FaultEvent(0.0, "link", {"node": 0, "rate": 1e7, "loss": 0.2})],
                        threading.Event(), cluster.state_dir)
     assert log[0]["ok"], log
@@ -199,12 +167,12 @@ def test_live_link_change_rate_loss_and_reset(cluster):
     assert st.node_shapes[0]["rate_bit_per_s"] == 1e7 and st.node_shapes[1]["rate_bit_per_s"] == 1e8
     # Path loss node 0 -> node 1 is now 20 % (node 1's end is unchanged and loses nothing):
     # of 2000 datagrams ~1600 arrive (binomial sd ~18; the bounds are > 10 sd wide).
-    got = _udp_delivered(st, 0, 1, 2000)
+    got = udp_delivered(st, 0, 1, 2000)
     assert 1400 < got < 1800, got
     slow = measure_pair(st, 0, 1, "bulk", seconds=0.5)["rate_bit_per_s"]
     assert slow < 0.2 * fast
     link(st, 0, reset=True, state_dir=cluster.state_dir)
-    assert _udp_delivered(st, 0, 1, 200) == 200
+    assert udp_delivered(st, 0, 1, 200) == 200
     back = measure_pair(st, 0, 1, "bulk", seconds=0.5)["rate_bit_per_s"]
     assert back > 5 * slow
 

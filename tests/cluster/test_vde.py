@@ -21,6 +21,7 @@ from recpar.cluster.netns import ClusterError
 from recpar.cluster.shaping import LinkShape
 
 from .conftest import TEST_PREFIX, needs_root
+from .udp import udp_delivered
 
 VDE_REASON = vde.unavailable_reason()
 needs_vde = pytest.mark.skipif(VDE_REASON is not None, reason=VDE_REASON or "")
@@ -216,37 +217,6 @@ def test_wirefilter_rate_caps_tcp_goodput(vcluster):
         assert max(got) > 0.85 * rate_bit_per_s, got
 
 
-_UDP_RECV = """
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 6001))
-s.settimeout(1.0); print("ready", flush=True); n = 0
-try:
-    while True:
-        s.recv(64); n += 1
-except OSError:
-    pass
-print(n)
-"""
-_UDP_SEND = """
-import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-for i in range(int(sys.argv[2])):
-    s.sendto(b"x", (sys.argv[1], 6001))
-    if i % 100 == 99:
-        time.sleep(0.005)
-"""
-
-
-def _udp_delivered(st, src, dst, count):
-    addr = st.names.node_addr(dst)
-    rx = subprocess.Popen(netns.netns_exec(st.names.node_ns(dst),
-                                           [sys.executable, "-c", _UDP_RECV, addr]),
-                          stdout=subprocess.PIPE, text=True)
-    assert rx.stdout.readline().strip() == "ready"
-    subprocess.run(netns.netns_exec(st.names.node_ns(src),
-                                    [sys.executable, "-c", _UDP_SEND, addr, str(count)]),
-                   check=True)
-    return int(rx.communicate(timeout=30)[0].strip())
 
 
 @pytest.mark.root
@@ -260,7 +230,7 @@ def test_loss_drops_frames_and_tcp_still_finishes(vcluster):
     assert res["bytes"] > 1e6 and res["rate_bit_per_s"] > 0
     # 5 % of 2000 datagrams are dropped on the sender's pass: ~1900 arrive (binomial sd ~10;
     # the bounds are 6 sd wide each side, and a path that drops nothing gives 2000).
-    got = _udp_delivered(st, 0, 1, 2000)
+    got = udp_delivered(st, 0, 1, 2000)
     assert 1840 < got < 1960, got
 
 
