@@ -130,16 +130,6 @@ def test_cluster_down_removes_the_groups_of_a_killed_run_and_keeps_a_live_one(tm
         assert not stale.exists() and live.path.exists()
 
 
-@needs_cgroup
-def test_remove_all_leaves_no_group():
-    ctl = cpu_budget.find_controller()
-    with budget_groups(CpuBudget(cores=0.5), ranks=2, tag="test-all") as groups:
-        names = cpu_budget.remove_all()
-        assert groups.path.name in names
-        assert not groups.path.exists()
-    assert _ours(ctl) == []
-
-
 COMMON = ["--model-size", "tiny", "--model-override", "max_seq_len=12", "--set", "max_epochs=1",
           "--set", "global_batch_size=128", "--set", "warmup_steps=1", "--set", "timed_steps=2",
           "--no-progress"]

@@ -10,7 +10,7 @@ whatever the number of devices (the scale model: N budgeted devices can be up to
 
 Layout: `<cpu controller>/recpar/<launcher pid>-<tag>/rank<k>`. The launcher pid names the
 owner: a group whose owner is gone (a killed run) is stale and removed by the next
-`budget_groups` and by `recpar cluster down` (`remove_stale`, `remove_all`).
+`budget_groups` and by `recpar cluster down` (`remove_stale`).
 
 Why written here: the kernel's cgroup files are the interface (cgroup v1 `cpu.cfs_quota_us` /
 `cpu.cfs_period_us` as mounted on this machine, v2 `cpu.max` elsewhere); systemd-run or
@@ -193,17 +193,6 @@ def remove_stale(ctl: Controller | None = None) -> list[str]:
             _remove_group(ctl, group)
             removed.append(group.name)
     return removed
-
-
-def remove_all() -> list[str]:
-    """Remove every group recpar made (`recpar cluster down`); [] where budgets are
-    unavailable."""
-    if unavailable_reason() is not None:
-        return []
-    ctl = find_controller()
-    names = [g.name for g in (ctl.root / ROOT_NAME).iterdir() if g.is_dir()]
-    _remove_group(ctl, ctl.root / ROOT_NAME)
-    return names
 
 
 @dataclass(frozen=True)
