@@ -29,7 +29,7 @@ $(STAMP): envs/requirements-cpu.txt pyproject.toml
 	touch $(STAMP)
 
 reproduce: $(STAMP)
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH snakemake --cores $(CORES) --profile profiles/default
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH snakemake --cores $(CORES) --profile profiles/local
 
 test: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q

@@ -200,7 +200,7 @@ def test_test_pipeline_through_the_slurm_profile_with_a_two_node_run(slurm_clust
     t0 = time.monotonic()
     r = subprocess.run(_in_ns(0, slurm_cluster["etc"], [
         snakemake, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
-        "--profile", str(ROOT / "profiles" / "slurm"), "--workflow-profile", "none",
+        "--profile", str(ROOT / "profiles" / "slurm"),
         "--slurm-init-seconds-before-status-checks", "2",
         "--default-resources", "slurm_partition=test", "runtime=20", "mem_mb=1000"]),
         env=_env(), capture_output=True, text=True, timeout=900)

@@ -78,7 +78,7 @@ def test_every_paper_run_fits_an_a100_40gb_and_the_config_states_the_estimate():
 
 @pytest.mark.skipif(SNAKEMAKE is None, reason="snakemake is not installed")
 def test_dry_run_lists_every_paper_job_with_its_slurm_resources():
-    r = _snakemake("-n", "--profile", "profiles/slurm", "--workflow-profile", "none",
+    r = _snakemake("-n", "--profile", "profiles/slurm",
                    "--configfile", "config/paper.yaml")
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
