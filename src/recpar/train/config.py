@@ -64,6 +64,8 @@ class TrainConfig:
                      "max_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"train.betas must be two numbers in [0, 1), got {self.betas!r}")
         if self.device not in ("cpu", "cuda"):
             raise ConfigError(f"train.device must be 'cpu' or 'cuda', got {self.device!r}")
         if self.early_stopping_metric not in ("ndcg_at_10", "hr_at_10"):
