@@ -13,39 +13,17 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from ..comm.mp_launch import skip_unless_ranks
+from .rank_procs import alive, rank_pid
 
 TIMEOUT_S = 10
 """collective_timeout_s of the run (short, so that the test is)."""
 EXIT_MARGIN_S = 60
 """After the error, torchrun stops the other rank: SIGTERM, and SIGKILL after its 30 s grace
 for a stopped process (a stopped process does not act on SIGTERM)."""
-
-
-def _rank_pid(spec: Path, rank: int) -> int | None:
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if b"recpar.train.worker" not in cmdline or str(spec).encode() not in cmdline:
-                continue
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"RANK={rank}".encode() in env:
-            return int(pid)
-    return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 @pytest.mark.multiprocess
@@ -66,7 +44,7 @@ def test_a_stopped_rank_ends_the_run_with_the_collective_named(small_prepared, t
         for line in p.stdout:  # rank 0's epoch lines: training is under way
             if "epoch=" in line:
                 break
-        stopped = _rank_pid(out / "spec.json", 1)
+        stopped = rank_pid(out / "spec.json", 1)
         assert stopped is not None, "rank 1's process not found"
         os.kill(stopped, signal.SIGSTOP)
         t0 = time.monotonic()
@@ -81,7 +59,7 @@ def test_a_stopped_rank_ends_the_run_with_the_collective_named(small_prepared, t
     finally:
         if p.poll() is None:
             p.kill()
-        if stopped is not None and _alive(stopped):
+        if stopped is not None and alive(stopped):
             os.kill(stopped, signal.SIGKILL)
     stderr = err_path.read_text()
     print(f"time to the error line {line_s} s, to the launcher's exit {exit_s:.1f} s")
@@ -93,4 +71,4 @@ def test_a_stopped_rank_ends_the_run_with_the_collective_named(small_prepared, t
     assert " on group [0, 1]" in lines[0] or " on the default group [0, 1]" in lines[0], lines[0]
     assert line_s is not None and line_s <= TIMEOUT_S + 10, line_s
     assert exit_s <= TIMEOUT_S + EXIT_MARGIN_S, exit_s
-    assert _rank_pid(out / "spec.json", 0) is None and _rank_pid(out / "spec.json", 1) is None
+    assert rank_pid(out / "spec.json", 0) is None and rank_pid(out / "spec.json", 1) is None
