@@ -183,8 +183,11 @@ def test_down_after_up_was_sigkilled_midway(tmp_path):
 @pytest.mark.root
 @needs_root
 @needs_vde
-@pytest.mark.parametrize("latency_ms", [4, 10])
+@pytest.mark.parametrize("latency_ms", [10, 20])
 def test_latency_set_by_up_is_measured_back_by_calibrate(vcluster, latency_ms):
+    """Within 10 % at the scale model's latencies (tens of ms). The VDE path adds a fixed
+    0.1-0.4 ms (wake-up and copying, more on a busy machine: 4 ms came back as 4.40 ms in a CI
+    run), so below ~5 ms it misses 10 %; the README states this."""
     from recpar.cluster.calibrate import calibrate
 
     st = vcluster(2, LinkShape(5e7, latency_s=latency_ms / 1e3))
