@@ -58,6 +58,7 @@ BUSY = [sys.executable, "-c", "while True: pass"]
 @needs_cgroup
 def test_groups_are_applied_enforced_and_removed():
     ctl = cpu_budget.find_controller()
+    others = _ours(ctl)
     budget = CpuBudget(cores=0.2)
     child = subprocess.Popen(BUSY)
     try:
@@ -82,6 +83,8 @@ def test_groups_are_applied_enforced_and_removed():
             throttled = groups.throttling()[1]
             assert throttled["throttled_periods_count"] > 0 and throttled["throttled_s"] > 0
         assert groups.path.name not in _ours(ctl)
+        if not others:  # nothing of recpar stays in the hierarchy
+            assert not (ctl.root / cpu_budget.ROOT_NAME).exists()
         assert child.poll() is None  # moved out, not killed
         root_procs = (ctl.root / "cgroup.procs").read_text().split()
         assert str(child.pid) in root_procs

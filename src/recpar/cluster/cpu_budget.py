@@ -115,8 +115,9 @@ class Controller:
                 "throttled_s": throttled_s}
 
 
-def find_controller() -> Controller:
-    """The writable cpu controller, or BudgetError saying why there is none."""
+def find_controller(make_top: bool = True) -> Controller:
+    """The writable cpu controller, or BudgetError saying why there is none; `make_top`
+    (re)makes the `recpar` group that holds the runs' groups."""
     if os.geteuid() != 0:
         raise BudgetError("a CPU budget needs root (it writes cgroup files)")
     if (V1_CPU / "cpu.cfs_quota_us").exists():
@@ -130,6 +131,10 @@ def find_controller() -> Controller:
         else:
             raise BudgetError("no cgroup cpu controller is mounted (looked for "
                               f"{V1_CPU}/cpu.cfs_quota_us and cgroup v2 cpu.max)")
+    if not os.access(ctl.root, os.W_OK):
+        raise BudgetError(f"the cgroup cpu controller at {ctl.root} is not writable")
+    if not make_top:
+        return ctl
     top = ctl.root / ROOT_NAME
     try:
         top.mkdir(exist_ok=True)
@@ -144,7 +149,7 @@ def find_controller() -> Controller:
 def unavailable_reason() -> str | None:
     """None when budgets can be applied here; otherwise the reason (for skips and errors)."""
     try:
-        find_controller()
+        find_controller(make_top=False)
     except BudgetError as e:
         return str(e)
     return None
@@ -185,14 +190,24 @@ def _owner(group: Path) -> int | None:
 
 def remove_stale(ctl: Controller | None = None) -> list[str]:
     """Remove the groups of runs whose launcher is gone; returns their names."""
-    ctl = ctl or find_controller()
+    ctl = ctl or find_controller(make_top=False)
+    if not (ctl.root / ROOT_NAME).is_dir():
+        return []
     removed = []
     for group in sorted((ctl.root / ROOT_NAME).iterdir()):
         owner = _owner(group)
         if group.is_dir() and (owner is None or not _pid_alive(owner)):
             _remove_group(ctl, group)
             removed.append(group.name)
+    _remove_top_if_empty(ctl)
     return removed
+
+
+def _remove_top_if_empty(ctl: Controller) -> None:
+    """rmdir the `recpar` group once no run uses it (the kernel refuses while a child exists;
+    the next run makes it again), so nothing of recpar stays in the hierarchy."""
+    with contextlib.suppress(OSError):
+        (ctl.root / ROOT_NAME).rmdir()
 
 
 @dataclass(frozen=True)
@@ -220,8 +235,8 @@ class BudgetGroups:
 def budget_groups(budget: CpuBudget, ranks: int, tag: str) -> Iterator[BudgetGroups]:
     """Make one budgeted group per rank (after removing stale ones); remove them on exit,
     whatever happens."""
-    ctl = find_controller()
-    remove_stale(ctl)
+    remove_stale()
+    ctl = find_controller()  # (re)makes the top group, which remove_stale removes when empty
     safe_tag = "".join(c if c.isalnum() or c in "._-" else "_" for c in tag)[:80]
     path = ctl.root / ROOT_NAME / f"{os.getpid()}-{safe_tag}"
     path.mkdir()
@@ -233,6 +248,7 @@ def budget_groups(budget: CpuBudget, ranks: int, tag: str) -> Iterator[BudgetGro
     finally:
         if path.exists():  # `recpar cluster down` may have removed it already
             _remove_group(ctl, path)
+        _remove_top_if_empty(ctl)
 
 
 _joined: Path | None = None
@@ -274,6 +290,6 @@ def own_throttling() -> dict:
 def leave() -> None:
     """Move this process back to the root group (before its group is removed)."""
     global _joined
-    ctl = find_controller()
+    ctl = find_controller(make_top=False)
     (ctl.root / "cgroup.procs").write_text(str(os.getpid()))
     _joined = None

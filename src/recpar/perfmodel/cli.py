@@ -217,7 +217,8 @@ def cmd_scale_model(args: argparse.Namespace) -> int:
         sm = scale_model(profile, measured["device_flops_per_s_mean"])
     except ValueError as e:
         raise _fail(str(e)) from None
-    out = {"scale_model": sm.to_record(), "cpu_budget": budget.to_record(find_controller().mechanism),
+    mechanism = find_controller(make_top=False).mechanism
+    out = {"scale_model": sm.to_record(), "cpu_budget": budget.to_record(mechanism),
            "device_measurement": measured,
            "definition": "dilation D = device / profile sustained FLOP/s; links: rate × D, "
                          "latency / D (recpar.perfmodel.dilation)"}

@@ -201,7 +201,7 @@ def _spec(args, scheme: str):
     if cpu_budget is not None:
         from recpar.cluster.cpu_budget import find_controller
 
-        topology["cpu_budget"] = cpu_budget.to_record(find_controller().mechanism)
+        topology["cpu_budget"] = cpu_budget.to_record(find_controller(make_top=False).mechanism)
     return RunSpec(data_dir=args.data, out_dir=args.out, run_id=run_id, model=model, train=train,
                    plan=plan, seed=args.seed, use_text=not args.no_text, topology=topology,
                    grad_sync=grad_sync, zero_stage=zero_stage, async_ps=async_ps,
