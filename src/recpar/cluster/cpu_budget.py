@@ -227,9 +227,6 @@ class BudgetGroups:
     def throttling(self) -> list[dict]:
         return [self.controller.throttling(self.path / f"rank{k}") for k in range(self.ranks)]
 
-    def to_record(self) -> dict:
-        return self.budget.to_record(self.controller.mechanism)
-
 
 @contextlib.contextmanager
 def budget_groups(budget: CpuBudget, ranks: int, tag: str) -> Iterator[BudgetGroups]:
