@@ -50,7 +50,7 @@ def test_srun_starts_one_task_per_node_for_4_nodes_of_8_gpus():
     assert cmd == ["srun", "--jobid=4242", "--nodes=4", "--ntasks=4", "--ntasks-per-node=1",
                    "--overlap", "--kill-on-bad-exit=1", "--export=ALL",
                    "/venv/bin/python", "-m", "recpar.cluster.slurm", "--nnodes", "4",
-                   "--nproc-per-node", "8", "--rdzv-port", "29500", "--",
+                   "--nproc-per-node", "8", "--rdzv-port", "29500", "--max-restarts", "0", "--",
                    "-m", "recpar.train.worker", "spec.json"]
 
 
@@ -72,7 +72,9 @@ def test_each_task_starts_torchrun_with_rendezvous_on_the_first_node(node_id):
     assert cmd[cmd.index("--rdzv-conf") + 1] == f"is_host={'true' if node_id == 0 else 'false'}"
     assert cmd[cmd.index("--local-addr") + 1] == ADDRS[me]
     assert cmd[-3:] == ["-m", "recpar.train.worker", "spec.json"]
-    assert extra == {"RECPAR_NODE_INDEX": str(node_id), "GLOO_SOCKET_IFNAME": "ib0"}
+    assert cmd[cmd.index("--max-restarts") + 1] == "0"
+    assert extra == {"RECPAR_NODE_INDEX": str(node_id), "GLOO_SOCKET_IFNAME": "ib0",
+                     "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
     assert seen == [ADDRS[me]]
 
 

@@ -33,8 +33,9 @@ def resume_after_kill(rank: int, world_size: int, out_dir: str) -> None:
     real_bcast = loop._bcast
 
     def kill_at_first_stop_check(obj, r, w):
-        # `stop = _bcast(stop, ...)` runs after engine-rank<r>.pt and last.pt of the epoch
-        # are written: the state a kill between epochs leaves behind.
+        # `stop = _bcast(stop, ...)` runs after the epoch's checkpoint generation
+        # (engine-rank<r>.pt, last.pt, manifest) is committed: what a kill between epochs
+        # leaves behind.
         if isinstance(obj, bool):
             raise SimulatedKill("after epoch 0")
         return real_bcast(obj, r, w)
@@ -49,7 +50,8 @@ def resume_after_kill(rank: int, world_size: int, out_dir: str) -> None:
     finally:
         loop._bcast = real_bcast
     res["record_after_kill"] = (spec.out_dir / "record.json").exists()
-    res["engine_files_after_kill"] = sorted(p.name for p in spec.out_dir.glob("engine-rank*.pt"))
+    res["engine_files_after_kill"] = sorted(
+        p.name for p in spec.out_dir.glob("checkpoints/*/engine-rank*.pt"))
     rec = loop.train(spec, progress=False)  # resumes from last.pt + engine-rank<r>.pt
     res["record"] = rec
     torch.save(res, out / f"rank{rank}.pt")

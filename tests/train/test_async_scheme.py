@@ -25,6 +25,11 @@ WORKERS = WORLD_SIZE - 1
 ASYNC = ["train", "--scheme", "async"]
 
 
+def _newest_generation(out):
+    """The checkpoint generation out/last.pt links to (engine state beside it)."""
+    return (out / "last.pt").resolve().parent
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--dp", "1"], "scheme async needs dp >= 2 ranks"),
     (["--dp", "2", "--tp", "2"], "scheme async is data-parallel only"),
@@ -80,7 +85,7 @@ def test_async_cli_run_writes_a_valid_record(small_prepared, tmp_path):
     assert rec["timing"]["timed_steps"] == 4
     # What rank 0 validated and checkpointed is the server's own weights.
     last = torch.load(out / "last.pt", weights_only=False)
-    server = torch.load(out / "engine-rank0.pt", weights_only=False)["state"]
+    server = torch.load(_newest_generation(out) / "engine-rank0.pt", weights_only=False)["state"]
     assert server["version"] == m["async_updates_count"]
     for k, v in server["model"].items():
         assert torch.equal(last["model"][k], v), k
@@ -222,7 +227,7 @@ def test_async_killed_after_epoch_0_resumes_with_the_servers_state(small_prepare
     assert m["async_updates_count"] == WORKERS * steps
     assert {k: v for k, v in m.items() if re.fullmatch(r"updates_rank\d+_count", k)} == \
         {"updates_rank1_count": steps, "updates_rank2_count": steps}
-    server = torch.load(out / "engine-rank0.pt", weights_only=False)["state"]
+    server = torch.load(_newest_generation(out) / "engine-rank0.pt", weights_only=False)["state"]
     assert server["version"] == WORKERS * steps
     # AdamW's per-parameter step counts every update of both epochs (a fresh optimiser on
     # resume would count epoch 1's only)

@@ -48,7 +48,8 @@ def test_deepspeed_pipeline_equals_single_device(small_prepared, baseline_run, t
     assert rec["scheme"] == "deepspeed" and rec["run_id"] == run_id
     assert (rec["plan"]["dp"], rec["plan"]["pp"], rec["plan"]["world_size"]) == (dp, pp, dp * pp)
     assert rec["plan"]["num_microbatches"] == 2 * pp  # the CLI's default
-    assert (out / "deepspeed" / "last").is_dir()  # DeepSpeed's own checkpoint for resume
+    # DeepSpeed's own checkpoint for resume, in the newest checkpoint generation
+    assert ((out / "last.pt").resolve().parent / "deepspeed" / "last").is_dir()
     base = record.read(baseline_run / "record.json")
     assert rec["metrics"]["steps_count"] == base["metrics"]["steps_count"] == 10
     worst = _max_weight_diff(baseline_run, out)

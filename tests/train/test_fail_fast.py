@@ -35,7 +35,10 @@ def test_a_stopped_rank_ends_the_run_with_the_collective_named(small_prepared, t
            "--data", str(small_prepared), "--out", str(out), "--model-size", "tiny",
            "--model-override", "max_seq_len=12", "--set", "max_epochs=200",
            "--set", "patience=200", "--set", "global_batch_size=128",
-           "--set", f"collective_timeout_s={TIMEOUT_S}", "--no-progress"]
+           "--set", f"collective_timeout_s={TIMEOUT_S}", "--no-progress",
+           # The error path itself: with restarts (the default), torchrun would replace the
+           # stopped rank and resume (tests/train/test_elastic_restart.py).
+           "--max-restarts", "0"]
     with err_path.open("w") as err:
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
                              env=dict(os.environ, OMP_NUM_THREADS="1"))

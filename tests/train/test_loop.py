@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from recpar.model.config import ModelConfig
-from recpar.train import checkpoint, loop, record
+from recpar.train import checkpoint_generations, loop, record
 from recpar.train.checkpoint import CheckpointError
 from recpar.train.config import TrainConfig
 from recpar.train.loop import DataMissingError, train
@@ -55,21 +55,20 @@ def test_same_seed_same_weights_other_seed_differs(small_prepared, tmp_path):
 def test_interrupted_run_resumes_to_the_same_result(small_prepared, tmp_path, monkeypatch):
     train(_spec(small_prepared, tmp_path / "ref"), progress=False)
 
-    real_save = checkpoint.save
-    saves = {"last": 0}
+    real_commit = checkpoint_generations.commit
+    commits = {"n": 0}
 
-    def crash_after_first_epoch(path, state):
-        real_save(path, state)
-        if path.name == "last.pt":
-            saves["last"] += 1
-            if saves["last"] == 1:
-                raise KeyboardInterrupt("simulated kill after epoch 0")
+    def crash_after_first_epoch(gen_dir, state):
+        real_commit(gen_dir, state)  # epoch 0's checkpoint generation is complete
+        commits["n"] += 1
+        if commits["n"] == 1:
+            raise KeyboardInterrupt("simulated kill after epoch 0")
 
-    monkeypatch.setattr(checkpoint, "save", crash_after_first_epoch)
+    monkeypatch.setattr(checkpoint_generations, "commit", crash_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         train(_spec(small_prepared, tmp_path / "run"), progress=False)
     assert not (tmp_path / "run" / "record.json").exists()
-    monkeypatch.setattr(checkpoint, "save", real_save)
+    monkeypatch.setattr(checkpoint_generations, "commit", real_commit)
     rec = train(_spec(small_prepared, tmp_path / "run"), progress=False)
     assert rec["notes"][0] == "resumed from last.pt after epoch 0"
     ref = record.read(tmp_path / "ref" / "record.json")

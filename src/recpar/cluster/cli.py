@@ -116,7 +116,8 @@ def _cmd_launch(a: argparse.Namespace) -> int:
             topo = Topology("local", 1, a.nproc_per_node)
         sched = load_schedule(a.fault_schedule) if a.fault_schedule else None
         return launch(topo, argv, log_dir=a.log_dir, prefix=a.prefix, state_dir=a.state_dir,
-                      rdzv_port=a.rdzv_port, fault_schedule=sched, timeout_s=a.timeout_s)
+                      rdzv_port=a.rdzv_port, fault_schedule=sched, timeout_s=a.timeout_s,
+                      max_restarts=a.max_restarts)
     except (ClusterError, ValueError, FileNotFoundError) as e:
         raise _fail(e) from None
 
@@ -240,6 +241,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rdzv-port", type=int, default=29400)
     p.add_argument("--fault-schedule", default=None, help="YAML fault schedule to run alongside")
     p.add_argument("--timeout-s", type=float, default=None, help="kill the run after this long")
+    p.add_argument("--max-restarts", type=int, default=0,
+                   help="torchrun --max-restarts: restart every rank this often after one fails "
+                        "(default 0: a failure ends the run)")
     p.add_argument("command", nargs=argparse.REMAINDER,
                    help="after --: what torchrun runs (script + args, or -m module ...)")
     _common(p)

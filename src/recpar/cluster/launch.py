@@ -29,7 +29,7 @@ import time
 import uuid
 from pathlib import Path
 
-from recpar.cluster import netns, slurm
+from recpar.cluster import elastic, netns, slurm
 from recpar.cluster.calibrate import package_env
 from recpar.cluster.netns import ClusterError
 from recpar.cluster.state import ClusterState
@@ -55,12 +55,15 @@ def _die_with_parent() -> None:
 
 def agent_commands(topology: Topology, argv: list[str], state: ClusterState | None = None,
                    log_dir: str | os.PathLike | None = None, rdzv_port: int = DEFAULT_RDZV_PORT,
-                   rdzv_id: str | None = None) -> list[tuple[list[str], dict[str, str]]]:
-    """(command, extra env) for each torchrun agent; pure, so it is unit-testable."""
+                   rdzv_id: str | None = None, max_restarts: int = 0,
+                   ) -> list[tuple[list[str], dict[str, str]]]:
+    """(command, extra env) for each torchrun agent; pure, so it is unit-testable.
+    `max_restarts`: torchrun's restarts of the ranks after a failure (recpar.cluster.elastic)."""
     if not argv:
         raise ValueError("launch: empty command (give a script and its arguments, or -m module)")
-    common = ["--nproc-per-node", str(topology.ranks_per_node), "--max-restarts", "0"]
-    env_topo = topology.to_env()
+    common = ["--nproc-per-node", str(topology.ranks_per_node),
+              *elastic.restart_args(max_restarts)]
+    env_topo = {**topology.to_env(), **elastic.AGENT_ENV}
     if topology.kind == "local":
         cmd = [*_torchrun(), "--standalone", *common]
         if log_dir is not None:
@@ -82,7 +85,8 @@ def agent_commands(topology: Topology, argv: list[str], state: ClusterState | No
     out = []
     for i in range(topology.nodes):
         cmd = [*_torchrun(), "--nnodes", str(topology.nodes), *common,
-               # No --node-rank: c10d rendezvous assigns node ranks in join order (torchrun
+               # No --node-rank: c10d rendezvous numbers the nodes in the sorted order of
+               # (--local-addr, agent pid), the same in every round of a restart (torchrun
                # ignores --node-rank with a warning); each agent's ranks stay contiguous.
                "--rdzv-backend", "c10d",
                "--rdzv-endpoint", f"{names.node_addr(0)}:{rdzv_port}", "--rdzv-id", rdzv_id,
@@ -101,13 +105,14 @@ def agent_commands(topology: Topology, argv: list[str], state: ClusterState | No
 
 
 def slurm_commands(topology: Topology, argv: list[str], environ: dict[str, str] | None = None,
-                   rdzv_port: int = DEFAULT_RDZV_PORT,
-                   run=None) -> list[tuple[list[str], dict[str, str]]]:
+                   rdzv_port: int = DEFAULT_RDZV_PORT, run=None,
+                   max_restarts: int = 0) -> list[tuple[list[str], dict[str, str]]]:
     """The one (srun command, extra env) of a `slurm` topology, after checking that this process
     runs in an allocation with enough nodes (a wrong setting fails before any rank starts)."""
     kw = {} if run is None else {"run": run}
     alloc = slurm.check_allocation(topology, environ, **kw)
-    cmd = slurm.srun_command(topology, argv, alloc.job_id, rdzv_port=rdzv_port)
+    cmd = slurm.srun_command(topology, argv, alloc.job_id, rdzv_port=rdzv_port,
+                             max_restarts=max_restarts)
     return [(cmd, topology.to_env())]
 
 
@@ -168,9 +173,13 @@ def _kill_group(proc: subprocess.Popen, sig: int) -> None:
 def launch(topology: Topology, argv: list[str], env: dict[str, str] | None = None,
            log_dir: str | os.PathLike | None = None, *, prefix: str = netns.DEFAULT_PREFIX,
            state_dir: str | os.PathLike | None = None, rdzv_port: int = DEFAULT_RDZV_PORT,
-           fault_schedule: list | None = None, timeout_s: float | None = None) -> int:
+           fault_schedule: list | None = None, timeout_s: float | None = None,
+           max_restarts: int = 0) -> int:
     """Run `argv` (what follows torchrun's options: a script and its args, or `-m module ...`)
     on `topology`; return 0 or the first non-zero exit code of an agent.
+
+    `max_restarts`: how often torchrun restarts the ranks after one fails (each agent's own
+    budget; an agent exits non-zero only when its budget is spent).
 
     `fault_schedule`: parsed events (recpar.cluster.fault.load_schedule) run alongside.
     `timeout_s`: kill everything and return 124 when the run takes longer.
@@ -179,7 +188,8 @@ def launch(topology: Topology, argv: list[str], env: dict[str, str] | None = Non
     if topology.kind == "slurm":
         if fault_schedule:
             raise ValueError("launch: fault schedules need the emulated topology")
-        commands = slurm_commands(topology, argv, rdzv_port=rdzv_port)
+        commands = slurm_commands(topology, argv, rdzv_port=rdzv_port,
+                                  max_restarts=max_restarts)
     elif topology.kind == "emulated":
         netns.require_root_and_iproute2("cluster launch")
         state = ClusterState.load(prefix, state_dir)
@@ -194,7 +204,8 @@ def launch(topology: Topology, argv: list[str], env: dict[str, str] | None = Non
     elif fault_schedule:
         raise ValueError("launch: fault schedules need the emulated topology")
     if topology.kind != "slurm":
-        commands = agent_commands(topology, argv, state, log_dir, rdzv_port)
+        commands = agent_commands(topology, argv, state, log_dir, rdzv_port,
+                                  max_restarts=max_restarts)
     if log_dir is not None:
         Path(log_dir).mkdir(parents=True, exist_ok=True)
     base_env = package_env(env)

@@ -40,6 +40,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
+from recpar.cluster import elastic
 from recpar.cluster.topology import Topology
 
 DEFAULT_RDZV_PORT = 29400
@@ -135,7 +136,7 @@ def srun_env(environ: Mapping[str, str]) -> dict[str, str]:
 
 def srun_command(topology: Topology, argv: Sequence[str], jid: str,
                  rdzv_port: int = DEFAULT_RDZV_PORT,
-                 python: str | None = None) -> list[str]:
+                 python: str | None = None, max_restarts: int = 0) -> list[str]:
     """The one `srun` that starts the run: one task per node, each running `task_main`.
 
     `--overlap`: the step may share CPUs, memory and GPUs with the step `recpar train` itself
@@ -151,7 +152,7 @@ def srun_command(topology: Topology, argv: Sequence[str], jid: str,
             "--overlap", "--kill-on-bad-exit=1", "--export=ALL",
             python or sys.executable, "-m", "recpar.cluster.slurm",
             "--nnodes", n, "--nproc-per-node", str(topology.ranks_per_node),
-            "--rdzv-port", str(rdzv_port), "--", *argv]
+            "--rdzv-port", str(rdzv_port), *elastic.restart_args(max_restarts), "--", *argv]
 
 
 def job_resources(nodes: int, ranks_per_node: int, device: str) -> dict:
@@ -205,7 +206,7 @@ def torchrun_command(environ: Mapping[str, str], nnodes: int, nproc_per_node: in
                      argv: Sequence[str], rdzv_port: int = DEFAULT_RDZV_PORT,
                      run: Runner = _run,
                      find_interface: Callable[[str], str | None] = interface_of,
-                     ) -> tuple[list[str], dict[str, str]]:
+                     max_restarts: int = 0) -> tuple[list[str], dict[str, str]]:
     """(torchrun argv, env additions) for this srun task; pure given `run`, so unit-testable."""
     missing = [v for v in ("SLURM_JOB_ID", "SLURMD_NODENAME", "SLURM_NODEID")
                if not environ.get(v)]
@@ -224,15 +225,16 @@ def torchrun_command(environ: Mapping[str, str], nnodes: int, nproc_per_node: in
     step = environ.get("SLURM_STEP_ID", "0")
     cmd = [sys.executable, "-m", "torch.distributed.run",
            "--nnodes", str(nnodes), "--nproc-per-node", str(nproc_per_node),
-           "--max-restarts", "0",
-           # No --node-rank: c10d assigns node ranks in join order; each node's ranks stay
+           *elastic.restart_args(max_restarts),
+           # No --node-rank: c10d numbers the nodes in the sorted order of (--local-addr,
+           # agent pid), the same in every round of a restart; each node's ranks stay
            # contiguous.
            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"{first_addr}:{rdzv_port}",
            "--rdzv-id", f"slurm-{environ['SLURM_JOB_ID']}.{step}",
            # The first node's agent hosts the rendezvous store (no host name guessing).
            "--rdzv-conf", f"is_host={'true' if me == names[0] else 'false'}",
            "--local-addr", my_addr, *argv]
-    env = {"RECPAR_NODE_INDEX": environ["SLURM_NODEID"]}
+    env = {"RECPAR_NODE_INDEX": environ["SLURM_NODEID"], **elastic.AGENT_ENV}
     if not environ.get("GLOO_SOCKET_IFNAME"):
         dev = find_interface(my_addr)
         if dev is not None:
@@ -247,12 +249,14 @@ def main(args: Sequence[str] | None = None) -> int:
     p.add_argument("--nnodes", type=int, required=True)
     p.add_argument("--nproc-per-node", type=int, required=True)
     p.add_argument("--rdzv-port", type=int, default=DEFAULT_RDZV_PORT)
+    p.add_argument("--max-restarts", type=int, default=0)
     p.add_argument("command", nargs=argparse.REMAINDER)
     a = p.parse_args(args)
     argv = a.command[1:] if a.command[:1] == ["--"] else a.command
     try:
-        cmd, extra = torchrun_command(os.environ, a.nnodes, a.nproc_per_node, argv, a.rdzv_port)
-    except SlurmError as e:
+        cmd, extra = torchrun_command(os.environ, a.nnodes, a.nproc_per_node, argv, a.rdzv_port,
+                                      max_restarts=a.max_restarts)
+    except (SlurmError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     sys.stdout.flush()

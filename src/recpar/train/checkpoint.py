@@ -3,6 +3,8 @@
 Both are written atomically (temp file + rename), so a run killed while saving leaves the
 previous checkpoint intact. A checkpoint carries a fingerprint of the run's configuration; a
 resume with a different configuration is refused with both fingerprints in the message.
+`last.pt` is one file of a checkpoint generation (`recpar.train.checkpoint_generations`: the
+last two kept, checksummed, a damaged one falls back to the previous).
 """
 
 from __future__ import annotations

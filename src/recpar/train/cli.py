@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from recpar.cluster.elastic import DEFAULT_MAX_RESTARTS
 from recpar.parallel.plan import SCHEMES, ParallelPlan
 
 
@@ -35,10 +36,10 @@ def register(sub) -> None:
     p.add_argument("--scheme", default="baseline", choices=SCHEMES)
     _add_common(p)
     p.add_argument("--replace-stale", action="store_true",
-                   help="if --out holds a run of another configuration (its last.pt has another "
-                        "fingerprint), move it to <out>.replaced-<UTC time> and start fresh; a "
-                        "run of the same configuration still resumes (what the workflow uses "
-                        "when a run's settings change)")
+                   help="if --out holds a run of another configuration (its checkpoints have "
+                        "another fingerprint), move it to <out>.replaced-<UTC time> and start "
+                        "fresh; a run of the same configuration still resumes (what the workflow "
+                        "uses when a run's settings change)")
     par = p.add_argument_group("parallelism")
     par.add_argument("--dp", type=int, default=1, help="data-parallel degree (ranks)")
     par.add_argument("--tp", type=int, default=1,
@@ -70,6 +71,11 @@ def register(sub) -> None:
     par.add_argument("--bucket-size", type=int, default=None,
                      help="gradient bucket size in elements (megatron-core bucket_size)")
     par.add_argument("--timeout-s", type=float, default=None, help="kill the job after this long")
+    par.add_argument("--max-restarts", type=int, default=DEFAULT_MAX_RESTARTS, metavar="N",
+                     help="when a rank dies, restart every rank from the last complete "
+                          "checkpoint up to N times (torchrun --max-restarts; the record counts "
+                          "restarts, lost steps and lost time); 0: a lost rank ends the run. No "
+                          "effect on scheme baseline (one process, no torchrun)")
     par.add_argument("--cpu-budget", type=float, default=None, metavar="CORES",
                      help="run every device (rank, or the single device) in its own CPU cgroup "
                           "limited to CORES CPU-seconds per second, one intra-op thread (needs "
@@ -292,6 +298,9 @@ def cmd_train(args) -> int:
     if args.scheme == "baseline" and (args.dp, args.tp, args.pp) != (1, 1, 1):
         raise ValueError(f"scheme baseline runs on one device; got --dp {args.dp} --tp "
                          f"{args.tp} --pp {args.pp} (use --scheme dp, mp or hybrid)")
+    from recpar.cluster.elastic import restart_args
+
+    restart_args(args.max_restarts)  # a bad count fails here, not in torchrun
     spec = _spec(args, args.scheme)  # everything validated before any rank starts
     if args.replace_stale:
         from recpar.train.loop import replace_stale_run
@@ -335,7 +344,7 @@ def _launch_ranks(spec, args) -> dict:
             env = {"OMP_NUM_THREADS": str(spec.cpu_budget.intra_op_threads),
                    ENV_DIR: str(groups.dir)}
         code = launch(topo, ["-m", "recpar.train.worker", str(spec_path)], env=env,
-                      timeout_s=args.timeout_s)
+                      timeout_s=args.timeout_s, max_restarts=args.max_restarts)
     if code != 0:
         raise RuntimeError(f"recpar train: ranks exited with code {code} (see the log above)")
     return record.read(spec.out_dir / "record.json")

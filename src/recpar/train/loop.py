@@ -14,7 +14,9 @@ protocols (`recpar.train.validation`) -> write the run record (rank 0,
 Checkpoints: `last.pt` and `best.pt` hold the full single-device weights whatever the plan
 (so any two runs compare key by key); each rank's training state (weights or shard,
 optimiser, gradient-sync residuals) lives in `engine-rank<r>.pt` or the engine's own format.
-An interrupted run resumes from them.
+One generation per epoch (`checkpoints/epoch-<n>/`: engine state, last.pt, a checksummed
+manifest), the last two kept (`recpar.train.checkpoint_generations`); an interrupted run
+resumes from the newest undamaged one.
 """
 
 from __future__ import annotations
@@ -40,10 +42,11 @@ from recpar.model.config import ModelConfig
 from recpar.model.loss import valid_positions
 from recpar.model.recommender import Recommender
 from recpar.model.sequences import build_training_sequences
-from recpar.train import checkpoint, record
+from recpar.train import checkpoint, checkpoint_generations, record
 from recpar.train.config import TrainConfig
 from recpar.train.engines import Engine, EngineContext, build_engine
 from recpar.train.memory import model_state_gib
+from recpar.train.restarts import RestartTracker
 from recpar.train.run_record import base_record, training_metrics
 from recpar.train.spec import RunSpec
 from recpar.train.timing import StepWindow, peak_rss_gib
@@ -128,23 +131,18 @@ def run_fingerprint(spec: RunSpec, ds: PreparedDataset, model_cfg: ModelConfig |
 
 
 def replace_stale_run(spec: RunSpec) -> Path | None:
-    """If `spec.out_dir` holds a run of another configuration (last.pt with another
-    fingerprint, or unreadable), move the directory aside to `<out>.replaced-<UTC time>` so this
-    run starts fresh, and return where it went; a run of the same configuration stays (it
+    """If `spec.out_dir` holds a run of another configuration (checkpoints with another
+    fingerprint, or unreadable ones), move the directory aside to `<out>.replaced-<UTC time>` so
+    this run starts fresh, and return where it went; a run of the same configuration stays (it
     resumes). Nothing is deleted."""
     out = Path(spec.out_dir)
-    last = out / "last.pt"
-    if not last.exists():
+    stored = checkpoint_generations.stored_fingerprint(out)
+    if stored is None or stored == run_fingerprint(spec, PreparedDataset.load(spec.data_dir)):
         return None
-    fp = run_fingerprint(spec, PreparedDataset.load(spec.data_dir))
-    try:
-        checkpoint.load(last, expect_fingerprint=fp)
-        return None
-    except checkpoint.CheckpointError:
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        dest = out.with_name(f"{out.name}.replaced-{stamp}")
-        out.rename(dest)
-        return dest
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dest = out.with_name(f"{out.name}.replaced-{stamp}")
+    out.rename(dest)
+    return dest
 
 
 def train(spec: RunSpec, progress: bool = True) -> dict | None:
@@ -156,6 +154,8 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
     timed = _Timed(StepWindow(run.cfg.warmup_steps, run.cfg.timed_steps, run.cfg.device))
     scorer = (EvalCopy(run.model_cfg, run.ds.n_items, run.text_emb, run.device, run.world)
               if run.rank == 0 else None)
+    # After a torchrun restart: what the dead attempt had done (recpar.train.restarts).
+    run.restarts = RestartTracker.begin(run.out, run.rank, state.step)
     t_train0 = time.perf_counter()
     for epoch in range(state.start_epoch, run.cfg.max_epochs):
         entry = _train_epoch(run, state, timed, epoch)
@@ -168,6 +168,7 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
         state.history.append(entry)
         _log_epoch(run, entry)
         _save_epoch(run, state, epoch, full)
+        run.restarts.committed(state.step)
         state.stop = _bcast(state.stop, run.rank, run.world)
         if state.stop:
             break
@@ -201,6 +202,8 @@ class _Run:
     """Rank 0's valid/test examples (`eval_examples`); None on other ranks."""
     fingerprint: str
     out: Path
+    restarts: RestartTracker = field(default_factory=RestartTracker.disabled)
+    """Rank 0's progress and restart bookkeeping (set when training starts)."""
 
     @property
     def n_seq(self) -> int:
@@ -288,15 +291,20 @@ def _set_up(spec: RunSpec, progress: bool) -> _Run:
 
 
 def _resume(run: _Run) -> _Progress:
-    """After the epoch last.pt saved (engine state and RNG state restored), or from scratch."""
-    if not run.last_path.exists():
+    """After the newest undamaged checkpoint generation (engine state and RNG state restored;
+    damaged newer ones named in the notes), or from scratch."""
+    found = checkpoint_generations.resume_point(run.out, run.fingerprint, run.rank, run.world)
+    if found is None:
         return _Progress()
-    state = checkpoint.load(run.last_path, expect_fingerprint=run.fingerprint)
-    run.engine.load(run.out, run.fingerprint)
-    checkpoint.set_rng_state(state["rng"])
+    state = checkpoint.load(found.last_path, expect_fingerprint=run.fingerprint)
+    run.engine.load(found.path, run.fingerprint)
+    # Each rank's own RNG state: ranks draw differently (dropout on an uneven last batch), so
+    # rank 0's alone would change the other ranks' draws (older checkpoints kept only it).
+    checkpoint.set_rng_state((state.get("rng_by_rank") or [state["rng"]] * run.world)[run.rank])
     return _Progress(start_epoch=state["epoch"] + 1, step=state["step"], best=state["best"],
                      bad_epochs=state["bad_epochs"], history=state["history"],
-                     notes=[f"resumed from {run.last_path.name} after epoch {state['epoch']}"])
+                     notes=[f"resumed from {run.last_path.name} after epoch {state['epoch']}",
+                            *found.notes])
 
 
 def _train_epoch(run: _Run, state: _Progress, timed: _Timed, epoch: int) -> dict:
@@ -316,6 +324,7 @@ def _train_epoch(run: _Run, state: _Progress, timed: _Timed, epoch: int) -> dict
     losses = engine.run_epoch(run.inputs, run.targets, epoch_batches, timed.window)
     if losses is not None:
         state.step += len(epoch_batches)
+        run.restarts.step_done(state.step)
         state.stop = bool(cfg.max_steps) and state.step >= cfg.max_steps
     else:
         losses = _step_batches(run, state, timed, batches, epoch)
@@ -345,6 +354,7 @@ def _step_batches(run: _Run, state: _Progress, timed: _Timed, batches: list[torc
             timed.comm_stats = engine.window_closed(window.steps_in_window)
         losses.append(res.loss_mean)
         state.step += 1
+        run.restarts.step_done(state.step)
         if run.cfg.max_steps and state.step >= run.cfg.max_steps:
             state.stop = True
             break
@@ -395,16 +405,27 @@ def _log_epoch(run: _Run, entry: dict) -> None:
 
 
 def _save_epoch(run: _Run, state: _Progress, epoch: int, full: dict | None) -> None:
-    """Engine state first (every rank), then last.pt: last.pt is the commit marker."""
-    run.engine.save(run.out, run.fingerprint)
+    """Engine state first (every rank) into this epoch's generation, then rank 0 commits it
+    (last.pt, then the checksummed manifest)."""
+    gen = checkpoint_generations.generation_dir(run.out, epoch)
+    run.engine.save(gen, run.fingerprint)
     if run.world > 1:
         dist.barrier()
+    rngs = _every_rank(checkpoint.rng_state(), run.world)
     if run.rank == 0:
-        checkpoint.save(run.last_path, {"model": full, "rng": checkpoint.rng_state(),
-                                        "epoch": epoch, "step": state.step, "best": state.best,
-                                        "bad_epochs": state.bad_epochs, "history": state.history,
-                                        "plan": run.spec.plan.to_record(),
-                                        "fingerprint": run.fingerprint})
+        checkpoint_generations.commit(gen, {
+            "model": full, "rng": rngs[0], "rng_by_rank": rngs, "epoch": epoch, "step": state.step,
+            "best": state.best, "bad_epochs": state.bad_epochs, "history": state.history,
+            "plan": run.spec.plan.to_record(), "fingerprint": run.fingerprint})
+
+
+def _every_rank(obj, world: int) -> list:
+    """Every rank's value of a small Python object, on every rank (a collective)."""
+    if world == 1:
+        return [obj]
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def _gather_measurements(run: _Run, timed: _Timed, t_train0: float) -> _Measured:
@@ -459,6 +480,8 @@ def _write_record(run: _Run, state: _Progress, timed: _Timed, measured: _Measure
     if run.engine.loss_is_estimate:
         state.notes.append("train_loss with dp > 1 is rank 0's share x dp (an estimate of the "
                            "global mean)")
+    metrics.update(run.restarts.metrics())
+    state.notes.extend(run.restarts.notes(run.spec.plan.scheme))
     rec["metrics"] = metrics
     rec["quality"] = quality
     rec["history"] = state.history
