@@ -47,3 +47,28 @@ def test_bad_schedules_name_file_entry_and_value(tmp_path, text, msg):
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="fault schedule not found"):
         load_schedule(tmp_path / "nope.yaml")
+
+
+def test_run_schedule_writes_its_log_as_each_event_happens(tmp_path):
+    """The launcher's log (what a run's record reads): every event with when it was applied
+    and whether it worked; a failing event is logged, not raised."""
+    import json
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from recpar.cluster.fault import parse_event, run_schedule
+
+    # No cluster: a kill-rank on a namespace that does not exist finds no rank and fails.
+    state = SimpleNamespace(nodes=1, names=SimpleNamespace(node_ns=lambda i: "rpt-none-n0"))
+    events = [parse_event({"at_s": 0.0, "action": "kill-rank", "args": {"node": 0}}, "e0"),
+              parse_event({"at_s": 0.2, "action": "kill-rank", "args": {"node": 0}}, "e1")]
+    path = tmp_path / "faults.json"
+    t0 = time.time()
+    log = run_schedule(state, events, threading.Event(), log_path=path)
+    written = json.loads(path.read_text())
+    assert written == json.loads(json.dumps(log)) and len(written) == 2
+    assert [e["ok"] for e in written] == [False, False]
+    assert "no rank with local_rank 0 is running on node 0" in written[0]["error"]
+    assert t0 <= written[0]["unix_s"] < written[1]["unix_s"] <= time.time()
+    assert written[1]["started_s"] >= 0.2

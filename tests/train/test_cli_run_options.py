@@ -1,6 +1,7 @@
 """`recpar train --run-options`: the sweep's option mappings become the same flags."""
 
 import pytest
+import yaml
 
 from recpar.cli import build_parser
 from recpar.train.cli import apply_run_options
@@ -41,3 +42,42 @@ def test_set_values_parse_exponent_floats_as_numbers(text, value):
     from recpar.train.cli import parse_value
 
     assert parse_value(text) == value and type(parse_value(text)) is type(value)
+
+
+def test_fault_schedule_inline_or_file_becomes_canonical_events(tmp_path):
+    """The sweep's inline `fault_schedule` and a --fault-schedule file give the same spec
+    entry: events sorted by time, rates in bit/s, loss as a probability."""
+    from recpar.train.cli import _fault_schedule
+
+    events = [{"at_s": 25, "action": "link", "args": {"node": 1, "rate": "20mbit",
+                                                     "loss": "1%"}},
+              {"at_s": 5, "action": "straggler", "args": {"node": 0, "slowdown": 4,
+                                                          "duration_s": 10}}]
+    inline = _args("--topology", "emulated", "--nodes", "2")
+    apply_run_options(inline, {"fault_schedule": events})
+    f = tmp_path / "faults.yaml"
+    f.write_text(yaml.safe_dump(events))
+    from_file = _args("--topology", "emulated", "--nodes", "2", "--fault-schedule", str(f))
+    want = [{"at_s": 5.0, "action": "straggler",
+             "args": {"node": 0, "slowdown": 4.0, "duration_s": 10.0}},
+            {"at_s": 25.0, "action": "link", "args": {"node": 1, "rate": 2e7,
+                                                      "loss": pytest.approx(0.01)}}]
+    assert _fault_schedule(inline, "emulated", 2) == want
+    assert _fault_schedule(from_file, "emulated", 2) == want
+
+
+@pytest.mark.parametrize("kind, nodes, events, message", [
+    ("local", 1, [{"at_s": 1, "action": "reset-link", "args": {"node": 0}}],
+     "needs --topology emulated, not local"),
+    ("emulated", 2, [{"at_s": 1, "action": "kill-rank", "args": {"node": 2}}],
+     r"event 0 \(kill-rank at 1 s\) names node 2, but the run has nodes 0..1"),
+    ("emulated", 2, [{"at_s": 1, "action": "straggler", "args": {"node": 0}}],
+     r"fault_schedule\[0\]\.args: straggler needs duration_s, slowdown"),
+])
+def test_bad_fault_schedules_fail_before_any_rank_starts(kind, nodes, events, message):
+    from recpar.train.cli import _fault_schedule
+
+    args = _args()
+    apply_run_options(args, {"fault_schedule": events})
+    with pytest.raises(ValueError, match=message):
+        _fault_schedule(args, kind, nodes)

@@ -86,6 +86,26 @@ def test_emulated_grid_calibrates_and_validates_the_cost_model_after_its_runs():
         assert f"emulated/{run}/seed0/record.json" in cmd
 
 
+def test_chaos_grid_reports_its_faults():
+    """config/chaos.yaml: only its own runs, each with its fault schedule passed to recpar
+    train, and rule chaos_table over all of them."""
+    r = _snakemake("-n", "-p", "--cores", "1", "--forceall", "--configfile",
+                   "config/chaos.yaml")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    cmd = next(line for line in out.splitlines() if "recpar report chaos" in line)
+    runs = ["dp2-ring-tiny-n2", "dp2-ring-tiny-n2-killed", "dp2-ring-tiny-n2-straggler4x",
+            "dp2-ring-tiny-n2-lossy-link", "async3-damped-tiny-n3-straggler4x"]
+    assert cmd.count("results/movielens-100k/chaos/") == len(runs)
+    assert "--out paper_tables/chaos/chaos.md" in cmd
+    assert "tp2-tiny-n1" not in out  # the default sweep's runs are excluded
+    killed = next(line for line in out.splitlines()
+                  if "--run-id dp2-ring-tiny-n2-killed " in line)
+    assert '"fault_schedule":[{"at_s":15,"action":"kill-rank"' in killed
+    assert "--topology emulated" in killed
+    assert "--inter-latency 5ms" in out  # the VDE data path, which can lose packets
+
+
 def test_held_out_grid_is_its_own_sweep_and_says_so():
     """config/emulated_heldout.yaml: its own sweep (records and tables apart from the
     development grid's), every scheme, rank counts 1, 2, 4, role held-out; its run ids spell out
@@ -120,10 +140,12 @@ def _merged(base: dict, over: dict) -> dict:
 
 @pytest.mark.parametrize("config_path", ["config/config.yaml", ".test/config/config.yaml",
                                          "config/emulated.yaml", "config/quality_ablation.yaml",
-                                         "config/ablations.yaml"])
+                                         "config/ablations.yaml", "config/chaos.yaml"])
 def test_sweep_run_ids_spell_out_what_runs(config_path):
     """Each sweep key is the id `recpar train` gives its options, and the options validate
-    (plan against the model, batch divisibility with the sweep's train settings)."""
+    (plan against the model, batch divisibility with the sweep's train settings). A run with a
+    fault schedule (config/chaos.yaml) runs the same plan as another, so its key is that id
+    and a label of the faults: `<id>-<label>`."""
     from recpar.cli import build_parser
     from recpar.train.cli import _spec, apply_run_options
 
@@ -139,6 +161,11 @@ def test_sweep_run_ids_spell_out_what_runs(config_path):
         args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--model-size",
                                           cfg["model"]["size"], *sets])
         apply_run_options(args, opts)
+        if "fault_schedule" in opts:
+            args.topology = "emulated"  # faults need it (checked by _spec)
+            made = _spec(args, args.scheme).run_id
+            assert run_id.startswith(f"{made}-") and run_id != made, (config_path, opts)
+            continue
         assert _spec(args, args.scheme).run_id == run_id, (config_path, opts)
 
 

@@ -17,7 +17,10 @@ rule cluster_up:
         nodes=lambda w: config["cluster"]["nodes"],
         rpn=lambda w: config["cluster"]["ranks_per_node"],
         bw=lambda w: config["cluster"]["inter_bw"],
+        # a latency puts the links on the VDE data path on kernels without netem (loss too)
+        latency=lambda w: (f"--inter-latency {config['cluster']['inter_latency']}"
+                           if config["cluster"].get("inter_latency") else ""),
     shell:
         "(recpar cluster up --nodes {params.nodes} --ranks-per-node {params.rpn}"
-        " --inter-bw {params.bw} && recpar cluster calibrate"
+        " --inter-bw {params.bw} {params.latency} && recpar cluster calibrate"
         " && recpar cluster status > {output.state}) > {log} 2>&1"

@@ -148,6 +148,13 @@ REPORT_TABLES = ["table2.md", "table2.csv", "table2.tex", "table3.md", "table3.c
 REPORT_FIGURES = ["comm_share.png", "speedup_vs_nodes.png", "utilisation_memory.png"]
 
 
+def chaos_target():
+    """paper_tables/<sweep>/chaos.md when a run of the sweep has a fault schedule."""
+    if not any("fault_schedule" in SWEEP["runs"][r] for r in SWEEP_RUNS):
+        return []
+    return [f"paper_tables/{SWEEP_NAME}/chaos.md"]
+
+
 def quality_delta_target():
     """paper_tables/<sweep>/quality_delta.md when the sweep names a reference run."""
     if SWEEP.get("reference") is None:

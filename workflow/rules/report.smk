@@ -71,6 +71,26 @@ rule quality_delta:
         " --out {output} > {log} 2>&1"
 
 
+rule chaos_table:
+    input:
+        records=sweep_records(),
+    output:
+        report(
+            "paper_tables/{sweep}/chaos.md",
+            caption="../report/chaos.rst",
+            category="Reliability",
+        ),
+    conda:
+        "../../envs/environment.yaml"
+    log:
+        "logs/report/{sweep}/chaos.log",
+    params:
+        expect=" ".join(SWEEP_RUNS),
+    shell:
+        "recpar report chaos --records {input.records} --expect {params.expect}"
+        " --out {output} > {log} 2>&1"
+
+
 rule perfmodel_validation:
     input:
         records=sweep_records(),

@@ -15,7 +15,8 @@ SIGKILL would leave processes stopped; `down` and the launcher's cleanup send SI
 The kernel keeps ACKing TCP while a process is stopped, so this slows the node's compute, not
 its network.
 
-Schedule file (YAML): a list of events, times in seconds after the launch starts:
+Schedule file (YAML): a list of events, times in seconds after the launch starts (after the
+run began training, for `recpar train --fault-schedule`):
 
     - {at_s: 5,  action: link, args: {node: 1, rate: 50mbit, loss: 1%}}
     - {at_s: 10, action: straggler, args: {node: 0, slowdown: 2, duration_s: 5}}
@@ -25,6 +26,7 @@ Schedule file (YAML): a list of events, times in seconds after the launch starts
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -32,6 +34,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from recpar.atomic_write import write_text
 from recpar.cluster import netns, vde
 from recpar.cluster.netns import ClusterError
 from recpar.cluster.shaping import LinkShape, change_shape
@@ -40,6 +43,7 @@ from recpar.cluster.units import parse_duration, parse_loss, parse_rate, parse_s
 
 DEFAULT_PERIOD_S = 0.1  # straggler duty-cycle period
 _PID_REFRESH_S = 0.5  # how often the straggler re-reads the namespace's process list
+_MARKER_POLL_S = 0.05  # how often a schedule waiting for its start marker looks for it
 
 ACTIONS = {
     # action -> (required args, optional args)
@@ -275,18 +279,30 @@ def apply_event(state: ClusterState, ev: FaultEvent, stop: threading.Event,
 
 def run_schedule(state: ClusterState, events: list[FaultEvent], stop: threading.Event,
                  state_dir: str | os.PathLike | None = None,
-                 log: list | None = None) -> list[dict]:
+                 log: list | None = None, log_path: str | os.PathLike | None = None,
+                 start_marker: str | os.PathLike | None = None) -> list[dict]:
     """Run `events` at their times until done or `stop` is set; returns what happened (also
-    appended to `log` as it happens). A failing event is logged, not raised: a schedule that
-    kills a rank must not also kill the launcher's cleanup."""
+    appended to `log` as it happens, and written whole to `log_path` after each event, as JSON:
+    a run's rank 0 reads it into its record). Each entry: the event (`at_s`, `action`, `args`),
+    `started_s` after the schedule began, `unix_s` when it was applied, `ok` and `error`. A
+    failing event is logged, not raised: a schedule that kills a rank must not also kill the
+    launcher's cleanup.
+
+    Times count from the schedule's start: now, or, with `start_marker`, from when that file
+    appears (`recpar train` has rank 0 create it when training begins, so that faults land at
+    the same point of training however long the ranks took to start)."""
     log = [] if log is None else log
+    if start_marker is not None:
+        while not Path(start_marker).exists():
+            if stop.wait(_MARKER_POLL_S):
+                return log
     t0 = time.monotonic()
     threads = []
     for ev in sorted(events, key=lambda e: e.at_s):
         if stop.wait(max(0.0, t0 + ev.at_s - time.monotonic())):
             break
         entry = {"at_s": ev.at_s, "action": ev.action, "args": ev.args,
-                 "started_s": time.monotonic() - t0}
+                 "started_s": time.monotonic() - t0, "unix_s": time.time()}
         try:
             t = apply_event(state, ev, stop, state_dir)
             if t is not None:
@@ -295,6 +311,8 @@ def run_schedule(state: ClusterState, events: list[FaultEvent], stop: threading.
         except (ClusterError, ValueError, OSError) as e:
             entry["ok"], entry["error"] = False, str(e)
         log.append(entry)
+        if log_path is not None:
+            write_text(log_path, json.dumps(log, indent=1) + "\n")
     for t in threads:
         t.join()
     return log

@@ -174,14 +174,17 @@ def launch(topology: Topology, argv: list[str], env: dict[str, str] | None = Non
            log_dir: str | os.PathLike | None = None, *, prefix: str = netns.DEFAULT_PREFIX,
            state_dir: str | os.PathLike | None = None, rdzv_port: int = DEFAULT_RDZV_PORT,
            fault_schedule: list | None = None, timeout_s: float | None = None,
-           max_restarts: int = 0) -> int:
+           max_restarts: int = 0, fault_log: str | os.PathLike | None = None,
+           fault_start_marker: str | os.PathLike | None = None) -> int:
     """Run `argv` (what follows torchrun's options: a script and its args, or `-m module ...`)
     on `topology`; return 0 or the first non-zero exit code of an agent.
 
     `max_restarts`: how often torchrun restarts the ranks after one fails (each agent's own
     budget; an agent exits non-zero only when its budget is spent).
 
-    `fault_schedule`: parsed events (recpar.cluster.fault.load_schedule) run alongside.
+    `fault_schedule`: parsed events (recpar.cluster.fault.load_schedule) run alongside;
+    `fault_log`: where what they did is written as it happens (JSON, see `run_schedule`);
+    `fault_start_marker`: the schedule's times count from when this file appears.
     `timeout_s`: kill everything and return 124 when the run takes longer.
     """
     state = None
@@ -225,6 +228,7 @@ def launch(topology: Topology, argv: list[str], env: dict[str, str] | None = Non
 
             sched_thread = threading.Thread(
                 target=run_schedule, args=(state, fault_schedule, stop, state_dir),
+                kwargs={"log_path": fault_log, "start_marker": fault_start_marker},
                 name="recpar-fault-schedule", daemon=True)
             sched_thread.start()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s

@@ -143,6 +143,9 @@ class AsyncPSStats:
     """tau -> number of updates with that staleness; sums to `updates`."""
     updates_per_worker: dict[int, int] = field(default_factory=dict)
     """Worker rank -> gradients applied from it."""
+    staleness_sum_per_worker: dict[int, int] = field(default_factory=dict)
+    """Worker rank -> sum of the staleness of its applied gradients (a straggler's gradients
+    are staler: the other workers' updates land while it computes)."""
     push_bytes_per_update: int = 0
     """Bytes one push carries worker -> server (header + flat gradient payload)."""
     pull_bytes_per_update: int = 0
@@ -177,6 +180,8 @@ class AsyncPSStats:
         d.pop("log")
         d["staleness_histogram"] = {str(k): v for k, v in sorted(self.staleness_histogram.items())}
         d["updates_per_worker"] = {str(k): v for k, v in sorted(self.updates_per_worker.items())}
+        d["staleness_sum_per_worker"] = {str(k): v for k, v in
+                                         sorted(self.staleness_sum_per_worker.items())}
         d["mean_staleness"] = self.mean_staleness
         d["train_loss"] = self.train_loss
         return d
@@ -320,6 +325,7 @@ class ParameterServer:
             rs.updates += 1
             rs.staleness_histogram[tau] = rs.staleness_histogram.get(tau, 0) + 1
             rs.updates_per_worker[src] = rs.updates_per_worker.get(src, 0) + 1
+            rs.staleness_sum_per_worker[src] = rs.staleness_sum_per_worker.get(src, 0) + tau
             rs.train_loss_sum += float(header[2])
             rs.train_token_count += int(header[3])
             rs.log.append(UpdateRecord(self.version, src, version_read, tau))
@@ -340,6 +346,8 @@ class ParameterServer:
             setattr(s, name, getattr(s, name) + getattr(rs, name))
         s.staleness_histogram = dict(Counter(s.staleness_histogram) + Counter(rs.staleness_histogram))
         s.updates_per_worker = dict(Counter(s.updates_per_worker) + Counter(rs.updates_per_worker))
+        s.staleness_sum_per_worker = dict(Counter(s.staleness_sum_per_worker)
+                                          + Counter(rs.staleness_sum_per_worker))
         s.log.extend(rs.log)
 
     def stop(self) -> None:

@@ -34,6 +34,14 @@ def register(sub) -> None:
     d.add_argument("--out", required=True, type=Path)
     d.add_argument("--skip-invalid", action="store_true", help=SKIP_HELP)
     d.set_defaults(func=cmd_quality_delta)
+    c = rs.add_parser("chaos", help="faults injected into each run (config/chaos.yaml), what "
+                      "the runs survived, restarts, lost steps and time, slow windows")
+    c.add_argument("--records", nargs="+", required=True, type=Path, help=RECORDS_HELP)
+    c.add_argument("--expect", nargs="*", default=[], metavar="RUN_ID",
+                   help="run ids the grid asked for (those without a record are listed as lost)")
+    c.add_argument("--out", required=True, type=Path)
+    c.add_argument("--skip-invalid", action="store_true", help=SKIP_HELP)
+    c.set_defaults(func=cmd_chaos)
     t = rs.add_parser("tables", help="Tables II-III, communication share, claims, audit and "
                       "figures vs the paper's values (paper_tables/paper.yaml)")
     t.add_argument("--records", nargs="+", required=True, type=Path,
@@ -68,6 +76,20 @@ def cmd_quality_delta(args) -> int:
     skipped: list[str] | None = [] if args.skip_invalid else None
     records = [r for _, r in load_records(expand_inputs(args.records), skipped)]
     text = reference_report(records, args.reference, floor=args.floor, split=args.split)
+    text += "".join(f"\nNote: {n}\n" for n in skipped_note(skipped or []))
+    write_text(args.out, text)
+    print(text)
+    return 0
+
+
+def cmd_chaos(args) -> int:
+    from recpar.atomic_write import write_text
+    from recpar.report.chaos import chaos_report
+    from recpar.report.records import load_records, skipped_note
+
+    skipped: list[str] | None = [] if args.skip_invalid else None
+    records = [r for _, r in load_records(expand_inputs(args.records), skipped)]
+    text = chaos_report(records, args.expect)
     text += "".join(f"\nNote: {n}\n" for n in skipped_note(skipped or []))
     write_text(args.out, text)
     print(text)

@@ -76,6 +76,18 @@ def register(sub) -> None:
                           "checkpoint up to N times (torchrun --max-restarts; the record counts "
                           "restarts, lost steps and lost time); 0: a lost rank ends the run. No "
                           "effect on scheme baseline (one process, no torchrun)")
+    par.add_argument("--cluster-prefix", default="rp",
+                     help="--topology emulated: the name prefix of the cluster to run on (as "
+                          "`recpar cluster up --prefix`; default rp)")
+    par.add_argument("--cluster-state-dir", default=None,
+                     help="--topology emulated: directory of the cluster's state file (default: "
+                          "$RECPAR_CLUSTER_STATE_DIR or /run/recpar)")
+    par.add_argument("--fault-schedule", default=None, metavar="YAML",
+                     help="inject faults while the run trains (--topology emulated): a YAML list "
+                          "of {at_s, action, args} events, times in seconds after the run began "
+                          "training (actions link, "
+                          "reset-link, straggler, kill-rank; recpar.cluster.fault); the record's "
+                          "`faults` says what was applied when, `slow_windows` when steps ran slow")
     par.add_argument("--cpu-budget", type=float, default=None, metavar="CORES",
                      help="run every device (rank, or the single device) in its own CPU cgroup "
                           "limited to CORES CPU-seconds per second, one intra-op thread (needs "
@@ -211,7 +223,36 @@ def _spec(args, scheme: str):
     return RunSpec(data_dir=args.data, out_dir=args.out, run_id=run_id, model=model, train=train,
                    plan=plan, seed=args.seed, use_text=not args.no_text, topology=topology,
                    grad_sync=grad_sync, zero_stage=zero_stage, async_ps=async_ps,
-                   cpu_budget=cpu_budget)
+                   cpu_budget=cpu_budget, fault_schedule=_fault_schedule(args, kind, nodes))
+
+
+def _fault_schedule(args, kind: str, nodes: int) -> list[dict] | None:
+    """--fault-schedule (a YAML file) or the run option `fault_schedule` (a file or an inline
+    list of events): validated, every node one of the run's, before any rank starts; the
+    events in canonical units (rates in bit/s, times in s, loss as a probability)."""
+    raw = getattr(args, "fault_schedule", None)
+    if raw is None:
+        return None
+    from recpar.cluster.fault import load_schedule, parse_event
+
+    if kind != "emulated":
+        raise ValueError(f"--fault-schedule: faults are injected into the emulated cluster's "
+                         f"namespaces and links; needs --topology emulated, not {kind}")
+    if isinstance(raw, str):
+        events = load_schedule(raw)
+        where = raw
+    elif isinstance(raw, list):
+        where = "--run-options fault_schedule"
+        events = sorted((parse_event(e, f"{where}[{i}]") for i, e in enumerate(raw)),
+                        key=lambda e: e.at_s)
+    else:
+        raise ValueError(f"--run-options: fault_schedule must be a file name or a list of "
+                         f"events, got {type(raw).__name__}")
+    for i, ev in enumerate(events):
+        if ev.args["node"] >= nodes:
+            raise ValueError(f"{where}: event {i} ({ev.action} at {ev.at_s:g} s) names node "
+                             f"{ev.args['node']}, but the run has nodes 0..{nodes - 1}")
+    return [{"at_s": ev.at_s, "action": ev.action, "args": ev.args} for ev in events]
 
 
 def _cpu_budget(args):
@@ -343,7 +384,21 @@ def _launch_ranks(spec, args) -> dict:
                                                        spec.run_id))
             env = {"OMP_NUM_THREADS": str(spec.cpu_budget.intra_op_threads),
                    ENV_DIR: str(groups.dir)}
+        schedule, fault_log = None, None
+        if spec.fault_schedule is not None:
+            from recpar.cluster.fault import parse_event
+            from recpar.train.injected_faults import LOG_FILE, START_MARKER
+
+            schedule = [parse_event(e, f"{spec_path}: fault_schedule[{i}]")
+                        for i, e in enumerate(spec.fault_schedule)]
+            fault_log = spec.out_dir / LOG_FILE
+            fault_log.unlink(missing_ok=True)  # an earlier launch's: not this run's faults
+            (spec.out_dir / START_MARKER).unlink(missing_ok=True)
         code = launch(topo, ["-m", "recpar.train.worker", str(spec_path)], env=env,
+                      fault_schedule=schedule, fault_log=fault_log,
+                      fault_start_marker=(None if schedule is None
+                                          else spec.out_dir / START_MARKER),
+                      prefix=args.cluster_prefix, state_dir=args.cluster_state_dir,
                       timeout_s=args.timeout_s, max_restarts=args.max_restarts)
     if code != 0:
         raise RuntimeError(f"recpar train: ranks exited with code {code} (see the log above)")

@@ -42,13 +42,14 @@ from recpar.model.config import ModelConfig
 from recpar.model.loss import valid_positions
 from recpar.model.recommender import Recommender
 from recpar.model.sequences import build_training_sequences
-from recpar.train import checkpoint, checkpoint_generations, record
+from recpar.train import checkpoint, checkpoint_generations, injected_faults, record
 from recpar.train.config import TrainConfig
 from recpar.train.engines import Engine, EngineContext, build_engine
 from recpar.train.memory import model_state_gib
 from recpar.train.restarts import RestartTracker
 from recpar.train.run_record import base_record, training_metrics
 from recpar.train.spec import RunSpec
+from recpar.train.step_timeline import StepTimeline
 from recpar.train.timing import StepWindow, peak_rss_gib
 from recpar.train.validation import EvalCopy, eval_examples, quality
 
@@ -156,6 +157,9 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
               if run.rank == 0 else None)
     # After a torchrun restart: what the dead attempt had done (recpar.train.restarts).
     run.restarts = RestartTracker.begin(run.out, run.rank, state.step)
+    run.timeline = StepTimeline()
+    if run.rank == 0 and spec.fault_schedule is not None:
+        injected_faults.mark_training_started(run.out)  # the fault schedule's clock starts
     t_train0 = time.perf_counter()
     for epoch in range(state.start_epoch, run.cfg.max_epochs):
         entry = _train_epoch(run, state, timed, epoch)
@@ -204,6 +208,8 @@ class _Run:
     out: Path
     restarts: RestartTracker = field(default_factory=RestartTracker.disabled)
     """Rank 0's progress and restart bookkeeping (set when training starts)."""
+    timeline: StepTimeline = field(default_factory=StepTimeline)
+    """Every step's wall time (reset when training starts): the record's slow windows."""
 
     @property
     def n_seq(self) -> int:
@@ -346,7 +352,9 @@ def _step_batches(run: _Run, state: _Progress, timed: _Timed, batches: list[torc
         if window.open and not was_open:
             engine.window_opened()
         in_window = window.open
+        t_start = time.time()
         res = engine.step(inputs, targets, idx)
+        run.timeline.add(state.step + 1, t_start, time.time())
         if in_window and res.fwd_bwd_ms is not None:
             timed.fwd_bwd_ms.append(res.fwd_bwd_ms)
         window.after_step(samples=int(idx.numel()), tokens=tokens)
@@ -481,7 +489,13 @@ def _write_record(run: _Run, state: _Progress, timed: _Timed, measured: _Measure
         state.notes.append("train_loss with dp > 1 is rank 0's share x dp (an estimate of the "
                            "global mean)")
     metrics.update(run.restarts.metrics())
+    metrics.update(run.timeline.metrics())
     state.notes.extend(run.restarts.notes(run.spec.plan.scheme))
+    rec["slow_windows"] = run.timeline.slow_windows()
+    if run.spec.fault_schedule is not None:
+        rec["faults"] = injected_faults.for_record(run.spec.fault_schedule,
+                                                   run.out / injected_faults.LOG_FILE,
+                                                   run.timeline.t0_unix_s)
     rec["metrics"] = metrics
     rec["quality"] = quality
     rec["history"] = state.history

@@ -47,6 +47,9 @@ class RunSpec:
     cpu_budget: CpuBudget | None = None
     """Each rank (and a single-device run) in its own CPU cgroup with this quota; None = the
     ranks share the machine's cores (recpar.cluster.cpu_budget)."""
+    fault_schedule: list[dict] | None = None
+    """Faults injected while the run trains (emulated topology): validated events
+    {at_s, action, args} in canonical units (recpar.cluster.fault); None = no schedule."""
 
 
 def spec_to_dict(spec: RunSpec) -> dict:
@@ -57,6 +60,7 @@ def spec_to_dict(spec: RunSpec) -> dict:
         "topology": spec.topology, "grad_sync": spec.grad_sync.to_dict(),
         "zero_stage": spec.zero_stage, "async_ps": asdict(spec.async_ps),
         "cpu_budget": asdict(spec.cpu_budget) if spec.cpu_budget else None,
+        "fault_schedule": spec.fault_schedule,
     }
 
 
@@ -76,4 +80,5 @@ def spec_from_dict(d: dict) -> RunSpec:
         zero_stage=int(d.get("zero_stage", 0)),
         async_ps=_async_ps_from_dict(d.get("async_ps")),
         cpu_budget=CpuBudget(**d["cpu_budget"]) if d.get("cpu_budget") else None,
+        fault_schedule=d.get("fault_schedule"),
     )

@@ -178,7 +178,8 @@ class AsyncEngine(Engine):
 
     def finish(self, inputs, targets, batches, timing) -> dict:
         """Server: the whole run's parameter-server counts (staleness histogram flattened into
-        `staleness_<tau>_updates_count`, per-worker `updates_rank<r>_count`)."""
+        `staleness_<tau>_updates_count`, per-worker `updates_rank<r>_count` and
+        `mean_staleness_rank<r>`: a straggling worker's gradients are the stale ones)."""
         if not self.is_server:
             return {}
         s = self.server.stats
@@ -200,6 +201,7 @@ class AsyncEngine(Engine):
             out[f"staleness_{tau}_updates_count"] = n
         for r, n in sorted(s.updates_per_worker.items()):
             out[f"updates_rank{r}_count"] = n
+            out[f"mean_staleness_rank{r}"] = s.staleness_sum_per_worker.get(r, 0) / max(n, 1)
         return out
 
     # --- training state -----------------------------------------------------------------------
@@ -216,7 +218,7 @@ class AsyncEngine(Engine):
                 "version": self.server.version,
                 "stats": {k: getattr(s, k) for k in (
                     "updates", "rounds", "staleness_histogram", "updates_per_worker",
-                    "bytes_pushed", "bytes_pulled", "train_loss_sum", "train_token_count",
+                    "staleness_sum_per_worker", "bytes_pushed", "bytes_pulled", "train_loss_sum", "train_token_count",
                     "apply_s", "wait_s", "push_bytes_per_update", "pull_bytes_per_update")}}
 
     def load_state_dict(self, state: dict) -> None:
