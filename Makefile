@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: reproduce test bench lint clean-results venv
+.PHONY: reproduce test bench bench-check bench-baseline lint clean-results venv
 
 venv: $(STAMP)
 
@@ -34,8 +34,19 @@ reproduce: $(STAMP)
 test: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q
 
+# Benchmarks (bench/README.md). `make test` runs each once, untimed. `bench` times the suite
+# and saves the run under .benchmarks/; `bench-check` compares each group with the committed
+# baseline (bench/baselines/baseline.json) at its threshold (bench/thresholds.yaml);
+# `bench-baseline` takes 5 runs on a quiet machine and rewrites both (commit them on their own).
 bench: $(STAMP)
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q bench --benchmark-only
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q bench --benchmark-enable \
+		--benchmark-only --benchmark-autosave
+
+bench-check: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m bench.regression check
+
+bench-baseline: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m bench.regression baseline --runs 5
 
 lint: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH snakemake --lint

@@ -1,7 +1,7 @@
 """Emulated-cluster benchmarks (issue 5): link calibration, all-reduce bus bandwidth, ring vs
 hierarchical all-reduce against the α–β model. Needs root; skipped with the reason otherwise.
 
-    make bench   (or: pytest bench/test_bench_cluster.py --benchmark-only)
+    make bench   (or: pytest bench/test_bench_cluster.py --benchmark-enable --benchmark-only)
 
 Each test runs its measurement once (benchmark.pedantic, 1 round: one run takes 5-60 s) and
 writes what it measured to $RECPAR_BENCH_OUT/cluster.json (default results/bench/), merged per
@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from .benchmark_stats import timed
+
 PREFIX = "rpb"  # bench-only prefix: never touches a user's "rp" cluster or the tests' "rpt"
 
 
@@ -26,7 +28,7 @@ def _root_reason() -> str | None:
     return unavailable_reason()
 
 
-pytestmark = [pytest.mark.root,
+pytestmark = [pytest.mark.root, pytest.mark.benchmark(group="cluster"),
               pytest.mark.skipif(_root_reason() is not None, reason=_root_reason() or "")]
 
 
@@ -94,12 +96,14 @@ def test_calibration_accuracy(benchmark, cluster, rate):
            "per_link_achieved_over_configured": per_link,
            "calibrated_latency_s": res["latency_s"]}
     benchmark.extra_info.update(row)
-    _record(f"calibration_{rate}", row)
-    assert all(0.9 <= r <= 1.1 for r in per_link), row
+    row["meets_target"] = all(0.9 <= r <= 1.1 for r in per_link)  # within 10 %: reported
+    benchmark.extra_info["meets_target"] = row["meets_target"]
+    if timed(benchmark):
+        _record(f"calibration_{rate}", row)
 
 
 @pytest.mark.parametrize("rate", ["100mbit", "1gbit"])
-def test_allreduce_64mb_2x1_busbw(benchmark, cluster, tmp_path, rate):
+def test_allreduce_64mb_2x1_busbw(benchmark, cluster, tmp_path, rate, timed_run):
     """2 nodes × 1 rank, 64 MB gloo all-reduce: busbw >= 90 % of the calibrated link rate."""
     from recpar.cluster.calibrate import calibrate
     from recpar.cluster.shaping import LinkShape
@@ -110,8 +114,9 @@ def test_allreduce_64mb_2x1_busbw(benchmark, cluster, tmp_path, rate):
     from recpar.cluster.emulated import ClusterState
 
     st = ClusterState.load(PREFIX, cluster.state_dir)
+    iters = {"iters": 3, "warmup": 1} if timed_run else {"iters": 1, "warmup": 0}
     res = benchmark.pedantic(_allreduce, args=(st, cluster.state_dir, tmp_path, "64m"),
-                             rounds=1, iterations=1)
+                             kwargs=iters, rounds=1, iterations=1)
     row = res["sizes"][0]
     busbw_bit = row["busbw_bytes_per_s"] * 8
     out = {"configured_rate_bit_per_s": parse_rate(rate),
@@ -120,21 +125,23 @@ def test_allreduce_64mb_2x1_busbw(benchmark, cluster, tmp_path, rate):
            "busbw_bit_per_s": busbw_bit,
            "busbw_over_calibrated": busbw_bit / cal["rate_bit_per_s"]}
     benchmark.extra_info.update(out)
-    _record(f"allreduce_64mb_2x1_{rate}", out)
-    assert out["busbw_over_calibrated"] >= 0.9, out
+    out["meets_target"] = out["busbw_over_calibrated"] >= 0.9  # reported, not asserted
+    benchmark.extra_info["meets_target"] = out["meets_target"]
+    if timed(benchmark):
+        _record(f"allreduce_64mb_2x1_{rate}", out)
 
 
-def test_ring_vs_hierarchical_4x2(benchmark, cluster, tmp_path):
+def test_ring_vs_hierarchical_4x2(benchmark, cluster, tmp_path, timed_run):
     """4 nodes × 2 ranks, inter-node link 10× slower than the measured intra-node all-reduce:
     flat (gloo ring-style) vs hierarchical busbw across sizes, next to the α–β prediction."""
     from recpar.cluster import netns
     from recpar.cluster.calibrate import calibrate, measure_pair
     from recpar.cluster.emulated import ClusterState
     from recpar.cluster.shaping import LinkShape
-    from recpar.perfmodel.collectives import (LinkCost, hierarchical_all_reduce,
-                                              ring_all_reduce)
+    from recpar.perfmodel.collectives import LinkCost, hierarchical_all_reduce, ring_all_reduce
 
-    sizes = ["64k", "1m", "16m"]
+    sizes = ["64k", "1m", "16m"] if timed_run else ["64k", "1m"]
+    iters = {"iters": 3, "warmup": 1} if timed_run else {"iters": 1, "warmup": 0}
     # 1. Intra-node: 2 ranks in one namespace whose uplink is shaped to 10 Mbit/s. The
     #    all-reduce runs far above 10 Mbit/s and leaves the veth counters unchanged: intra-node
     #    traffic uses the namespace's loopback.
@@ -153,8 +160,9 @@ def test_ring_vs_hierarchical_4x2(benchmark, cluster, tmp_path):
     st = ClusterState.load(PREFIX, cluster.state_dir)
 
     def both():
-        return (_allreduce(st, cluster.state_dir, tmp_path, ",".join(sizes), "flat"),
-                _allreduce(st, cluster.state_dir, tmp_path, ",".join(sizes), "hierarchical"))
+        return (_allreduce(st, cluster.state_dir, tmp_path, ",".join(sizes), "flat", **iters),
+                _allreduce(st, cluster.state_dir, tmp_path, ",".join(sizes), "hierarchical",
+                           **iters))
 
     flat, hier = benchmark.pedantic(both, rounds=1, iterations=1)
     # α–β model from the measured links (projection, labelled so in the output).
@@ -183,4 +191,5 @@ def test_ring_vs_hierarchical_4x2(benchmark, cluster, tmp_path):
            "model": "recpar.perfmodel.collectives (alpha-beta; projected_* are projections)",
            "sizes": rows}
     benchmark.extra_info.update(out)
-    _record("ring_vs_hierarchical_4x2", out)
+    if timed(benchmark):
+        _record("ring_vs_hierarchical_4x2", out)

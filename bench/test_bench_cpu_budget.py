@@ -1,6 +1,6 @@
 """Fidelity of the per-device CPU budget (recpar.cluster.cpu_budget), pytest-benchmark.
 
-    make bench   (or: pytest bench/test_bench_cpu_budget.py --benchmark-only)   needs root
+    make bench   (or: pytest bench/test_bench_cpu_budget.py --benchmark-enable --benchmark-only)   needs root
 
 N budgeted "devices" (processes, each in its own CPU cgroup with `cores` CPU-s/s and one
 intra-op thread) each step the tiny model on its own batch, with no communication. Budgets
@@ -25,34 +25,40 @@ from recpar.cluster.cpu_budget import CpuBudget
 from recpar.perfmodel.device_step import run_devices
 
 REASON = cpu_budget.unavailable_reason()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=f"CPU budgets: {REASON}")
+pytestmark = [pytest.mark.skipif(REASON is not None, reason=f"CPU budgets: {REASON}"),
+              pytest.mark.benchmark(group="cpu_budget")]
 
 CORES = 0.2
 """Budget per device: 8 devices = 1.6 of this machine's 2 cores."""
 STEPS = 12
 """Timed steps per device (after 3 warm-up steps); the tiny model, batch 32 × 50 positions."""
-
-
-def _run_devices(n: int, budget: CpuBudget) -> dict:
-    return run_devices(n, budget, STEPS)
+SMOKE_STEPS = 1
+"""Under --benchmark-disable (make test): the code path once, with one timed step."""
 
 
 @pytest.fixture(scope="module")
-def one_device():
-    return _run_devices(1, CpuBudget(cores=CORES))
+def steps(timed_run) -> int:
+    return STEPS if timed_run else SMOKE_STEPS
+
+
+@pytest.fixture(scope="module")
+def one_device(steps):
+    return run_devices(1, CpuBudget(cores=CORES), steps)
 
 
 @pytest.mark.parametrize("n", [1, 2, 4, 8])
-def test_bench_budgeted_devices_scale(benchmark, one_device, n):
+def test_bench_budgeted_devices_scale(benchmark, one_device, steps, n):
     budget = CpuBudget(cores=CORES)
-    out = benchmark.pedantic(_run_devices, args=(n, budget), rounds=1, iterations=1)
+    out = benchmark.pedantic(run_devices, args=(n, budget, steps), rounds=1, iterations=1)
+    assert out["devices"] == n and out["steps_per_s_min"] > 0, out
     fidelity = out["steps_per_s_sum"] / (n * one_device["steps_per_s_sum"])
     benchmark.extra_info.update({**out, "one_device_steps_per_s": one_device["steps_per_s_sum"],
                                  "fidelity": fidelity})
 
 
 @pytest.mark.parametrize("period_us", [5_000, 10_000, 100_000])
-def test_bench_budget_period_jitter(benchmark, period_us):
+def test_bench_budget_period_jitter(benchmark, steps, period_us):
     budget = CpuBudget(cores=CORES, period_us=period_us)
-    out = benchmark.pedantic(_run_devices, args=(4, budget), rounds=1, iterations=1)
+    out = benchmark.pedantic(run_devices, args=(4, budget, steps), rounds=1, iterations=1)
+    assert out["devices"] == 4 and out["steps_per_s_min"] > 0, out
     benchmark.extra_info.update(out)
