@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: reproduce test bench bench-check bench-baseline lint clean-results venv
+.PHONY: reproduce test test-slurm bench bench-check bench-baseline lint clean-results venv
 
 venv: $(STAMP)
 
@@ -33,6 +33,11 @@ reproduce: $(STAMP)
 
 test: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q
+
+# The real one-machine Slurm running the workflow through profiles/slurm (root; ~3 min), kept
+# out of `make test` so that it stays under 20 minutes on 2 cores.
+test-slurm: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q -m slurm tests/cluster/test_slurm_real.py
 
 # Benchmarks (bench/README.md). `make test` runs each once, untimed. `bench` times the suite
 # and saves the run under .benchmarks/; `bench-check` compares each group with the committed
