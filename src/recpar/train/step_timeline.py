@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 SLOW_FACTOR = 2.0
-"""A step slower than twice the median is slow: well above step-time noise on a busy machine
-(the tiny model's steps vary by ~20 % here), well below a 4x straggler."""
+"""A step slower than twice the median is slow: below a 4x straggler (its window measured x3.1
+in tests/cluster/test_faults_midrun.py), and a factor that step-time noise alone rarely
+reaches for a run of MIN_SLOW_STEPS steps."""
 MAX_GAP_STEPS = 2
 """Steps at normal speed allowed inside one window."""
 MIN_SLOW_STEPS = 2
