@@ -166,3 +166,14 @@ def test_qkv_layout_splits_into_whole_heads():
             shard.proj.bias.copy_(full.proj.bias if r == 0 else torch.zeros(d))
         out += shard(x, mask)
     assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_an_empty_batch_shard_gives_zero_loss_sum_and_gradients():
+    """A data-parallel rank's share of a short last batch can have no rows (3 rows over 4
+    ranks): its loss sum and count are 0, and backward works, so the global mean is right."""
+    m = make().train()
+    x = torch.zeros(0, 16, dtype=torch.long)  # [B = 0, L]
+    total, count = m.loss_sum(x, x)
+    assert float(total) == 0.0 and int(count) == 0
+    total.backward()
+    assert all(p.grad is None or torch.all(p.grad == 0) for p in m.parameters())

@@ -49,12 +49,16 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
         # x: [B, L, d]; attn_mask: [B, 1, L, L] bool, True = query may attend to key
         b, l, _ = x.shape
-        qkv = self.qkv(x).view(b, l, -1, 3 * self.head_dim)  # [B, L, H, 3 hd] (H local heads)
+        qkv = self.qkv(x)  # [B, L, 3 H hd]
+        # H = local heads (TP shards qkv), written out: a rank's share of a short last batch
+        # may have B = 0 rows, which a -1 in view() cannot resolve.
+        h = qkv.shape[-1] // (3 * self.head_dim)
+        qkv = qkv.view(b, l, h, 3 * self.head_dim)  # [B, L, H, 3 hd]
         q, k, v = qkv.transpose(1, 2).split(self.head_dim, dim=-1)  # each [B, H, L, hd]
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask,
             dropout_p=self.attn_dropout if self.training else 0.0)  # [B, H, L, hd]
-        y = y.transpose(1, 2).reshape(b, l, -1)  # [B, L, H hd]
+        y = y.transpose(1, 2).reshape(b, l, h * self.head_dim)  # [B, L, H hd]
         return self.resid_dropout(self.proj(y))
 
 
