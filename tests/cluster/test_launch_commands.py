@@ -1,5 +1,7 @@
 """The torchrun command lines `launch` builds (no root, nothing started)."""
 
+import sys
+
 import pytest
 
 from recpar.cluster.launch import agent_commands
@@ -69,3 +71,27 @@ def test_names_are_prefixed_and_fit_ifnamsiz():
     for bad in ("RP", "1rp", "rp-x", "toolongprefix"):
         with pytest.raises(ValueError, match="prefix"):
             Names(bad)
+
+
+def test_intra_node_links_put_each_rank_in_its_device_namespace():
+    st = _state(nodes=2, rpn=2)
+    st.intra_shape = LinkShape(1e8, latency_s=0.02).to_dict()
+    cmds = agent_commands(st.topology(), ["-m", "recpar.train.worker", "s.json"], st)
+    for i, (cmd, env) in enumerate(cmds):
+        assert cmd[:4] == ["ip", "netns", "exec", f"rpu-n{i}"]  # the agent stays in the node
+        assert "--no-python" in cmd
+        wrapper = cmd[cmd.index("sh"):]
+        script = wrapper[2]
+        assert f"nsenter --net=/run/netns/rpu-n{i}d\"$LOCAL_RANK\"" in script
+        assert "MASTER_ADDR=198.19.0.1" in script  # global rank 0's device hosts the store
+        assert wrapper[-4:] == [sys.executable, "-m", "recpar.train.worker", "s.json"]
+        assert env["GLOO_SOCKET_IFNAME"] == "rpu-e"
+        topo = Topology.from_env(env)
+        assert topo.intra_rate_bit_per_s == 1e8 and topo.intra_latency_s == 0.02
+
+
+def test_more_ranks_per_node_than_device_namespaces_is_refused():
+    st = _state(nodes=2, rpn=2)
+    st.intra_shape = LinkShape(1e8).to_dict()
+    with pytest.raises(ClusterError, match="3 ranks per node, but .* 2 device namespace"):
+        agent_commands(Topology("emulated", 2, 3), ["x.py"], st)

@@ -18,6 +18,22 @@ def test_record_round_trip_and_no_hostnames():
     assert Topology.from_record(rec) == t
 
 
+def test_intra_node_links_and_scale_model_round_trip():
+    sm = {"profile": "paper-a100", "dilation": 4.9e-5}
+    t = Topology("emulated", 2, 2, inter_rate_bit_per_s=4.9e6, inter_latency_s=0.02,
+                 intra_rate_bit_per_s=1.17e8, intra_latency_s=0.02,
+                 calibrated_intra_rate_bit_per_s=1.1e8, calibrated_intra_latency_s=0.0205,
+                 scale_model=sm)
+    rec = t.to_record()
+    assert rec["intra_node"] == {"configured": {"rate_bit_per_s": 1.17e8, "latency_s": 0.02},
+                                 "calibrated": {"rate_bit_per_s": 1.1e8, "latency_s": 0.0205}}
+    assert rec["scale_model"] == sm
+    assert Topology.from_record(json.loads(json.dumps(rec))) == t
+    # without intra-node links the record has neither key (ranks of a node share its loopback)
+    plain = Topology("emulated", 2, 2).to_record()
+    assert "intra_node" not in plain and "scale_model" not in plain
+
+
 def test_env_hand_over():
     t = Topology("local", 1, 3)
     env = t.to_env()

@@ -64,19 +64,31 @@ class _Groups:
                 self.inter = g
 
 
-def _hierarchical(t: torch.Tensor, g: _Groups) -> None:
+PHASES = ("intra_reduce_scatter", "inter_all_reduce", "intra_all_gather")
+"""The hierarchical composition's phases, each timed on its own (this rank's wall time)."""
+
+
+def _hierarchical(t: torch.Tensor, g: _Groups) -> dict[str, float]:
+    """Two-level all-reduce of `t` in place; returns each phase's seconds on this rank."""
     chunks = list(t.view(g.local, -1))  # [local][numel/local] views into t
     shard = torch.empty_like(chunks[0])
+    took = {}
+    t0 = time.perf_counter()
     if g.local > 1:
         dist.reduce_scatter(shard, chunks, group=g.intra)
     else:
         shard.copy_(chunks[0])
+    t1 = time.perf_counter()
     if g.nodes > 1:
         dist.all_reduce(shard, group=g.inter)
+    t2 = time.perf_counter()
     if g.local > 1:
         dist.all_gather(chunks, shard, group=g.intra)  # writes straight into t's chunks
     else:
         chunks[0].copy_(shard)
+    t3 = time.perf_counter()
+    took.update(zip(PHASES, (t1 - t0, t2 - t1, t3 - t2)))
+    return took
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         t = torch.empty(numel, dtype=torch.float32)
         ok = True
         times = []
+        phase_s = {k: 0.0 for k in PHASES}
         for it in range(a.warmup + a.iters):
             t.fill_(rank + 1)
             dist.barrier()
@@ -107,24 +120,33 @@ def main(argv: list[str] | None = None) -> int:
             if groups is None:
                 dist.all_reduce(t)
             else:
-                _hierarchical(t, groups)
+                took = _hierarchical(t, groups)
             dt = time.perf_counter() - t0
             ok = ok and bool(torch.all(t == expect))
             if it >= a.warmup:
                 times.append(dt)
+                if groups is not None:
+                    for k in PHASES:
+                        phase_s[k] += took[k] / a.iters
         # The slowest rank's time is the collective's time.
         mean_s = torch.tensor([sum(times) / len(times)], dtype=torch.float64)
         dist.all_reduce(mean_s, op=dist.ReduceOp.MAX)
         flags = torch.tensor([0 if ok else 1])
         dist.all_reduce(flags)
         algbw = numel * 4 / mean_s.item()
-        rows.append({"bytes": numel * 4, "time_ms": mean_s.item() * 1e3,
-                     "algbw_bytes_per_s": algbw,
-                     "busbw_bytes_per_s": algbw * 2 * (world - 1) / world,
-                     "correct": int(flags.item()) == 0})
+        row = {"bytes": numel * 4, "time_ms": mean_s.item() * 1e3,
+               "algbw_bytes_per_s": algbw,
+               "busbw_bytes_per_s": algbw * 2 * (world - 1) / world,
+               "correct": int(flags.item()) == 0}
+        if groups is not None:  # each phase's mean, the slowest rank's
+            ph = torch.tensor([phase_s[k] for k in PHASES], dtype=torch.float64)
+            dist.all_reduce(ph, op=dist.ReduceOp.MAX)
+            row["phase_ms"] = {k: v * 1e3 for k, v in zip(PHASES, ph.tolist())}
+        rows.append(row)
     info = {"rank": rank, "node_index": os.environ.get("RECPAR_NODE_INDEX"),
             "local_rank": int(os.environ.get("LOCAL_RANK", "0")),
-            "gloo_ifname": os.environ.get("GLOO_SOCKET_IFNAME")}
+            "gloo_ifname": os.environ.get("GLOO_SOCKET_IFNAME"),
+            "netns": os.readlink("/proc/self/ns/net")}  # "net:[<inode>]": which namespace
     everyone = [None] * world
     dist.all_gather_object(everyone, info)
     dist.destroy_process_group()

@@ -48,29 +48,44 @@ def _probe_argv(ns: str, *args: str) -> list[str]:
 
 def measure_pair(state: ClusterState, src: int, dst: int, mode: str, seconds: float = 2.0,
                  count: int = 200, timeout_s: float = 60.0) -> dict:
-    """One measurement from node `src` to node `dst`; returns the probe's JSON (merged)."""
+    """One measurement from node `src` to node `dst`; returns the probe's JSON (merged).
+    With intra-node links the endpoints are the nodes' device 0, as ranks see the path."""
     names = state.names
+    if state.intra_shape is not None:
+        return measure_between((names.device_ns(src, 0), f"node {src} device 0"),
+                               (names.device_ns(dst, 0), f"node {dst} device 0"),
+                               names.device_addr(dst, 0), mode, seconds, count, timeout_s)
+    return measure_between((names.node_ns(src), f"node {src}"), (names.node_ns(dst), f"node {dst}"),
+                           names.node_addr(dst), mode, seconds, count, timeout_s)
+
+
+def measure_between(src: tuple[str, str], dst: tuple[str, str], dst_addr: str, mode: str,
+                    seconds: float = 2.0, count: int = 200, timeout_s: float = 60.0) -> dict:
+    """One measurement from namespace src[0] to dst[0] (listening on `dst_addr`); [1] names
+    each end in errors. Returns the probe's JSON (client and server merged)."""
+    (src_ns, src_name), (dst_ns, dst_name) = src, dst
     env = package_env()
     server = subprocess.Popen(
-        _probe_argv(names.node_ns(dst), "serve", "--bind", names.node_addr(dst),
+        _probe_argv(dst_ns, "serve", "--bind", dst_addr,
                     "--port", str(PROBE_PORT), "--mode", mode, "--timeout-s", str(timeout_s)),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = server.stdout.readline().strip()
         if line != "ready":
-            raise ClusterError(f"probe server on node {dst} did not start: "
+            raise ClusterError(f"probe server on {dst_name} did not start: "
                                f"{(server.stderr.read() or line).strip().splitlines()[-1:]}")
         client = subprocess.run(
-            _probe_argv(names.node_ns(src), "client", "--connect", names.node_addr(dst),
+            _probe_argv(src_ns, "client", "--connect", dst_addr,
                         "--port", str(PROBE_PORT), "--mode", mode, "--seconds", str(seconds),
                         "--count", str(count), "--timeout-s", str(timeout_s)),
             capture_output=True, text=True, env=env, timeout=timeout_s + seconds + 10)
         if client.returncode != 0:
-            raise ClusterError(f"probe client node {src} -> {dst} failed: "
+            raise ClusterError(f"probe client {src_name} -> {dst_name} failed: "
                                f"{client.stderr.strip().splitlines()[-1:]}")
         out, err = server.communicate(timeout=timeout_s)
         if server.returncode != 0:
-            raise ClusterError(f"probe server on node {dst} failed: {err.strip().splitlines()[-1:]}")
+            raise ClusterError(f"probe server on {dst_name} failed: "
+                               f"{err.strip().splitlines()[-1:]}")
         return {**json.loads(client.stdout.strip().splitlines()[-1]),
                 **json.loads(out.strip().splitlines()[-1])}
     finally:
@@ -85,7 +100,8 @@ def calibrate(state: ClusterState, seconds: float = 2.0, count: int = 200,
     netns.require_root_and_iproute2("cluster calibrate")
     if state.nodes < 2:
         raise ClusterError("calibrate needs at least 2 nodes (there is no inter-node link)")
-    rdir = vde.run_dir(state_path(state.prefix, state_dir)) if state.data_path == "vde" else None
+    rdir = (vde.run_dir(state_path(state.prefix, state_dir))
+            if state.data_path == "vde" or state.intra_shape is not None else None)
     links = []
     for src in range(state.nodes):
         dst = (src + 1) % state.nodes
@@ -103,7 +119,10 @@ def calibrate(state: ClusterState, seconds: float = 2.0, count: int = 200,
                       "rtt_median_s": ping["rtt_median_s"],
                       "latency_s": ping["rtt_median_s"] / 2})
     rates = [l["rate_bit_per_s"] for l in links if l["rate_bit_per_s"]]
-    result = {"links": links,
+    intra = None
+    if state.intra_shape is not None and state.ranks_per_node >= 2:
+        intra = calibrate_intra(state, seconds, count)
+    result = {"links": links, "intra_node": intra,
               "rate_bit_per_s": min(rates) if rates else None,
               "latency_s": max(l["latency_s"] for l in links),
               "data_path": state.data_path,
@@ -117,6 +136,16 @@ def calibrate(state: ClusterState, seconds: float = 2.0, count: int = 200,
         state.calibration = result
         state.save(state_dir)
     return result
+
+
+def calibrate_intra(state: ClusterState, seconds: float, count: int) -> dict:
+    """Device 0 -> device 1 of node 0 over the intra-node link: goodput and latency."""
+    names = state.names
+    ends = ((names.device_ns(0, 0), "node 0 device 0"), (names.device_ns(0, 1), "node 0 device 1"))
+    bulk = measure_between(*ends, names.device_addr(0, 1), "bulk", seconds=seconds)
+    ping = measure_between(*ends, names.device_addr(0, 1), "pingpong", count=count)
+    return {"configured": state.intra_shape, "rate_bit_per_s": bulk["rate_bit_per_s"],
+            "rtt_median_s": ping["rtt_median_s"], "latency_s": ping["rtt_median_s"] / 2}
 
 
 def emulator_cpu_summary(links: list[dict]) -> dict:

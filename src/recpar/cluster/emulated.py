@@ -24,7 +24,7 @@ import os
 import tempfile
 import time
 
-from recpar.cluster import cpu_budget, netns, vde
+from recpar.cluster import cpu_budget, device_links, netns, vde
 from recpar.cluster.fault import stop_stragglers
 from recpar.cluster.netns import ClusterError, Names, run
 from recpar.cluster.shaping import LinkShape, apply_shape, netem_available, qdisc_stats
@@ -48,11 +48,15 @@ def choose_data_path(shape: LinkShape, netem: bool, requested: str = "auto") -> 
 
 
 def up(nodes: int, ranks_per_node: int, shape: LinkShape, prefix: str = netns.DEFAULT_PREFIX,
-       state_dir: str | os.PathLike | None = None, data_path: str = "auto") -> ClusterState:
+       state_dir: str | os.PathLike | None = None, data_path: str = "auto",
+       intra_shape: LinkShape | None = None, scale_model: dict | None = None) -> ClusterState:
     """Build the cluster; idempotent when one with the same configuration is already up.
 
     On any failure everything built so far is removed again before the error propagates.
     `data_path`: `auto` (tc, or vde for a latency the kernel cannot add), `tc` or `vde`.
+    `intra_shape`: a shaped link per device inside each node (`ranks_per_node` device
+    namespaces per node, recpar.cluster.device_links); None: ranks share the node's loopback.
+    `scale_model`: what the shapes were derived from, kept in the state and the records.
     """
     names = Names(prefix)
     if not (isinstance(nodes, int) and 1 <= nodes <= netns.MAX_NODES):
@@ -61,6 +65,11 @@ def up(nodes: int, ranks_per_node: int, shape: LinkShape, prefix: str = netns.DE
         raise ValueError(f"ranks_per_node: must be an integer >= 1, got {ranks_per_node!r}")
     if data_path not in DATA_PATHS:
         raise ValueError(f"data_path: {data_path!r} is not one of {', '.join(DATA_PATHS)}")
+    if intra_shape is not None:
+        device_links.check_devices(ranks_per_node)
+        if intra_shape.loss:
+            raise ValueError("intra-node links: loss is not supported (only rate and latency)")
+        vde.wire_settings(intra_shape)  # whole milliseconds, before anything is built
     netns.require_root_and_iproute2("cluster up")
 
     path = state_path(prefix, state_dir)
@@ -71,9 +80,13 @@ def up(nodes: int, ranks_per_node: int, shape: LinkShape, prefix: str = netns.DE
         except ClusterError:
             st = None
         wanted_ns = {names.node_ns(i) for i in range(nodes)} | {names.switch_ns}
+        if intra_shape is not None:
+            wanted_ns |= set(device_links.device_namespaces(names, nodes, ranks_per_node))
+        wanted_intra = None if intra_shape is None else intra_shape.to_dict()
         if (st is not None and st.nodes == nodes and st.ranks_per_node == ranks_per_node
                 and LinkShape.from_dict(st.base_shape) == shape and set(existing) == wanted_ns
-                and data_path in ("auto", st.data_path)):
+                and data_path in ("auto", st.data_path) and st.intra_shape == wanted_intra
+                and st.scale_model == scale_model):
             return st  # already up as asked: nothing to do
         raise ClusterError(f"an emulated cluster with prefix {prefix!r} is already up with a "
                            f"different configuration (or half built); run `recpar cluster down` first")
@@ -98,11 +111,17 @@ def up(nodes: int, ranks_per_node: int, shape: LinkShape, prefix: str = netns.DE
                                  netns.SUBNET_PREFIX_LEN, [settings] * nodes, vde.run_dir(path))
         else:
             _build_veth_star(names, nodes, shape, netem)
+        dev_info = None
+        if intra_shape is not None:
+            dev_info = device_links.build(names, nodes, ranks_per_node, intra_shape,
+                                          vde.run_dir(path))
         state = ClusterState(prefix=prefix, nodes=nodes, ranks_per_node=ranks_per_node,
                              base_shape=shape.to_dict(),
                              node_shapes=[shape.to_dict() for _ in range(nodes)],
                              netem=netem, created_unix_s=time.time(),
-                             data_path=chosen, vde=vde_info)
+                             data_path=chosen, vde=vde_info,
+                             intra_shape=None if intra_shape is None else intra_shape.to_dict(),
+                             device_links=dev_info, scale_model=scale_model)
         state.save(state_dir)
         return state
     except BaseException:
@@ -185,7 +204,9 @@ def status(prefix: str = netns.DEFAULT_PREFIX, state_dir: str | os.PathLike | No
     out["topology"] = st.topology().to_record()
     out["netem"] = st.netem
     out["data_path"] = st.data_path
-    if st.data_path == "vde":
+    out["intra_shape"] = st.intra_shape
+    out["scale_model"] = st.scale_model
+    if st.data_path == "vde" or st.intra_shape is not None:
         procs = vde.processes(vde.run_dir(state_path(prefix, state_dir)))
         out["vde"] = {"processes": procs,
                       "cpu_s_total": sum(p["cpu_s"] or 0.0 for p in procs),
@@ -196,7 +217,8 @@ def status(prefix: str = netns.DEFAULT_PREFIX, state_dir: str | os.PathLike | No
         ns = names.node_ns(i)
         entry = {"node": i, "namespace": ns, "address": names.node_addr(i),
                  "ifname": names.node_dev(i), "shape": st.node_shapes[i],
-                 "processes": len(netns.namespace_pids(ns)) if ns in present else None}
+                 "processes": (sum(len(netns.namespace_pids(n)) for n in st.namespaces_of_node(i)
+                                   if n in present) if ns in present else None)}
         if ns in present:
             entry["uplink_qdisc"] = qdisc_stats(ns, names.node_dev(i))
         nodes.append(entry)

@@ -98,6 +98,11 @@ def _signal_all(pids: list[int], sig: int) -> None:
             pass
 
 
+def node_pids(state: ClusterState, node: int) -> list[int]:
+    """Processes of node `node`: in its namespace and its devices' (intra-node links)."""
+    return [pid for ns in state.namespaces_of_node(node) for pid in netns.namespace_pids(ns)]
+
+
 def straggler(state: ClusterState, node: int, slowdown: float, duration_s: float,
               period_s: float = DEFAULT_PERIOD_S, stop: threading.Event | None = None) -> int:
     """Slow node `node` to 1/`slowdown` of its speed for `duration_s` (blocking).
@@ -106,7 +111,6 @@ def straggler(state: ClusterState, node: int, slowdown: float, duration_s: float
     parse_slowdown(slowdown)
     if not (period_s > 0):
         raise ValueError(f"period_s: must be > 0, got {period_s!r}")
-    ns = state.names.node_ns(node)
     stop = stop or threading.Event()
     run_s = period_s / slowdown
     end = time.monotonic() + duration_s
@@ -116,7 +120,7 @@ def straggler(state: ClusterState, node: int, slowdown: float, duration_s: float
     try:
         while not stop.is_set() and time.monotonic() < end:
             if time.monotonic() - refreshed > _PID_REFRESH_S:
-                pids, refreshed = netns.namespace_pids(ns), time.monotonic()
+                pids, refreshed = node_pids(state, node), time.monotonic()
             _signal_all(pids, signal.SIGCONT)
             if stop.wait(run_s):
                 break
@@ -126,7 +130,7 @@ def straggler(state: ClusterState, node: int, slowdown: float, duration_s: float
             cycles += 1
     finally:
         _signal_all(pids, signal.SIGCONT)
-        _signal_all(netns.namespace_pids(ns), signal.SIGCONT)
+        _signal_all(node_pids(state, node), signal.SIGCONT)
     return cycles
 
 
@@ -148,7 +152,7 @@ def stop_stragglers(state: ClusterState, state_dir: str | os.PathLike | None = N
                 stopped.append(int(pid))
             except ProcessLookupError:
                 pass
-        _signal_all(netns.namespace_pids(state.names.node_ns(int(node))), signal.SIGCONT)
+        _signal_all(node_pids(state, int(node)), signal.SIGCONT)
     state.stragglers.clear()
     if save:
         state.save(state_dir)
@@ -161,7 +165,7 @@ def rank_pids(state: ClusterState, node: int, local_rank: int = 0) -> list[int]:
     _check_node(state, node)
     want = f"LOCAL_RANK={local_rank}".encode()
     found: dict[int, int] = {}
-    for pid in netns.namespace_pids(state.names.node_ns(node)):
+    for pid in node_pids(state, node):
         try:
             env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
             stat = Path(f"/proc/{pid}/stat").read_text()

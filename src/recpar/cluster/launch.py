@@ -9,7 +9,10 @@
   198.18.0.1:<port> --local-addr <node addr> ...`), with GLOO_SOCKET_IFNAME set to the node's
   uplink so gloo binds to the node's address: traffic to another node crosses the shaped link,
   traffic to a rank of the same node goes over that namespace's loopback (the kernel delivers
-  packets for a local address via `lo`; tests/cluster measures this).
+  packets for a local address via `lo`; tests/cluster measures this). On a cluster with
+  intra-node links, each rank instead enters its own device namespace (`nsenter --net`, see
+  `recpar.cluster.device_links`), binds to the device's address, and reaches the node's other
+  ranks over the shaped intra-node path.
 
 The launcher waits for all agents, returns the first non-zero exit code, and on a failure (or
 when it is itself interrupted) terminates every other agent's process group. Each agent also gets
@@ -29,7 +32,7 @@ import time
 import uuid
 from pathlib import Path
 
-from recpar.cluster import elastic, netns, slurm
+from recpar.cluster import device_links, elastic, netns, slurm
 from recpar.cluster.calibrate import package_env
 from recpar.cluster.netns import ClusterError
 from recpar.cluster.state import ClusterState
@@ -81,6 +84,9 @@ def agent_commands(topology: Topology, argv: list[str], state: ClusterState | No
         raise ClusterError(f"launch: topology needs {topology.nodes} node(s) but the cluster "
                            f"that is up has {state.nodes}")
     names = state.names
+    devices = state.intra_shape is not None
+    if devices:
+        device_links.check_ranks(state.ranks_per_node, topology.ranks_per_node)
     rdzv_id = rdzv_id or f"recpar-{uuid.uuid4().hex[:12]}"
     out = []
     for i in range(topology.nodes):
@@ -95,12 +101,17 @@ def agent_commands(topology: Topology, argv: list[str], state: ClusterState | No
                "--local-addr", names.node_addr(i)]
         if log_dir is not None:
             cmd += ["--log-dir", str(Path(log_dir) / f"node{i}")]
+        ifname = names.device_dev if devices else names.node_dev(i)
         env = {**env_topo,
-               "GLOO_SOCKET_IFNAME": names.node_dev(i),
-               "NCCL_SOCKET_IFNAME": names.node_dev(i),
-               "TP_SOCKET_IFNAME": names.node_dev(i),
+               "GLOO_SOCKET_IFNAME": ifname,
+               "NCCL_SOCKET_IFNAME": ifname,
+               "TP_SOCKET_IFNAME": ifname,
                "RECPAR_NODE_INDEX": str(i)}
-        out.append((netns.netns_exec(names.node_ns(i), [*cmd, *argv]), env))
+        worker = ([*device_links.worker_wrapper(names, i), sys.executable, *argv] if devices
+                  else argv)
+        if devices:
+            cmd.append("--no-python")
+        out.append((netns.netns_exec(names.node_ns(i), [*cmd, *worker]), env))
     return out
 
 
@@ -203,7 +214,13 @@ def launch(topology: Topology, argv: list[str], env: dict[str, str] | None = Non
                                "calibrated_latency_s": cal.calibrated_latency_s,
                                "inter_rate_bit_per_s": cal.inter_rate_bit_per_s,
                                "inter_latency_s": cal.inter_latency_s,
-                               "inter_loss": cal.inter_loss})
+                               "inter_loss": cal.inter_loss,
+                               "intra_rate_bit_per_s": cal.intra_rate_bit_per_s,
+                               "intra_latency_s": cal.intra_latency_s,
+                               "calibrated_intra_rate_bit_per_s":
+                                   cal.calibrated_intra_rate_bit_per_s,
+                               "calibrated_intra_latency_s": cal.calibrated_intra_latency_s,
+                               "scale_model": cal.scale_model})
     elif fault_schedule:
         raise ValueError("launch: fault schedules need the emulated topology")
     if topology.kind != "slurm":
@@ -263,7 +280,8 @@ def launch(topology: Topology, argv: list[str], env: dict[str, str] | None = Non
         _kill_remembered(tree)
         if state is not None:  # our namespaces hold nothing but this run's processes
             for i in range(state.nodes):
-                netns.kill_namespace_processes(state.names.node_ns(i))
+                for ns in state.namespaces_of_node(i):
+                    netns.kill_namespace_processes(ns)
         if sched_thread is not None:
             sched_thread.join(timeout=TERM_GRACE_S)
     return rc

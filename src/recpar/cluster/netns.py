@@ -6,6 +6,11 @@ node a veth pair `rp-v<i>` (inside `rp-n<i>`) / `rp-b<i>` (inside `rp-sw`, ensla
 bridge). Both veth ends are created directly inside their namespaces, so nothing is ever placed
 in the host's namespace and deleting our namespaces deletes every veth, bridge and qdisc with
 them. Functions here never touch a name that does not start with `<prefix>-`.
+
+With shaped intra-node links (`recpar.cluster.device_links`) every device (rank) of node i also
+has its own namespace `rp-n<i>d<j>`, holding its address (198.19.<i>.<j+1>) on a veth to the
+node namespace, which routes it to other nodes, and a tap into the node's shaped intra-node
+switch, which carries its traffic to the node's other devices.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ DEFAULT_PREFIX = "rp"
 # Linux interface names are at most 15 bytes (IFNAMSIZ - 1): "<prefix>-b<index>" must fit.
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,5}$")
 MAX_NODES = 64
-# 198.18.0.0/15 is reserved for network benchmarking (RFC 2544); we use 198.18.0.0/24 and only
-# inside our own namespaces, which have no route anywhere else.
+# 198.18.0.0/15 is reserved for network benchmarking (RFC 2544); we use 198.18.0.0/24 for the
+# nodes and 198.19.<node>.0/24 for devices (with intra-node links), only inside our own
+# namespaces, which have no route anywhere else.
 SUBNET_PREFIX_LEN = 24
+MAX_DEVICES_PER_NODE = 64  # device j's address is 198.19.<node>.<j+1>; .254 is the node's gateway
 
 
 class ClusterError(RuntimeError):
@@ -45,6 +52,38 @@ class Names:
 
     def node_ns(self, i: int) -> str:
         return f"{self.prefix}-n{i}"
+
+    def device_ns(self, i: int, j: int) -> str:
+        """Device (local rank) j of node i, with intra-node links (device_links)."""
+        return f"{self.prefix}-n{i}d{j}"
+
+    @property
+    def device_dev(self) -> str:
+        """A device's veth to its node namespace, inside the device namespace (the name is the
+        same in every device namespace; it holds the device's address: GLOO_SOCKET_IFNAME)."""
+        return f"{self.prefix}-e"
+
+    def node_device_dev(self, j: int) -> str:
+        """The node-side end of device j's veth, inside the node namespace."""
+        return f"{self.prefix}-e{j}"
+
+    def intra_tap(self, i: int, j: int) -> str:
+        """Device j of node i's tap into the node's intra-node switch (unique: it is created in
+        the switch namespace and then moved into the device namespace)."""
+        return f"{self.prefix}-t{i}d{j}"
+
+    @staticmethod
+    def device_addr(i: int, j: int) -> str:
+        return f"198.19.{i}.{j + 1}"
+
+    @staticmethod
+    def device_subnet(i: int) -> str:
+        return f"198.19.{i}.0/24"
+
+    @staticmethod
+    def device_gateway(i: int) -> str:
+        """Node i's address towards its devices (on each node-side device veth)."""
+        return f"198.19.{i}.254"
 
     @property
     def switch_ns(self) -> str:
@@ -70,7 +109,7 @@ class Names:
         return name.startswith(f"{self.prefix}-")
 
     def is_namespace(self, name: str) -> bool:
-        return bool(re.fullmatch(rf"{re.escape(self.prefix)}-(n[0-9]+|sw)", name))
+        return bool(re.fullmatch(rf"{re.escape(self.prefix)}-(n[0-9]+(d[0-9]+)?|sw)", name))
 
 
 def run(argv: list[str], check: bool = True, timeout: float = 30.0) -> subprocess.CompletedProcess:

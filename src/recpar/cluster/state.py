@@ -52,19 +52,39 @@ class ClusterState:
     where the kernel has it) or 'vde' (taps, wirefilters and vde_switches; recpar.cluster.vde)."""
     vde: dict | None = None
     """On the 'vde' data path: its run directory and the pids `up` started (vde.start)."""
+    intra_shape: dict | None = None
+    """Configured intra-node link of every device (LinkShape.to_dict()); None: the ranks of a
+    node share its namespace and talk over its loopback (recpar.cluster.device_links)."""
+    device_links: dict | None = None
+    """With intra_shape: the VDE pids and settings of the device links (device_links.build)."""
+    scale_model: dict | None = None
+    """The scale model the links were derived from (`recpar perfmodel scale-model` output:
+    profile, measured device FLOP/s, dilation, CPU budget), None when set by hand."""
 
     @property
     def names(self) -> Names:
         return Names(self.prefix)
 
+    def namespaces_of_node(self, i: int) -> list[str]:
+        """Node i's namespace and, with intra-node links, its devices' namespaces."""
+        devices = self.ranks_per_node if self.intra_shape is not None else 0
+        return [self.names.node_ns(i), *(self.names.device_ns(i, j) for j in range(devices))]
+
     def topology(self) -> Topology:
         base = LinkShape.from_dict(self.base_shape)
+        intra = LinkShape.from_dict(self.intra_shape) if self.intra_shape is not None else None
         cal = self.calibration or {}
+        intra_cal = cal.get("intra_node") or {}
         return Topology(kind="emulated", nodes=self.nodes, ranks_per_node=self.ranks_per_node,
                         inter_rate_bit_per_s=base.rate_bit_per_s,
                         inter_latency_s=base.latency_s, inter_loss=base.loss,
                         calibrated_rate_bit_per_s=cal.get("rate_bit_per_s"),
-                        calibrated_latency_s=cal.get("latency_s"))
+                        calibrated_latency_s=cal.get("latency_s"),
+                        intra_rate_bit_per_s=intra.rate_bit_per_s if intra else None,
+                        intra_latency_s=intra.latency_s if intra else None,
+                        calibrated_intra_rate_bit_per_s=intra_cal.get("rate_bit_per_s"),
+                        calibrated_intra_latency_s=intra_cal.get("latency_s"),
+                        scale_model=self.scale_model)
 
     def save(self, state_dir: str | os.PathLike | None = None) -> Path:
         """Write atomically (temp file + rename)."""

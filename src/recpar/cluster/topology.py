@@ -36,6 +36,18 @@ class Topology:
     """Measured TCP goodput node 0 -> node 1, bit/s (None until `recpar cluster calibrate`)."""
     calibrated_latency_s: float | None = None
     """Measured one-way latency node 0 <-> node 1 (half a TCP ping-pong round trip), s."""
+    intra_rate_bit_per_s: float | None = None
+    """Configured rate of each device's intra-node link, bit/s (None: the ranks of a node talk
+    over its loopback, unshaped; recpar.cluster.device_links)."""
+    intra_latency_s: float | None = None
+    """Configured one-way device-to-device latency inside a node, s (None: loopback)."""
+    calibrated_intra_rate_bit_per_s: float | None = None
+    """Measured TCP goodput node 0 device 0 -> device 1, bit/s (`recpar cluster calibrate`)."""
+    calibrated_intra_latency_s: float | None = None
+    """Measured one-way latency node 0 device 0 <-> device 1, s."""
+    scale_model: dict | None = None
+    """The scale model the links were scaled from (profile, measured device FLOP/s, dilation
+    D, profile and scaled links; recpar.perfmodel.dilation), None when not a scale model."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -47,7 +59,9 @@ class Topology:
         if self.kind == "local" and self.nodes != 1:
             raise ValueError(f"topology.nodes: a 'local' topology has 1 node, got {self.nodes}")
         for name in ("inter_rate_bit_per_s", "inter_latency_s", "inter_loss",
-                     "calibrated_rate_bit_per_s", "calibrated_latency_s"):
+                     "calibrated_rate_bit_per_s", "calibrated_latency_s",
+                     "intra_rate_bit_per_s", "intra_latency_s",
+                     "calibrated_intra_rate_bit_per_s", "calibrated_intra_latency_s"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
                                   or not math.isfinite(v) or v < 0):
@@ -73,6 +87,13 @@ class Topology:
                 "calibrated": {"rate_bit_per_s": self.calibrated_rate_bit_per_s,
                                "latency_s": self.calibrated_latency_s},
             },
+            **({} if self.intra_rate_bit_per_s is None and self.intra_latency_s is None else
+               {"intra_node": {
+                   "configured": {"rate_bit_per_s": self.intra_rate_bit_per_s,
+                                  "latency_s": self.intra_latency_s},
+                   "calibrated": {"rate_bit_per_s": self.calibrated_intra_rate_bit_per_s,
+                                  "latency_s": self.calibrated_intra_latency_s}}}),
+            **({} if self.scale_model is None else {"scale_model": self.scale_model}),
         }
 
     @classmethod
@@ -86,11 +107,18 @@ class Topology:
         inter = rec.get("inter_node") or {}
         conf = inter.get("configured") or {}
         cal = inter.get("calibrated") or {}
+        intra = (rec.get("intra_node") or {}).get("configured") or {}
+        intra_cal = (rec.get("intra_node") or {}).get("calibrated") or {}
         return cls(kind=rec["kind"], nodes=rec["nodes"], ranks_per_node=rec["ranks_per_node"],
                    inter_rate_bit_per_s=conf.get("rate_bit_per_s"),
                    inter_latency_s=conf.get("latency_s"), inter_loss=conf.get("loss"),
                    calibrated_rate_bit_per_s=cal.get("rate_bit_per_s"),
-                   calibrated_latency_s=cal.get("latency_s"))
+                   calibrated_latency_s=cal.get("latency_s"),
+                   intra_rate_bit_per_s=intra.get("rate_bit_per_s"),
+                   intra_latency_s=intra.get("latency_s"),
+                   calibrated_intra_rate_bit_per_s=intra_cal.get("rate_bit_per_s"),
+                   calibrated_intra_latency_s=intra_cal.get("latency_s"),
+                   scale_model=rec.get("scale_model"))
 
     def to_env(self) -> dict[str, str]:
         """Environment entries that hand this topology to the ranks."""

@@ -60,10 +60,11 @@ TOOLS = ("vde_switch", "wirefilter")
 FRAME_BYTES = 1514  # a full Ethernet frame at MTU 1500 (what the tap hands the switch)
 QUEUE_BYTES = LEAF_LIMIT_PKTS * FRAME_BYTES  # same queue as the veth path's pfifo leaf
 START_TIMEOUT_S = 5.0
-# sun_path is 108 bytes; the longest socket we cause is "<run_dir>/n63.ctl/.<pid>-00000"
-# (a client's data socket, named by libvdeplug inside the switch's directory).
+# sun_path is 108 bytes; the longest socket we cause is "<run_dir>/d63x63.ctl/.<pid>-00000"
+# (a client's data socket, named by libvdeplug inside a device hub's directory; see
+# recpar.cluster.device_links for the device hubs).
 _SUN_PATH_MAX = 107
-_LONGEST_SOCKET_SUFFIX = len("/n63.ctl/.4194304-00000")
+_LONGEST_SOCKET_SUFFIX = len("/d63x63.ctl/.4194304-00000")
 _REPLY_RE = re.compile(r"^(\d{4}) (.*)$", re.MULTILINE)
 _MGMT_OK = 1000
 
@@ -205,7 +206,7 @@ def _is_ours(pid: int, rdir: Path) -> bool:
     return comm in TOOLS and str(rdir).encode() in cmdline and _alive(pid)
 
 
-def _start_switch(sw_ns: str, rdir: Path, role: str, tap: str | None = None) -> int:
+def start_switch(sw_ns: str, rdir: Path, role: str, tap: str | None = None) -> int:
     ctl, pidfile = rdir / f"{role}.ctl", rdir / f"{role}.pid"
     argv = ["vde_switch", "--sock", str(ctl), "--pidfile", str(pidfile), "--daemon"]
     if tap is not None:  # a node's own switch: two ports (tap, wirefilter), no learning needed
@@ -214,13 +215,15 @@ def _start_switch(sw_ns: str, rdir: Path, role: str, tap: str | None = None) -> 
     return _wait_for([ctl / "ctl"], pidfile, f"vde_switch {role}")
 
 
-def _start_wirefilter(sw_ns: str, rdir: Path, i: int, settings: WireSettings) -> int:
-    rc, mg, pidfile = rdir / f"wf{i}.rc", rdir / f"wf{i}.mgmt", rdir / f"wf{i}.pid"
+def start_wirefilter(sw_ns: str, rdir: Path, role: str, left: str, right: str,
+                     settings: WireSettings) -> int:
+    """A wirefilter `role` between the switches `left` (L) and `right` (R) of `rdir`."""
+    rc, mg, pidfile = rdir / f"{role}.rc", rdir / f"{role}.mgmt", rdir / f"{role}.pid"
     rc.write_text("\n".join(settings.commands()) + "\n")
     run(netns_exec(sw_ns, [
-        "wirefilter", "--vde-plug", f"{rdir / f'n{i}.ctl'}:{rdir / 'sw.ctl'}",
+        "wirefilter", "--vde-plug", f"{rdir / f'{left}.ctl'}:{rdir / f'{right}.ctl'}",
         "--rcfile", str(rc), "--mgmt", str(mg), "--daemon", "--pidfile", str(pidfile)]))
-    pid = _wait_for([mg], pidfile, f"wirefilter wf{i}")
+    pid = _wait_for([mg], pidfile, f"wirefilter {role}")
     # wirefilter sleeps in poll() until a delayed frame is due; the kernel's default timer
     # slack (50 us) would add to every delayed frame, so ask for 1 ns (best effort).
     try:
@@ -230,12 +233,8 @@ def _start_wirefilter(sw_ns: str, rdir: Path, i: int, settings: WireSettings) ->
     return pid
 
 
-def start(names: Names, node_addrs: list[str], prefix_len: int, settings: list[WireSettings],
-          rdir: Path) -> dict:
-    """Start the central switch, then per node its switch (making its tap), the tap's move
-    into the node namespace with the node's address, and its wirefilter. The namespaces exist
-    already. Returns the pids (as `ClusterState.vde` keeps them). Nothing is undone here on a
-    failure: the caller's `down` does it (it must also work after a SIGKILL)."""
+def prepare_run_dir(rdir: Path) -> None:
+    """Check that vde2 is installed and `rdir` can hold the sockets; create it (mode 0700)."""
     reason = unavailable_reason()
     if reason is not None:
         raise ClusterError(reason)
@@ -246,17 +245,27 @@ def start(names: Names, node_addrs: list[str], prefix_len: int, settings: list[W
         raise ClusterError(f"{rdir}: too long for the VDE sockets inside it "
                            f"(at most {_SUN_PATH_MAX - _LONGEST_SOCKET_SUFFIX} characters); "
                            f"use a shorter --state-dir")
-    rdir.mkdir(mode=0o700, parents=True)
+    rdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def start(names: Names, node_addrs: list[str], prefix_len: int, settings: list[WireSettings],
+          rdir: Path) -> dict:
+    """Start the central switch, then per node its switch (making its tap), the tap's move
+    into the node namespace with the node's address, and its wirefilter. The namespaces exist
+    already. Returns the pids (as `ClusterState.vde` keeps them). Nothing is undone here on a
+    failure: the caller's `down` does it (it must also work after a SIGKILL)."""
+    prepare_run_dir(rdir)
     sw = names.switch_ns
-    pids: dict = {"central": _start_switch(sw, rdir, "sw"), "nodes": []}
+    pids: dict = {"central": start_switch(sw, rdir, "sw"), "nodes": []}
     for i, addr in enumerate(node_addrs):
         ns, dev = names.node_ns(i), names.node_dev(i)
-        switch_pid = _start_switch(sw, rdir, f"n{i}", tap=dev)
+        switch_pid = start_switch(sw, rdir, f"n{i}", tap=dev)
         run(["ip", "-n", sw, "link", "set", dev, "netns", ns])
         run(["ip", "-n", ns, "addr", "add", f"{addr}/{prefix_len}", "dev", dev])
         run(["ip", "-n", ns, "link", "set", dev, "up"])
         pids["nodes"].append({"switch": switch_pid,
-                              "wirefilter": _start_wirefilter(sw, rdir, i, settings[i])})
+                              "wirefilter": start_wirefilter(sw, rdir, f"wf{i}", f"n{i}",
+                                                             "sw", settings[i])})
     return {"run_dir": str(rdir), "pids": pids}
 
 
