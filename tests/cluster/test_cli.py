@@ -31,6 +31,11 @@ def test_up_without_root_says_so_in_one_line(monkeypatch, tmp_path):
     (["--inter-bw", "lots"], "--inter-bw: cannot parse rate"),
     (["--inter-latency", "5 parsecs"], "--inter-latency"),
     (["--loss", "120%"], "--loss"),
+    (["--intra-latency", "soon"], "--intra-latency"),
+    (["--scale-model", "paper-a100", "--inter-bw", "1gbit"],
+     "--scale-model sets every link; do not also give --inter-bw"),
+    (["--scale-model", "paper-a100"], "needs --cpu-budget"),
+    (["--scale-model", "missing.json"], "--scale-model missing.json: no such file"),
 ])
 def test_up_bad_values(argv, msg, tmp_path):
     with pytest.raises(SystemExit) as e:

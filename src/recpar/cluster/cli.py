@@ -28,21 +28,51 @@ def _parse(fn, text, what):
 
 
 def _cmd_up(a: argparse.Namespace) -> int:
+    from recpar.cluster import scale_links
     from recpar.cluster.emulated import up
     from recpar.cluster.shaping import LinkShape
     from recpar.cluster.units import parse_duration, parse_loss, parse_rate
 
-    rate = None if a.inter_bw in (None, "none") else _parse(parse_rate, a.inter_bw, "--inter-bw")
-    shape = LinkShape(rate, _parse(parse_duration, a.inter_latency, "--inter-latency"),
-                      _parse(parse_loss, a.loss, "--inter-loss/--loss"))
     if a.nodes < 1 or a.ranks_per_node < 1:
         raise SystemExit("recpar: --nodes and --ranks-per-node must be >= 1")
+    scale = None
+    if a.scale_model is not None:
+        given = [o for o, v in (("--inter-bw", a.inter_bw), ("--intra-bw", a.intra_bw),
+                                ("--intra-latency", a.intra_latency)) if v is not None]
+        if given or a.inter_latency != "0":
+            raise SystemExit(f"recpar: --scale-model sets every link; do not also give "
+                             f"{', '.join(given or ['--inter-latency'])}")
+        try:
+            scale = scale_links.load_or_measure(a.scale_model, a.cpu_budget, a.prefix,
+                                                a.state_dir)
+        except (ClusterError, ValueError) as e:
+            raise _fail(e) from None
+        shape = LinkShape(*scale.inter, _parse(parse_loss, a.loss, "--inter-loss/--loss"))
+        intra = LinkShape(*scale.intra)
+    else:
+        rate = (None if a.inter_bw in (None, "none")
+                else _parse(parse_rate, a.inter_bw, "--inter-bw"))
+        shape = LinkShape(rate, _parse(parse_duration, a.inter_latency, "--inter-latency"),
+                          _parse(parse_loss, a.loss, "--inter-loss/--loss"))
+        intra = None
+        if a.intra_bw is not None or a.intra_latency is not None:
+            intra = LinkShape(
+                None if a.intra_bw in (None, "none") else _parse(parse_rate, a.intra_bw,
+                                                                 "--intra-bw"),
+                _parse(parse_duration, a.intra_latency or "0", "--intra-latency"))
     try:
-        st = up(a.nodes, a.ranks_per_node, shape, a.prefix, a.state_dir, data_path=a.data_path)
+        st = up(a.nodes, a.ranks_per_node, shape, a.prefix, a.state_dir, data_path=a.data_path,
+                intra_shape=intra, scale_model=None if scale is None else scale.record)
     except (ClusterError, ValueError) as e:
         raise _fail(e) from None
+    intra_text = ("loopback" if st.intra_shape is None
+                  else f"{json.dumps(st.intra_shape)} per device")
     print(f"cluster {a.prefix}: {st.nodes} node(s) x {st.ranks_per_node} rank(s) up; "
-          f"link {json.dumps(st.base_shape)}; data path {st.data_path}")
+          f"link {json.dumps(st.base_shape)}; intra-node {intra_text}; "
+          f"data path {st.data_path}")
+    if scale is not None:
+        print(f"scale model {scale.record['profile']}: D = {scale.record['dilation']:.4g} "
+              f"(device {scale.record['device_flops_per_s']:.4g} FLOP/s)")
     return 0
 
 
@@ -207,6 +237,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "whole ms, carried by vde2 wirefilters)")
     p.add_argument("--inter-loss", "--loss", dest="loss", default="0",
                    help="node-to-node packet loss, e.g. 0.1%% or 0.001")
+    p.add_argument("--intra-bw", default=None,
+                   help="rate of each device's intra-node link, e.g. 100mbit: every rank gets "
+                        "its own namespace and reaches its node's other ranks over vde2 "
+                        "(default: no intra-node link, ranks share the node's loopback)")
+    p.add_argument("--intra-latency", default=None,
+                   help="one-way device-to-device latency inside a node, whole ms, e.g. 24ms")
+    p.add_argument("--scale-model", default=None, metavar="PROFILE|FILE",
+                   help="scale every link from a hardware profile (e.g. paper-a100) by the "
+                        "dilation D = budgeted device FLOP/s / profile FLOP/s: rates x D, "
+                        "latencies / D, intra-node links included. PROFILE measures the device "
+                        "first (`recpar perfmodel scale-model`, needs --cpu-budget); FILE is "
+                        "that command's --out")
+    p.add_argument("--cpu-budget", type=float, default=None, metavar="CORES",
+                   help="with --scale-model PROFILE: the device budget to measure at")
     p.add_argument("--data-path", choices=("auto", "tc", "vde"), default="auto",
                    help="what carries inter-node frames: tc (veth + kernel shaping), vde "
                         "(user-space vde2 switches and wirefilters), auto (default): vde only "

@@ -212,7 +212,13 @@ def cmd_scale_model(args: argparse.Namespace) -> int:
     reason = unavailable_reason()
     if reason is not None:
         raise _fail(f"--cpu-budget {args.cpu_budget}: {reason}")
-    measured = run_devices(1, budget, args.steps)
+    n_items = args.n_items
+    if args.data is not None:  # the items of a prepared dataset (its stats.json)
+        stats = _read_json(str(Path(args.data) / "stats.json"))
+        if not isinstance(stats.get("items"), int):
+            raise _fail(f"{args.data}/stats.json: no integer `items`")
+        n_items = stats["items"]
+    measured = run_devices(1, budget, args.steps, (args.model_size, n_items, args.batch))
     try:
         sm = scale_model(profile, measured["device_flops_per_s_mean"])
     except ValueError as e:
@@ -226,6 +232,22 @@ def cmd_scale_model(args: argparse.Namespace) -> int:
     if args.out:
         _atomic_write(Path(args.out), text + "\n")
     print(text)
+    return 0
+
+
+def cmd_scale_profile(args: argparse.Namespace) -> int:
+    from recpar.perfmodel.calibrate import write_profile
+    from recpar.perfmodel.scale_profile import calibration_from_records, scale_profile_mapping
+
+    scale = _read_json(args.scale_model)
+    try:
+        cal, devices, src = calibration_from_records(
+            [(str(p), _read_json(str(p))) for p in expand_inputs(args.records)])
+        m = scale_profile_mapping(scale, cal, devices, where=f"{args.scale_model} + {src}")
+    except (ProfileError, ValueError) as e:
+        raise _fail(str(e)) from None
+    write_profile(m, args.out)
+    print(f"wrote {args.out} ({m['description']}; links as calibrated for {src})")
     return 0
 
 
@@ -364,5 +386,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="CPU-seconds per second of one emulated device")
     sm.add_argument("--cpu-budget-period-us", type=int, default=10_000)
     sm.add_argument("--steps", type=int, default=12, help="timed training steps")
+    sm.add_argument("--model-size", default="tiny",
+                    help="model whose training step is measured (the grid's model: its FLOP/s "
+                         "per core depends on its shape)")
+    sm.add_argument("--n-items", type=int, default=1682, help="item vocabulary of that model")
+    sm.add_argument("--data", default=None, metavar="DIR",
+                    help="a prepared dataset whose item count replaces --n-items")
+    sm.add_argument("--batch", type=int, default=32, help="sequences per measured step")
     sm.add_argument("--out", default=None, help="JSON file to write (also printed)")
     sm.set_defaults(func=cmd_scale_model)
+
+    sp = sub.add_parser("scale-profile",
+                        help="the hardware profile of a scale-model cluster (measured device, "
+                             "calibrated links), for predict/validate")
+    sp.add_argument("--scale-model", required=True, help="`recpar perfmodel scale-model` output")
+    sp.add_argument("--records", nargs="+", required=True,
+                    help="run records of the scale-model cluster: the links are the "
+                         "calibration the first multi-node one carries")
+    sp.add_argument("--out", required=True, help="profile YAML to write")
+    sp.set_defaults(func=cmd_scale_profile)
