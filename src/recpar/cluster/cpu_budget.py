@@ -284,6 +284,20 @@ def own_throttling() -> dict:
             "cpu_throttled_s": stats["throttled_s"]}
 
 
+def release() -> bool:
+    """In a rank: move this process out of the group it joined, into the controller's root
+    (seen the way it was joined, also from inside a node namespace). For work after the timed
+    training, e.g. the final evaluation, which need not run at a device's pace. Returns
+    whether there was a group to leave; the throttling statistics are gone afterwards."""
+    global _joined
+    if _joined is None:
+        return False
+    root = _joined.parent.parent.parent  # <controller root>/recpar/<run tag>/rank<k>
+    (root / "cgroup.procs").write_text(str(os.getpid()))
+    _joined = None
+    return True
+
+
 def leave() -> None:
     """Move this process back to the root group (before its group is removed)."""
     global _joined
