@@ -39,6 +39,9 @@ def test_lint_is_clean():
     (lambda c: c["train"].update(lr=-1), ["instance['train']['lr']"]),
     (lambda c: c.update(dataset="netflix"), ["instance['dataset']"]),
     (lambda c: c["model"].update(size="huge"), ["instance['model']['size']"]),
+    # links scaled from a profile and set by hand at once
+    (lambda c: c["cluster"].update(scale_model={"profile": "paper-a100", "cpu_budget": 0.2}),
+     ["instance['cluster']['inter_bw']", "is not of type 'null'"]),
 ])
 def test_wrong_config_stops_before_any_job_naming_the_key(tmp_path, mutate, expect):
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
@@ -106,6 +109,29 @@ def test_chaos_grid_reports_its_faults():
     assert "--inter-latency 5ms" in out  # the VDE data path, which can lose packets
 
 
+def test_scale_model_grid_measures_a_device_scales_every_link_and_validates_held_out():
+    """config/scale_model.yaml: rule scale_model measures one budgeted device of the sweep's
+    model on the dataset's items, cluster_up scales every link from it (no hand-set rate),
+    every run has the same budget, and the cost model is judged on the scale model's own
+    profile as a held-out grid."""
+    r = _snakemake("-n", "-p", "--cores", "1", "--forceall", "--configfile",
+                   "config/scale_model.yaml")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    lines = out.splitlines()
+    measure = next(line for line in lines if "recpar perfmodel scale-model" in line)
+    assert "--hardware paper-a100 --cpu-budget 0.2 --model-size tiny" in measure
+    assert "--data results/data/movielens-100k " in measure
+    up = next(line for line in lines if "recpar cluster up" in line)
+    assert "--scale-model results/cluster/scale_model.json" in up and "--inter-bw" not in up
+    runs = [line for line in lines if "recpar train --run-id" in line]
+    assert len(runs) == 17 and all('"cpu_budget":0.2' in line for line in runs)
+    assert "tp2-tiny-n1 " not in out  # the default sweep's runs are excluded
+    check = next(line for line in lines if "recpar perfmodel scale-profile" in line)
+    assert "--grid scale-model --grid-role held-out" in check
+    assert "recpar perfmodel calibrate" not in out  # the shared-host calibration is not used
+
+
 def test_held_out_grid_is_its_own_sweep_and_says_so():
     """config/emulated_heldout.yaml: its own sweep (records and tables apart from the
     development grid's), every scheme, rank counts 1, 2, 4, role held-out; its run ids spell out
@@ -140,7 +166,8 @@ def _merged(base: dict, over: dict) -> dict:
 
 @pytest.mark.parametrize("config_path", ["config/config.yaml", ".test/config/config.yaml",
                                          "config/emulated.yaml", "config/quality_ablation.yaml",
-                                         "config/ablations.yaml", "config/chaos.yaml"])
+                                         "config/ablations.yaml", "config/chaos.yaml",
+                                         "config/scale_model.yaml"])
 def test_sweep_run_ids_spell_out_what_runs(config_path):
     """Each sweep key is the id `recpar train` gives its options, and the options validate
     (plan against the model, batch divisibility with the sweep's train settings). A run with a

@@ -172,6 +172,8 @@ def quality_delta_target():
 from recpar.perfmodel import validation_runs
 
 PERFMODEL_DIR = "paper_tables/{sweep}/perfmodel"
+# config/scale_model.yaml: the cost model is checked against the scale model's own profile
+SCALE_MODEL = bool((config.get("cluster") or {}).get("scale_model"))
 PERFMODEL_OUTPUTS = ["validation_projected_vs_measured.csv", "validation_summary.md"]
 
 

@@ -91,41 +91,78 @@ rule chaos_table:
         " --out {output} > {log} 2>&1"
 
 
-rule perfmodel_validation:
-    input:
-        records=sweep_records(),
-        cluster=CLUSTER_STATE,
-    output:
-        profile=f"{PERFMODEL_DIR}/emulated_profile.yaml",
-        table=report(
-            f"{PERFMODEL_DIR}/validation_projected_vs_measured.csv",
-            caption="../report/perfmodel_validation.rst",
-            category="Performance model",
-        ),
-        summary=report(
-            f"{PERFMODEL_DIR}/validation_summary.md",
-            caption="../report/perfmodel_validation.rst",
-            category="Performance model",
-        ),
-    conda:
-        "../../envs/environment.yaml"
-    log:
-        "logs/report/{sweep}/perfmodel_validation.log",
-    resources:
-        # the calibration times training steps: alone on the host, like a timed run
-        timing_slot=1,
-    params:
-        baseline=perfmodel_baseline_record,
-        ranks=perfmodel_loaded_ranks,
-        repeats=perfmodel_calibration_repeats,
-        rpn=perfmodel_ranks_per_node,
-        schemes=perfmodel_schemes,
-        role=perfmodel_grid_role,
-        out_dir=lambda w, output: os.path.dirname(output.table),
-    shell:
-        "(recpar perfmodel calibrate --inter-node {input.cluster} --ranks-per-node {params.rpn}"
-        " --baseline-record {params.baseline} --loaded-ranks {params.ranks}"
-        " --loaded-repeats {params.repeats} --out {output.profile}"
-        " && recpar perfmodel validate --records {input.records} --schemes {params.schemes}"
-        " --grid {wildcards.sweep} --grid-role {params.role}"
-        " --hardware {output.profile} --out {params.out_dir}) > {log} 2>&1"
+if SCALE_MODEL:
+
+    # The scale model: the cost model predicts its runs on the profile of the cluster that ran
+    # them (the measured budgeted device, the links as calibrated; recpar.perfmodel.scale_profile)
+    rule perfmodel_validation:
+        input:
+            records=sweep_records(),
+            scale="results/cluster/scale_model.json",
+        output:
+            profile=f"{PERFMODEL_DIR}/scale_profile.yaml",
+            table=report(
+                f"{PERFMODEL_DIR}/validation_projected_vs_measured.csv",
+                caption="../report/perfmodel_validation.rst",
+                category="Performance model",
+            ),
+            summary=report(
+                f"{PERFMODEL_DIR}/validation_summary.md",
+                caption="../report/perfmodel_validation.rst",
+                category="Performance model",
+            ),
+        conda:
+            "../../envs/environment.yaml"
+        log:
+            "logs/report/{sweep}/perfmodel_validation.log",
+        params:
+            schemes=perfmodel_schemes,
+            role=perfmodel_grid_role,
+            out_dir=lambda w, output: os.path.dirname(output.table),
+        shell:
+            "(recpar perfmodel scale-profile --scale-model {input.scale}"
+            " --records {input.records} --out {output.profile}"
+            " && recpar perfmodel validate --records {input.records} --schemes {params.schemes}"
+            " --grid {wildcards.sweep} --grid-role {params.role}"
+            " --hardware {output.profile} --out {params.out_dir}) > {log} 2>&1"
+
+else:
+
+    rule perfmodel_validation:
+        input:
+            records=sweep_records(),
+            cluster=CLUSTER_STATE,
+        output:
+            profile=f"{PERFMODEL_DIR}/emulated_profile.yaml",
+            table=report(
+                f"{PERFMODEL_DIR}/validation_projected_vs_measured.csv",
+                caption="../report/perfmodel_validation.rst",
+                category="Performance model",
+            ),
+            summary=report(
+                f"{PERFMODEL_DIR}/validation_summary.md",
+                caption="../report/perfmodel_validation.rst",
+                category="Performance model",
+            ),
+        conda:
+            "../../envs/environment.yaml"
+        log:
+            "logs/report/{sweep}/perfmodel_validation.log",
+        resources:
+            # the calibration times training steps: alone on the host, like a timed run
+            timing_slot=1,
+        params:
+            baseline=perfmodel_baseline_record,
+            ranks=perfmodel_loaded_ranks,
+            repeats=perfmodel_calibration_repeats,
+            rpn=perfmodel_ranks_per_node,
+            schemes=perfmodel_schemes,
+            role=perfmodel_grid_role,
+            out_dir=lambda w, output: os.path.dirname(output.table),
+        shell:
+            "(recpar perfmodel calibrate --inter-node {input.cluster} --ranks-per-node {params.rpn}"
+            " --baseline-record {params.baseline} --loaded-ranks {params.ranks}"
+            " --loaded-repeats {params.repeats} --out {output.profile}"
+            " && recpar perfmodel validate --records {input.records} --schemes {params.schemes}"
+            " --grid {wildcards.sweep} --grid-role {params.role}"
+            " --hardware {output.profile} --out {params.out_dir}) > {log} 2>&1"

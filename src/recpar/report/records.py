@@ -301,7 +301,42 @@ def _provenance(rs: RecordSet, sweep: str) -> str:
     commits = sorted({f"{(r.get('git') or {}).get('commit') or 'unknown'}"[:12]
                       + ("+dirty" if (r.get("git") or {}).get("dirty") else "") for r in recs})
     topos = sorted({str((r.get("topology") or {}).get("kind")) for r in recs})
-    return f"git {', '.join(commits)}; topology {', '.join(topos)}"
+    text = f"git {', '.join(commits)}; topology {', '.join(topos)}"
+    budgets = sorted({(r.get("topology") or {}).get("cpu_budget", {}).get("cores_per_device")
+                      for r in recs} - {None})
+    if budgets:
+        text += f"; each device on a CPU budget of {', '.join(f'{b:g}' for b in budgets)} core(s)"
+    scales = {json.dumps(r["topology"]["scale_model"], sort_keys=True): r["topology"]
+              for r in recs if (r.get("topology") or {}).get("scale_model")}
+    text += "".join(f"; {describe_scale_model(t)}" for t in scales.values())
+    return text
+
+
+def _mbit(v) -> str:
+    return "?" if v is None else f"{v / 1e6:.3g} Mbit/s"
+
+
+def _ms(v) -> str:
+    return "?" if v is None else f"{v * 1e3:.3g} ms"
+
+
+def describe_scale_model(topo: dict) -> str:
+    """One line on a scale-model topology: profile, dilation, and each link as configured
+    (scaled) and calibrated (recpar.perfmodel.dilation, recpar.cluster.device_links)."""
+    sm = topo["scale_model"]
+    links = []
+    for key, what in (("inter_node", "inter-node"), ("intra_node", "intra-node")):
+        conf = (topo.get(key) or {}).get("configured") or {}
+        cal = (topo.get(key) or {}).get("calibrated") or {}
+        prof = sm.get(key) or {}
+        links.append(f"{what} {_mbit(conf.get('rate_bit_per_s'))} + {_ms(conf.get('latency_s'))}"
+                     f" (profile {_mbit(prof.get('profile_rate_bit_per_s'))} + "
+                     f"{_ms(prof.get('profile_latency_s'))}; calibrated "
+                     f"{_mbit(cal.get('rate_bit_per_s'))} + {_ms(cal.get('latency_s'))})")
+    return (f"scale model of `{sm['profile']}`: dilation D = {sm['dilation']:.3g} (one device "
+            f"measured at {sm['device_flops_per_s'] / 1e9:.3g} GFLOP/s on "
+            f"{sm.get('cpu_budget_cores_per_device', '?')} core(s)); links scaled by D: "
+            + "; ".join(links))
 
 
 def sweep_notes(rs: RecordSet) -> list[str]:
