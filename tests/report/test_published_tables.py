@@ -80,8 +80,11 @@ def validated_sweeps() -> list[str]:
 def test_cost_model_validation_rerenders_from_its_records_and_profile(sweep, tmp_path):
     committed = PUBLISHED / sweep / "perfmodel"
     role = sweep_config(sweep)["perfmodel_grid_role"]
+    # the emulated host's calibrated profile, or a scale model's own (perfmodel scale-profile)
+    [profile] = [p for p in (committed / "emulated_profile.yaml", committed / "scale_profile.yaml")
+                 if p.is_file()]
     _run(["perfmodel", "validate", "--records", PUBLISHED / sweep / "records",
-          "--hardware", committed / "emulated_profile.yaml", "--grid", sweep,
+          "--hardware", profile, "--grid", sweep,
           "--grid-role", role, "--out", tmp_path])
     for name in ("validation_projected_vs_measured.csv", "validation_summary.md"):
         _same(committed / name, tmp_path / name)
