@@ -55,12 +55,14 @@ def test_run_schedule_writes_its_log_as_each_event_happens(tmp_path):
     import json
     import threading
     import time
-    from types import SimpleNamespace
-
     from recpar.cluster.fault import parse_event, run_schedule
+    from recpar.cluster.shaping import LinkShape
+    from recpar.cluster.state import ClusterState
 
     # No cluster: a kill-rank on a namespace that does not exist finds no rank and fails.
-    state = SimpleNamespace(nodes=1, names=SimpleNamespace(node_ns=lambda i: "rpt-none-n0"))
+    shape = LinkShape(1e8).to_dict()
+    state = ClusterState(prefix="rpnone", nodes=1, ranks_per_node=1, base_shape=shape,
+                         node_shapes=[shape], netem=False, created_unix_s=0.0)
     events = [parse_event({"at_s": 0.0, "action": "kill-rank", "args": {"node": 0}}, "e0"),
               parse_event({"at_s": 0.2, "action": "kill-rank", "args": {"node": 0}}, "e1")]
     path = tmp_path / "faults.json"

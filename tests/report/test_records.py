@@ -50,3 +50,25 @@ def test_runs_that_differ_beyond_plan_and_sync_are_separate_rows_and_seeds_share
     assert sorted((r.key.run_id, r.seeds) for r in rs.rows) == [
         ("baseline-dp1tp1pp1-n1", [0, 1]), ("dp2-topk0.01-ring-n1", [0, 1]),
         ("dp2-topk0.1-ring-n1", [0, 1])]
+
+
+def test_a_scale_model_topology_is_described_with_d_and_every_link():
+    from recpar.report.records import describe_scale_model
+
+    topo = {
+        "scale_model": {"profile": "paper-a100", "dilation": 4.43e-5, "device_flops_per_s": 5.53e9,
+                        "cpu_budget_cores_per_device": 0.2,
+                        "inter_node": {"profile_rate_bit_per_s": 1e11, "profile_latency_s": 1e-6},
+                        "intra_node": {"profile_rate_bit_per_s": 2.4e12,
+                                       "profile_latency_s": 1e-6}},
+        "inter_node": {"configured": {"rate_bit_per_s": 4.43e6, "latency_s": 0.023},
+                       "calibrated": {"rate_bit_per_s": 4.23e6, "latency_s": 0.0235}},
+        "intra_node": {"configured": {"rate_bit_per_s": 1.06e8, "latency_s": 0.023},
+                       "calibrated": {"rate_bit_per_s": None, "latency_s": None}},
+    }
+    text = describe_scale_model(topo)
+    assert "scale model of `paper-a100`: dilation D = 4.43e-05" in text
+    assert "5.53 GFLOP/s on 0.2 core(s)" in text
+    assert ("inter-node 4.43 Mbit/s + 23 ms (profile 1e+05 Mbit/s + 0.001 ms; calibrated "
+            "4.23 Mbit/s + 23.5 ms)") in text
+    assert "intra-node 106 Mbit/s + 23 ms" in text and "calibrated ? + ?" in text

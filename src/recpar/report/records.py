@@ -302,8 +302,8 @@ def _provenance(rs: RecordSet, sweep: str) -> str:
                       + ("+dirty" if (r.get("git") or {}).get("dirty") else "") for r in recs})
     topos = sorted({str((r.get("topology") or {}).get("kind")) for r in recs})
     text = f"git {', '.join(commits)}; topology {', '.join(topos)}"
-    budgets = sorted({(r.get("topology") or {}).get("cpu_budget", {}).get("cores_per_device")
-                      for r in recs} - {None})
+    budget_of = [(r.get("topology") or {}).get("cpu_budget") or {} for r in recs]
+    budgets = sorted({b.get("cores_per_device") for b in budget_of} - {None})
     if budgets:
         text += f"; each device on a CPU budget of {', '.join(f'{b:g}' for b in budgets)} core(s)"
     scales = {json.dumps(r["topology"]["scale_model"], sort_keys=True): r["topology"]
