@@ -41,6 +41,7 @@ def test_emulated_profile_mapping_validates():
     m = _mapping()
     hw = profile_from_mapping(m, "emulated.yaml")
     assert hw.gpus_per_node == 2 and hw.memory_gib.value == 12.0
+    assert hw.collective_library == "gloo"
     assert hw.gamma_s_per_byte == pytest.approx(1 / 5e9)
 
 

@@ -58,6 +58,10 @@ def _broken(edit):
     (lambda m: m["devices_per_node"].update(value=2.5),
      "devices_per_node.value: must be an integer"),
     (lambda m: m["links"].pop("inter_node"), "links.inter_node: missing"),
+    (lambda m: m.update(collective_library={"value": "mpi", "source": "x"}),
+     "collective_library.value: must be one of nccl, gloo, got 'mpi'"),
+    (lambda m: m.update(collective_library={"value": "gloo"}),
+     "collective_library.source: missing"),
 ])
 def test_validation_errors_name_the_key(edit, message):
     with pytest.raises(ProfileError) as e:
@@ -75,3 +79,15 @@ def test_load_errors(tmp_path):
     bad.write_text("name: [unclosed\n")
     with pytest.raises(ProfileError, match="bad.yaml: not valid YAML"):
         load_profile(str(bad))
+
+
+def test_collective_library_picks_the_formulas():
+    from recpar.perfmodel import collectives as C
+
+    assert load_profile("paper-a100").collectives is C.LIBRARIES["nccl"]
+    assert profile_from_mapping(toy_mapping()).collective_library == "nccl"  # default
+    m = copy.deepcopy(toy_mapping())
+    m["collective_library"] = {"value": "gloo", "source": "the CPU backend"}
+    hw = profile_from_mapping(m)
+    assert hw.collectives is C.LIBRARIES["gloo"] and hw.collective_library_source == \
+        "the CPU backend"

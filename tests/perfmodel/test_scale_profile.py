@@ -21,6 +21,7 @@ def test_profile_reads_the_measured_device_and_the_calibrated_links():
     m = scale_profile_mapping(SCALE, CALIBRATION, devices_per_node=2)
     hw = profile_from_mapping(m, "<test>")
     assert hw.name == "scale-paper-a100"
+    assert hw.collective_library == "gloo"  # the scale model's ranks talk through gloo
     assert hw.sustained_flops_per_s == pytest.approx(5.5e9)  # efficiency 1: already achieved
     assert hw.intra_node.bandwidth_bytes_per_s.value == pytest.approx(1.0e7)  # 80 Mbit/s
     assert hw.intra_node.latency_s.value == pytest.approx(0.0294)

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import yaml
 
-from recpar.perfmodel.hardware import ProfileError, profile_from_mapping
+from recpar.perfmodel.hardware import GLOO_LIBRARY, ProfileError, profile_from_mapping
 from recpar.rank_threads import threads_per_rank
 
 
@@ -528,6 +528,7 @@ def emulated_profile_mapping(*, ranks_per_node: int, threads_per_rank: int,
                                   "provenance": "config"},
             },
         },
+        "collective_library": dict(GLOO_LIBRARY),
     }
     if topk_compress is not None:
         m["device"]["topk_compress_elements_per_s"] = dict(topk_compress)

@@ -18,12 +18,21 @@ Hierarchical all-reduce and the compressed (sign / top-k) all-gathers are writte
 because they are compositions no library exposes as a cost formula; they mirror how
 `recpar.comm` runs them (compressed gradients are aggregated by all-gather of each rank's
 payload, then decoded and summed locally).
+
+Two families of formulas, picked by the profile's `collective_library` (see `LIBRARIES`):
+
+- `nccl`: the textbook algorithms above (what NCCL's ring implements; the paper's cluster).
+- `gloo`: what torch.distributed's gloo backend does over TCP, recpar's backend on CPU. Its
+  ring all-reduce and all-gather are rings too, with two protocol differences read from gloo's
+  source (gloo/allreduce.cc, gloo/allgather.cc, gloo/transport/tcp/pair.cc) that double the
+  latency term, and its reduce-scatter is an all-reduce (measured: see `gloo_reduce_scatter`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -142,22 +151,105 @@ def rabenseifner_all_reduce(n: float, p: int, link: LinkCost) -> float:
         + f * n * link.gamma_s_per_byte
 
 
-def hierarchical_all_reduce(n: float, nodes: int, local: int, intra: LinkCost,
-                            inter: LinkCost) -> float:
-    """Two-level all-reduce over `nodes` × `local` ranks.
+GLOO_MAX_SEGMENT_BYTES = 2**20
+"""gloo::AllreduceOptions::kMaxSegmentSize (gloo/allreduce.h): the ring all-reduce sends
+segments of at most 1 MiB, two in flight."""
 
-    1. ring reduce-scatter inside each node (intra link): every rank ends with n/local bytes;
+
+def gloo_segments(n: float, p: int) -> int:
+    """Segments S gloo's ring all-reduce cuts n bytes into (gloo/allreduce.cc): segment size
+    s = min(⌈n / 2p⌉, 1 MiB), S = ⌈n / s⌉ rounded up to a multiple of p, at least 2p."""
+    _check_n(n), _check_p(p)
+    seg = max(1.0, min(math.ceil(n / (2 * p)), GLOO_MAX_SEGMENT_BYTES))
+    s = max(math.ceil(n / seg), 2 * p)
+    return p * math.ceil(s / p)
+
+
+def gloo_ring_all_reduce(n: float, p: int, link: LinkCost) -> float:
+    """gloo's ring all-reduce over its TCP transport (gloo/allreduce.cc, transport/tcp/pair.cc).
+
+    A reduce-scatter ring then an all-gather ring, like `ring_all_reduce`, with two differences:
+
+    - a send leaves only once the receiver's recv-ready notice has arrived (Pair::send queues
+      it until NOTIFY_RECV_READY unless the receive was posted earlier), so a hop costs a
+      notice's latency and the data's: 2α;
+    - the vector goes in S segments (`gloo_segments`), two in flight; each iteration waits for
+      the segment posted two iterations before, so a phase is ⌈(S−2)/2⌉ lock-step rounds of
+      one notice + one data latency.
+
+    2·⌈(S−2)/2⌉·2α + 2(p−1)/p·nβ + (p−1)/p·nγ. For n ≤ 2p MiB (S = 2p): 4(p−1)α + …, twice
+    the textbook latency term with the same bandwidth term.
+    """
+    _check_n(n), _check_p(p)
+    if p == 1:
+        return 0.0
+    rounds = math.ceil((gloo_segments(n, p) - 2) / 2)
+    f = (p - 1) / p
+    return 2 * rounds * 2 * link.alpha_s + 2 * f * n * link.beta_s_per_byte \
+        + f * n * link.gamma_s_per_byte
+
+
+def gloo_reduce_scatter(n: float, p: int, link: LinkCost) -> float:
+    """gloo's reduce-scatter of an n-byte input costs its all-reduce of n bytes.
+
+    gloo has no reduce-scatter algorithm (libtorch_cpu links no gloo reduce-scatter symbol),
+    and torch's ProcessGroupGloo moves all-reduce bytes for it: counted on an otherwise idle
+    loopback, a 16 MiB `reduce_scatter_tensor` put 32 MiB on the wire at p = 2 and 96 MiB at
+    p = 4, exactly what `all_reduce` of the same tensor put there (a ring reduce-scatter would
+    send half). tests/cluster/test_gloo_bytes.py keeps checking this.
+    """
+    return gloo_ring_all_reduce(n, p, link)
+
+
+def gloo_all_gather(n: float, p: int, link: LinkCost) -> float:
+    """gloo's ring all-gather to an n-byte result (gloo/allgather.cc): 2(p−1) half-pieces, two
+    in flight, each waiting for the one posted two before: (p−1) rounds of 2α + (n/p)β."""
+    _check_n(n), _check_p(p)
+    if p == 1:
+        return 0.0
+    return (p - 1) * (2 * link.alpha_s + n / p * link.beta_s_per_byte)
+
+
+@dataclass(frozen=True)
+class CollectiveLibrary:
+    """The cost formulas of one collective library's algorithms (all sizes as documented at the
+    top of this module)."""
+
+    name: str
+    """`nccl` (textbook rings) or `gloo` (gloo over TCP)."""
+    all_reduce: Callable[[float, int, LinkCost], float]
+    """Ring all-reduce of n bytes over p ranks."""
+    reduce_scatter: Callable[[float, int, LinkCost], float]
+    """Reduce-scatter of an n-byte input over p ranks."""
+    all_gather: Callable[[float, int, LinkCost], float]
+    """All-gather to an n-byte result over p ranks."""
+
+
+LIBRARIES = {
+    "nccl": CollectiveLibrary("nccl", ring_all_reduce, ring_reduce_scatter, ring_all_gather),
+    "gloo": CollectiveLibrary("gloo", gloo_ring_all_reduce, gloo_reduce_scatter,
+                              gloo_all_gather),
+}
+"""Collective libraries by the name a hardware profile's `collective_library` gives."""
+TEXTBOOK = LIBRARIES["nccl"]
+
+
+def hierarchical_all_reduce(n: float, nodes: int, local: int, intra: LinkCost,
+                            inter: LinkCost, lib: CollectiveLibrary = TEXTBOOK) -> float:
+    """Two-level all-reduce over `nodes` × `local` ranks, with `lib`'s algorithms.
+
+    1. reduce-scatter inside each node (intra link): every rank ends with n/local bytes;
     2. ring all-reduce of those n/local bytes across nodes, `local` such rings at once (the
        caller passes `inter` already shared by the streams that cross one NIC);
-    3. ring all-gather inside each node.
+    3. all-gather inside each node.
 
-    With one node this is exactly `ring_all_reduce(n, local, intra)`; with one rank per node
-    it is `ring_all_reduce(n, nodes, inter)`.
+    With one node this is exactly `ring_all_reduce(n, local, intra)` (textbook); with one rank
+    per node it is `lib.all_reduce(n, nodes, inter)`.
     """
     _check_n(n), _check_p(nodes, "nodes"), _check_p(local, "local")
-    return (ring_reduce_scatter(n, local, intra)
-            + ring_all_reduce(n / local, nodes, inter)
-            + ring_all_gather(n, local, intra))
+    return (lib.reduce_scatter(n, local, intra)
+            + lib.all_reduce(n / local, nodes, inter)
+            + lib.all_gather(n, local, intra))
 
 
 ALL_REDUCE_ALGORITHMS = {
@@ -188,15 +280,16 @@ def topk_payload_bytes(k: int, value_bytes: int = 4, index_bytes: int = 8) -> in
 
 
 def compressed_all_gather(payload_bytes: float, p: int, link: LinkCost,
-                          decoded_bytes: float = 0.0) -> float:
+                          decoded_bytes: float = 0.0, lib: CollectiveLibrary = TEXTBOOK
+                          ) -> float:
     """Aggregate compressed gradients by all-gather, then decode and sum locally.
 
-    Every rank contributes `payload_bytes`, so the gathered result is p·payload:
-    (p−1)α + (p−1)·payload·β, plus the local sum of the p decoded gradients (p−1)·decoded·γ
+    Every rank contributes `payload_bytes`, so the gathered result is p·payload, gathered
+    with `lib.all_gather` (textbook: (p−1)α + (p−1)·payload·β), plus the local sum of the p decoded gradients (p−1)·decoded·γ
     where `decoded_bytes` is the dense size of one decoded gradient.
     """
     _check_n(payload_bytes), _check_n(decoded_bytes), _check_p(p)
     if p == 1:
         return 0.0
-    return ring_all_gather(p * payload_bytes, p, link) + (p - 1) * decoded_bytes \
+    return lib.all_gather(p * payload_bytes, p, link) + (p - 1) * decoded_bytes \
         * link.gamma_s_per_byte

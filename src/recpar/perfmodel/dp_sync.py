@@ -61,7 +61,7 @@ def _compressed_sync_cost(grad_bytes: float, dp: int, sync: GradSync, hw: Hardwa
         return C.topk_payload_bytes(k, precision.grad_bytes, sync.index_bytes)
 
     total, last, buckets = _bucketed(grad_bytes, bucket, lambda n: C.compressed_all_gather(
-        payload(n), dp, link, decoded_bytes=n))
+        payload(n), dp, link, decoded_bytes=n, lib=hw.collectives))
     full = int(grad_bytes // bucket)
     rem = grad_bytes - full * bucket
     sent = (dp - 1) * (full * payload(bucket) + (payload(rem) if rem > 0 else 0))
@@ -94,8 +94,8 @@ def _dense_sync_cost(grad_bytes: float, dp: int, sync: GradSync, hw: HardwarePro
     if sync.zero_stage == 3:
         # parameters are all-gathered once in forward and once in backward (ZeRO §5)
         link, _ = group_link(hw, dp, stride, ranks_per_node, groups_per_node)
-        extra = 2 * C.ring_all_gather(grad_bytes / precision.grad_bytes * precision.param_bytes,
-                                      dp, link)
+        params = grad_bytes / precision.grad_bytes * precision.param_bytes
+        extra = 2 * hw.collectives.all_gather(params, dp, link)
         total += extra
         sent += 2 * (dp - 1) / dp * grad_bytes / precision.grad_bytes * precision.param_bytes
     return {"total_s": total, "last_bucket_s": last, "buckets": buckets, "bytes_sent": sent,
@@ -115,13 +115,18 @@ def _all_reduce(grad_bytes: float, dp: int, sync: GradSync, hw: HardwareProfile,
         inter = hw.inter_link(groups_per_node * local)
 
         def hierarchical(n: float) -> float:
-            return C.hierarchical_all_reduce(n, nodes, local, intra, inter)
+            return C.hierarchical_all_reduce(n, nodes, local, intra, inter, hw.collectives)
 
-        sent = 2 * (local - 1) / local * grad_bytes + 2 * (nodes - 1) / nodes * grad_bytes / local
+        # reduce-scatter + all-gather in the node (gloo's reduce-scatter is an all-reduce: twice
+        # the bytes), then the ring all-reduce of one n/local piece across nodes
+        rs = 2 if hw.collective_library == "gloo" else 1
+        sent = (rs + 1) * (local - 1) / local * grad_bytes \
+            + 2 * (nodes - 1) / nodes * grad_bytes / local
         return hierarchical, sent, True
     algo = "ring" if sync.algorithm == "hierarchical" else sync.algorithm
     link, crosses = group_link(hw, dp, stride, ranks_per_node, groups_per_node)
-    all_reduce = C.ALL_REDUCE_ALGORITHMS[algo]
+    # the ring is the profile's library's own; the other algorithms are priced as textbook
+    all_reduce = hw.collectives.all_reduce if algo == "ring" else C.ALL_REDUCE_ALGORITHMS[algo]
 
     def flat(n: float) -> float:
         return all_reduce(n, dp, link)

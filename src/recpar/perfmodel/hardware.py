@@ -37,6 +37,9 @@ a user passes the path of their own file instead. Layout (all keys required unle
     links:
       intra_node: {latency_s: {value, source}, bandwidth_bytes_per_s: {value, source}}
       inter_node: {latency_s: ..., bandwidth_bytes_per_s: ..., nics_per_node: {value, source}}
+    collective_library: {value: nccl | gloo, source}   # optional, default nccl: whose
+                                             # collective algorithms price the communication
+                                             # (recpar.perfmodel.collectives.LIBRARIES)
 
 Bandwidths are per direction, per device for intra_node and per NIC for inter_node.
 
@@ -65,7 +68,7 @@ from typing import Any
 
 import yaml
 
-from recpar.perfmodel.collectives import LinkCost
+from recpar.perfmodel.collectives import LIBRARIES, CollectiveLibrary, LinkCost
 from recpar.rank_threads import threads_per_rank
 
 DTYPES = ("bf16", "fp16", "tf32", "fp32")
@@ -240,6 +243,11 @@ class HardwareProfile:
     sign_compress_elements_per_s: Figure | None = None
     """The same for 1-bit sign with error feedback (L1 scale, bit packing, unpack and mean);
     None: priced as 1 memory pass at γ."""
+    collective_library: str = "nccl"
+    """Whose collective algorithms the communication is priced with: `nccl` (textbook rings,
+    the GPU cluster) or `gloo` (torch's CPU backend over TCP); see collectives.LIBRARIES."""
+    collective_library_source: str = "assumed: default (the profile does not say)"
+    """Why the profile names that library."""
     shared_host: SharedHost | None = None
     """Set when all ranks of a run share one host's cores (emulated cluster); None: every rank
     has its own device at sustained_flops_per_s (the A100 profile)."""
@@ -265,6 +273,11 @@ class HardwareProfile:
             # a + b -> c touches 3 bytes of memory per byte reduced (two reads, one write)
             return 3.0 / self.memory_bandwidth_bytes_per_s.value
         return 0.0
+
+    @property
+    def collectives(self) -> CollectiveLibrary:
+        """The cost formulas of the profile's collective library."""
+        return LIBRARIES[self.collective_library]
 
     def intra_link(self) -> LinkCost:
         return LinkCost(self.intra_node.latency_s.value,
@@ -477,7 +490,7 @@ def profile_from_mapping(data: Any, where: str = "<profile>") -> HardwareProfile
     r = _Reader(where)
     top = r.mapping(data, "(top level)")
     known = {"name", "description", "devices_per_node", "max_nodes", "device", "links",
-             "shared_host"}
+             "shared_host", "collective_library"}
     unknown = sorted(set(top) - known)
     if unknown:
         raise r.fail(unknown[0], f"unknown key; known: {', '.join(sorted(known))}")
@@ -523,13 +536,39 @@ def profile_from_mapping(data: Any, where: str = "<profile>") -> HardwareProfile
     intra = _link(r, links, "intra_node", inter=False)
     inter = _link(r, links, "inter_node", inter=True)
     shared = _shared_host(r, top["shared_host"]) if top.get("shared_host") is not None else None
+    library, library_source = _collective_library(r, top.get("collective_library"))
     return HardwareProfile(
         name=name, description=description, devices_per_node=devices_per_node,
         device_name=device_name, compute_dtype=dtype, peak_flops_per_s=peaks,
         efficiency=efficiency, memory_gib=memory_gib, intra_node=intra, inter_node=inter,
         reduce_bytes_per_s=reduce_bw, memory_bandwidth_bytes_per_s=mem_bw, max_nodes=max_nodes,
         topk_compress_elements_per_s=topk_rate, sign_compress_elements_per_s=sign_rate,
+        collective_library=library, collective_library_source=library_source,
         shared_host=shared, path=where, figures=dict(r.figures))
+
+
+GLOO_LIBRARY = {"value": "gloo",
+                "source": "recpar's CPU runs communicate through torch.distributed's gloo "
+                          "backend over TCP"}
+"""`collective_library` of the profiles recpar measures (emulated cluster, scale model)."""
+
+
+def _collective_library(r: _Reader, node: Any) -> tuple[str, str]:
+    if node is None:
+        return "nccl", HardwareProfile.collective_library_source
+    m = r.mapping(node, "collective_library")
+    unknown = sorted(set(m) - {"value", "source", "note"})
+    if unknown:
+        raise r.fail("collective_library", f"unknown field(s) {', '.join(unknown)}; "
+                                            "expected value, source (and optional note)")
+    if m.get("value") not in LIBRARIES:
+        raise r.fail("collective_library.value", f"must be one of {', '.join(LIBRARIES)}, "
+                                                  f"got {m.get('value')!r}")
+    source = m.get("source")
+    if not isinstance(source, str) or not source.strip():
+        raise r.fail("collective_library.source", "missing: say why this library prices the "
+                                                   "communication")
+    return m["value"], source.strip()
 
 
 def packaged_profiles() -> list[str]:

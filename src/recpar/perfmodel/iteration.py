@@ -206,8 +206,9 @@ def _stage_tp_comm_s(shape: ModelShape, plan: PlanShape, hw: HardwareProfile, to
     tp, pp = plan.tensor_model_parallel_size, plan.pipeline_model_parallel_size
     tp_groups_per_node = max(1, ranks_per_node // min(tp, ranks_per_node))
     link, crosses_nodes = group_link(hw, tp, tp_stride, ranks_per_node, tp_groups_per_node)
-    activations = C.ring_all_reduce(tokens * shape.d_model * act_bytes, tp, link)  # [b, L, h]
-    cross_entropy = C.ring_all_reduce(tokens * 4, tp, link)  # [b, L] fp32 max/sum-exp/target
+    all_reduce = hw.collectives.all_reduce
+    activations = all_reduce(tokens * shape.d_model * act_bytes, tp, link)  # [b, L, h]
+    cross_entropy = all_reduce(tokens * 4, tp, link)  # [b, L] fp32 max/sum-exp/target
     per_stage = []
     for stage, layers in enumerate(stage_layer_counts(shape, plan)):
         t = 4 * layers * activations  # Megatron: 2 all-reduces forward + 2 backward per layer
@@ -295,8 +296,8 @@ def _tied_embedding_all_reduce_s(shape: ModelShape, plan: PlanShape, hw: Hardwar
     if plan.pipeline_model_parallel_size == 1 or not shape.tied_output:
         return 0.0
     link = hw.inter_link(min(ranks_per_node, tp * dp)) if pp_crosses_nodes else hw.intra_link()
-    return C.ring_all_reduce(shape.vocab_size * shape.d_model / tp * precision.grad_bytes, 2,
-                             link)
+    return hw.collectives.all_reduce(shape.vocab_size * shape.d_model / tp
+                                     * precision.grad_bytes, 2, link)
 
 
 def _exposed_dp_sync_s(dp_sync: dict[str, Any], sync: GradSync,

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from recpar.perfmodel.calibrate import profile_from_mapping
+from recpar.perfmodel.hardware import GLOO_LIBRARY
 
 MEMORY_GIB = 1.0
 """Memory per emulated device is not a limit the cost model's time prediction reads; a nominal
@@ -94,6 +95,7 @@ def scale_profile_mapping(scale: Mapping[str, Any], calibration: Mapping[str, An
                 "nics_per_node": _fig(1, "the scale model: one uplink per node", "config"),
             },
         },
+        "collective_library": dict(GLOO_LIBRARY),
     }
     profile_from_mapping(m, where)
     return m
