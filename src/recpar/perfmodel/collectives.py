@@ -285,8 +285,9 @@ def compressed_all_gather(payload_bytes: float, p: int, link: LinkCost,
     """Aggregate compressed gradients by all-gather, then decode and sum locally.
 
     Every rank contributes `payload_bytes`, so the gathered result is p·payload, gathered
-    with `lib.all_gather` (textbook: (p−1)α + (p−1)·payload·β), plus the local sum of the p decoded gradients (p−1)·decoded·γ
-    where `decoded_bytes` is the dense size of one decoded gradient.
+    with `lib.all_gather` (textbook: (p−1)α + (p−1)·payload·β), plus the local sum of the p
+    decoded gradients (p−1)·decoded·γ where `decoded_bytes` is the dense size of one decoded
+    gradient.
     """
     _check_n(payload_bytes), _check_n(decoded_bytes), _check_p(p)
     if p == 1:
