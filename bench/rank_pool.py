@@ -97,6 +97,11 @@ class RankPool:
             raise
         return self
 
+    @property
+    def pids(self) -> list[int]:
+        """The ranks' process ids, in rank order (e.g. to put each in its own CPU budget)."""
+        return [p.pid for p in self._procs]
+
     def __call__(self) -> Any:
         """Run the operation once on every rank; rank 0's return value."""
         for c in self._conns:

@@ -67,6 +67,46 @@ def train_step(scheme: str, dp: int = 1, tp: int = 1, pp: int = 1, zero_stage: i
     return step
 
 
+def dp_no_sync_replay(per_rank_batch: int, batches_per_call: int) -> Callable[[], float]:
+    """The DP engine's no-sync replay (`ReplicaEngine.no_sync_ms`, what `recpar train` runs
+    after training to separate exposed communication): every rank's fwd+bwd on
+    `batches_per_call` batches of `per_rank_batch` sequences with no gradient synchronisation.
+    The plan is dp = world size (a replica alone at world size 1); returns rank 0's mean ms."""
+    import torch.distributed as dist
+
+    from recpar.model.config import ModelConfig
+    from recpar.model.recommender import Recommender
+    from recpar.parallel.plan import ParallelPlan
+    from recpar.train.config import TrainConfig
+    from recpar.train.engines import EngineContext, build_engine
+    from recpar.train.spec import RunSpec
+
+    world = dist.get_world_size()
+    scheme = "dp" if world > 1 else "baseline"
+    plan = ParallelPlan(scheme=scheme, dp=world)
+    model_cfg = ModelConfig.named("tiny", dropout=0.0, text_dim=0)  # ID embeddings only
+    plan.validate(world_size=world, n_heads=model_cfg.n_heads, n_layers=model_cfg.n_layers)
+    batch = world * per_rank_batch  # weak scaling: every rank's share is per_rank_batch
+    out = Path(tempfile.mkdtemp(prefix="recpar-bench-"))
+    spec = RunSpec(data_dir=out, out_dir=out, run_id=f"bench-nosync-{world}", model=model_cfg,
+                   train=TrainConfig(global_batch_size=batch), plan=plan, use_text=False)
+    torch.manual_seed(0)
+    model = Recommender(model_cfg, N_ITEMS)
+    engine = build_engine(EngineContext(spec=spec, model=model, model_cfg=model_cfg,
+                                        device=torch.device("cpu"), rank=dist.get_rank(),
+                                        world=world, seq_len=SEQ_LEN))
+    n_seq = batches_per_call * batch
+    gen = torch.Generator().manual_seed(1)
+    inputs = torch.randint(1, N_ITEMS + 1, (n_seq, SEQ_LEN), generator=gen)  # [n_seq, L]
+    targets = torch.randint(1, N_ITEMS + 1, (n_seq, SEQ_LEN), generator=gen)
+    batches = list(torch.arange(n_seq).split(batch))  # the same global batches on every rank
+
+    def replay() -> float:
+        return engine.no_sync_ms(inputs, targets, batches, steps=batches_per_call)
+
+    return replay
+
+
 def grad_sync(case: str, size_bytes: int, topk_ratio: float = 0.01) -> Callable[[], None]:
     """One gradient-sync call of `case` (ring, hierarchical, sign, topk, powersgd, fp16, bf16)
     on a synthetic fp32 bucket of `size_bytes`, synchronous (overlap off), on the default

@@ -91,17 +91,23 @@ class ReplicaEngine(Engine):
         fb = timing.get("fwd_bwd_ms_per_iter")
         if self.ddp is None or fb is None or not batches:
             return {}
+        ms = self.no_sync_ms(inputs, targets, batches, timing.get("timed_steps", 10))
+        return exposed_metrics(fb, ms)  # the share (exposed / iter_ms): recpar.report.metrics
+
+    def no_sync_ms(self, inputs, targets, batches, steps: int) -> float:
+        """The no-sync replay: mean ms of this rank's fwd+bwd on `batches` (at most `steps` of
+        them) with no gradient synchronisation (DDP's no_sync; a single replica has none)."""
         self.ctx.model.train()
+        runner = self.ddp if self.ddp is not None else self.step_module
 
         def fwd_bwd(idx) -> None:
             x, y, gcount = self._local(inputs, targets, idx)
-            loss, _ = self.ddp(x, y, gcount)
+            loss, _ = runner(x, y, gcount)
             loss.backward()
 
-        ms = no_sync_fwd_bwd_ms(self.ddp, fwd_bwd, batches, timing.get("timed_steps", 10),
-                                lambda: self.step_module.zero_grad(set_to_none=True),
-                                self.ctx.device)
-        return exposed_metrics(fb, ms)  # the share (exposed / iter_ms): recpar.report.metrics
+        return no_sync_fwd_bwd_ms(self.ddp, fwd_bwd, batches, steps,
+                                  lambda: self.step_module.zero_grad(set_to_none=True),
+                                  self.ctx.device)
 
     def close(self) -> None:
         if self.sync_state is not None:

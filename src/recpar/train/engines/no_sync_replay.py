@@ -9,6 +9,7 @@ all-reduces) still run in the replay, so they are not counted as exposed DP time
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Callable, Iterable
 
@@ -22,16 +23,17 @@ REPLAY_STEPS = 10
 """At most this many batches are replayed (fewer if the window timed fewer steps)."""
 
 
-def no_sync_fwd_bwd_ms(ddp: DDP, fwd_bwd: Callable[[object], None], batches: Iterable,
+def no_sync_fwd_bwd_ms(ddp: DDP | None, fwd_bwd: Callable[[object], None], batches: Iterable,
                        timed_steps: int, zero_grad: Callable[[], None],
                        device: torch.device) -> float:
     """Mean ms of `fwd_bwd(batch)` under `ddp.no_sync()` over the first min(REPLAY_STEPS,
-    timed_steps) batches; `zero_grad` drops each replay's gradients (weights are untouched)."""
+    timed_steps) batches; `zero_grad` drops each replay's gradients (weights are untouched).
+    `ddp` None: a single replica, nothing to skip (its fwd+bwd as is)."""
     times = []
     for idx in list(batches)[:min(REPLAY_STEPS, max(1, timed_steps))]:
         device_sync(device)
         t0 = time.perf_counter()
-        with ddp.no_sync():
+        with ddp.no_sync() if ddp is not None else contextlib.nullcontext():
             fwd_bwd(idx)
         device_sync(device)
         times.append(1e3 * (time.perf_counter() - t0))
