@@ -109,11 +109,11 @@ def test_chaos_grid_reports_its_faults():
     assert "--inter-latency 5ms" in out  # the VDE data path, which can lose packets
 
 
-def test_scale_model_grid_measures_a_device_scales_every_link_and_validates_held_out():
+def test_scale_model_grid_measures_a_device_scales_every_link_and_validates():
     """config/scale_model.yaml: rule scale_model measures one budgeted device of the sweep's
     model on the dataset's items, cluster_up scales every link from it (no hand-set rate),
     every run has the same budget, and the cost model is judged on the scale model's own
-    profile as a held-out grid."""
+    profile (a development grid since the model learnt gloo's collectives from its errors)."""
     r = _snakemake("-n", "-p", "--cores", "1", "--forceall", "--configfile",
                    "config/scale_model.yaml")
     out = r.stdout + r.stderr
@@ -128,8 +128,26 @@ def test_scale_model_grid_measures_a_device_scales_every_link_and_validates_held
     assert len(runs) == 17 and all('"cpu_budget":0.2' in line for line in runs)
     assert "tp2-tiny-n1 " not in out  # the default sweep's runs are excluded
     check = next(line for line in lines if "recpar perfmodel scale-profile" in line)
-    assert "--grid scale-model --grid-role held-out" in check
+    assert "--grid scale-model --grid-role development" in check
     assert "recpar perfmodel calibrate" not in out  # the shared-host calibration is not used
+
+
+def test_scale_model_held_out_grid_differs_in_budget_batch_and_model():
+    """config/scale_model_heldout.yaml: its own sweep, judged held out, with another budget
+    (so other link rates), batch and model shape than the development grid."""
+    r = _snakemake("-n", "-p", "--cores", "1", "--forceall", "--configfile",
+                   "config/scale_model_heldout.yaml")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    lines = out.splitlines()
+    measure = next(line for line in lines if "recpar perfmodel scale-model" in line)
+    assert "--cpu-budget 0.3 --model-size small" in measure
+    runs = [line for line in lines if "recpar train --run-id" in line]
+    assert len(runs) == 7 and all('"cpu_budget":0.3' in line for line in runs)
+    assert all("--set global_batch_size=96 " in line for line in runs)
+    assert "results/movielens-100k/scale-model/" not in out
+    check = next(line for line in lines if "recpar perfmodel scale-profile" in line)
+    assert "--grid scale-model-heldout --grid-role held-out" in check
 
 
 def test_held_out_grid_is_its_own_sweep_and_says_so():
@@ -167,7 +185,8 @@ def _merged(base: dict, over: dict) -> dict:
 @pytest.mark.parametrize("config_path", ["config/config.yaml", ".test/config/config.yaml",
                                          "config/emulated.yaml", "config/quality_ablation.yaml",
                                          "config/ablations.yaml", "config/chaos.yaml",
-                                         "config/scale_model.yaml"])
+                                         "config/scale_model.yaml",
+                                         "config/scale_model_heldout.yaml"])
 def test_sweep_run_ids_spell_out_what_runs(config_path):
     """Each sweep key is the id `recpar train` gives its options, and the options validate
     (plan against the model, batch divisibility with the sweep's train settings). A run with a
@@ -184,7 +203,10 @@ def test_sweep_run_ids_spell_out_what_runs(config_path):
     assert reference is None or reference in cfg["sweep"]["runs"], reference
     train = {**cfg["train"], **cfg["sweep"].get("train", {})}
     sets = [f"--set={k}={v}" for k, v in train.items()]
+    excluded = set(cfg["sweep"].get("exclude", []))  # the default sweep's runs, not run here
     for run_id, opts in cfg["sweep"]["runs"].items():
+        if run_id in excluded:
+            continue
         args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--model-size",
                                           cfg["model"]["size"], *sets])
         apply_run_options(args, opts)
