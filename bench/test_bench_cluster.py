@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,7 @@ def test_ring_vs_hierarchical_4x2(benchmark, cluster, tmp_path, timed_run):
     from recpar.cluster.calibrate import calibrate, measure_pair
     from recpar.cluster.emulated import ClusterState
     from recpar.cluster.shaping import LinkShape
+    from recpar.perfmodel.allreduce_ablation import MODEL_NOTE, compare_size
     from recpar.perfmodel.collectives import LinkCost
 
     sizes = ["64k", "1m", "16m"] if timed_run else ["64k", "1m"]
@@ -170,7 +172,7 @@ def test_ring_vs_hierarchical_4x2(benchmark, cluster, tmp_path, timed_run):
     # α–β model from the measured links (projection, labelled so in the output).
     intra_link = LinkCost(alpha_s=intra_rtt / 2, beta_s_per_byte=1 / intra_busbw)
     inter_link = LinkCost(alpha_s=cal["latency_s"], beta_s_per_byte=8 / cal["rate_bit_per_s"])
-    rows = [_compare(f, h, nodes, 2, intra_link, inter_link)
+    rows = [compare_size(f, h, nodes, 2, intra_link, inter_link)
             for f, h in zip(flat["sizes"], hier["sizes"])]
     out = {"intra_node_busbw_bit_per_s": intra_busbw * 8, "intra_node_veth_tx_bytes": veth_tx,
            "intra_node_rtt_s": intra_rtt, "inter_configured_rate_bit_per_s": inter_bits,
@@ -181,93 +183,24 @@ def test_ring_vs_hierarchical_4x2(benchmark, cluster, tmp_path, timed_run):
         _record("ring_vs_hierarchical_4x2", out)
 
 
-MODEL_NOTE = ("recpar.perfmodel.collectives, alpha-beta with the calibrated links: projected_* "
-              "with gloo's own algorithms (what ran), textbook_* with the textbook rings; "
-              "error_pct = 100 (projected - measured) / measured")
+def test_ring_vs_hierarchical_at_two_latencies(benchmark, tmp_path, timed_run):
+    """Shaped intra-node links (every rank in its own device namespace) and uplinks at two
+    latencies: flat vs hierarchical all-reduce, measured, next to the α–β projections on the
+    calibrated links (`recpar perfmodel allreduce-ablation`, whose defaults this is: 4 nodes ×
+    2 ranks, 4 sizes). In make test 2 × 2, one latency, one size: the same code path."""
+    from recpar.perfmodel.allreduce_ablation import (AblationResult, AllreduceAblation,
+                                                     measure)
 
-
-def _compare(f: dict, h: dict, nodes: int, local: int, intra_link, inter_link) -> dict:
-    """One message size: measured flat and hierarchical times next to both models."""
-    from recpar.perfmodel.collectives import LIBRARIES, hierarchical_all_reduce
-
-    n, world = f["bytes"], nodes * local
-    row = {"bytes": n, "flat_time_ms": f["time_ms"], "hierarchical_time_ms": h["time_ms"],
-           "flat_busbw_bit_per_s": f["busbw_bytes_per_s"] * 8,
-           "hierarchical_busbw_bit_per_s": h["busbw_bytes_per_s"] * 8,
-           "hierarchical_phase_ms": h.get("phase_ms")}
-    for label, lib in (("projected", LIBRARIES["gloo"]), ("textbook", LIBRARIES["nccl"])):
-        # flat ring over all ranks: every round waits for an inter-node hop, one stream per NIC;
-        # hierarchical: `local` concurrent inter-node rings share each NIC
-        pred_flat = lib.all_reduce(n, world, inter_link)
-        pred_hier = hierarchical_all_reduce(n, nodes, local, intra_link,
-                                            inter_link.shared_by(local), lib)
-        row[f"{label}_flat_time_ms"] = pred_flat * 1e3
-        row[f"{label}_hierarchical_time_ms"] = pred_hier * 1e3
-        row[f"{label}_flat_error_pct"] = 100 * (pred_flat * 1e3 - f["time_ms"]) / f["time_ms"]
-        row[f"{label}_hierarchical_error_pct"] = \
-            100 * (pred_hier * 1e3 - h["time_ms"]) / h["time_ms"]
-    row["measured_winner"] = "hierarchical" if h["time_ms"] < f["time_ms"] else "flat"
-    row["projected_winner"] = ("hierarchical" if row["projected_hierarchical_time_ms"]
-                               < row["projected_flat_time_ms"] else "flat")
-    return row
-
-
-LATENCIES = [(0.005, 0.010), (0.020, 0.040)]
-"""(intra-node, inter-node) one-way latency in s of the two settings of the timed run."""
-INTRA_RATE, INTER_RATE = 1e8, 2e7
-"""Intra-node and inter-node link rates, bit/s (a node's uplink is 5× slower than a device's
-link, as in the scale model of paper-a100 where it is 23× slower)."""
-
-
-def test_ring_vs_hierarchical_at_two_latencies(benchmark, cluster, tmp_path, timed_run):
-    """Shaped intra-node links (every rank in its own device namespace) and inter-node links at
-    two latencies: flat vs hierarchical all-reduce, measured, next to the α–β prediction with
-    gloo's algorithms (and the textbook one) on the calibrated links. 4 nodes × 2 ranks; in
-    make test 2 × 2, one latency, one size (the same code path)."""
-    from recpar.cluster.calibrate import calibrate
-    from recpar.cluster.emulated import ClusterState
-    from recpar.cluster.shaping import LinkShape
-    from recpar.perfmodel.collectives import LinkCost
-
-    sizes = ["64k", "1m", "4m"] if timed_run else ["64k"]
-    iters = {"iters": 3, "warmup": 1} if timed_run else {"iters": 1, "warmup": 0}
-    settings = LATENCIES if timed_run else LATENCIES[:1]
-    nodes = 4 if timed_run else 2
-
-    def sweep():
-        out = []
-        for intra_s, inter_s in settings:
-            st = cluster(nodes, 2, LinkShape(INTER_RATE, latency_s=inter_s),  # previous one down
-                         intra_shape=LinkShape(INTRA_RATE, latency_s=intra_s))
-            cal = calibrate(st, state_dir=cluster.state_dir,
-                            **({"seconds": 2.0, "count": 200} if timed_run
-                               else {"seconds": 0.5, "count": 10}))
-            st = ClusterState.load(PREFIX, cluster.state_dir)
-            flat = _allreduce(st, cluster.state_dir, tmp_path, ",".join(sizes), "flat", **iters)
-            hier = _allreduce(st, cluster.state_dir, tmp_path, ",".join(sizes), "hierarchical",
-                              **iters)
-            intra_cal = cal["intra_node"]
-            intra_link = LinkCost(intra_cal["latency_s"], 8 / intra_cal["rate_bit_per_s"])
-            inter_link = LinkCost(cal["latency_s"], 8 / cal["rate_bit_per_s"])
-            out.append({"configured_intra_latency_s": intra_s,
-                        "configured_inter_latency_s": inter_s,
-                        "configured_intra_rate_bit_per_s": INTRA_RATE,
-                        "configured_inter_rate_bit_per_s": INTER_RATE,
-                        "calibrated_intra_latency_s": intra_cal["latency_s"],
-                        "calibrated_intra_rate_bit_per_s": intra_cal["rate_bit_per_s"],
-                        "calibrated_inter_latency_s": cal["latency_s"],
-                        "calibrated_inter_rate_bit_per_s": cal["rate_bit_per_s"],
-                        "sizes": [_compare(f, h, nodes, 2, intra_link, inter_link)
-                                  for f, h in zip(flat["sizes"], hier["sizes"])]})
-        return out
-
-    settings_out = benchmark.pedantic(sweep, rounds=1, iterations=1)
-    assert len(settings_out) == len(settings)
-    errors = [abs(r[f"projected_{a}_error_pct"]) for s in settings_out for r in s["sizes"]
-              for a in ("flat", "hierarchical")]
-    out = {"nodes": nodes, "ranks_per_node": 2, "model": MODEL_NOTE, "settings": settings_out,
-           "projected_within_15_pct": sum(e <= 15 for e in errors),
-           "projected_judged": len(errors)}  # reported, not asserted (a timed figure)
-    benchmark.extra_info.update(out)
+    cfg = AllreduceAblation(prefix=PREFIX)
+    if not timed_run:
+        cfg = AllreduceAblation(nodes=2, latencies=cfg.latencies[:1], sizes_bytes=(65536,),
+                                iters=1, warmup=0, calibrate_seconds=0.5, pingpong_count=10,
+                                prefix=PREFIX)
+    settings = benchmark.pedantic(measure, args=(cfg, tmp_path / "state", tmp_path / "work"),
+                                  kwargs={"progress": lambda _: None}, rounds=1, iterations=1)
+    assert len(settings) == len(cfg.latencies)
+    assert all(len(s["sizes"]) == len(cfg.sizes_bytes) for s in settings)
+    res = AblationResult(config=asdict(cfg), settings=settings)
+    benchmark.extra_info.update(res.summary)  # reported, not asserted (timed figures)
     if timed(benchmark):
-        _record("ring_vs_hierarchical_latencies_4x2", out)
+        _record("ring_vs_hierarchical_latencies_4x2", asdict(res))

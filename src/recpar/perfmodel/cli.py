@@ -12,6 +12,9 @@
     recpar perfmodel scale-model --hardware paper-a100 --cpu-budget 0.2 [--out FILE]
         (measures one budgeted device's training FLOP/s and prints the dilation and the
         profile's links scaled to it; needs root and a cgroup cpu controller)
+    recpar perfmodel allreduce-ablation --out DIR [--latencies 5ms/10ms,20ms/40ms] ...
+        (ring vs hierarchical all-reduce across latency and message size on the emulated
+        cluster, against the alpha-beta model; needs root and vde2)
 """
 
 from __future__ import annotations
@@ -251,6 +254,49 @@ def cmd_scale_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_latency_settings(text: str) -> tuple:
+    """'5ms/10ms,20ms/40ms' -> settings of (intra-node, inter-node) one-way latency."""
+    from recpar.cluster.units import parse_duration
+    from recpar.perfmodel.allreduce_ablation import LatencySetting
+
+    out = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        parts = item.split("/")
+        if len(parts) != 2:
+            raise ValueError(f"--latencies: {item!r} is not INTRA/INTER, e.g. 5ms/10ms")
+        out.append(LatencySetting(parse_duration(parts[0], "--latencies (intra-node)"),
+                                  parse_duration(parts[1], "--latencies (inter-node)")))
+    if not out:
+        raise ValueError("--latencies: give at least one INTRA/INTER setting")
+    return tuple(out)
+
+
+def cmd_allreduce_ablation(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from recpar.cluster.allreduce_probe import parse_size
+    from recpar.cluster.units import parse_rate
+    from recpar.perfmodel.allreduce_ablation import (AblationResult, AllreduceAblation,
+                                                     measure, write_outputs)
+
+    try:
+        cfg = AllreduceAblation(
+            nodes=args.nodes, ranks_per_node=args.ranks_per_node,
+            intra_rate_bit_per_s=parse_rate(args.intra_bw, "--intra-bw"),
+            inter_rate_bit_per_s=parse_rate(args.inter_bw, "--inter-bw"),
+            latencies=parse_latency_settings(args.latencies),
+            sizes_bytes=tuple(parse_size(t) for t in args.sizes.split(",") if t.strip()),
+            iters=args.iters, warmup=args.warmup, prefix=args.prefix)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    work = Path(args.out) / "work"
+    settings = measure(cfg, work / "state", work, progress=lambda m: print(m, flush=True))
+    res = AblationResult(config=asdict(cfg), settings=settings)
+    for path in write_outputs(res, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     import yaml
 
@@ -405,3 +451,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "calibration the first multi-node one carries")
     sp.add_argument("--out", required=True, help="profile YAML to write")
     sp.set_defaults(func=cmd_scale_profile)
+
+    ar = sub.add_parser("allreduce-ablation",
+                        help="ring vs hierarchical all-reduce across latency and message size, "
+                             "measured on the emulated cluster and projected (root, vde2)")
+    ar.add_argument("--nodes", type=int, default=4)
+    ar.add_argument("--ranks-per-node", type=int, default=2)
+    ar.add_argument("--intra-bw", default="100mbit", help="every device's intra-node link")
+    ar.add_argument("--inter-bw", default="20mbit", help="every node's uplink")
+    ar.add_argument("--latencies", default="5ms/10ms,20ms/40ms",
+                    help="settings INTRA/INTER of one-way latency, comma-separated")
+    ar.add_argument("--sizes", default="64k,256k,1m,4m", help="message sizes")
+    ar.add_argument("--iters", type=int, default=3, help="timed calls per size")
+    ar.add_argument("--warmup", type=int, default=1)
+    ar.add_argument("--prefix", default="rpa",
+                    help="namespace prefix of the ablation's own clusters")
+    ar.add_argument("--out", required=True,
+                    help="directory for allreduce_latency.{json,csv,md,png} (and work/)")
+    ar.set_defaults(func=cmd_allreduce_ablation)
