@@ -103,6 +103,28 @@ with budget_groups(CpuBudget(cores=0.5), ranks=1, tag="test-killed") as g:
 
 
 @needs_cgroup
+def test_paused_leaves_the_group_for_the_block_and_rejoins_it():
+    def my_group() -> str:
+        # cgroup v1 "<n>:cpu:<path>" (or "cpu,cpuacct"), else v2 "0::<path>"
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+        v1 = [ln for ln in lines if "cpu" in ln.split(":")[1].split(",")]
+        return (v1 or [ln for ln in lines if ln.startswith("0::")])[0]
+
+    outside = my_group()
+    with budget_groups(CpuBudget(cores=0.5), ranks=1, tag="test-paused") as groups:
+        cpu_budget.join(groups.path, 0)
+        try:
+            inside = my_group()
+            assert inside != outside and groups.path.name in inside
+            with cpu_budget.paused():
+                assert groups.path.name not in my_group()
+            assert my_group() == inside and cpu_budget.own_throttling() != {}
+        finally:
+            cpu_budget.leave()
+    assert my_group() == outside
+
+
+@needs_cgroup
 def test_the_groups_of_a_killed_launcher_are_removed_by_the_next_run():
     ctl = cpu_budget.find_controller()
     p = subprocess.Popen([sys.executable, "-c", LAUNCHER], stdout=subprocess.PIPE, text=True)
@@ -169,8 +191,10 @@ def test_budgeted_runs_record_the_budget_and_leave_no_group(small_prepared, tmp_
     assert m["cpu_throttled_periods_pct"] is not None
     if world > 1:
         assert m["cpu_throttled_periods_pct_max_over_ranks"] is not None
-    # the budget paced training; the final evaluation left it (recpar.cluster.cpu_budget.release)
-    assert any("final evaluation ran outside the device's CPU budget" in n for n in rec["notes"])
+    # the budget paced the training steps; validation (cpu_budget.paused) and the final
+    # evaluation (cpu_budget.release) ran outside it
+    assert any("validation and the final evaluation ran outside the device's CPU budget" in n
+               for n in rec["notes"])
     assert _ours(ctl) == before
 
 

@@ -298,6 +298,24 @@ def release() -> bool:
     return True
 
 
+@contextlib.contextmanager
+def paused() -> Iterator[None]:
+    """In a rank: run the block outside its budget, then rejoin the same group (validation
+    between training epochs: not part of what a device is timed on, and at a device's pace
+    it can take minutes). Nothing happens without a joined group."""
+    global _joined
+    group = _joined
+    if group is None:
+        yield
+        return
+    release()
+    try:
+        yield
+    finally:
+        (group / "cgroup.procs").write_text(str(os.getpid()))
+        _joined = group
+
+
 def leave() -> None:
     """Move this process back to the root group (before its group is removed)."""
     global _joined

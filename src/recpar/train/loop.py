@@ -179,8 +179,8 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
             break
     measured = _gather_measurements(run, timed, t_train0)  # reads the CPU throttling, too
     if cpu_budget.release():  # the budget paced training; the final evaluation runs unpaced
-        state.notes.append("the final evaluation ran outside the device's CPU budget (the "
-                           "budget applies to training and its per-epoch validation)")
+        state.notes.append("validation and the final evaluation ran outside the device's CPU "
+                           "budget (the budget applies to the training steps)")
     if run.rank != 0:
         return None
     return _write_record(run, state, timed, measured, scorer, _final_quality(run, scorer))
@@ -214,6 +214,9 @@ class _Run:
     """Rank 0's progress and restart bookkeeping (set when training starts)."""
     timeline: StepTimeline = field(default_factory=StepTimeline)
     """Every step's wall time (reset when training starts): the record's slow windows."""
+    rank0_wait_group: object | None = None
+    """All ranks, made with cfg.rank0_phase_timeout_s: where the others wait for rank 0's
+    validation (`_wait_for_rank0`); None on one rank."""
 
     @property
     def n_seq(self) -> int:
@@ -292,12 +295,16 @@ def _set_up(spec: RunSpec, progress: bool) -> _Run:
                                         device=device, rank=rank, world=world,
                                         seq_len=int(inputs.shape[1])))
     examples = eval_examples(ds, model_cfg.max_seq_len, spec.seed) if rank == 0 else None
+    # every rank, same point: the group the others wait in while rank 0 validates
+    wait_group = (dist.new_group(timeout=timedelta(seconds=cfg.rank0_phase_timeout_s))
+                  if world > 1 else None)
     fp = run_fingerprint(spec, ds, model_cfg)
     out = Path(spec.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     return _Run(spec=spec, cfg=cfg, rank=rank, world=world, progress=progress and rank == 0,
                 ds=ds, text_emb=text_emb, model_cfg=model_cfg, device=device, engine=engine,
-                inputs=inputs, targets=targets, examples=examples, fingerprint=fp, out=out)
+                inputs=inputs, targets=targets, examples=examples, fingerprint=fp, out=out,
+                rank0_wait_group=wait_group)
 
 
 def _resume(run: _Run) -> _Progress:
@@ -380,8 +387,9 @@ def _validate(run: _Run, state: _Progress, scorer: EvalCopy | None, epoch: int,
     cfg = run.cfg
     improved = False
     if run.rank == 0:
-        metric = scorer.validate(run.examples, cfg.early_stopping_metric, cfg.eval_batch_size,
-                                 run.spec.seed)
+        with cpu_budget.paused():  # a device's budget paces training steps, not validation
+            metric = scorer.validate(run.examples, cfg.early_stopping_metric,
+                                     cfg.eval_batch_size, run.spec.seed)
         entry[f"valid_{cfg.early_stopping_metric}"] = metric
         improved = metric > state.best
         if improved:
@@ -389,7 +397,7 @@ def _validate(run: _Run, state: _Progress, scorer: EvalCopy | None, epoch: int,
             checkpoint.save(run.best_path, {"model": full, "epoch": epoch,
                                             "fingerprint": run.fingerprint, "metric": metric})
     if run.world > 1:
-        _wait_for_rank0(cfg)
+        _wait_for_rank0(cfg, run.rank0_wait_group)
     improved, state.best = _bcast((improved, state.best), run.rank, run.world)
     state.bad_epochs = 0 if improved else state.bad_epochs + 1
     if state.bad_epochs >= cfg.patience:
@@ -398,15 +406,18 @@ def _validate(run: _Run, state: _Progress, scorer: EvalCopy | None, epoch: int,
                            f"{cfg.early_stopping_metric} for {cfg.patience} epochs")
 
 
-def _wait_for_rank0(cfg: TrainConfig) -> None:
+def _wait_for_rank0(cfg: TrainConfig, group) -> None:
     """The other ranks wait here while rank 0 alone validates: up to cfg.rank0_phase_timeout_s,
-    not the collective timeout (gloo's monitored barrier takes its own timeout and names a rank
-    that does not arrive; NCCL has none, its barrier waits the group's timeout)."""
-    if dist.get_backend() == "gloo":
-        dist.monitored_barrier(timeout=timedelta(seconds=cfg.rank0_phase_timeout_s),
+    not the collective timeout. `group` (all ranks) was made with that timeout: gloo's
+    monitored barrier takes a timeout of its own, but its sends still wait, under the group's
+    timeout, for rank 0 to post the matching receive (gloo's TCP transport sends only to a
+    posted receive), so on the default group a validation longer than collective_timeout_s
+    failed the run. NCCL's barrier waits the group's timeout."""
+    if dist.get_backend(group) == "gloo":
+        dist.monitored_barrier(group=group, timeout=timedelta(seconds=cfg.rank0_phase_timeout_s),
                                wait_all_ranks=True)
     else:
-        dist.barrier()
+        dist.barrier(group=group)
 
 
 def _log_epoch(run: _Run, entry: dict) -> None:
