@@ -83,9 +83,9 @@ def test_bench_budget_period_jitter(benchmark, steps, timed_run, period_us):
 
 PER_RANK_BATCH = 32
 """Sequences per rank per replayed batch (the device measurement's batch), at every N."""
-REPLAY_BATCHES = 5
+REPLAY_BATCHES = 10
 """Batches every rank replays in one round."""
-ROUNDS = 3
+ROUNDS = 7
 
 
 def _no_sync_rounds(n: int, rounds: int, batches: int, benchmark=None) -> list[float]:
@@ -113,23 +113,27 @@ def _no_sync_rounds(n: int, rounds: int, batches: int, benchmark=None) -> list[f
 
 
 @pytest.fixture(scope="module")
-def no_sync_one_device(timed_run):
-    """Median round of one budgeted replica: the reference of the fidelity (timed runs)."""
-    return statistics.median(_no_sync_rounds(1, ROUNDS, REPLAY_BATCHES)) if timed_run else None
+def no_sync_medians(timed_run) -> dict:
+    """Median round by N, filled as the cases run (N = 1 first: the reference). A timed run
+    first starts one budgeted replica and throws its round away: the first pool of a session
+    ran ~15 % slower than the same N = 1 a minute later (5.68 against 4.91 s)."""
+    if timed_run:
+        _no_sync_rounds(1, 1, 1)
+    return {}
 
 
 @pytest.mark.parametrize("n", [1, 2, 4, 8])
-def test_bench_dp_no_sync_fidelity(benchmark, no_sync_one_device, timed_run, n):
+def test_bench_dp_no_sync_fidelity(benchmark, no_sync_medians, timed_run, n):
     if not timed_run and n != SMOKE_DEVICES:
         pytest.skip(f"make test runs the code path once, at N = {SMOKE_DEVICES}")
     walls = _no_sync_rounds(n, ROUNDS if timed_run else 1,
                             REPLAY_BATCHES if timed_run else 1, benchmark)
     assert len(walls) == (ROUNDS if timed_run else 1) and min(walls) > 0
-    if no_sync_one_device is not None:
-        fidelity = no_sync_one_device / statistics.median(walls)
-        benchmark.extra_info.update({
-            "devices": n, "cores_per_device": CORES, "per_rank_batch": PER_RANK_BATCH,
-            "round_s_median": statistics.median(walls),
-            "one_device_round_s_median": no_sync_one_device,
-            "fidelity": fidelity,
-            "meets_target": fidelity >= 0.90})  # reported, not asserted (a timed figure)
+    no_sync_medians[n] = statistics.median(walls)
+    info = {"devices": n, "cores_per_device": CORES, "per_rank_batch": PER_RANK_BATCH,
+            "round_s_median": no_sync_medians[n]}
+    if timed_run and 1 in no_sync_medians:
+        fidelity = no_sync_medians[1] / no_sync_medians[n]
+        info.update({"one_device_round_s_median": no_sync_medians[1], "fidelity": fidelity,
+                     "meets_target": fidelity >= 0.90})  # reported, not asserted (timed)
+    benchmark.extra_info.update(info)
