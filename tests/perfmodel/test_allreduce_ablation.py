@@ -69,7 +69,7 @@ def test_outputs_state_question_table_and_answer(tmp_path):
     assert all(p.stat().st_size > 0 for p in paths)
     md = paths[2].read_text()
     assert "**Question.**" in md and "**Answer (measured).**" in md
-    assert "between 1 MiB and 4 MiB" in md  # the measured crossover
+    assert "catches up between 1 MiB and 4 MiB" in md  # the measured crossover
     assert len(paths[1].read_text().splitlines()) == 1 + 3
 
 

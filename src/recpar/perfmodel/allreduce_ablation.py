@@ -235,8 +235,9 @@ def _size(n: float | None) -> str:
 def _crossover_text(s: dict) -> str:
     m = s["measured_crossover"]
     if m.get("at_most_bytes") is not None:
-        return f"between {_size(m['above_bytes'])} and {_size(m['at_most_bytes'])}"
-    return f"none measured ({m.get('winner_throughout')} wins throughout)"
+        return (f"the flat ring catches up between {_size(m['above_bytes'])} and "
+                f"{_size(m['at_most_bytes'])}")
+    return f"no crossover measured ({m.get('winner_throughout')} faster at every size)"
 
 
 def markdown(res: AblationResult) -> str:
@@ -275,8 +276,8 @@ def markdown(res: AblationResult) -> str:
     for s in res.settings:
         lines.append(
             f"- Latency {s['calibrated_intra_latency_s'] * 1e3:.1f} / "
-            f"{s['calibrated_inter_latency_s'] * 1e3:.1f} ms: the flat ring catches up "
-            f"{_crossover_text(s)}; projected (gloo) from "
+            f"{s['calibrated_inter_latency_s'] * 1e3:.1f} ms: {_crossover_text(s)}; "
+            f"the flat ring projected as fast (gloo) from "
             f"{_size(s['projected_crossover_bytes'])}, textbook from "
             f"{_size(s['textbook_crossover_bytes'])} (searched over "
             f"{_size(s['crossover_search_bytes'][0])}–{_size(s['crossover_search_bytes'][1])}; "

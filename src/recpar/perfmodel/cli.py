@@ -289,7 +289,7 @@ def cmd_allreduce_ablation(args: argparse.Namespace) -> int:
             iters=args.iters, warmup=args.warmup, prefix=args.prefix)
     except ValueError as e:
         raise _fail(str(e)) from None
-    work = Path(args.out) / "work"
+    work = Path(args.work_dir)
     settings = measure(cfg, work / "state", work, progress=lambda m: print(m, flush=True))
     res = AblationResult(config=asdict(cfg), settings=settings)
     for path in write_outputs(res, args.out):
@@ -467,5 +467,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ar.add_argument("--prefix", default="rpa",
                     help="namespace prefix of the ablation's own clusters")
     ar.add_argument("--out", required=True,
-                    help="directory for allreduce_latency.{json,csv,md,png} (and work/)")
+                    help="directory for allreduce_latency.{json,csv,md,png}")
+    ar.add_argument("--work-dir", default="results/ablations/allreduce",
+                    help="the clusters' state, the probes' logs and raw results")
     ar.set_defaults(func=cmd_allreduce_ablation)
