@@ -62,8 +62,9 @@ def one_device(steps, timed_run):
 
 @pytest.mark.parametrize("n", [1, 2, 4, 8])
 def test_bench_budgeted_devices_scale(benchmark, one_device, steps, n):
+    if one_device is None and n > SMOKE_DEVICES:
+        pytest.skip(f"make test runs the code path once, at N <= {SMOKE_DEVICES}")
     budget = CpuBudget(cores=CORES)
-    n = n if one_device is not None else min(n, SMOKE_DEVICES)
     out = benchmark.pedantic(run_devices, args=(n, budget, steps), rounds=1, iterations=1)
     assert out["devices"] == n and out["steps_per_s_min"] > 0, out
     if one_device is not None:
@@ -74,6 +75,8 @@ def test_bench_budgeted_devices_scale(benchmark, one_device, steps, n):
 
 @pytest.mark.parametrize("period_us", [5_000, 10_000, 100_000])
 def test_bench_budget_period_jitter(benchmark, steps, timed_run, period_us):
+    if not timed_run and period_us != CpuBudget(cores=CORES).period_us:
+        pytest.skip("make test runs the code path once, at the default period")
     budget = CpuBudget(cores=CORES, period_us=period_us)
     n = 4 if timed_run else SMOKE_DEVICES
     out = benchmark.pedantic(run_devices, args=(n, budget, steps), rounds=1, iterations=1)

@@ -59,8 +59,9 @@ def resume_after_kill(rank: int, world_size: int, out_dir: str) -> None:
 
 
 def wait_for_slow_rank0(rank: int, world_size: int, out_dir: str) -> None:
-    """Default group timeout 2 s; rank 0 'validates' for 5 s, then every rank passes
-    `_wait_for_rank0` on the group the loop makes for it (own group: the default one)."""
+    """Default group timeout 1 s; rank 0 'validates' for 3 s, twice: first every rank passes
+    `_wait_for_rank0` on a group made as the loop makes it, then on the default group (which
+    fails, so it comes last: a failed group is not used again)."""
     import time
     from datetime import timedelta
 
@@ -68,17 +69,19 @@ def wait_for_slow_rank0(rank: int, world_size: int, out_dir: str) -> None:
     from recpar.train.loop import _wait_for_rank0
 
     dist.init_process_group("gloo", init_method=f"file://{os.path.join(out_dir, 'store')}",
-                            rank=rank, world_size=world_size, timeout=timedelta(seconds=2))
+                            rank=rank, world_size=world_size, timeout=timedelta(seconds=1))
     cfg = TrainConfig(rank0_phase_timeout_s=60)
-    own = os.environ.get("RECPAR_TEST_WAIT_GROUP") == "own"
-    group = dist.new_group(timeout=timedelta(seconds=cfg.rank0_phase_timeout_s)) if own else None
-    if rank == 0:
-        time.sleep(5)
-    try:
-        _wait_for_rank0(cfg, group)
-        outcome = "passed"
-    except RuntimeError as e:
-        outcome = f"failed: {str(e).splitlines()[0][:200]}"
+    own = dist.new_group(timeout=timedelta(seconds=cfg.rank0_phase_timeout_s))
+    outcome = {}
+    for name, group in (("own", own), ("default", None)):
+        if rank == 0:
+            time.sleep(3)
+        try:
+            _wait_for_rank0(cfg, group)
+            outcome[name] = "passed"
+        except RuntimeError as e:
+            outcome[name] = f"failed: {str(e).splitlines()[0][:200]}"
+            break
     with open(os.path.join(out_dir, f"wait{rank}.json"), "w") as f:
         json.dump(outcome, f)
     from recpar.rank_exit import exit_rank
