@@ -65,12 +65,23 @@ def _command(work: Path, *extra: str) -> list[str]:
             str(ROOT / "profiles" / "local"), *extra, *sorted(TARGETS)]
 
 
+def _as_from_a_terminal() -> None:
+    """In the child before exec: SIGINT handled by default and no signal blocked, as a shell
+    starts a command. Whatever an earlier test left in this pytest process (an ignored or
+    blocked SIGINT is inherited across fork and exec) must not decide whether Ctrl-C reaches
+    Snakemake: in two full `make test` runs the SIGINT was lost and the grid ran to its end,
+    while the test alone passed."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
 def _start(work: Path, name: str) -> tuple[subprocess.Popen, Path]:
     """Snakemake in a process group of its own (its pid is the group id), log in `name`.log."""
     log = work / f"{name}.log"
     with open(log, "w") as f:
         proc = subprocess.Popen(_command(work), cwd=ROOT, env={**_env(), "PYTHONUNBUFFERED": "1"},
-                                stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_as_from_a_terminal)
     return proc, log
 
 
