@@ -290,5 +290,6 @@ def test_loaded_steps_time_concurrent_processes():
 def test_sign_compress_measurement_and_bad_codec():
     r = measure_compress_elements_per_s(4096, "sign", repeats=2)
     assert r["elements_per_s"] > 0 and r["codec"] == "sign" and r["ratio"] is None
-    with pytest.raises(ValueError, match="codec must be 'topk' or 'sign', got 'zip'"):
+    with pytest.raises(ValueError,
+                       match="codec must be 'topk', 'sign', 'fp16' or 'powersgd', got 'zip'"):
         measure_compress_elements_per_s(4096, "zip")

@@ -73,22 +73,37 @@ def hierarchical_padded_numel(numel: int, ranks_per_node: int) -> int:
     return math.ceil(numel / ranks_per_node) * ranks_per_node
 
 
+def powersgd_matrix(shape: Sequence[int], rank: int, min_compression_rate: float = 2.0
+                    ) -> tuple[int, int, int | None]:
+    """(rows, cols, r) of one gradient as torch's powerSGD_hook treats it: viewed as
+    (shape[0], rest); compressed to P (rows×r) and Q (cols×r), r = min(rows, cols, rank), when it
+    is a matrix and (rows+cols)·r·min_compression_rate < rows·cols, else (r = None) sent whole."""
+    rows = int(shape[0]) if len(shape) else 1
+    cols = math.prod(int(s) for s in shape[1:]) if len(shape) > 1 else 1
+    r = min(rows, cols, rank)
+    compress = len(shape) > 1 and (rows + cols) * r * min_compression_rate < rows * cols
+    return rows, cols, (r if compress else None)
+
+
+def powersgd_split_elements(grad_shapes: Sequence[Sequence[int]], rank: int,
+                            min_compression_rate: float = 2.0) -> tuple[int, int, int]:
+    """(uncompressed, P, Q) elements torch's powerSGD_hook all-reduces for one bucket once
+    compression is active: three all-reduces, one after the other (`powersgd_matrix`)."""
+    dense = p = q = 0
+    for shape in grad_shapes:
+        rows, cols, r = powersgd_matrix(shape, rank, min_compression_rate)
+        if r is None:
+            dense += rows * cols
+        else:
+            p, q = p + rows * r, q + cols * r
+    return dense, p, q
+
+
 def powersgd_payload_elements(grad_shapes: Sequence[Sequence[int]], rank: int,
                               min_compression_rate: float = 2.0) -> int:
-    """Elements torch's powerSGD_hook all-reduces for one bucket once compression is active.
-
-    Mirrors torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook: each gradient is viewed
-    as (shape[0], rest); with r = min(rows, cols, rank) it is compressed to P (rows×r) and
-    Q (cols×r) when (rows+cols)·r·min_compression_rate < rows·cols, else sent dense.
-    """
-    total = 0
-    for shape in grad_shapes:
-        rows = int(shape[0]) if len(shape) else 1
-        cols = math.prod(int(s) for s in shape[1:]) if len(shape) > 1 else 1
-        r = min(rows, cols, rank)
-        compressed = (rows + cols) * r
-        total += compressed if compressed * min_compression_rate < rows * cols else rows * cols
-    return total
+    """Elements torch's powerSGD_hook all-reduces for one bucket once compression is active
+    (the three all-reduces of `powersgd_split_elements` together)."""
+    return sum(powersgd_split_elements(grad_shapes, rank, min_compression_rate))
 
 
 def expected_payload_bytes(compressor: str, numel: int, world_size: int, ratio: float = 0.01, *,

@@ -10,6 +10,7 @@ machine at hand (torch kernels; torch.distributed gloo for the loopback link) an
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import time
@@ -312,46 +313,86 @@ def _model_config(record: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def measure_compress_elements_per_s(n_elements: int, codec: str = "topk", ratio: float = 0.01,
-                                    world: int = 2, repeats: int = 10, threads: int = 1
-                                    ) -> dict[str, float]:
-    """Gradient elements/s of recpar's compressed-hook work, one thread, timed in CPU seconds.
+                                    world: int = 2, repeats: int = 10, threads: int = 1,
+                                    grad_shapes: Sequence[Sequence[int]] | None = None,
+                                    powersgd_rank: int = 1) -> dict[str, float]:
+    """Gradient elements/s of a compressed hook's local work, one thread, timed in CPU seconds.
 
-    Times exactly the hook's local work (recpar.comm.hooks `_compressed_reduce` with error
-    feedback, recpar.comm.codecs): p = g + r; encode (top-k by |p| at `ratio`, or 1-bit sign
-    with L1 scale); r = p − ĝ; then decode-and-average of `world` gathered payloads. The
-    all-gather itself is not in it.
+    - topk / sign: exactly recpar's hook work (recpar.comm.hooks `_compressed_reduce` with error
+      feedback, recpar.comm.codecs): p = g + r; encode (top-k by |p| at `ratio`, or 1-bit sign
+      with L1 scale); r = p − ĝ; then decode-and-average of `world` gathered payloads.
+    - fp16: torch's fp16_compress_hook's casts, down to fp16 (divided by the world) and back.
+    - powersgd: the steps of torch's powerSGD_hook for a bucket of `grad_shapes` (they must add
+      up to n_elements) at `powersgd_rank`: error feedback, M·Q, torch's own orthogonalisation
+      of P, Mᵀ·P, and the residual M − P·Qᵀ for every matrix it compresses.
+    The collectives themselves are not in it.
     """
     import torch
 
     from recpar.comm.codecs import (sign_decode_mean, sign_encode, topk_decode_mean,
                                     topk_encode)
 
-    if codec == "topk":
-        encode, decode = (lambda p: topk_encode(p, ratio)), topk_decode_mean
-    elif codec == "sign":
-        encode, decode = sign_encode, sign_decode_mean
-    else:
-        raise ValueError(f"codec must be 'topk' or 'sign', got {codec!r}")
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         gen = torch.Generator().manual_seed(0)
         g = torch.randn(n_elements, generator=gen)
         r = torch.randn(n_elements, generator=gen) * 0.1
+        if codec in ("topk", "sign"):
+            encode, decode = (((lambda p: topk_encode(p, ratio)), topk_decode_mean)
+                              if codec == "topk" else (sign_encode, sign_decode_mean))
 
-        def work() -> None:
-            p = g + r
-            payload, g_hat = encode(p)
-            r.copy_(p - g_hat)
-            gathered = payload.repeat(world).view(world, -1)
-            decode(gathered, n_elements)
-
+            def work() -> None:
+                p = g + r
+                payload, g_hat = encode(p)
+                r.copy_(p - g_hat)
+                gathered = payload.repeat(world).view(world, -1)
+                decode(gathered, n_elements)
+        elif codec == "fp16":
+            def work() -> None:
+                r.copy_(g.to(torch.float16).div_(world))
+        elif codec == "powersgd":
+            work = _powersgd_work(g, r, grad_shapes, powersgd_rank, gen)
+        else:
+            raise ValueError(f"codec must be 'topk', 'sign', 'fp16' or 'powersgd', got {codec!r}")
         cpu_s, wall_s = _median_cpu_time(work, repeats)
     finally:
         torch.set_num_threads(old)
     return {"elements_per_s": n_elements / cpu_s, "cpu_s": cpu_s, "wall_s": wall_s,
             "n_elements": n_elements, "codec": codec,
-            "ratio": ratio if codec == "topk" else None, "world": world, "threads": threads}
+            "ratio": ratio if codec == "topk" else None,
+            "powersgd_rank": powersgd_rank if codec == "powersgd" else None,
+            "world": world, "threads": threads}
+
+
+def _powersgd_work(g, err, grad_shapes, rank: int, gen):
+    """One bucket of torch's powerSGD_hook's local work (its compressed phase), as a callable."""
+    import torch
+    from torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook import _orthogonalize
+
+    from recpar.comm.byte_formulas import powersgd_matrix
+
+    if grad_shapes is None or sum(math.prod(s) for s in grad_shapes) != g.numel():
+        raise ValueError(f"powersgd: grad_shapes must add up to the {g.numel()} elements")
+    views, offset = [], 0
+    for shape in grad_shapes:
+        rows, cols, r = powersgd_matrix(shape, rank)  # torch's _should_compress
+        if r is not None:
+            views.append((offset, rows, cols, torch.randn(cols, r, generator=gen)))
+        offset += rows * cols
+
+    def work() -> None:
+        g.add_(err)                       # error feedback: the bucket plus last step's residual
+        before = g.clone()
+        for off, rows, cols, q in views:
+            m = g[off:off + rows * cols].view(rows, cols)
+            p = m @ q                       # P = M Q, [rows, r]
+            _orthogonalize(p.unsqueeze(0))  # in place, as a batch of one
+            q.copy_(m.t() @ p)              # Q = Mᵀ P, [cols, r]
+            m.copy_(p @ q.t())              # the rank-r approximation replaces M
+        err.copy_(before - g)               # residual: what the approximation missed
+
+    return work
 
 
 def measure_reduce_bytes_per_s(n_bytes: int = 64 * 2**20, repeats: int = 10) -> float:

@@ -1,12 +1,14 @@
 """One step's DP gradient synchronisation for one rank's gradients: DDP buckets, dense
-All-Reduce (flat or hierarchical) or a compressed all-gather (sign, top-k), and ZeRO-3's
-parameter all-gathers. Time and bytes on the wire; overlap with backward is the caller's."""
+All-Reduce (flat or hierarchical), a compressed all-gather (sign, top-k), a 16-bit All-Reduce
+(fp16, bf16), PowerSGD's three All-Reduces, and ZeRO-3's parameter all-gathers. Time and bytes
+on the wire; overlap with backward is the caller's."""
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
+from recpar.comm.byte_formulas import FP16_BYTES, powersgd_split_elements
 from recpar.perfmodel import collectives as C
 from recpar.perfmodel.hardware import HardwareProfile
 from recpar.perfmodel.placement import group_link, group_span
@@ -29,15 +31,20 @@ def _bucketed(total: float, bucket: float, cost: Callable[[float], float]
 
 def dp_sync_cost(grad_bytes: float, dp: int, sync: GradSync, hw: HardwareProfile,
                  topo: Topology, stride: int, groups_per_node: int,
-                 precision: Precision) -> dict[str, float]:
+                 precision: Precision, grad_shapes: Sequence[Sequence[int]] | None = None
+                 ) -> dict[str, float]:
     """Time and bytes of one step's DP gradient synchronisation for one rank's gradients.
 
     `stride` is the rank distance between DP peers, `groups_per_node` how many DP groups have
-    ranks on one node (their cross-node streams share the NICs).
+    ranks on one node (their cross-node streams share the NICs). PowerSGD needs the gradients'
+    `grad_shapes` (they add up to grad_bytes).
     """
     if dp == 1 or grad_bytes <= 0:
         return {"total_s": 0.0, "last_bucket_s": 0.0, "buckets": 0, "bytes_sent": 0.0,
                 "compress_s": 0.0, "crosses_nodes": False}
+    if sync.compression in ("fp16", "bf16", "powersgd"):
+        return _all_reduced_sync_cost(grad_bytes, dp, sync, hw, topo.ranks_per_node, stride,
+                                      groups_per_node, precision, grad_shapes)
     if sync.compression != "none":
         return _compressed_sync_cost(grad_bytes, dp, sync, hw, topo.ranks_per_node, stride,
                                      groups_per_node, precision)
@@ -69,18 +76,69 @@ def _compressed_sync_cost(grad_bytes: float, dp: int, sync: GradSync, hw: Hardwa
             "compress_s": _compress_s(grad_bytes, sync, hw, precision), "crosses_nodes": crosses}
 
 
+def _all_reduced_sync_cost(grad_bytes: float, dp: int, sync: GradSync, hw: HardwareProfile,
+                           ranks_per_node: int, stride: int, groups_per_node: int,
+                           precision: Precision, grad_shapes: Sequence[Sequence[int]] | None
+                           ) -> dict[str, float]:
+    """torch's fp16/bf16 hooks (one All-Reduce of the bucket cast to 16 bits) and PowerSGD
+    (torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook: per bucket, one All-Reduce of
+    the tensors it leaves uncompressed, then of every P, then of every Q, one after the other)
+    over the whole DP group with the library's ring."""
+    link, crosses = group_link(hw, dp, stride, ranks_per_node, groups_per_node)
+
+    def all_reduce(n: float) -> float:
+        return hw.collectives.all_reduce(n, dp, link) if n > 0 else 0.0
+
+    bucket = sync.bucket_size_mb * MiB
+    if sync.compression in ("fp16", "bf16"):
+        half = FP16_BYTES / precision.grad_bytes
+        total, last, buckets = _bucketed(grad_bytes, bucket, lambda n: all_reduce(n * half))
+        sent = 2 * (dp - 1) / dp * grad_bytes * half
+    else:
+        if grad_shapes is None:
+            raise ValueError("the PowerSGD cost needs the gradients' shapes")
+        costs, sent = [], 0.0
+        for shapes in _ddp_buckets(grad_shapes, bucket / precision.grad_bytes):
+            dense, p_elems, q_elems = powersgd_split_elements(shapes, sync.powersgd_rank)
+            costs.append(sum(all_reduce(e * precision.grad_bytes)
+                             for e in (dense, p_elems, q_elems)))
+            sent += 2 * (dp - 1) / dp * (dense + p_elems + q_elems) * precision.grad_bytes
+        total, last, buckets = sum(costs), costs[-1], len(costs)
+    return {"total_s": total, "last_bucket_s": last, "buckets": buckets, "bytes_sent": sent,
+            "compress_s": _compress_s(grad_bytes, sync, hw, precision), "crosses_nodes": crosses}
+
+
+def _ddp_buckets(grad_shapes: Sequence[Sequence[int]], cap_elements: float
+                 ) -> list[list[Sequence[int]]]:
+    """DDP's buckets: parameters in reverse order, a bucket closed once it holds at least the
+    cap (as DDP's bucket_cap_mb; its smaller first bucket is not modelled, as in `_bucketed`)."""
+    buckets: list[list[Sequence[int]]] = [[]]
+    size = 0
+    for shape in reversed(list(grad_shapes)):
+        buckets[-1].append(shape)
+        size += math.prod(shape)
+        if size >= cap_elements:
+            buckets.append([])
+            size = 0
+    return [b for b in buckets if b]
+
+
+_PASSES = {"sign": 1, "topk": 2, "fp16": 2, "bf16": 2, "powersgd": 4}
+"""Memory passes over the gradient a compressor's local work is priced at when the profile has
+no measured rate: sign encodes in one; top-k selects and updates the residual (r += g − ĝ);
+the casts go down and back; PowerSGD adds the residual, reads M for M·Q and for Mᵀ·P, and
+writes the new residual M − P·Qᵀ."""
+
+
 def _compress_s(grad_bytes: float, sync: GradSync, hw: HardwareProfile,
                 precision: Precision) -> float:
     """Rank-local compression work for `grad_bytes` of gradients: at the profile's measured
     rate where it has one, else as memory passes at the profile's γ."""
-    rate = (hw.topk_compress_elements_per_s if sync.compression == "topk"
-            else hw.sign_compress_elements_per_s if sync.compression == "sign" else None)
+    rate = hw.compress_elements_per_s(sync.compression)
     if rate is not None:
-        # measured rate of recpar's own encode + error feedback + decode (calibrate)
-        return grad_bytes / precision.grad_bytes / rate.value
-    # one memory pass to encode (sign) / two for top-k (selection + residual r += g − ĝ)
-    passes = 1 if sync.compression == "sign" else 2
-    return passes * grad_bytes * hw.gamma_s_per_byte
+        # measured rate of the compressor's own encode + error feedback + decode (calibrate)
+        return grad_bytes / precision.grad_bytes / rate
+    return _PASSES[sync.compression] * grad_bytes * hw.gamma_s_per_byte
 
 
 def _dense_sync_cost(grad_bytes: float, dp: int, sync: GradSync, hw: HardwareProfile,

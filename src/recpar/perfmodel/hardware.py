@@ -23,6 +23,8 @@ a user passes the path of their own file instead. Layout (all keys required unle
       reduce_bytes_per_s: {value, source}    # optional; local sum rate (γ = 1 / this)
       topk_compress_elements_per_s: {value, source}   # optional; top-k EF encode+decode rate
       sign_compress_elements_per_s: {value, source}   # optional; sign EF encode+decode rate
+      fp16_compress_elements_per_s: {value, source}   # optional; 16-bit cast and back rate
+      powersgd_compress_elements_per_s: {value, source}  # optional; PowerSGD rank-r work rate
     shared_host:                             # optional: every rank of a run shares one host
       cores: {value, source}                 # CPU cores C all ranks run on
       model_flops_per_s_by_threads:          # achieved model FLOP/s of ONE rank with t threads
@@ -72,6 +74,9 @@ from recpar.perfmodel.collectives import LIBRARIES, CollectiveLibrary, LinkCost
 from recpar.rank_threads import threads_per_rank
 
 DTYPES = ("bf16", "fp16", "tf32", "fp32")
+COMPRESS_CODECS = ("topk", "sign", "fp16", "powersgd")
+"""Codecs whose rank-local work a profile may give a measured rate for
+(`device.<codec>_compress_elements_per_s`); bf16 is priced at the fp16 rate (the same casts)."""
 PROFILE_PACKAGE = "recpar.perfmodel.profiles"
 
 
@@ -243,6 +248,12 @@ class HardwareProfile:
     sign_compress_elements_per_s: Figure | None = None
     """The same for 1-bit sign with error feedback (L1 scale, bit packing, unpack and mean);
     None: priced as 1 memory pass at γ."""
+    fp16_compress_elements_per_s: Figure | None = None
+    """The same for the 16-bit cast hooks (fp16 and bf16: cast down, all-reduce, cast back);
+    None: priced as 2 memory passes at γ."""
+    powersgd_compress_elements_per_s: Figure | None = None
+    """The same for PowerSGD at the run's rank (error feedback, M·Q, orthogonalisation, Mᵀ·P,
+    P·Qᵀ and the residual, per gradient matrix); None: priced as 4 memory passes at γ."""
     collective_library: str = "nccl"
     """Whose collective algorithms the communication is priced with: `nccl` (textbook rings,
     the GPU cluster) or `gloo` (torch's CPU backend over TCP); see collectives.LIBRARIES."""
@@ -273,6 +284,12 @@ class HardwareProfile:
             # a + b -> c touches 3 bytes of memory per byte reduced (two reads, one write)
             return 3.0 / self.memory_bandwidth_bytes_per_s.value
         return 0.0
+
+    def compress_elements_per_s(self, compression: str) -> float | None:
+        """The measured rank-local rate of a compressor's work, or None (not in the profile)."""
+        codec = "fp16" if compression == "bf16" else compression
+        fig = getattr(self, f"{codec}_compress_elements_per_s", None)
+        return None if fig is None else fig.value
 
     @property
     def collectives(self) -> CollectiveLibrary:
@@ -503,7 +520,7 @@ def profile_from_mapping(data: Any, where: str = "<profile>") -> HardwareProfile
     dev = r.mapping(top["device"], "device")
     dev_known = {"name", "compute_dtype", "peak_flops_per_s", "efficiency", "memory_gib",
                  "memory_bandwidth_bytes_per_s", "reduce_bytes_per_s",
-                 "topk_compress_elements_per_s", "sign_compress_elements_per_s"}
+                 *(f"{c}_compress_elements_per_s" for c in COMPRESS_CODECS)}
     unknown = sorted(set(dev) - dev_known)
     if unknown:
         raise r.fail(f"device.{unknown[0]}", f"unknown key; known: {', '.join(sorted(dev_known))}")
@@ -525,8 +542,9 @@ def profile_from_mapping(data: Any, where: str = "<profile>") -> HardwareProfile
     memory_gib = r.figure(dev, "memory_gib", "device.")
     mem_bw = r.figure(dev, "memory_bandwidth_bytes_per_s", "device.", required=False)
     reduce_bw = r.figure(dev, "reduce_bytes_per_s", "device.", required=False)
-    topk_rate = r.figure(dev, "topk_compress_elements_per_s", "device.", required=False)
-    sign_rate = r.figure(dev, "sign_compress_elements_per_s", "device.", required=False)
+    rates = {f"{c}_compress_elements_per_s": r.figure(dev, f"{c}_compress_elements_per_s",
+                                                       "device.", required=False)
+             for c in COMPRESS_CODECS}
     if "links" not in top:
         raise r.fail("links", "missing")
     links = r.mapping(top["links"], "links")
@@ -542,7 +560,7 @@ def profile_from_mapping(data: Any, where: str = "<profile>") -> HardwareProfile
         device_name=device_name, compute_dtype=dtype, peak_flops_per_s=peaks,
         efficiency=efficiency, memory_gib=memory_gib, intra_node=intra, inter_node=inter,
         reduce_bytes_per_s=reduce_bw, memory_bandwidth_bytes_per_s=mem_bw, max_nodes=max_nodes,
-        topk_compress_elements_per_s=topk_rate, sign_compress_elements_per_s=sign_rate,
+        **rates,
         collective_library=library, collective_library_source=library_source,
         shared_host=shared, path=where, figures=dict(r.figures))
 

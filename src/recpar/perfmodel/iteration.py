@@ -119,7 +119,8 @@ def iteration_cost(shape: ModelShape, plan: PlanShape, global_batch_size: int,
 
     # steps 5-6: DP gradient sync and compression
     params = stage_params(shape, plan)
-    dp_stage, dp_sync = _slowest_dp_sync(params, plan, sync, hw, topo, strides["dp"], precision)
+    dp_stage, dp_sync = _slowest_dp_sync(params, plan, sync, hw, topo, strides["dp"], precision,
+                                         shape)
     tied_embedding = _tied_embedding_all_reduce_s(shape, plan, hw, ranks_per_node,
                                                   pp_crosses_nodes, precision)
     dp_exposed = _exposed_dp_sync_s(dp_sync, sync, stage_compute[dp_stage]) + tied_embedding
@@ -273,15 +274,22 @@ def _critical_path(plan: PlanShape, stage_compute: list[float], stage_tp: list[f
 # --- steps 5-6: DP gradient synchronisation ---------------------------------------------------
 
 def _slowest_dp_sync(params: list[int], plan: PlanShape, sync: GradSync, hw: HardwareProfile,
-                     topo: Topology, dp_stride: int, precision: Precision
+                     topo: Topology, dp_stride: int, precision: Precision, shape: ModelShape
                      ) -> tuple[int, dict[str, Any]]:
     """DP sync of each stage's gradients (the stages run theirs concurrently): the slowest
     stage and its cost (recpar.perfmodel.dp_sync.dp_sync_cost)."""
     dp, tp = plan.data_parallel_size, plan.tensor_model_parallel_size
     _, dp_ranks_per_node = group_span(dp, dp_stride, topo.ranks_per_node)
     dp_groups_per_node = max(1, topo.ranks_per_node // dp_ranks_per_node)
+    shapes = None
+    if sync.compression == "powersgd" and dp > 1:
+        if tp > 1 or plan.pipeline_model_parallel_size > 1:
+            raise CostInputError("the PowerSGD cost is modelled for data parallelism alone "
+                                 f"(tp = pp = 1), got tp={tp} "
+                                 f"pp={plan.pipeline_model_parallel_size}")
+        shapes = shape.param_shapes()
     per_stage = [dp_sync_cost(p / tp * precision.grad_bytes, dp, sync, hw, topo, dp_stride,
-                              dp_groups_per_node, precision) for p in params]
+                              dp_groups_per_node, precision, shapes) for p in params]
     dp_stage = max(range(plan.pipeline_model_parallel_size),
                    key=lambda s: per_stage[s]["total_s"])
     return dp_stage, per_stage[dp_stage]

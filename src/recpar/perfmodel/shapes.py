@@ -127,6 +127,21 @@ class ModelShape:
     def trainable_params(self) -> int:
         return self.input_params + self.n_layers * self.layer_params + self.head_params
 
+    def param_shapes(self) -> list[tuple[int, ...]]:
+        """The trainable parameters' shapes, in recpar.model.Recommender's order (what torch's
+        PowerSGD views as matrices: rows = shape[0]); they add up to `trainable_params`."""
+        h, f, v = self.d_model, self.d_ff, self.vocab_size
+        shapes: list[tuple[int, ...]] = [(v, h)]
+        if self.text_dim:
+            shapes += [(h, self.text_dim), (h,)]  # text projection, Linear(text_dim, h)
+        shapes.append((self.seq_len, h))
+        block = [(h,), (h,), (3 * h, h), (3 * h,), (h, h), (h,), (h,), (h,),  # ln_1, attention
+                 (f, h), (f,), (h, f), (h,)]                                   # ln_2, MLP
+        shapes += block * self.n_layers + [(h,), (h,)]                        # ln_f
+        if not self.tied_output:
+            shapes.append((v, h))
+        return shapes
+
     @property
     def frozen_params(self) -> int:
         """The frozen item-text table [V, text_dim]."""
@@ -255,7 +270,8 @@ class GradSync:
     algorithm: str = "ring"
     """ring | hierarchical | tree | recursive_doubling | rabenseifner."""
     compression: str = "none"
-    """none | sign (1-bit + L1 scale) | topk (k values + indices, error feedback)."""
+    """none | sign (1-bit + L1 scale) | topk (k values + indices, error feedback) | fp16 | bf16
+    (cast to 16 bits for the all-reduce) | powersgd (rank-r factors P and Q all-reduced)."""
     topk_ratio: float = 0.01
     """Fraction of elements top-k keeps per bucket."""
     index_bytes: int = 4
@@ -267,8 +283,11 @@ class GradSync:
     """Overlap bucket all-reduces with backward (exposed = max(last bucket, comm − backward))."""
     zero_stage: int = 0
     """ZeRO stage 0-3 (memory; stage 3 also all-gathers parameters in forward and backward)."""
+    powersgd_rank: int = 1
+    """PowerSGD matrix_approximation_rank r (recpar.comm's powersgd_rank)."""
 
     ALGORITHMS = ("ring", "hierarchical", "tree", "recursive_doubling", "rabenseifner")
+    COMPRESSIONS = ("none", "sign", "topk", "fp16", "bf16", "powersgd")
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any] | None, where: str = "grad_sync") -> "GradSync":
@@ -279,7 +298,8 @@ class GradSync:
                    "index_bytes": ("index_bytes",),
                    "bucket_size_mb": ("bucket_size_mb", "bucket_cap_mb"),
                    "overlap": ("overlap", "overlap_grad_reduce"),
-                   "zero_stage": ("zero_stage",)}
+                   "zero_stage": ("zero_stage",),
+                   "powersgd_rank": ("powersgd_rank", "matrix_approximation_rank")}
         v = {k: _pick(m, names, where, None) for k, names in aliases.items()}
         v = {k: x for k, x in v.items() if x is not None}
         if v.get("compression") in (None, False, "", "null"):
@@ -290,9 +310,13 @@ class GradSync:
         if self.algorithm not in self.ALGORITHMS:
             raise CostInputError(f"{where}.algorithm must be one of {', '.join(self.ALGORITHMS)}"
                                  f", got {self.algorithm!r}")
-        if self.compression not in ("none", "sign", "topk"):
-            raise CostInputError(f"{where}.compression must be none, sign or topk, "
-                                 f"got {self.compression!r}")
+        if self.compression not in self.COMPRESSIONS:
+            raise CostInputError(f"{where}.compression must be one of "
+                                 f"{', '.join(self.COMPRESSIONS)}, got {self.compression!r}")
+        if isinstance(self.powersgd_rank, bool) or not isinstance(self.powersgd_rank, int) \
+                or self.powersgd_rank < 1:
+            raise CostInputError(f"{where}.powersgd_rank must be an integer >= 1, "
+                                 f"got {self.powersgd_rank!r}")
         if not (0 < self.topk_ratio <= 1):
             raise CostInputError(f"{where}.topk_ratio must be in (0, 1], got {self.topk_ratio!r}")
         if not self.bucket_size_mb > 0:

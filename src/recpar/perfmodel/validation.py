@@ -143,8 +143,9 @@ def figures_used(hw: HardwareProfile, sc: Scenario, cost: IterationCost) -> list
             keys += ["links.inter_node.latency_s", "links.inter_node.bandwidth_bytes_per_s",
                      "links.inter_node.nics_per_node"]
         keys += ["device.reduce_bytes_per_s", "device.memory_bandwidth_bytes_per_s"]
-    if sc.plan.data_parallel_size > 1 and sc.grad_sync.compression in ("topk", "sign"):
-        keys.append(f"device.{sc.grad_sync.compression}_compress_elements_per_s")
+    if sc.plan.data_parallel_size > 1 and sc.grad_sync.compression != "none":
+        codec = "fp16" if sc.grad_sync.compression == "bf16" else sc.grad_sync.compression
+        keys.append(f"device.{codec}_compress_elements_per_s")
         if hw.shared_host is not None:
             keys.append("shared_host.cores")
     return [k for k in dict.fromkeys(keys) if k in hw.figures]
