@@ -15,6 +15,12 @@
     recpar perfmodel allreduce-ablation --out DIR [--latencies 5ms/10ms,20ms/40ms] ...
         (ring vs hierarchical all-reduce across latency and message size on the emulated
         cluster, against the alpha-beta model; needs root and vde2)
+    recpar perfmodel compression-ablation --scale-model FILE --data DIR --out DIR ...
+        (every compressor's data-parallel step across inter-node link rates on the scale
+        model, speedups and crossovers against the cost model; needs root)
+    recpar perfmodel pipeline-ablation --data DIR --out DIR ...
+        (the pipeline bubble of every schedule and micro-batch count, and uniform vs balanced
+        stage cuts, on budgeted devices, against (p - 1)/(v m); needs root)
 """
 
 from __future__ import annotations
@@ -297,6 +303,66 @@ def cmd_allreduce_ablation(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compression_ablation(args: argparse.Namespace) -> int:
+    from recpar.perfmodel.compression_ablation import (COMPRESSORS, CompressionAblation,
+                                                       run, scale_link)
+
+    scale = _read_json(args.scale_model)
+    by_label = {c.label: c for c in COMPRESSORS}
+    labels = [t.strip() for t in args.compressors.split(",") if t.strip()]
+    unknown = [t for t in labels if t not in by_label]
+    if unknown:
+        raise _fail(f"--compressors: unknown {', '.join(unknown)}; known: "
+                    f"{', '.join(by_label)}")
+    try:
+        scale_link(scale)
+        cfg = CompressionAblation(
+            link_factors=tuple(float(t) for t in args.link_factors.split(",") if t.strip()),
+            compressors=tuple(by_label[t] for t in labels), nodes=args.nodes,
+            model_size=args.model_size, global_batch_size=args.global_batch_size,
+            warmup_steps=args.warmup_steps, timed_steps=args.timed_steps, seed=args.seed,
+            repeats=args.repeats, prefix=args.prefix)
+    except (KeyError, TypeError) as e:
+        raise _fail(f"{args.scale_model}: not a `recpar perfmodel scale-model` output "
+                    f"(missing {e})") from None
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    if not (Path(args.data) / "stats.json").is_file():
+        raise _fail(f"--data {args.data}: no stats.json (run `recpar data prepare`)")
+    work = Path(args.work_dir)
+    run(cfg, scale, args.data, work / "state", work, args.out,
+        progress=lambda m: print(m, flush=True))
+    print(f"wrote {args.out}/compression_link_rate.{{json,csv,md,png}}")
+    return 0
+
+
+def cmd_pipeline_ablation(args: argparse.Namespace) -> int:
+    from recpar.perfmodel.pipeline_ablation import PipelineAblation, run
+
+    try:
+        sched, _, m = args.partition_case.partition(":")
+        case = (sched, int(m))
+    except ValueError:
+        raise _fail(f"--partition-case: expected SCHEDULE:M, got {args.partition_case!r}") \
+            from None
+    try:
+        cfg = PipelineAblation(
+            pp=args.pp, schedules=tuple(t.strip() for t in args.schedules.split(",")
+                                        if t.strip()),
+            microbatches=tuple(int(t) for t in args.microbatches.split(",") if t.strip()),
+            partition_case=case, model_size=args.model_size, n_layers=args.n_layers,
+            cpu_budget=args.cpu_budget, global_batch_size=args.global_batch_size,
+            warmup_steps=args.warmup_steps, timed_steps=args.timed_steps, seed=args.seed)
+    except ValueError as e:
+        raise _fail(str(e) if str(e).startswith("pipeline ablation")
+                    else f"--microbatches: {e}") from None
+    if not (Path(args.data) / "stats.json").is_file():
+        raise _fail(f"--data {args.data}: no stats.json (run `recpar data prepare`)")
+    run(cfg, args.data, args.work_dir, args.out, progress=lambda m: print(m, flush=True))
+    print(f"wrote {args.out}/pipeline_bubble.{{json,csv,md,png}}")
+    return 0
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     import yaml
 
@@ -471,3 +537,52 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ar.add_argument("--work-dir", default="results/ablations/allreduce",
                     help="the clusters' state, the probes' logs and raw results")
     ar.set_defaults(func=cmd_allreduce_ablation)
+
+    co = sub.add_parser("compression-ablation",
+                        help="every gradient compressor's data-parallel step across link rates "
+                             "on the scale model, against the cost model (root)")
+    co.add_argument("--scale-model", required=True,
+                    help="`recpar perfmodel scale-model` output: D, the budget, the scaled NIC")
+    co.add_argument("--data", required=True, help="prepared dataset directory")
+    co.add_argument("--link-factors", default="0.25,1,4,16,64",
+                    help="inter-node rates as multiples of the scaled NIC, comma-separated")
+    co.add_argument("--compressors", default="none,sign,topk0.1,topk0.01,topk0.001,powersgd,"
+                    "fp16", help="comma-separated; the first must be none")
+    co.add_argument("--nodes", type=int, default=2, help="nodes of one budgeted device each")
+    co.add_argument("--model-size", default="tiny")
+    co.add_argument("--global-batch-size", type=int, default=128)
+    co.add_argument("--warmup-steps", type=int, default=3)
+    co.add_argument("--timed-steps", type=int, default=8)
+    co.add_argument("--seed", type=int, default=0)
+    co.add_argument("--repeats", type=int, default=2,
+                    help="runs of every point; their spread is the band a speedup must clear")
+    co.add_argument("--prefix", default="rpz",
+                    help="namespace prefix of the ablation's own clusters")
+    co.add_argument("--out", required=True,
+                    help="directory for compression_link_rate.{json,csv,md,png}")
+    co.add_argument("--work-dir", default="results/ablations/compression",
+                    help="the clusters' state, the runs' records and logs")
+    co.set_defaults(func=cmd_compression_ablation)
+
+    pa = sub.add_parser("pipeline-ablation",
+                        help="pipeline bubble by schedule, micro-batches and stage cut on "
+                             "budgeted devices, against (p - 1)/(v m) (root)")
+    pa.add_argument("--data", required=True, help="prepared dataset directory")
+    pa.add_argument("--pp", type=int, default=2, help="pipeline stages (devices)")
+    pa.add_argument("--schedules", default="gpipe,1f1b,interleaved-1f1b")
+    pa.add_argument("--microbatches", default="2,4,8", help="micro-batch counts m")
+    pa.add_argument("--partition-case", default="1f1b:4",
+                    help="SCHEDULE:M also run with the uniform cut")
+    pa.add_argument("--model-size", default="tiny")
+    pa.add_argument("--n-layers", type=int, default=4,
+                    help="blocks (the interleaved schedule needs 2 chunks per stage)")
+    pa.add_argument("--cpu-budget", type=float, default=0.2, help="cores per device")
+    pa.add_argument("--global-batch-size", type=int, default=128)
+    pa.add_argument("--warmup-steps", type=int, default=3)
+    pa.add_argument("--timed-steps", type=int, default=8)
+    pa.add_argument("--seed", type=int, default=0)
+    pa.add_argument("--out", required=True,
+                    help="directory for pipeline_bubble.{json,csv,md,png}")
+    pa.add_argument("--work-dir", default="results/ablations/pipeline",
+                    help="the runs' records and logs")
+    pa.set_defaults(func=cmd_pipeline_ablation)
