@@ -168,6 +168,7 @@ def test_cli_names_what_is_wrong(tmp_path):
     base = ["perfmodel", "compression-ablation", "--scale-model", str(scale),
             "--data", str(tmp_path), "--out", str(tmp_path / "out")]
     for extra, want in [(["--compressors", "none,int8"], "unknown int8"),
+                        (["--link-factors", "1,x"], "--link-factors: expected numbers"),
                         (["--compressors", "sign,none"], "first compressor must be `none`"),
                         ([], "no stats.json")]:
         with pytest.raises(SystemExit, match=want):

@@ -315,9 +315,14 @@ def cmd_compression_ablation(args: argparse.Namespace) -> int:
         raise _fail(f"--compressors: unknown {', '.join(unknown)}; known: "
                     f"{', '.join(by_label)}")
     try:
+        factors = tuple(float(t) for t in args.link_factors.split(",") if t.strip())
+    except ValueError:
+        raise _fail(f"--link-factors: expected numbers separated by commas, got "
+                    f"{args.link_factors!r}") from None
+    try:
         scale_link(scale)
         cfg = CompressionAblation(
-            link_factors=tuple(float(t) for t in args.link_factors.split(",") if t.strip()),
+            link_factors=factors,
             compressors=tuple(by_label[t] for t in labels), nodes=args.nodes,
             model_size=args.model_size, global_batch_size=args.global_batch_size,
             warmup_steps=args.warmup_steps, timed_steps=args.timed_steps, seed=args.seed,
