@@ -327,12 +327,8 @@ def figure(res: AblationResult, path: Path) -> None:
 
 def write_outputs(res: AblationResult, out_dir: str | os.PathLike) -> list[Path]:
     """allreduce_latency.{json,csv,md,png} in `out_dir`."""
-    from recpar.atomic_write import write_text
+    from recpar.perfmodel.ablation_files import write_ablation_files
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"allreduce_latency.{ext}" for ext in ("json", "csv", "md", "png")]
-    write_text(paths[0], json.dumps(asdict(res), indent=2, sort_keys=True))
     keys = ["bytes", "flat_time_ms", "projected_flat_time_ms", "textbook_flat_time_ms",
             "hierarchical_time_ms", "projected_hierarchical_time_ms",
             "textbook_hierarchical_time_ms", "measured_winner", "projected_winner"]
@@ -342,7 +338,5 @@ def write_outputs(res: AblationResult, out_dir: str | os.PathLike) -> list[Path]
         head = [s["intra_latency_s"], s["inter_latency_s"], s["calibrated_intra_latency_s"],
                 s["calibrated_inter_latency_s"]]
         rows += [",".join(str(v) for v in head + [r[k] for k in keys]) for r in s["sizes"]]
-    write_text(paths[1], "\n".join(rows) + "\n")
-    write_text(paths[2], markdown(res))
-    figure(res, paths[3])
-    return paths
+    return write_ablation_files(out_dir, "allreduce_latency", asdict(res), rows, markdown(res),
+                                lambda path: figure(res, path))

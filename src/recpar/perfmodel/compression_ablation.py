@@ -552,12 +552,8 @@ def figure(res: AblationResult, path: Path) -> None:
 
 def write_outputs(res: AblationResult, out_dir: str | os.PathLike) -> list[Path]:
     """compression_link_rate.{json,csv,md,png} in `out_dir`."""
-    from recpar.atomic_write import write_text
+    from recpar.perfmodel.ablation_files import write_ablation_files
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"compression_link_rate.{ext}" for ext in ("json", "csv", "md", "png")]
-    write_text(paths[0], json.dumps(asdict(res), indent=2, sort_keys=True))
     keys = ["link_factor", "rate_bit_per_s", "calibrated_rate_bit_per_s",
             "calibrated_latency_s", "none_iter_ms", "iter_ms", "speedup", "none_spread_pct",
             "spread_pct", "verdict",
@@ -567,10 +563,8 @@ def write_outputs(res: AblationResult, out_dir: str | os.PathLike) -> list[Path]
     for comp in res.compressors:
         rows += [",".join([comp["compressor"]["label"]] + [str(r[k]) for k in keys])
                  for r in comp["rows"]]
-    write_text(paths[1], "\n".join(rows) + "\n")
-    write_text(paths[2], markdown(res))
-    figure(res, paths[3])
-    return paths
+    return write_ablation_files(out_dir, "compression_link_rate", asdict(res), rows,
+                                markdown(res), lambda path: figure(res, path))
 
 
 def run(cfg: CompressionAblation, scale: Mapping[str, Any], data: str,

@@ -296,20 +296,14 @@ def figure(res: AblationResult, path: Path) -> None:
 
 def write_outputs(res: AblationResult, out_dir: str | os.PathLike) -> list[Path]:
     """pipeline_bubble.{json,csv,md,png} in `out_dir`."""
-    from recpar.atomic_write import write_text
+    from recpar.perfmodel.ablation_files import write_ablation_files
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"pipeline_bubble.{ext}" for ext in ("json", "csv", "md", "png")]
-    write_text(paths[0], json.dumps(asdict(res), indent=2, sort_keys=True))
     keys = ["schedule", "num_microbatches", "partition", "iter_ms", "schedule_ms",
             "bubble_fraction_mean", "bubble_fraction_theory", "excess_pct_points",
             "stage_compute_imbalance", "peak_rss_gib_rank0", "peak_rss_gib_max_over_ranks"]
     lines = [",".join(keys)] + [",".join(str(r[k]) for k in keys) for r in res.rows]
-    write_text(paths[1], "\n".join(lines) + "\n")
-    write_text(paths[2], markdown(res))
-    figure(res, paths[3])
-    return paths
+    return write_ablation_files(out_dir, "pipeline_bubble", asdict(res), lines, markdown(res),
+                                lambda path: figure(res, path))
 
 
 def analyse(cfg: PipelineAblation, records: dict[str, dict]) -> AblationResult:
