@@ -108,3 +108,16 @@ def test_cli_names_what_is_wrong(tmp_path):
                         ([], "no stats.json")]:
         with pytest.raises(SystemExit, match=want):
             run(base + extra)
+
+
+def test_a_failed_run_is_named_with_its_log(tmp_path):
+    import sys
+
+    from recpar.perfmodel.ablation_files import run_logged
+
+    log = tmp_path / "sub" / "case.log"
+    run_logged([sys.executable, "-c", "print('ok')"], log, "pipeline ablation: fine")
+    assert log.read_text().strip() == "ok"
+    with pytest.raises(RuntimeError, match=r"pipeline ablation: bad exited with 3 \(log: .*bad"):
+        run_logged([sys.executable, "-c", "import sys; sys.exit(3)"], tmp_path / "bad.log",
+                   "pipeline ablation: bad")

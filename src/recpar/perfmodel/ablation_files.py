@@ -1,14 +1,26 @@
-"""An ablation's published files: `<stem>.json` (the whole result), `<stem>.csv` (its rows),
-`<stem>.md` (question, table, measured answer) and `<stem>.png` (its figure), in one directory,
-each written atomically (recpar.atomic_write)."""
+"""An ablation's files: the log of each run it starts (`run_logged`), and what it publishes
+(`write_ablation_files`): `<stem>.json` (the whole result), `<stem>.csv` (its rows), `<stem>.md`
+(question, table, measured answer) and `<stem>.png` (its figure), in one directory, each
+written atomically (recpar.atomic_write)."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+
+def run_logged(cmd: Sequence[str], log: Path, what: str) -> None:
+    """Run `cmd` with its output in `log`; raise RuntimeError naming `what` and the log when it
+    fails."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as fh:
+        rc = subprocess.run(list(cmd), stdout=fh, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        raise RuntimeError(f"{what} exited with {rc} (log: {log})")
 
 
 def write_ablation_files(out_dir: str | os.PathLike, stem: str, result: Any,

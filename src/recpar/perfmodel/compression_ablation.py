@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from recpar.perfmodel.ablation_files import run_logged
+from recpar.perfmodel.hardware import compress_codec
 
 MODEL_NOTE = ("recpar.perfmodel cost model on the scale model's profile (measured device, "
               "calibrated link) with each compressor's local work at its measured rate; "
@@ -188,15 +190,9 @@ def measure(cfg: CompressionAblation, scale: Mapping[str, Any], data: str,
             for n, (comp, k, path) in enumerate(todo, 1):
                 out = path.parent
                 progress(f"{tag}: [{n}/{len(todo)}] {out.name}")
-                log = out.parent / f"{out.name}.log"
-                log.parent.mkdir(parents=True, exist_ok=True)
-                with open(log, "w") as fh:
-                    rc = subprocess.run(train_command(cfg, comp, data, out, budget,
-                                                      str(state_dir)),
-                                        stdout=fh, stderr=subprocess.STDOUT).returncode
-                if rc != 0:
-                    raise RuntimeError(f"compression ablation: {out.name} at "
-                                       f"{rate / 1e6:.3g} Mbit/s exited with {rc} (log: {log})")
+                run_logged(train_command(cfg, comp, data, out, budget, str(state_dir)),
+                           out.parent / f"{out.name}.log",
+                           f"compression ablation: {out.name} at {rate / 1e6:.3g} Mbit/s")
             cal = record_link(json.loads(runs["none"][0].read_text()))
             settings.append({"link_factor": factor, "rate_bit_per_s": rate,
                              "latency_s": latency, "calibrated_rate_bit_per_s": cal[0],
@@ -246,7 +242,7 @@ def compress_rates(cfg: CompressionAblation, record: Mapping[str, Any], budget: 
     for comp in cfg.compressors:
         if comp.compressor == "none":
             continue
-        codec = "fp16" if comp.compressor == "bf16" else comp.compressor
+        codec = compress_codec(comp.compressor)
         m = measure_rate(n, codec, ratio=comp.topk_ratio, world=cfg.nodes, grad_shapes=shapes)
         out[comp.label] = {
             "value": m["elements_per_s"] * budget,
@@ -273,8 +269,7 @@ def _profile(scale: Mapping[str, Any], rate_bit_per_s: float, latency_s: float,
 
 
 def _codec(comp: CompressorSetting) -> str | None:
-    return None if comp.compressor == "none" else (
-        "fp16" if comp.compressor == "bf16" else comp.compressor)
+    return None if comp.compressor == "none" else compress_codec(comp.compressor)
 
 
 def project(scale: Mapping[str, Any], record: Mapping[str, Any], comp: CompressorSetting,

@@ -80,6 +80,11 @@ COMPRESS_CODECS = ("topk", "sign", "fp16", "powersgd")
 PROFILE_PACKAGE = "recpar.perfmodel.profiles"
 
 
+def compress_codec(compression: str) -> str:
+    """The COMPRESS_CODECS entry whose rate prices `compression` (bf16 -> fp16)."""
+    return "fp16" if compression == "bf16" else compression
+
+
 class ProfileError(ValueError):
     """A hardware profile that cannot be used; the message names the file and the key."""
 
@@ -287,8 +292,7 @@ class HardwareProfile:
 
     def compress_elements_per_s(self, compression: str) -> float | None:
         """The measured rank-local rate of a compressor's work, or None (not in the profile)."""
-        codec = "fp16" if compression == "bf16" else compression
-        fig = getattr(self, f"{codec}_compress_elements_per_s", None)
+        fig = getattr(self, f"{compress_codec(compression)}_compress_elements_per_s", None)
         return None if fig is None else fig.value
 
     @property

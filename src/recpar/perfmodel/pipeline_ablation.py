@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from recpar.parallel.plan import PARTITION_METHODS, PIPELINE_SCHEDULES
+from recpar.perfmodel.ablation_files import run_logged
 
 
 @dataclass(frozen=True)
@@ -132,12 +132,8 @@ def measure(cfg: PipelineAblation, data: str, work_dir: str | os.PathLike,
             progress(f"[{k}/{len(cases)}] {case.label}: kept ({out}/record.json)")
             continue
         progress(f"[{k}/{len(cases)}] {case.label}")
-        log = work / f"{case.label}.log"
-        with open(log, "w") as fh:
-            rc = subprocess.run(train_command(cfg, case, data, out), stdout=fh,
-                                stderr=subprocess.STDOUT).returncode
-        if rc != 0:
-            raise RuntimeError(f"pipeline ablation: {case.label} exited with {rc} (log: {log})")
+        run_logged(train_command(cfg, case, data, out), work / f"{case.label}.log",
+                   f"pipeline ablation: {case.label}")
     return paths
 
 

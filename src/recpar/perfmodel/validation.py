@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from recpar.perfmodel.hardware import HardwareProfile, ProfileError, figure_provenance
+from recpar.perfmodel.hardware import (HardwareProfile, ProfileError, compress_codec,
+                                       figure_provenance)
 from recpar.perfmodel.iteration import IterationCost
 from recpar.perfmodel.predict import KIND, Scenario, scenario_from_record
 from recpar.perfmodel.shapes import CostInputError
@@ -144,8 +145,8 @@ def figures_used(hw: HardwareProfile, sc: Scenario, cost: IterationCost) -> list
                      "links.inter_node.nics_per_node"]
         keys += ["device.reduce_bytes_per_s", "device.memory_bandwidth_bytes_per_s"]
     if sc.plan.data_parallel_size > 1 and sc.grad_sync.compression != "none":
-        codec = "fp16" if sc.grad_sync.compression == "bf16" else sc.grad_sync.compression
-        keys.append(f"device.{codec}_compress_elements_per_s")
+        keys.append(f"device.{compress_codec(sc.grad_sync.compression)}"
+                    "_compress_elements_per_s")
         if hw.shared_host is not None:
             keys.append("shared_host.cores")
     return [k for k in dict.fromkeys(keys) if k in hw.figures]
