@@ -33,5 +33,6 @@ rule all:
         sweep_records(),
         expand("paper_tables/{sweep}/{name}", sweep=SWEEP_NAME, name=REPORT_TABLES + REPORT_FIGURES),
         quality_delta_target(),
+        quality_ablation_target(),
         chaos_target(),
         perfmodel_validation_target(),

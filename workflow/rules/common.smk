@@ -165,6 +165,30 @@ def quality_delta_target():
     return [f"paper_tables/{SWEEP_NAME}/quality_delta.md"]
 
 
+# The quality ablation (config/quality_ablation.yaml sets quality_ablation_report): its table
+# and figure, and the claims on Formulas 10-12 and hierarchical All-Reduce, which also read the
+# published results of the CLI ablations (compression, allreduce) where they exist.
+ABLATIONS_DIR = "paper_tables/ablations"
+QUALITY_ABLATION_FILES = [f"{ABLATIONS_DIR}/quality/quality_ablation.{ext}"
+                          for ext in ("json", "csv", "md", "png")]
+COMPRESSION_ABLATION = f"{ABLATIONS_DIR}/compression/compression_link_rate.json"
+
+
+def quality_ablation_target():
+    """The quality ablation's files and the ablation claims, when the config asks for them."""
+    if not config.get("quality_ablation_report", False):
+        return []
+    if SWEEP.get("reference") is None:
+        raise ValueError("config quality_ablation_report: needs sweep.reference (the sync DP "
+                         "run every other run is judged against)")
+    return QUALITY_ABLATION_FILES + [f"{ABLATIONS_DIR}/claims.md"]
+
+
+def published_ablation(path):
+    """`path` as an input where it exists (a CLI ablation's published result), else nothing."""
+    return [path] if os.path.exists(path) else []
+
+
 # Cost-model validation (config perfmodel_validation, emulated topology only): every run of the
 # sweep, whatever its scheme (recpar.perfmodel.validation_runs picks them and derives the
 # calibration's rank counts); the grid's role (perfmodel_grid_role: development or held-out)

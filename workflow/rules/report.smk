@@ -71,6 +71,43 @@ rule quality_delta:
         " --out {output} > {log} 2>&1"
 
 
+rule quality_ablation:
+    input:
+        records=sweep_records(),
+        compression=published_ablation(COMPRESSION_ABLATION),
+    output:
+        QUALITY_ABLATION_FILES,
+    conda:
+        "../../envs/environment.yaml"
+    log:
+        "logs/report/quality_ablation.log",
+    params:
+        reference=lambda w: SWEEP["reference"],
+        compression=lambda w, input: (f"--compression {input.compression}"
+                                      if input.compression else ""),
+        out_dir=lambda w, output: os.path.dirname(output[0]),
+    shell:
+        "recpar report quality-ablation --records {input.records} --reference {params.reference}"
+        " {params.compression} --out {params.out_dir} > {log} 2>&1"
+
+
+rule ablation_claims:
+    input:
+        quality=f"{ABLATIONS_DIR}/quality/quality_ablation.json",
+        published=published_ablation(COMPRESSION_ABLATION)
+        + published_ablation(f"{ABLATIONS_DIR}/allreduce/allreduce_latency.json"),
+    output:
+        f"{ABLATIONS_DIR}/claims.md",
+    conda:
+        "../../envs/environment.yaml"
+    log:
+        "logs/report/ablation_claims.log",
+    params:
+        ablations=lambda w, output: os.path.dirname(output[0]),
+    shell:
+        "recpar report ablation-claims --ablations {params.ablations} --out {output} > {log} 2>&1"
+
+
 rule chaos_table:
     input:
         records=sweep_records(),

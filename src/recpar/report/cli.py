@@ -34,6 +34,26 @@ def register(sub) -> None:
     d.add_argument("--out", required=True, type=Path)
     d.add_argument("--skip-invalid", action="store_true", help=SKIP_HELP)
     d.set_defaults(func=cmd_quality_delta)
+    a = rs.add_parser("quality-ablation", help="the quality ablation (config/quality_ablation."
+                      "yaml): every run against sync DP over seeds, error feedback and damping on "
+                      "vs off, steps to quality and, with --compression, time to quality across "
+                      "link rates")
+    a.add_argument("--records", nargs="+", required=True, type=Path, help=RECORDS_HELP)
+    a.add_argument("--reference", required=True, help="run id of the reference (sync DP)")
+    a.add_argument("--compression", type=Path, metavar="JSON",
+                   help="compression_link_rate.json of `recpar perfmodel compression-ablation` "
+                        "(its measured iteration times give time to quality per link rate)")
+    a.add_argument("--out", required=True, type=Path, help="directory for quality_ablation."
+                   "{json,csv,md,png}")
+    a.add_argument("--skip-invalid", action="store_true", help=SKIP_HELP)
+    a.set_defaults(func=cmd_quality_ablation)
+    ac = rs.add_parser("ablation-claims", help="the paper's statements on compression "
+                       "(Formulas 10-11), staleness damping (Formula 12) and hierarchical "
+                       "All-Reduce, judged from the ablations' published results")
+    ac.add_argument("--ablations", type=Path, default=Path("paper_tables/ablations"),
+                    help="directory with compression/, quality/ and allreduce/ results")
+    ac.add_argument("--out", type=Path, help="markdown file (default: <ablations>/claims.md)")
+    ac.set_defaults(func=cmd_ablation_claims)
     c = rs.add_parser("chaos", help="faults injected into each run (config/chaos.yaml), what "
                       "the runs survived, restarts, lost steps and time, slow windows")
     c.add_argument("--records", nargs="+", required=True, type=Path, help=RECORDS_HELP)
@@ -78,6 +98,38 @@ def cmd_quality_delta(args) -> int:
     text = reference_report(records, args.reference, floor=args.floor, split=args.split)
     text += "".join(f"\nNote: {n}\n" for n in skipped_note(skipped or []))
     write_text(args.out, text)
+    print(text)
+    return 0
+
+
+def cmd_quality_ablation(args) -> int:
+    import json
+
+    from recpar.report.quality_ablation import analyse, write_outputs
+    from recpar.report.records import load_records, skipped_note
+
+    skipped: list[str] | None = [] if args.skip_invalid else None
+    records = [r for _, r in load_records(expand_inputs(args.records), skipped)]
+    compression = None
+    if args.compression is not None:
+        try:
+            compression = json.loads(args.compression.read_text())
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"--compression {args.compression}: cannot read it ({e})")
+    res = analyse(records, args.reference, compression)
+    res["skipped"] = skipped_note(skipped or [])
+    for path in write_outputs(res, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_ablation_claims(args) -> int:
+    from recpar.atomic_write import write_text
+    from recpar.report.ablation_claims import check_ablation_claims, load_sources, markdown
+
+    text = markdown(check_ablation_claims(load_sources(args.ablations)))
+    out = args.out or args.ablations / "claims.md"
+    write_text(out, text)
     print(text)
     return 0
 
