@@ -27,6 +27,14 @@ EXPECTED_STALENESS = [(1, 0), (2, 1), (2, 0), (2, 0), (1, 3)]
 """(worker, tau) per update for SCHEDULE: w1 reads v0 -> tau 0; w2 read v0, server at 1 -> 1;
 w2 reads v2, v3 -> 0, 0; w1 read v1, server at 4 -> 3."""
 
+# Dynamic work assignment, deterministic: 5 pieces; at the round's start worker 1 holds piece 0,
+# worker 2 piece 1; the server takes worker 2's pushes four times (pieces 1-4, each reply the
+# next piece, the last END), then worker 1's piece 0 (reply END, staleness 4).
+DYN_PIECES = 5
+DYN_SCHEDULE = (2, 2, 2, 2, 1)
+DYN_EXPECTED = {1: [0], 2: [1, 2, 3, 4]}
+DYN_SLOW_PIECES = 8  # real asynchrony: worker 1 sleeps SLOW_SLEEP_S before each of its pieces
+
 SLOW_PUSHES = 4
 SLOW_SLEEP_S = 1.0  # worker 1 sleeps this long before its first push in the timing phase
 TRAIN_ROUNDS, TRAIN_PUSHES = 4, 8
@@ -118,6 +126,33 @@ def _slow_worker_phase(rank: int) -> dict:
     return {}
 
 
+def _dynamic_phase(rank: int, schedule, n_pieces: int, slow: bool) -> dict:
+    """Dynamic work assignment: each worker computes the pieces the server hands it (data by
+    piece, whoever computes it) until the server ends the round; worker 1 sleeps before each
+    piece when `slow`."""
+    cfg = AsyncPSConfig(staleness_damping=True, push_order=schedule, timeout_s=60,
+                        work_assignment="dynamic")
+    model = make_model()
+    if rank == 0:
+        ps = ParameterServer(model, torch.optim.SGD(model.parameters(), lr=LR), cfg)
+        t0 = time.perf_counter()
+        ps.run_round(pieces=n_pieces)
+        round_s = time.perf_counter() - t0
+        ps.stop()
+        return {"stats": ps.stats, "round_s": round_s}
+    w = AsyncWorker(model, cfg)
+    done = []
+    while w.begin_round():
+        while w.piece >= 0:
+            if slow and rank == 1:
+                time.sleep(SLOW_SLEEP_S)
+            done.append(w.piece)
+            _grad_step(model, 1, w.piece)
+            w.push()
+        w.end_round()  # a no-op: the server ended the round
+    return {"pieces": done}
+
+
 def _training_phase(rank: int) -> dict:
     """Several rounds, AdamW on the server, evaluation on the server's parameters."""
     cfg = AsyncPSConfig(staleness_damping=True, clip_grad=10.0, timeout_s=60)
@@ -151,6 +186,8 @@ def async_ps_worker(rank: int, world: int, out_dir: str) -> None:
               "undamped": _scheduled_phase(rank, damping=False),
               "slow": _slow_worker_phase(rank),
               "train": _training_phase(rank),
+              "dynamic": _dynamic_phase(rank, DYN_SCHEDULE, DYN_PIECES, slow=False),
+              "dynamic_slow": _dynamic_phase(rank, None, DYN_SLOW_PIECES, slow=True),
               "timeout": _timeout_phase(rank)}  # last: it leaves the protocol broken
     result["elapsed_s"] = time.perf_counter() - t0  # all phases
     torch.save(result, f"{out_dir}/rank{rank}.pt")

@@ -9,11 +9,11 @@ recorded.
 import pytest
 import torch
 
-from .async_ps_workers import (EXPECTED_STALENESS, LR, PUSHES, SLOW_PUSHES, TIMEOUT_S,
-                               TRAIN_PUSHES, TRAIN_ROUNDS, WORLD_SIZE, async_ps_worker, batch,
-                               make_model)
+from .async_ps_workers import (DYN_EXPECTED, DYN_PIECES, DYN_SLOW_PIECES, EXPECTED_STALENESS,
+                               LR, PUSHES, SLOW_PUSHES, TIMEOUT_S, TRAIN_PUSHES, TRAIN_ROUNDS,
+                               WORLD_SIZE, async_ps_worker, batch, make_model)
 from .mp_launch import skip_unless_ranks, spawn_ranks
-from recpar.comm.async_ps import AsyncPSConfig, AsyncPSError, AsyncPSStats
+from recpar.comm.async_ps import CONTROL_LEN, AsyncPSConfig, AsyncPSError, AsyncPSStats
 
 pytestmark = pytest.mark.multiprocess
 
@@ -81,7 +81,7 @@ def test_histogram_and_byte_counts(ranks):
         assert sum(s.updates_per_worker.values()) == s.updates
         numel = sum(p.numel() for p in make_model().parameters())
         assert s.push_bytes_per_update == 4 * 8 + numel * 8  # float64 header + float64 grads
-        assert s.pull_bytes_per_update == 2 * 8 + numel * 8  # int64 control + float64 params
+        assert s.pull_bytes_per_update == CONTROL_LEN * 8 + numel * 8  # int64 control + params
         assert s.bytes_pushed == s.updates * s.push_bytes_per_update
         # pulls: one per worker at round start + one reply per non-last push
         replies = s.updates - (1 if phase != "slow" else 0)  # worker 1's last push had no reply
@@ -98,6 +98,25 @@ def test_slow_worker_sees_stale_parameters(ranks):
     assert first_slow.version_read == 0 and first_slow.staleness >= 1
     assert max(u.staleness for u in s.log if u.worker == 1) > \
         max(u.staleness for u in s.log if u.worker == 2)
+
+
+def test_dynamic_assignment_hands_out_every_piece_once_in_the_servers_order(ranks):
+    s = ranks[0]["dynamic"]["stats"]
+    assert {w: ranks[w]["dynamic"]["pieces"] for w in (1, 2)} == DYN_EXPECTED
+    assert s.updates == DYN_PIECES and s.updates_per_worker == {1: 1, 2: 4}
+    assert [(u.worker, u.staleness) for u in s.log] == [(2, 0), (2, 0), (2, 0), (2, 0), (1, 4)]
+    # round start: weights to both; replies with weights for pieces 2-4; END (control) twice
+    assert s.bytes_pulled == (2 + 3) * s.pull_bytes_per_update + 2 * CONTROL_LEN * 8
+
+
+def test_dynamic_assignment_gives_a_straggler_fewer_pieces(ranks):
+    """Worker 1 sleeps before each piece: worker 2 takes the pieces meanwhile, and the round
+    does not wait for worker 1 to work through an equal share."""
+    s = ranks[0]["dynamic_slow"]["stats"]
+    got = {w: ranks[w]["dynamic_slow"]["pieces"] for w in (1, 2)}
+    assert sorted(got[1] + got[2]) == list(range(DYN_SLOW_PIECES))
+    assert s.updates_per_worker[1] < s.updates_per_worker[2]
+    assert ranks[0]["dynamic_slow"]["round_s"] < (DYN_SLOW_PIECES // 2) * 1.0
 
 
 def test_training_reduces_loss(ranks):
@@ -126,6 +145,7 @@ def test_silent_workers_time_out_instead_of_hanging(ranks):
     (AsyncPSConfig(push_order=(1, 3)), 3, r"push_order: 3 is not a worker rank \(1..2\)"),
     (AsyncPSConfig(push_order=(0,)), 3, "push_order: 0 is not a worker rank"),
     (AsyncPSConfig(staleness_damping="yes"), 3, "staleness_damping"),
+    (AsyncPSConfig(work_assignment="greedy"), 3, "work_assignment: must be one of"),
 ])
 def test_config_validation(cfg, world, match):
     with pytest.raises(AsyncPSError, match=match):

@@ -71,6 +71,9 @@ def test_labels_follow_the_compression_ablation():
         == "sign-noef"
     assert label(_record("x", 0, 0.1, [0.1], compressor="powersgd")) == "powersgd"
     assert label(_record("x", 0, 0.1, [0.1], scheme="async", damping=False)) == "async-undamped"
+    dyn = _record("x", 0, 0.1, [0.1], scheme="async")
+    dyn["config"]["async_ps"]["work_assignment"] = "dynamic"
+    assert label(dyn) == "async-damped-dynamic"
 
 
 def test_steps_to_quality_is_the_first_validated_epoch_at_the_target():

@@ -45,11 +45,15 @@ def test_bad_async_options_fail_before_any_rank_starts(small_prepared, tmp_path,
     assert not (tmp_path / "run" / "spec.json").exists()
 
 
-def test_staleness_flag_is_async_only(small_prepared, tmp_path, capsys):
-    code = recpar_main(["train", "--scheme", "dp", "--dp", "2", "--no-staleness-damping",
+@pytest.mark.parametrize("flag, message", [
+    (["--no-staleness-damping"], "--no-staleness-damping applies to --scheme async only, not dp"),
+    (["--async-work", "dynamic"], "--async-work dynamic applies to --scheme async only, not dp"),
+])
+def test_async_flags_are_async_only(small_prepared, tmp_path, capsys, flag, message):
+    code = recpar_main(["train", "--scheme", "dp", "--dp", "2", *flag,
                         "--data", str(small_prepared), "--out", str(tmp_path / "run"), *COMMON])
     assert code != 0
-    assert "--no-staleness-damping applies to --scheme async only, not dp" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.multiprocess
@@ -99,7 +103,7 @@ PUSHED_STEPS = 3  # global batches -> 2 x 3 updates, strictly alternating worker
 ORDER = (1, 2) * PUSHED_STEPS
 
 
-def _spec(data, out):
+def _spec(data, out, work_assignment="static"):
     from recpar.comm.async_ps import AsyncPSConfig
     from recpar.model.config import ModelConfig
     from recpar.parallel.plan import ParallelPlan
@@ -112,7 +116,8 @@ def _spec(data, out):
                                      warmup_steps=0, timed_steps=2),
                    plan=ParallelPlan(scheme="async", dp=WORLD_SIZE),
                    topology={"kind": "local", "nodes": 1, "ranks_per_node": WORLD_SIZE},
-                   async_ps=AsyncPSConfig(push_order=ORDER, timeout_s=120))
+                   async_ps=AsyncPSConfig(push_order=ORDER, timeout_s=120,
+                                          work_assignment=work_assignment))
 
 
 def _replay(spec, damping: bool) -> dict:
@@ -166,7 +171,11 @@ def _max_diff(a: dict, b: dict) -> float:
 
 
 @pytest.mark.multiprocess
-def test_fixed_push_order_equals_formula_12_replay(small_prepared, tmp_path):
+@pytest.mark.parametrize("work_assignment", ["static", "dynamic"])
+def test_fixed_push_order_equals_formula_12_replay(small_prepared, tmp_path, work_assignment):
+    """dynamic: on ORDER the server hands piece p = (batch p // 2, part p % 2) to the worker
+    whose push it takes, so worker 1 computes part 0 and worker 2 part 1 of each batch, on the
+    same versions as the static shares: the same replay."""
     _need_ranks()
     from recpar.cluster.launch import launch
     from recpar.cluster.topology import Topology
@@ -174,7 +183,7 @@ def test_fixed_push_order_equals_formula_12_replay(small_prepared, tmp_path):
 
     out = tmp_path / "ordered"
     out.mkdir()
-    spec = _spec(small_prepared, out)
+    spec = _spec(small_prepared, out, work_assignment)
     (out / "spec.json").write_text(json.dumps(spec_to_dict(spec)))
     code = launch(Topology(kind="local", nodes=1, ranks_per_node=WORLD_SIZE),
                   ["-m", "recpar.train.worker", str(out / "spec.json")],

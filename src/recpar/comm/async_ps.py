@@ -20,12 +20,22 @@ over torch.distributed.
 
 Protocol, per round (an epoch, or any stretch between evaluations on the server):
 
-    server -> each worker   CONTROL [ROUND, version] + PARAMS (flat)
+    server -> each worker   CONTROL [ROUND, version, piece] + PARAMS (flat)
     worker -> server        HEADER [PUSH | PUSH_LAST | DONE, version_read, loss_sum, tokens]
                             + GRAD (flat; not for DONE)
-    server -> that worker   CONTROL [PARAMS, version] + PARAMS       (only after PUSH)
-    ... until every worker has sent PUSH_LAST or DONE; then the server evaluates, and either
-    starts the next round or sends CONTROL [STOP, version] to every worker (clean shutdown).
+    server -> that worker   CONTROL [PARAMS, version, piece] + PARAMS     (only after PUSH)
+                            or CONTROL [END, version, -1]        (dynamic: no piece is left)
+    ... until every worker has sent PUSH_LAST or DONE (static), or every piece has been applied
+    (dynamic); then the server evaluates, and either starts the next round or sends
+    CONTROL [STOP, version, -1] to every worker (clean shutdown).
+
+Work assignment (`AsyncPSConfig.work_assignment`). static: each worker knows its own share of
+the round's data and ends with PUSH_LAST (or DONE if it has nothing), so a round lasts as long as
+its slowest worker. dynamic: the round's data is cut into `pieces` that the server hands out one
+at a time (`piece` in each CONTROL; -1 = none), so a fast worker takes more pieces and a slow one
+fewer: a straggler delays the round by at most the piece it holds. This is how parameter servers
+avoid the synchronisation stall a straggler causes (Dean et al., "Large Scale Distributed Deep
+Networks", NIPS 2012: Downpour SGD's workers each take the next mini-batch when ready).
 
 The server applies each gradient as it arrives (single-threaded: arrivals are serialised);
 every wait has a timeout (`AsyncPSConfig.timeout_s`), so a lost peer is an error, not a hang.
@@ -73,13 +83,16 @@ TAG_PARAMS = 12  # server -> worker: flat parameters
 TAG_HEADER = 13  # worker -> server: float64 [kind, version_read, loss_sum, token_count]
 TAG_GRAD = 14  # worker -> server: flat gradient
 
-CMD_ROUND, CMD_PARAMS, CMD_STOP = 0, 1, 2
-"""Control commands: a round starts (params follow), a push's reply (params follow), stop."""
+CMD_ROUND, CMD_PARAMS, CMD_STOP, CMD_END = 0, 1, 2, 3
+"""Control commands: a round starts (params follow), a push's reply (params follow), stop,
+no piece is left this round (dynamic work assignment; nothing follows)."""
 KIND_PUSH, KIND_PUSH_LAST, KIND_DONE = 0, 1, 2
 """Worker header kinds: push and pull back, last push of the round (no reply), nothing more."""
 
 HEADER_LEN = 4  # float64: integers below 2**53 (versions, token counts) are exact
-CONTROL_LEN = 2  # int64
+CONTROL_LEN = 3  # int64: [command, version, piece (-1: none)]
+NO_PIECE = -1
+WORK_ASSIGNMENTS = ("static", "dynamic")
 
 
 class AsyncPSError(RuntimeError):
@@ -97,6 +110,10 @@ class AsyncPSConfig:
     synchronous loop clips its averaged gradient (train.clip_grad)."""
     timeout_s: float = 300.0
     """Longest wait for any single message, in seconds; exceeded -> AsyncPSError."""
+    work_assignment: str = "static"
+    """static: each worker computes its own share of every global batch of the round, so the
+    round waits for the slowest worker; dynamic: the server hands out the round's pieces one at
+    a time, so a fast worker takes more and a straggler fewer (module docstring)."""
     push_order: tuple[int, ...] | None = None
     """Deterministic schedule (tests, controlled experiments): the server takes the worker
     messages of a round strictly from these ranks in this order, then from whichever worker
@@ -109,6 +126,9 @@ class AsyncPSConfig:
             raise AsyncPSError(f"async_ps.staleness_damping: must be true or false, got {self.staleness_damping!r}")
         if not self.clip_grad >= 0:
             raise AsyncPSError(f"async_ps.clip_grad: must be >= 0, got {self.clip_grad!r}")
+        if self.work_assignment not in WORK_ASSIGNMENTS:
+            raise AsyncPSError(f"async_ps.work_assignment: must be one of {WORK_ASSIGNMENTS}, "
+                               f"got {self.work_assignment!r}")
         if not self.timeout_s > 0:
             raise AsyncPSError(f"async_ps.timeout_s: must be > 0, got {self.timeout_s!r}")
         for r in self.push_order or ():
@@ -258,8 +278,12 @@ class ParameterServer:
 
     # --- messages -------------------------------------------------------------------------
 
-    def _send_params(self, dst: int, command: int, stats: AsyncPSStats) -> None:
-        control = torch.tensor([command, self.version], dtype=torch.int64)  # [2]
+    def _control(self, command: int, piece: int = NO_PIECE) -> torch.Tensor:
+        return torch.tensor([command, self.version, piece], dtype=torch.int64)  # [CONTROL_LEN]
+
+    def _send_params(self, dst: int, command: int, stats: AsyncPSStats,
+                     piece: int = NO_PIECE) -> None:
+        control = self._control(command, piece)
         flat = torch.nn.utils.parameters_to_vector(self.params).detach()  # [numel], a copy
         self._peer.send(control, dst, TAG_CONTROL)
         self._peer.send(flat, dst, TAG_PARAMS)
@@ -281,32 +305,51 @@ class ParameterServer:
 
     # --- public -----------------------------------------------------------------------------
 
-    def run_round(self, on_update: Callable[[UpdateRecord, int], None] | None = None
-                  ) -> AsyncPSStats:
+    def run_round(self, on_update: Callable[[UpdateRecord, int], None] | None = None,
+                  pieces: int | None = None) -> AsyncPSStats:
         """Send the current parameters to every worker, then apply pushes in arrival order
-        until every worker has finished its round. Returns this round's counts (also added to
-        `self.stats`). `on_update(update, token_count)`, if given, is called after each applied
-        update (before its reply is sent), e.g. to drive a timing window."""
+        until every worker has finished its round (static) or all `pieces` pieces of work have
+        been applied (dynamic: required there, ignored by static). Returns this round's counts
+        (also added to `self.stats`). `on_update(update, token_count)`, if given, is called
+        after each applied update (before its reply is sent), e.g. to drive a timing window."""
         if self._stopped:
             raise AsyncPSError("async_ps: run_round after stop()")
+        dynamic = self.cfg.work_assignment == "dynamic"
+        if dynamic and (pieces is None or pieces < 0):
+            raise AsyncPSError(f"async_ps: dynamic work assignment needs the round's number of "
+                               f"pieces (>= 0), got {pieces!r}")
         rs = AsyncPSStats(rounds=1)
         rs.push_bytes_per_update = HEADER_LEN * 8 + self.numel * self._elem
         rs.pull_bytes_per_update = CONTROL_LEN * 8 + self.numel * self._elem
+        handed = 0  # dynamic: pieces handed out so far (piece ids 0..pieces-1, in order)
+
+        def next_piece() -> int:
+            nonlocal handed
+            if not dynamic or handed >= pieces:
+                return NO_PIECE
+            handed += 1
+            return handed - 1
+
+        done: set[int] = set()  # workers with nothing more to send this round
         for w in self.workers:
-            self._send_params(w, CMD_ROUND, rs)
+            piece = next_piece()
+            self._send_params(w, CMD_ROUND, rs, piece)
+            if dynamic and piece == NO_PIECE:
+                done.add(w)
         header = torch.zeros(HEADER_LEN, dtype=torch.float64)  # [kind, version_read, loss, tokens]
         grad = torch.empty(self.numel, dtype=self.dtype)  # [numel]
         order = list(self.cfg.push_order or ())
-        done: set[int] = set()
         while len(done) < len(self.workers):
             src = order.pop(0) if order else None
             t0 = time.perf_counter()
             src = self._peer.recv(header, src, TAG_HEADER)
             rs.wait_s += time.perf_counter() - t0
             kind, version_read = int(header[0]), int(header[1])
-            if src in done or kind not in (KIND_PUSH, KIND_PUSH_LAST, KIND_DONE):
+            allowed = (KIND_PUSH,) if dynamic else (KIND_PUSH, KIND_PUSH_LAST, KIND_DONE)
+            if src in done or kind not in allowed:
                 raise AsyncPSError(f"async_ps: unexpected message kind {kind} from rank {src} "
-                                   f"(finished this round: {src in done})")
+                                   f"(finished this round: {src in done}; work assignment "
+                                   f"{self.cfg.work_assignment})")
             if kind == KIND_DONE:
                 done.add(src)
                 continue
@@ -331,7 +374,16 @@ class ParameterServer:
             rs.log.append(UpdateRecord(self.version, src, version_read, tau))
             if on_update is not None:
                 on_update(rs.log[-1], int(header[3]))
-            if kind == KIND_PUSH:
+            if dynamic:
+                piece = next_piece()
+                if piece == NO_PIECE:  # the round is over for this worker: no weights needed
+                    control = self._control(CMD_END)
+                    self._peer.send(control, src, TAG_CONTROL)
+                    rs.bytes_pulled += control.nbytes
+                    done.add(src)
+                else:
+                    self._send_params(src, CMD_PARAMS, rs, piece)
+            elif kind == KIND_PUSH:
                 self._send_params(src, CMD_PARAMS, rs)
             else:
                 done.add(src)
@@ -354,7 +406,7 @@ class ParameterServer:
         """Tell every worker to stop (their `begin_round` returns False). Idempotent."""
         if self._stopped:
             return
-        control = torch.tensor([CMD_STOP, self.version], dtype=torch.int64)
+        control = self._control(CMD_STOP)
         for w in self.workers:
             self._peer.send(control, w, TAG_CONTROL)
         self._stopped = True
@@ -376,6 +428,9 @@ class AsyncWorker:
         """Server version of the parameters currently loaded (-1 before the first round)."""
         self.pushes = 0
         """Gradients pushed so far (all rounds)."""
+        self.piece = NO_PIECE
+        """Dynamic work assignment: the piece of the round to compute next (NO_PIECE: none
+        left, the round is over for this worker)."""
         self._peer = _Peer(self.cfg.timeout_s)
         self._control = torch.zeros(CONTROL_LEN, dtype=torch.int64)
         self._flat = torch.empty(self.numel, dtype=self.params[0].dtype)
@@ -386,7 +441,8 @@ class AsyncWorker:
         command, version = int(self._control[0]), int(self._control[1])
         if command not in expect:
             raise AsyncPSError(f"async_ps: rank {dist.get_rank()} expected command {expect}, got {command}")
-        if command != CMD_STOP:
+        self.piece = int(self._control[2])
+        if command not in (CMD_STOP, CMD_END):
             self._peer.recv(self._flat, SERVER_RANK, TAG_PARAMS)
             with torch.no_grad():
                 torch.nn.utils.vector_to_parameters(self._flat, self.params)
@@ -399,7 +455,8 @@ class AsyncWorker:
             raise AsyncPSError("async_ps: begin_round inside a round (call end_round first)")
         if self._pull((CMD_ROUND, CMD_STOP)) == CMD_STOP:
             return False
-        self._in_round = True
+        # dynamic: a worker handed no piece has nothing to do (or send) this round
+        self._in_round = self.cfg.work_assignment == "static" or self.piece != NO_PIECE
         return True
 
     def _send_header(self, kind: int, loss_sum: float, token_count: int) -> None:
@@ -409,9 +466,15 @@ class AsyncWorker:
     def push(self, loss_sum: float = 0.0, token_count: int = 0, last: bool = False) -> None:
         """Push the model's current .grad (computed on version `version_read`); zero the grads.
         Unless `last`, pull the server's parameters after the update (blocking). `loss_sum` and
-        `token_count` of the batch travel in the header, for the server's train-loss log."""
+        `token_count` of the batch travel in the header, for the server's train-loss log.
+        Dynamic work assignment: `last` is not used; the reply says which piece comes next
+        (`self.piece`), or that the round is over (`self.piece` == NO_PIECE)."""
         if not self._in_round:
             raise AsyncPSError("async_ps: push outside a round (call begin_round first)")
+        dynamic = self.cfg.work_assignment == "dynamic"
+        if dynamic and last:
+            raise AsyncPSError("async_ps: push(last=True) with dynamic work assignment (the "
+                               "server says when the round is over)")
         grad = _flat_grads(self.params)
         self._send_header(KIND_PUSH_LAST if last else KIND_PUSH, loss_sum, token_count)
         self._peer.send(grad, SERVER_RANK, TAG_GRAD)
@@ -420,11 +483,15 @@ class AsyncWorker:
             p.grad = None
         if last:
             self._in_round = False
-        else:
-            self._pull((CMD_PARAMS,))
+        elif self._pull((CMD_PARAMS, CMD_END) if dynamic else (CMD_PARAMS,)) == CMD_END:
+            self._in_round = False
 
     def end_round(self) -> None:
-        """This worker has nothing more to push this round (no-op after push(last=True))."""
+        """This worker has nothing more to push this round (no-op after push(last=True), and
+        under dynamic work assignment, where the server ends the round)."""
+        if self._in_round and self.cfg.work_assignment == "dynamic":
+            raise AsyncPSError(f"async_ps: end_round with piece {self.piece} still to compute "
+                               f"(dynamic work assignment)")
         if self._in_round:
             self._send_header(KIND_DONE, 0.0, 0)
             self._in_round = False

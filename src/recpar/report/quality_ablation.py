@@ -57,11 +57,13 @@ class QualityAblationError(ValueError):
 
 def label(rec: Mapping[str, Any]) -> str:
     """What a run varies, in the compression ablation's words: none, sign, topk0.01, powersgd,
-    fp16, ..., with -noef when error feedback is off; async-damped / async-undamped."""
+    fp16, ..., with -noef when error feedback is off; async-damped / async-undamped (with
+    -dynamic under dynamic work assignment)."""
     cfg = rec.get("config", {})
     if rec.get("scheme") == "async":
-        damped = cfg.get("async_ps", {}).get("staleness_damping", True)
-        return "async-damped" if damped else "async-undamped"
+        ps = cfg.get("async_ps", {})
+        name = "async-damped" if ps.get("staleness_damping", True) else "async-undamped"
+        return name + ("-dynamic" if ps.get("work_assignment") == "dynamic" else "")
     gs = cfg.get("grad_sync") or {}
     comp = gs.get("compressor", "none")
     name = f"topk{gs.get('topk_ratio'):g}" if comp == "topk" else comp

@@ -97,6 +97,11 @@ def register(sub) -> None:
     par.add_argument("--no-staleness-damping", action="store_true",
                      help="scheme async: apply stale gradients undamped (plain async SGD) "
                           "instead of Formula 12's g / (1 + tau)")
+    par.add_argument("--async-work", choices=["static", "dynamic"], default="static",
+                     help="scheme async: static = each worker computes its own share of every "
+                          "batch (a round waits for the slowest worker); dynamic = the server "
+                          "hands out the pieces of the round one at a time, so a straggler "
+                          "takes fewer (recpar.comm.async_ps)")
     par.add_argument("--async-timeout-s", type=float, default=300.0,
                      help="scheme async: longest wait for one parameter-server message")
     p.add_argument("--run-options", default=None, metavar="JSON",
@@ -192,11 +197,16 @@ def _spec(args, scheme: str):
     async_ps = AsyncPSConfig()
     if scheme == "async":  # dp ranks = 1 parameter server (rank 0) + dp - 1 workers
         async_ps = AsyncPSConfig(staleness_damping=not args.no_staleness_damping,
-                                 clip_grad=train.clip_grad,
-                                 timeout_s=args.async_timeout_s).validate(world)
+                                 clip_grad=train.clip_grad, timeout_s=args.async_timeout_s,
+                                 work_assignment=args.async_work).validate(world)
         sync_id = "damped" if async_ps.staleness_damping else "undamped"
+        if async_ps.work_assignment == "dynamic":
+            sync_id += "-dynamic"
     elif getattr(args, "no_staleness_damping", False):
         raise ValueError(f"--no-staleness-damping applies to --scheme async only, not {scheme}")
+    elif getattr(args, "async_work", "static") != "static":
+        raise ValueError(f"--async-work {args.async_work} applies to --scheme async only, "
+                         f"not {scheme}")
     shards = plan.batch_shards  # ranks that split each global batch
     if train.global_batch_size % shards:
         who = f"dp = {dp}" if shards == dp else f"the {shards} async workers (dp = {dp})"

@@ -9,6 +9,11 @@ pulls fresh weights, with no barrier. Each push is one server update, damped by 
 unless `async_ps.staleness_damping` is off. So an epoch makes (N − 1) × batches updates on
 1/(N − 1)-size batches, where sync DP makes one update per global batch.
 
+With `async_ps.work_assignment: dynamic` the shares are not fixed: the epoch's pieces (piece
+(k, j) = rows idx[j::N−1] of global batch k, the same sizes as the static shares) go to whichever
+worker asks next (`recpar.comm.async_ps`), so a straggling worker computes fewer of them and the
+round does not wait for its share.
+
 One epoch is one server round (`run_epoch` hook of the loop): rank 0 evaluates and
 checkpoints its own weights between rounds (`full_state_dict` on rank 0: no collective),
 the workers wait in the loop's end-of-epoch collectives meanwhile, so early stopping and the
@@ -41,6 +46,12 @@ from recpar.train.optim import build_adamw
 def _share(idx: torch.Tensor, worker: int, workers: int) -> torch.Tensor:
     """Worker `worker`'s (1-based) rows of a global batch: idx[worker − 1::workers]."""
     return idx[worker - 1::workers]
+
+
+def pieces(batches: list[torch.Tensor], workers: int) -> list[tuple[int, int]]:
+    """Dynamic work assignment: the round's pieces, (global batch k, part j) with part j = rows
+    idx[j::workers], the non-empty ones in order; every rank derives the same list."""
+    return [(k, j) for k, b in enumerate(batches) for j in range(min(workers, int(b.numel())))]
 
 
 class _ServerWindow:
@@ -108,14 +119,17 @@ class AsyncEngine(Engine):
 
     def _serve_round(self, batches, window) -> list[float]:
         sw = _ServerWindow(window, batches, self.workers)
-        rs = self.server.run_round(on_update=sw.on_update)
+        rs = self.server.run_round(on_update=sw.on_update,
+                                   pieces=len(pieces(batches, self.workers)))
         # Token-weighted mean of the losses the workers computed (each on the weights it read).
         return [rs.train_loss] if rs.train_token_count else []
 
     def _work_round(self, inputs, targets, batches, window) -> list[float]:
-        w, model, dev = self.worker, self.ctx.model, self.ctx.device
+        w = self.worker
         if not w.begin_round():
             raise RuntimeError("async: the server stopped while the loop still trains")
+        if self.ps_cfg.work_assignment == "dynamic":
+            return self._work_pieces(inputs, targets, batches, window)
         losses = []
         # Last batch this worker has rows in: its push ends the round (no reply to wait for).
         mine = [_share(idx, self.ctx.rank, self.workers) for idx in batches]
@@ -128,21 +142,45 @@ class AsyncEngine(Engine):
                 self._comm_s, self._pushes_in_window, self._fb_s = 0.0, 0, 0.0
             tokens = 0
             if rows.numel():
-                x, y = inputs[rows].to(dev), targets[rows].to(dev)  # [b, L] each
-                t0 = time.perf_counter()
-                loss_sum, count = model.loss_sum(x, y)
-                (loss_sum / count.clamp(min=1)).backward()
-                t1 = time.perf_counter()
-                tokens = int(count)
-                w.push(float(loss_sum.detach()), tokens, last=(k == last))
-                if in_window:
-                    self._fb_s += t1 - t0
-                    self._comm_s += time.perf_counter() - t1
-                    self._pushes_in_window += 1
-                losses.append(float(loss_sum.detach()) / max(tokens, 1))
+                tokens = self._compute_and_push(inputs, targets, rows, in_window, losses,
+                                                last=(k == last))
             window.after_step(samples=int(rows.numel()), tokens=tokens)
         w.end_round()  # no-op after the last push
         return losses
+
+    def _work_pieces(self, inputs, targets, batches, window) -> list[float]:
+        """Dynamic work assignment: compute the piece the server names until it says the round
+        is over; one window step per piece."""
+        w, losses = self.worker, []
+        todo = pieces(batches, self.workers)
+        while w.piece >= 0:
+            k, j = todo[w.piece]
+            rows = batches[k][j::self.workers]
+            was_open = window.open
+            window.before_step()
+            if window.open and not was_open:
+                self._comm_s, self._pushes_in_window, self._fb_s = 0.0, 0, 0.0
+            tokens = self._compute_and_push(inputs, targets, rows, window.open, losses)
+            window.after_step(samples=int(rows.numel()), tokens=tokens)
+        return losses
+
+    def _compute_and_push(self, inputs, targets, rows, in_window: bool, losses: list[float],
+                          last: bool = False) -> int:
+        """Forward + backward on `rows`, push the gradient (and pull the reply); the tokens."""
+        model, dev = self.ctx.model, self.ctx.device
+        x, y = inputs[rows].to(dev), targets[rows].to(dev)  # [b, L] each
+        t0 = time.perf_counter()
+        loss_sum, count = model.loss_sum(x, y)
+        (loss_sum / count.clamp(min=1)).backward()
+        t1 = time.perf_counter()
+        tokens = int(count)
+        self.worker.push(float(loss_sum.detach()), tokens, last=last)
+        if in_window:
+            self._fb_s += t1 - t0
+            self._comm_s += time.perf_counter() - t1
+            self._pushes_in_window += 1
+        losses.append(float(loss_sum.detach()) / max(tokens, 1))
+        return tokens
 
     def full_state_dict(self):
         if not self.is_server:
