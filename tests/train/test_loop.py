@@ -73,6 +73,9 @@ def test_interrupted_run_resumes_to_the_same_result(small_prepared, tmp_path, mo
     assert rec["notes"][0] == "resumed from last.pt after epoch 0"
     ref = record.read(tmp_path / "ref" / "record.json")
     assert [h["train_loss"] for h in rec["history"]] == [h["train_loss"] for h in ref["history"]]
+    # training seconds so far: carried over the resume, growing with every epoch
+    train_s = [h["train_s"] for h in rec["history"]]
+    assert train_s[0] > 0 and all(b > a for a, b in zip(train_s, train_s[1:])), train_s
     assert rec["quality"] == ref["quality"]
     w_ref, w_run = _weights(tmp_path / "ref" / "last.pt"), _weights(tmp_path / "run" / "last.pt")
     assert all(torch.equal(w_ref[k], w_run[k]) for k in w_ref)

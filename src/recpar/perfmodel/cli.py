@@ -341,6 +341,27 @@ def cmd_compression_ablation(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_straggler_ablation(args: argparse.Namespace) -> int:
+    from recpar.perfmodel.straggler_ablation import StragglerAblation, run, target_band
+
+    try:
+        cfg = StragglerAblation(
+            slowdowns=tuple(float(t) for t in args.slowdowns.split(",") if t.strip()),
+            schemes=tuple(t.strip() for t in args.schemes.split(",") if t.strip()),
+            cpu_budget=args.cpu_budget, max_epochs=args.max_epochs, patience=args.patience,
+            seed=args.seed)
+        band = target_band(args.quality)
+    except ValueError as e:
+        raise _fail(str(e) if str(e).startswith(("straggler", "--quality"))
+                    else f"--slowdowns: {e}") from None
+    if not (Path(args.data) / "stats.json").is_file():
+        raise _fail(f"--data {args.data}: no stats.json (run `recpar data prepare`)")
+    paths = run(cfg, args.data, args.work_dir, args.out, band,
+                progress=lambda m: print(m, flush=True))
+    print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
 def cmd_pipeline_ablation(args: argparse.Namespace) -> int:
     from recpar.perfmodel.pipeline_ablation import PipelineAblation, run
 
@@ -569,6 +590,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="the clusters' state, the runs' records and logs")
     co.set_defaults(func=cmd_compression_ablation)
 
+    from recpar.perfmodel.straggler_ablation import SCHEMES as STRAGGLER_SCHEMES
+
+    st = sub.add_parser("straggler-ablation",
+                        help="sync DP vs the parameter server (damping on/off, static vs dynamic "
+                             "work) with one worker slowed 1x/2x/4x: time to quality, final "
+                             "quality, staleness (root)")
+    st.add_argument("--data", required=True, help="prepared dataset directory")
+    st.add_argument("--slowdowns", default="1,2,4", help="slowdown factors of the straggler")
+    st.add_argument("--schemes", default=",".join(STRAGGLER_SCHEMES),
+                    help="scheme labels; the first is the reference")
+    st.add_argument("--cpu-budget", type=float, default=0.5, help="cores per device")
+    st.add_argument("--max-epochs", type=int, default=30)
+    st.add_argument("--patience", type=int, default=3)
+    st.add_argument("--seed", type=int, default=0)
+    st.add_argument("--quality", default=None, metavar="JSON",
+                    help="quality_ablation.json: its target band (the reference's seed spread) "
+                         "sets the target; default 0.01")
+    st.add_argument("--out", required=True,
+                    help="directory for straggler_sync_async.{json,csv,md,png}")
+    st.add_argument("--work-dir", default="results/ablations/straggler",
+                    help="the runs' records and logs")
+    st.set_defaults(func=cmd_straggler_ablation)
     pa = sub.add_parser("pipeline-ablation",
                         help="pipeline bubble by schedule, micro-batches and stage cut on "
                              "budgeted devices, against (p - 1)/(v m) (root)")

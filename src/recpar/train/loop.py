@@ -163,7 +163,12 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
         injected_faults.mark_training_started(run.out)  # the fault schedule's clock starts
     t_train0 = time.perf_counter()
     for epoch in range(state.start_epoch, run.cfg.max_epochs):
+        t_epoch0 = time.perf_counter()
         entry = _train_epoch(run, state, timed, epoch)
+        # Training seconds so far, validation and checkpoints not counted (time to quality is
+        # read off the history: recpar.report.quality_ablation, the straggler ablation).
+        entry["train_s"] = (state.history[-1].get("train_s", 0.0) if state.history else 0.0) \
+            + time.perf_counter() - t_epoch0
         # Full single-device weights on rank 0 (a collective for sharded engines).
         full = run.engine.full_state_dict()
         if scorer is not None:
