@@ -3,7 +3,8 @@ line naming the rank, the collective and its group, and no process left behind.
 
 World size: 2 (dp2, gloo, the real launcher: `recpar train` -> torchrun -> recpar.train.worker).
 Rank 1 is frozen with SIGSTOP once rank 0 has logged its first epoch, so rank 0 waits in the
-next gradient all-reduce.
+next gradient all-reduce; once rank 0 has given up and exited, rank 1 may run again
+(TERM_SENT_S).
 """
 
 from __future__ import annotations
@@ -22,8 +23,13 @@ from .rank_procs import alive, rank_pid
 TIMEOUT_S = 10
 """collective_timeout_s of the run (short, so that the test is)."""
 EXIT_MARGIN_S = 60
-"""After the error, torchrun stops the other rank: SIGTERM, and SIGKILL after its 30 s grace
-for a stopped process (a stopped process does not act on SIGTERM)."""
+"""After the error, torchrun stops the other rank (SIGTERM; SIGKILL after a 30 s grace)."""
+TERM_SENT_S = 2.0
+"""How long after rank 0 has exited the test lets the stopped rank run again: torchrun notices
+the exit within its 0.1 s monitor interval and sends SIGTERM, which stays pending on a stopped
+process. Resumed, the rank acts on it at once; left stopped, it would cost torchrun's fixed
+30 s grace before SIGKILL (a hung but running peer takes signals: SIGSTOP stands in for it only
+until the error is out)."""
 
 
 @pytest.mark.multiprocess
@@ -51,10 +57,15 @@ def test_a_stopped_rank_ends_the_run_with_the_collective_named(small_prepared, t
         assert stopped is not None, "rank 1's process not found"
         os.kill(stopped, signal.SIGSTOP)
         t0 = time.monotonic()
-        line_s = None
+        line_s = gone_s = None
         while p.poll() is None and time.monotonic() - t0 < TIMEOUT_S + EXIT_MARGIN_S + 60:
             if line_s is None and "a peer stopped answering" in err_path.read_text():
                 line_s = time.monotonic() - t0
+            if line_s is not None and gone_s is None and rank_pid(out / "spec.json", 0) is None:
+                gone_s = time.monotonic() - t0
+            if gone_s is not None and time.monotonic() - t0 > gone_s + TERM_SENT_S \
+                    and alive(stopped):
+                os.kill(stopped, signal.SIGCONT)
             time.sleep(0.2)
         exit_s = time.monotonic() - t0
         p.stdout.read()
