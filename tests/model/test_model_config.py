@@ -73,3 +73,21 @@ def test_flops_per_token_against_torch_flop_counter(text_dim):
     hd = cfg.head_dim
     shape = (b, cfg.n_heads, t, hd)
     assert attention * b * t == 3 * cfg.n_layers * sdpa_flop_count(shape, shape, shape)
+
+
+@pytest.mark.parametrize("size", list(NAMED_SIZES))
+def test_model_flops_within_2_pct_of_torch_flop_counter_for_every_named_size(size):
+    """One training step of the full-size model, counted by FlopCounterMode on the meta device
+    (shapes only, no memory or compute; there SDPA runs its math path, whose bmm the counter
+    sees, while the CPU kernel is not counted at all: the 7 % "over-count" issue 19 saw on tiny
+    was that missing attention). Measured here: +0.6 % tiny, +0.05 % 1b (6N counts biases and
+    norms as matmul parameters)."""
+    cfg = ModelConfig.named(size, dropout=0.0, text_dim=384)
+    n_items, b = 1682, 4
+    with torch.device("meta"):
+        model = Recommender(cfg, n_items, torch.empty(n_items + 1, cfg.text_dim))
+        x = torch.randint(1, n_items + 1, (b, cfg.max_seq_len))
+    with FlopCounterMode(display=False) as counter:
+        model.loss(x, x).backward()
+    predicted = cfg.model_flops(n_items, samples=b, steps=1)
+    assert predicted == pytest.approx(counter.get_total_flops(), rel=0.02)

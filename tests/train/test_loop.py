@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from recpar.data.prepared import PreparedDataset
 from recpar.model.config import ModelConfig
 from recpar.train import checkpoint_generations, loop, record
 from recpar.train.checkpoint import CheckpointError
@@ -28,7 +29,8 @@ def _weights(path):
 
 
 def test_baseline_writes_a_valid_record_with_both_protocols(small_prepared, tmp_path):
-    rec = train(_spec(small_prepared, tmp_path / "run"), progress=False)
+    rec = train(_spec(small_prepared, tmp_path / "run",
+                      train=dataclasses.replace(TRAIN, measure_mfu=True)), progress=False)
     again = record.read(tmp_path / "run" / "record.json")  # schema-validated on read
     assert again["run_id"] == rec["run_id"] == "baseline-tiny-n1"
     for split in ("valid", "test"):
@@ -41,6 +43,15 @@ def test_baseline_writes_a_valid_record_with_both_protocols(small_prepared, tmp_
     assert rec["config"]["model"]["text_dim"] == 8  # width taken from the embeddings on disk
     assert len(rec["history"]) == 3
     assert (tmp_path / "run" / "best.pt").exists() and (tmp_path / "run" / "last.pt").exists()
+    # model FLOP/s over the window, from the one FLOP definition; MFU against the measured peak
+    cfg = dataclasses.replace(MODEL, text_dim=8)
+    n_items = PreparedDataset.load(small_prepared).n_items
+    expect = cfg.model_flops(n_items, samples=m["throughput_samples_per_s"],
+                             steps=1e3 / m["iter_ms"]) / 1e12
+    assert m["model_tflops_per_s"] == pytest.approx(expect)
+    assert m["gemm_peak_tflops_per_s"] > 0
+    assert m["mfu_pct"] == pytest.approx(100 * m["model_tflops_per_s"]
+                                         / m["gemm_peak_tflops_per_s"])
 
 
 def test_same_seed_same_weights_other_seed_differs(small_prepared, tmp_path):

@@ -177,6 +177,14 @@ class ModelConfig:
         n_matmul = c.blocks + c.final_ln + c.item_id_emb
         return 6 * n_matmul + 12 * self.n_layers * self.d_model * t
 
+    def model_flops(self, n_items: int, samples: float, steps: float) -> float:
+        """Model FLOPs (forward + backward) of `steps` optimizer steps over `samples` sequences
+        of max_seq_len positions: flops_per_token x T per sample, plus the text projection once
+        per step. The one definition behind a record's `model_tflops_per_s` and MFU. Checked
+        against torch's FlopCounterMode for every named size (tests/model/test_flops.py)."""
+        return (self.flops_per_token(n_items) * self.max_seq_len * samples
+                + self.text_fusion_flops_per_step(n_items) * steps)
+
     def text_fusion_flops_per_step(self, n_items: int) -> int:
         """FLOPs per training step of projecting the frozen text table, independent of batch.
 

@@ -341,6 +341,27 @@ def cmd_compression_ablation(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_peak(args: argparse.Namespace) -> int:
+    import torch
+
+    from recpar.device import gemm_flops_per_s
+
+    if args.threads < 0:
+        raise _fail(f"--threads: must be >= 0, got {args.threads}")
+    old = torch.get_num_threads()
+    threads = args.threads or old
+    torch.set_num_threads(threads)
+    try:
+        peak = gemm_flops_per_s(args.dtype, n=args.n, repeats=args.repeats, device=args.device)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    finally:
+        torch.set_num_threads(old)
+    print(json.dumps({"dtype": args.dtype, "threads": threads, "n": args.n,
+                      "device": args.device, "gemm_peak_tflops_per_s": peak / 1e12}))
+    return 0
+
+
 def cmd_straggler_ablation(args: argparse.Namespace) -> int:
     from recpar.perfmodel.straggler_ablation import StragglerAblation, run, target_band
 
@@ -612,6 +633,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     st.add_argument("--work-dir", default="results/ablations/straggler",
                     help="the runs' records and logs")
     st.set_defaults(func=cmd_straggler_ablation)
+    pk = sub.add_parser("peak", help="GEMM peak FLOP/s of this machine for a dtype and thread "
+                        "count (the denominator of a record's mfu_pct)")
+    pk.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    pk.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's "
+                    "default)")
+    pk.add_argument("--n", type=int, default=2048, help="matrix size n (n x n times n x n)")
+    pk.add_argument("--repeats", type=int, default=5, help="timed products; the best counts")
+    pk.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    pk.set_defaults(func=cmd_peak)
     pa = sub.add_parser("pipeline-ablation",
                         help="pipeline bubble by schedule, micro-batches and stage cut on "
                              "budgeted devices, against (p - 1)/(v m) (root)")

@@ -45,6 +45,11 @@ class TrainConfig:
     """torch intra-op threads (0 = torch's default)."""
     deterministic: bool = True
     """torch.use_deterministic_algorithms (bit-reproducible on CPU)."""
+    measure_mfu: bool = False
+    """At the end of the run, rank 0 measures the GEMM peak of its device (fp32, its threads
+    and CPU budget; recpar.device.gemm_flops_per_s, about a second) and the record carries
+    `gemm_peak_tflops_per_s` and `mfu_pct` = model FLOP/s over that peak. `model_tflops_per_s`
+    is recorded either way."""
     max_steps: int = 0
     """Stop after this many optimiser steps in total (0 = no limit); for smoke tests."""
     collective_timeout_s: float = 120.0
@@ -68,6 +73,10 @@ class TrainConfig:
             raise ConfigError(f"train.betas must be two numbers in [0, 1), got {self.betas!r}")
         if self.device not in ("cpu", "cuda"):
             raise ConfigError(f"train.device must be 'cpu' or 'cuda', got {self.device!r}")
+        for name in ("deterministic", "measure_mfu"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"train.{name} must be true or false, got "
+                                  f"{getattr(self, name)!r}")
         if self.early_stopping_metric not in ("ndcg_at_10", "hr_at_10"):
             raise ConfigError("train.early_stopping_metric must be ndcg_at_10 or hr_at_10, "
                               f"got {self.early_stopping_metric!r}")

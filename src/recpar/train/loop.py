@@ -411,6 +411,25 @@ def _validate(run: _Run, state: _Progress, scorer: EvalCopy | None, epoch: int,
                            f"{cfg.early_stopping_metric} for {cfg.patience} epochs")
 
 
+def _model_flops_metrics(run: _Run, timing: dict) -> dict:
+    """Model FLOP/s over the timing window (ModelConfig.model_flops: one definition) and, with
+    train.measure_mfu, the device's measured fp32 GEMM peak and the MFU against it. MFU is
+    model FLOPs (what the math needs) over peak, the metric of PaLM, Megatron and TorchTitan;
+    the paper's "GPU utilisation" is the share of time a kernel runs, another quantity."""
+    samples_per_s, iter_ms = timing.get("throughput_samples_per_s"), timing.get("iter_ms")
+    if not samples_per_s or not iter_ms:
+        return {}
+    flops_per_s = run.model_cfg.model_flops(run.ds.n_items, samples=samples_per_s,
+                                            steps=1e3 / iter_ms)
+    out = {"model_tflops_per_s": flops_per_s / 1e12}
+    if run.cfg.measure_mfu:
+        from recpar.device import gemm_flops_per_s
+
+        peak = gemm_flops_per_s("fp32", device=run.device.type)
+        out.update(gemm_peak_tflops_per_s=peak / 1e12, mfu_pct=100.0 * flops_per_s / peak)
+    return out
+
+
 def _wait_for_rank0(cfg: TrainConfig, group) -> None:
     """The other ranks wait here while rank 0 alone validates: up to cfg.rank0_phase_timeout_s,
     not the collective timeout. `group` (all ranks) was made with that timeout: gloo's
@@ -508,6 +527,7 @@ def _write_record(run: _Run, state: _Progress, timed: _Timed, measured: _Measure
     if run.engine.loss_is_estimate:
         state.notes.append("train_loss with dp > 1 is rank 0's share x dp (an estimate of the "
                            "global mean)")
+    metrics.update(_model_flops_metrics(run, measured.timing))
     metrics.update(run.restarts.metrics())
     metrics.update(run.timeline.metrics())
     state.notes.extend(run.restarts.notes(run.spec.plan.scheme))
