@@ -100,6 +100,8 @@ MEASURES = {
     "throughput_samples_per_s_per_device":
         lambda r: _num(r["metrics"].get("throughput_samples_per_s_per_device")),
     "iter_ms": lambda r: _num(r["metrics"].get("iter_ms")),
+    "model_tflops_per_s": lambda r: _num(r["metrics"].get("model_tflops_per_s")),
+    "mfu_pct": lambda r: _num(r["metrics"].get("mfu_pct")),
     "util_pct": lambda r: utilisation(r)[0],
     "comm_ms_per_iter": lambda r: _num(r["metrics"].get("comm_ms_per_iter")),
     "exposed_comm_ms_per_iter": lambda r: (0.0 if r["plan"]["world_size"] == 1 else

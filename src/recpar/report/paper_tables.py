@@ -20,7 +20,12 @@ TABLE_FILES = ("table2.md", "table2.csv", "table2.tex", "table3.md", "table3.csv
 SPEEDUP_NOTE = ("speedup = job throughput / throughput of the same sweep's baseline record "
                 "(paper §IV.B); seeds averaged, *_std = their sample standard deviation "
                 "(— with one seed)")
-TABLE2_COLUMNS_NOTE = ("util_pct: NVML GPU utilisation (gpu) or process CPU share of all "
+TABLE2_COLUMNS_NOTE = ("model_tflops_per_s: model FLOPs (ModelConfig.model_flops: 6N + 12LdT "
+                       "per token, PaLM's convention) per second over the timing window; "
+                       "mfu_pct: that over the device's measured fp32 GEMM peak (runs with "
+                       "train.measure_mfu; — without), not the paper's GPU utilisation, which "
+                       "is the share of time a kernel runs; "
+                       "util_pct: NVML GPU utilisation (gpu) or process CPU share of all "
                        "logical CPUs, rank 0 (cpu); comm hook = time in gradient-sync hooks, "
                        "exposed = not hidden by overlap (DP gradient sync); tp_comm = slowest "
                        "rank's time blocked in megatron's TP collectives; pp_idle = rank 0's "

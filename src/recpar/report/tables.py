@@ -35,6 +35,7 @@ def table2(rs: RecordSet, paper: Paper, proj: Projection) -> pd.DataFrame:
             "throughput_samples_per_s_std": r.std("throughput_samples_per_s"),
             "throughput_samples_per_s_per_device": r.mean("throughput_samples_per_s_per_device"),
             "speedup": rs.speedup(r),
+            "model_tflops_per_s": r.mean("model_tflops_per_s"), "mfu_pct": r.mean("mfu_pct"),
             "util_pct": r.mean("util_pct"), "util_basis": r.basis("util"),
             "comm_ms_per_iter_hook": r.mean("comm_ms_per_iter"),
             "comm_ms_per_iter_exposed": r.mean("exposed_comm_ms_per_iter"),
@@ -93,7 +94,9 @@ def table3(rs: RecordSet, paper: Paper, proj: Projection) -> pd.DataFrame:
             out.append({"sweep": NOT_RUN, "plan": NOT_RUN, "devices": NOT_RUN,
                         "topology": NOT_RUN, "grad_sync": NOT_RUN, "compressor": NOT_RUN,
                         "throughput_samples_per_s": NOT_RUN,
-                        "throughput_samples_per_s_std": NOT_RUN, "speedup": NOT_RUN, **common})
+                        "throughput_samples_per_s_std": NOT_RUN, "speedup": NOT_RUN,
+                        "mfu_pct": NOT_RUN,
+                        **common})
             continue
         for r in rows:
             out.append({"sweep": r.key.sweep, "plan": r.key.plan_label,
@@ -101,9 +104,9 @@ def table3(rs: RecordSet, paper: Paper, proj: Projection) -> pd.DataFrame:
                         "grad_sync": r.key.sync_algorithm, "compressor": r.key.compressor,
                         "throughput_samples_per_s": r.mean("throughput_samples_per_s"),
                         "throughput_samples_per_s_std": r.std("throughput_samples_per_s"),
-                        "speedup": rs.speedup(r), **common})
+                        "speedup": rs.speedup(r), "mfu_pct": r.mean("mfu_pct"), **common})
     cols = ["nodes", "scheme", "sweep", "plan", "devices", "topology", "grad_sync", "compressor",
-            "throughput_samples_per_s", "throughput_samples_per_s_std", "speedup",
+            "throughput_samples_per_s", "throughput_samples_per_s_std", "speedup", "mfu_pct",
             "paper_throughput_samples_per_s", "paper_speedup", "projected_throughput_samples_per_s",
             "projected_speedup"]
     return pd.DataFrame(out, columns=cols)
