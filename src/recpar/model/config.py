@@ -77,6 +77,12 @@ class ModelConfig:
     scaled_init_method_normal)."""
     layernorm_epsilon: float = 1e-5
     """LayerNorm epsilon (megatron-core: layernorm_epsilon)."""
+    cross_entropy_chunk_size: int = 0
+    """Training loss over the tied item table computed this many positions at a time, never
+    holding the [B, L, n_items + 1] logits (recpar.model.loss.chunked_tied_cross_entropy_sum);
+    0 = all at once. Same loss and gradients within float rounding. Used by the schemes whose
+    loss is the model's own (baseline, dp, zero, async); the model-parallel heads compute
+    their logits whole."""
 
     def __post_init__(self) -> None:
         for name in ("d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
@@ -87,6 +93,12 @@ class ModelConfig:
                 or self.text_dim < 0:
             raise ValueError(f"ModelConfig: text_dim={self.text_dim!r} must be an integer >= 0 "
                              "(0 = no text fusion)")
+        if not isinstance(self.cross_entropy_chunk_size, int) \
+                or isinstance(self.cross_entropy_chunk_size, bool) \
+                or self.cross_entropy_chunk_size < 0:
+            raise ValueError(f"ModelConfig: cross_entropy_chunk_size="
+                             f"{self.cross_entropy_chunk_size!r} must be an integer >= 0 "
+                             "(0 = the whole logits at once)")
         if self.d_model % self.n_heads:
             raise ValueError(f"ModelConfig: d_model={self.d_model} is not divisible by "
                              f"n_heads={self.n_heads}")

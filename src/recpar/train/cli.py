@@ -188,6 +188,11 @@ def _spec(args, scheme: str):
         sync_id = f"stage{zero_stage}"
     plan.validate(world_size=plan.world_size, n_heads=model.n_heads, n_layers=model.n_layers)
     train.validate()
+    if model.cross_entropy_chunk_size and scheme in ("mp", "hybrid", "deepspeed"):
+        raise ValueError(f"--model-override cross_entropy_chunk_size="
+                         f"{model.cross_entropy_chunk_size}: scheme {scheme}'s head computes "
+                         f"its logits whole (the chunked loss serves baseline, dp, zero and "
+                         f"async)")
     if scheme in ("mp", "hybrid"):
         _validate_model_parallel(plan, model)
     if scheme == "deepspeed":  # DeepSpeed's 1F1B, batch = micro × microbatches × dp, TP shards
