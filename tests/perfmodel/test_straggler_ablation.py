@@ -78,6 +78,10 @@ def test_time_to_quality_against_sync_under_each_slowdown(tmp_path):
     assert rows[(1.0, "async-dynamic")]["speedup_vs_sync"] == pytest.approx(20 / 30)
     assert rows[(4.0, "sync")]["time_to_quality_s"] == 80
     assert rows[(4.0, "async-dynamic")]["speedup_vs_sync"] == pytest.approx(80 / 42)
+    # the lower target, 90 % of sync's best (0.18): the same epochs here
+    assert res["target"]["early_valid_hr_at_10"] == pytest.approx(0.18)
+    assert rows[(4.0, "sync")]["time_to_early_target_s"] == 80
+    assert rows[(4.0, "async-dynamic")]["early_speedup_vs_sync"] == pytest.approx(80 / 42)
     assert rows[(4.0, "async-dynamic")]["straggler_update_share"] == pytest.approx(0.2)
     assert rows[(4.0, "async-dynamic")]["test_hr_at_10_delta"] == pytest.approx(-0.015)
     paths = S.write_outputs(res, tmp_path / "out")

@@ -412,10 +412,13 @@ def _validate(run: _Run, state: _Progress, scorer: EvalCopy | None, epoch: int,
 
 
 def _model_flops_metrics(run: _Run, timing: dict) -> dict:
-    """Model FLOP/s over the timing window (ModelConfig.model_flops: one definition) and, with
-    train.measure_mfu, the device's measured fp32 GEMM peak and the MFU against it. MFU is
-    model FLOPs (what the math needs) over peak, the metric of PaLM, Megatron and TorchTitan;
-    the paper's "GPU utilisation" is the share of time a kernel runs, another quantity."""
+    """Model FLOP/s of the whole run over the timing window (ModelConfig.model_flops: one
+    definition) and, with train.measure_mfu, rank 0's device's measured fp32 GEMM peak and the
+    MFU = model FLOP/s / (devices × that peak). MFU is model FLOPs (what the math needs) over
+    peak, the metric of PaLM, Megatron and TorchTitan; the paper's "GPU utilisation" is the
+    share of time a kernel runs, another quantity. It assumes a device per rank (GPUs, or CPU
+    budgets); ranks time-sharing the same cores (topology local) each measure the shared peak,
+    so their MFU is understated."""
     samples_per_s, iter_ms = timing.get("throughput_samples_per_s"), timing.get("iter_ms")
     if not samples_per_s or not iter_ms:
         return {}
@@ -426,7 +429,8 @@ def _model_flops_metrics(run: _Run, timing: dict) -> dict:
         from recpar.device import gemm_flops_per_s
 
         peak = gemm_flops_per_s("fp32", device=run.device.type)
-        out.update(gemm_peak_tflops_per_s=peak / 1e12, mfu_pct=100.0 * flops_per_s / peak)
+        out.update(gemm_peak_tflops_per_s=peak / 1e12,
+                   mfu_pct=100.0 * flops_per_s / (run.world * peak))
     return out
 
 
