@@ -166,33 +166,39 @@ def _find_pair(quality: Mapping, question_prefix: str) -> Mapping | None:
     return next((p for p in quality["pairs"] if p["question"].startswith(question_prefix)), None)
 
 
-def _residual_claim(quality: Mapping | None) -> ClaimResult:
-    id_, where = "F11-residual", "§III.B Formula 11"
-    claim = ("Top-k keeps what it does not send as a residual (Formula 11); the residual is what "
-             "lets a sparsified gradient train as well")
-    if quality is None:
-        return _not_run(id_, claim, where, "quality")
-    p = _find_pair(quality, "error feedback, top-k")
+def _mechanism_claim(quality: Mapping | None, id_: str, where: str, claim: str,
+                     question_prefix: str, mechanism: str, extra: str = "") -> ClaimResult:
+    """A claim that a mechanism buys quality: test HR@10 (full) with it minus without, on the
+    same seeds (a pair of the quality ablation), met only beyond the seeds' band."""
+    p = None if quality is None else _find_pair(quality, question_prefix)
     if p is None:
         return _not_run(id_, claim, where, "quality")
     d = p["difference"][MAIN_CELL]
-    sign = _find_pair(quality, "error feedback, sign")
+    better = not d["within"] and d["delta"] > 0
+    return ClaimResult(
+        id=id_, claim=claim, where=where, paper="— (no number)",
+        tolerance=f"test HR@10 (full) with {mechanism} minus without, on the same seeds, "
+                  "beyond a 95 % pooled two-sample t band from the seeds' spread",
+        band="95 % t band from the seeds",
+        measured=f"{p['on']} − {p['off']}: {d['delta']:+.4f} (±{d['band']:.4f})",
+        status=MET if better else MISSED,
+        detail=(f"{mechanism} buys quality beyond the seeds' spread" if better else
+                f"no gain from {mechanism} beyond the seeds' spread" if d["within"] else
+                f"worse with {mechanism}") + extra)
+
+
+def _residual_claim(quality: Mapping | None) -> ClaimResult:
+    sign = None if quality is None else _find_pair(quality, "error feedback, sign")
     extra = ""
     if sign is not None:
         s = sign["difference"][MAIN_CELL]
         extra = (f"; for sign (Formula 10 with error feedback, which the paper does not "
                  f"name), {s['delta']:+.4f} (±{s['band']:.4f})")
-    better = not d["within"] and d["delta"] > 0
-    return ClaimResult(
-        id=id_, claim=claim, where=where, paper="— (no number)",
-        tolerance="test HR@10 (full) with the residual minus without, on the same seeds, "
-                  "beyond a 95 % pooled two-sample t band from the seeds' spread",
-        band="95 % t band from the seeds",
-        measured=f"{p['on']} − {p['off']}: {d['delta']:+.4f} (±{d['band']:.4f})",
-        status=MET if better else MISSED,
-        detail=("the residual buys quality beyond the seeds' spread" if better else
-                "no gain from the residual beyond the seeds' spread" if d["within"] else
-                "worse with the residual") + extra)
+    return _mechanism_claim(
+        quality, "F11-residual", "§III.B Formula 11",
+        "Top-k keeps what it does not send as a residual (Formula 11); the residual is what "
+        "lets a sparsified gradient train as well", "error feedback, top-k", "the residual",
+        extra)
 
 
 def _staleness_claim(quality: Mapping | None) -> ClaimResult:
@@ -234,27 +240,12 @@ def _mean(per_seed: Mapping[str, int | None]) -> float | None:
 
 
 def _damping_claim(quality: Mapping | None) -> ClaimResult:
-    id_, where = "F12-damping-helps", "§III.B Formula 12"
-    claim = "Dividing a stale gradient by 1 + τ (Formula 12) compensates for its staleness"
-    if quality is None:
-        return _not_run(id_, claim, where, "quality")
-    p = _find_pair(quality, "staleness damping")
-    if p is None:
-        return _not_run(id_, claim, where, "quality")
-    d = p["difference"][MAIN_CELL]
-    better = not d["within"] and d["delta"] > 0
-    return ClaimResult(
-        id=id_, claim=claim, where=where, paper="— (no number)",
-        tolerance="test HR@10 (full) with damping minus without, on the same seeds, beyond a "
-                  "95 % pooled two-sample t band from the seeds' spread",
-        band="95 % t band from the seeds",
-        measured=f"{p['on']} − {p['off']}: {d['delta']:+.4f} (±{d['band']:.4f})",
-        status=MET if better else MISSED,
-        detail=("damping buys quality beyond the seeds' spread" if better else
-                "no gain from damping beyond the seeds' spread" if d["within"] else
-                "worse with damping") + " (AdamW on the server: the damping scales the "
-                "gradient before AdamW, which is not exactly Formula 12's SGD step; "
-                "recpar.comm.async_ps)")
+    return _mechanism_claim(
+        quality, "F12-damping-helps", "§III.B Formula 12",
+        "Dividing a stale gradient by 1 + τ (Formula 12) compensates for its staleness",
+        "staleness damping", "damping",
+        " (AdamW on the server: the damping scales the gradient before AdamW, which is not "
+        "exactly Formula 12's SGD step; recpar.comm.async_ps)")
 
 
 def _hierarchical_claim(allreduce: Mapping | None) -> ClaimResult:
