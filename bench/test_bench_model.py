@@ -79,6 +79,39 @@ def test_bench_tiny_train_step(benchmark, n_items, b):
         threads=torch.get_num_threads())
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_bench_small_train_step_precision(benchmark, precision):
+    """One AdamW step of the small model, batch 16 x 50 positions over 1,682 items, in fp32 or
+    under bf16 autocast (train.precision; recpar.device.forward_context): the bf16 speed-up
+    the GPU path counts on, or, on a CPU without bf16 matrix units, the slow-down that makes
+    `auto` pick fp32 there. extra_info: samples/s and the measured GEMM peak of the dtype."""
+    from recpar.device import forward_context, gemm_flops_per_s
+
+    cfg = ModelConfig.named("small", dropout=0.0)
+    torch.manual_seed(0)
+    model = Recommender(cfg, ML100K_ITEMS).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    b, l = 16, cfg.max_seq_len
+    x = torch.randint(1, ML100K_ITEMS + 1, (b, l))
+    y = torch.randint(1, ML100K_ITEMS + 1, (b, l))
+    dtype = torch.bfloat16 if precision == "bf16" else None
+
+    def step():
+        with forward_context(dtype, "cpu"):
+            loss = model.loss(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=1)
+    if (s := median_s(benchmark)) is None:
+        return
+    benchmark.extra_info.update(
+        throughput_samples_per_s=b / s, threads=torch.get_num_threads(),
+        model_tflops_per_s=cfg.model_flops(ML100K_ITEMS, samples=b / s, steps=1 / s) / 1e12,
+        gemm_peak_tflops_per_s=gemm_flops_per_s(precision, n=1024) / 1e12)
+
+
 def test_bench_tiny_score_last(benchmark):
     """Eval-mode scoring of 256 histories of 50 items against 63,001 items."""
     cfg = ModelConfig.named("tiny")

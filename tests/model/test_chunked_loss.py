@@ -43,6 +43,33 @@ def test_chunked_loss_and_gradients_equal_the_whole_logits(chunk, text_dim):
         torch.testing.assert_close(p1.grad, p0.grad, rtol=1e-10, atol=1e-12, msg=name)
 
 
+def test_under_bf16_autocast_it_equals_the_whole_logits_loss_under_autocast():
+    """Both run their matmuls in bf16 and the softmax in fp32; they differ only in where bf16
+    rounds (the whole path rounds each gradient's full sum over positions once, the chunked
+    one each chunk's part). Tolerance: bf16's unit roundoff u = 2^-8 ≈ 3.9e-3, relative to a
+    gradient's norm; the loss, summed in fp32 from the same bf16 logits, to fp32 rounding."""
+    x, y = _batch()
+    whole, lean = _model(0, 16).float(), _model(7, 16).float()
+    grads, sums = [], []
+    for model in (whole, lean):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            total, _ = model.loss_sum(x, y)
+        assert total.dtype == torch.float32
+        total.backward()
+        sums.append(total)
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    torch.testing.assert_close(sums[1], sums[0], rtol=1e-5, atol=0)
+    u = 2.0 ** -8
+    for name, g0 in grads[0].items():
+        rel = float((grads[1][name] - g0).norm() / g0.norm())
+        assert rel <= u, (name, rel)
+    # and it is bf16 arithmetic, not fp32: the same model in fp32 differs by more than that
+    fp32 = _model(7, 16).float()
+    fp32.loss_sum(x, y)[0].backward()
+    g32 = fp32.item_id_emb.weight.grad
+    assert float((grads[1]["item_id_emb.weight"] - g32).norm() / g32.norm()) > 1e-4
+
+
 def test_without_gradients_only_the_value_is_computed():
     x, y = _batch()
     model = _model(0, 0)

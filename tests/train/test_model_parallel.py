@@ -227,3 +227,62 @@ def test_hybrid_tp2_dp2_killed_after_epoch_0_resumes(small_prepared, baseline_ru
     assert m["exposed_comm_ms_per_iter"] == pytest.approx(
         max(0.0, m["fwd_bwd_ms_per_iter"] - m["fwd_bwd_no_sync_ms_per_iter"]))
     assert m["tp_comm_ms_per_iter"] > 0 and "comm_share_pct" not in m
+
+
+BF16_LOSS_RTOL = 1e-4
+"""bf16 plan vs bf16 single device: relative difference of the per-epoch mean train loss.
+Each position's cross-entropy is computed in fp32 from bf16 logits on both sides; they differ
+where a bf16 rounding of a logit or gradient falls differently (different summation order per
+shard), which moves a mean over ~10^4 positions by far less than bf16's unit roundoff
+u = 2^-8 ≈ 3.9e-3."""
+BF16_MEAN_WEIGHT_TOL = 3e-5
+"""mean |Δw| after 10 AdamW steps, bf16 plan vs bf16 single device. A gradient that differs by
+~u (not ~1e-7 as in fp32) lets many more elements move differently: observed 1.6e-5 for
+dp2×pp2 (this test's plan, the one the bound was set on) and for ZeRO-1 and dp2 run by hand;
+the fp32 single device is 3.8e-5 away from the bf16 one. A wrong shard or missing reduction
+moves many weights by ~lr = 1e-3."""
+
+
+def _mean_weight_diff(a_dir: Path, b_dir: Path) -> float:
+    a = torch.load(a_dir / "last.pt", weights_only=False)["model"]
+    b = torch.load(b_dir / "last.pt", weights_only=False)["model"]
+    return float(torch.cat([(a[k] - b[k]).abs().flatten() for k in a]).mean())
+
+
+@pytest.mark.multiprocess
+def test_bf16_pipeline_and_data_parallel_equal_single_device_bf16(small_prepared, baseline_run,
+                                                                  tmp_path):
+    """4 ranks: pp2 × dp2 under bf16 autocast (train.precision) against the single device
+    under bf16: the stages' forwards autocast, DDP's hook reduces fp32 gradients. The plan
+    must land closer to single-device bf16 than single-device fp32 is (so it did run bf16)."""
+    _need(4)
+    bf16 = ["--set", "precision=bf16"]
+    base16 = tmp_path / "base16"
+    assert recpar_main(["train", "--scheme", "baseline", "--data", str(small_prepared),
+                        "--out", str(base16), *COMMON, *bf16]) == 0
+    r = _run(["train", "--scheme", "hybrid", "--pp", "2", "--dp", "2", "--partition", "uniform",
+              "--data", str(small_prepared), "--out", str(tmp_path / "run"), *COMMON, *bf16])
+    assert r.returncode == 0, r.stderr[-4000:]
+    rec, ref = record.read(tmp_path / "run" / "record.json"), record.read(base16 / "record.json")
+    assert rec["run_id"] == "dp2pp2-uniform-ring-bf16-tiny-n1"
+    assert rec["config"]["train"]["precision"] == ref["config"]["train"]["precision"] == "bf16"
+    for h, hb in zip(rec["history"], ref["history"], strict=True):
+        assert h["train_loss"] == pytest.approx(hb["train_loss"], rel=BF16_LOSS_RTOL)
+    to_bf16 = _mean_weight_diff(tmp_path / "run", base16)
+    fp32_to_bf16 = _mean_weight_diff(baseline_run, base16)
+    assert to_bf16 <= BF16_MEAN_WEIGHT_TOL, to_bf16
+    assert to_bf16 < fp32_to_bf16, (to_bf16, fp32_to_bf16)
+
+
+@pytest.mark.parametrize("plan, message", [
+    (["--scheme", "mp", "--tp", "2"],
+     "megatron-core's tensor-parallel layers run bf16 autocast on CUDA only"),
+    (["--scheme", "deepspeed", "--pp", "2"], "bf16: scheme deepspeed trains in fp32 only"),
+])
+def test_bf16_where_it_cannot_run_is_refused_before_any_rank_starts(small_prepared, tmp_path,
+                                                                    capsys, plan, message):
+    code = recpar_main(["train", *plan, "--set", "precision=bf16", "--data",
+                        str(small_prepared), "--out", str(tmp_path / "run"), *COMMON])
+    assert code != 0
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run" / "spec.json").exists()

@@ -65,15 +65,19 @@ class _ChunkedTiedCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, table, targets, chunk):
+    def forward(ctx, hidden, table, targets, chunk, mm_dtype):
         # hidden [N, d], table [V, d], targets [N] (IGNORE_INDEX where a position does not count)
+        # mm_dtype: the matmuls' dtype (bf16 under autocast, which is off in here: the casts
+        # are explicit, as autocast makes them on the whole path: bf16 logits, fp32 softmax)
         want_h, want_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.zeros_like(hidden) if want_h else None  # [N, d]
         grad_t = torch.zeros_like(table) if want_t else None  # [V, d]
-        total = hidden.new_zeros(())
+        table_mm = table.to(mm_dtype)  # [V, d]
+        soft_dtype = torch.promote_types(mm_dtype, torch.float32)  # softmax: fp32 or wider
+        total = hidden.new_zeros((), dtype=soft_dtype)
         for s in range(0, hidden.shape[0], chunk):
-            h, y = hidden[s:s + chunk], targets[s:s + chunk]  # [c, d], [c]
-            logits = h @ table.t()  # [c, V]
+            h, y = hidden[s:s + chunk].to(mm_dtype), targets[s:s + chunk]  # [c, d], [c]
+            logits = (h @ table_mm.t()).to(soft_dtype)  # [c, V]
             logits[:, PAD_ITEM] = float("-inf")  # padding takes no probability mass
             valid = y != IGNORE_INDEX  # [c]
             y_safe = torch.where(valid, y, torch.ones_like(y))  # [c], a real item where ignored
@@ -88,10 +92,13 @@ class _ChunkedTiedCrossEntropy(torch.autograd.Function):
             del logits
             probs[torch.arange(len(y), device=y.device), y_safe] -= 1.0
             probs.mul_(valid[:, None].to(probs.dtype))  # d(sum CE)/d(logits) [c, V]
+            probs = probs.to(mm_dtype)
             if want_h:
-                grad_h[s:s + chunk] = probs @ table
-            if want_t:
-                grad_t.addmm_(probs.t(), h)
+                grad_h[s:s + chunk] = probs @ table_mm
+            if want_t and grad_t.dtype == mm_dtype:
+                grad_t.addmm_(probs.t(), h)  # in place: no [V, d] temporary
+            elif want_t:
+                grad_t += (probs.t() @ h).to(grad_t.dtype)
         ctx.save_for_backward(grad_h if want_h else None, grad_t if want_t else None)
         return total
 
@@ -99,7 +106,7 @@ class _ChunkedTiedCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_out):
         grad_h, grad_t = ctx.saved_tensors
         return (None if grad_h is None else grad_h * grad_out,
-                None if grad_t is None else grad_t * grad_out, None, None)
+                None if grad_t is None else grad_t * grad_out, None, None, None)
 
 
 def chunked_tied_cross_entropy_sum(hidden: torch.Tensor, table: torch.Tensor,
@@ -107,8 +114,13 @@ def chunked_tied_cross_entropy_sum(hidden: torch.Tensor, table: torch.Tensor,
     """`cross_entropy_sum(logits(hidden, table), masked_targets)` computed `chunk` positions at
     a time, never holding the [..., L, V] logits (memory-lean; same value and gradients within
     float rounding). hidden [..., L, d]; table [V, d] with row PAD_ITEM scored -inf;
-    masked_targets [..., L]."""
+    masked_targets [..., L]. Under torch.autocast the logits' matmuls run in its dtype and the
+    softmax in fp32, as autocast runs the whole path."""
     if chunk < 1:
         raise ValueError(f"chunked cross-entropy: chunk must be >= 1, got {chunk}")
-    return _ChunkedTiedCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), table,
-                                          masked_targets.reshape(-1), chunk)
+    dev = hidden.device.type
+    mm_dtype = (torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev)
+                else torch.promote_types(hidden.dtype, table.dtype))
+    with torch.autocast(dev, enabled=False):
+        return _ChunkedTiedCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), table,
+                                              masked_targets.reshape(-1), chunk, mm_dtype)

@@ -64,7 +64,8 @@ def apply_pp(model: Recommender, plan: ParallelPlan, stage_index: int,
              example_microbatch: tuple[torch.Tensor, torch.Tensor], *,
              pp_group=None, embedding_group=None, profile: Profile | bool | None = None,
              profile_repeats: int = 5, virtual_pipeline_model_parallel_size: int = 2,
-             broadcast_loss: bool = True) -> PipelineRunner:
+             broadcast_loss: bool = True,
+             autocast_dtype: torch.dtype | None = None) -> PipelineRunner:
     """Build this rank's pipeline stage(s) from the single-device `model`; return the runner.
 
     model: the single-device Recommender, built identically (same seed) on every pipeline
@@ -82,6 +83,8 @@ def apply_pp(model: Recommender, plan: ParallelPlan, stage_index: int,
         Profiling runs on pipeline rank 0 and is broadcast, so every rank cuts alike.
     virtual_pipeline_model_parallel_size: stages per rank for interleaved 1F1B (megatron-core's
         name); ignored by the other schedules.
+    autocast_dtype: the stages' forwards run under torch.autocast to this dtype (bf16 mixed
+        precision, recpar.device); None = fp32. The partition profile is timed in fp32.
     """
     v, names = _check_layout(model, plan, example_microbatch,
                              virtual_pipeline_model_parallel_size)
@@ -98,6 +101,8 @@ def apply_pp(model: Recommender, plan: ParallelPlan, stage_index: int,
     device = next(model.parameters()).device
     module = nn.ModuleList(build_stage(model, *partition.boundaries[s]).train(model.training)
                            for s in stage_indices)
+    for stage in module:
+        stage.autocast_dtype = autocast_dtype
     embedding_group = _embedding_group(plan, n_stages, pp_rank, pp_group, embedding_group)
     return PipelineRunner(plan=plan, partition=partition, profile=prof, names=names,
                           pp_rank=pp_rank, stage_indices=stage_indices, module=module,

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from recpar.device import forward_context
 from recpar.model.item_table import TiedItemTable
 from recpar.model.recommender import Recommender, attention_mask, check_item_ids, positions
 from recpar.parallel.vocab_parallel import VocabShardedItemTable
@@ -96,8 +97,24 @@ class StageModule(TiedItemTable):
         if self.has_head:
             self.ln_f = _copy_module(model.ln_f)
 
+    autocast_dtype: torch.dtype | None = None
+    """Set by `apply_pp`: the forward runs under torch.autocast to this dtype (train.precision
+    bf16), None = fp32."""
+
     def forward(self, x: torch.Tensor, input_ids: torch.Tensor,
                 last_only: bool = False) -> torch.Tensor:
+        if self.autocast_dtype is None:
+            return self._forward(x, input_ids, last_only)
+        with forward_context(self.autocast_dtype, x.device.type):
+            out = self._forward(x, input_ids, last_only)
+        # Under autocast the head's logits are bf16 (the hidden states stay fp32: the residual
+        # stream adds to fp32 embeddings). Handed on as fp32, exactly, as the single-device
+        # loss's autocast does before its cross-entropy, so every stage's output template
+        # stays fp32 and the loss function sees what the single-device loss sees.
+        return out.float()
+
+    def _forward(self, x: torch.Tensor, input_ids: torch.Tensor,
+                 last_only: bool) -> torch.Tensor:
         if self.has_embedding:
             ids = x  # [mb, L]
             check_item_ids(ids, self.max_seq_len)

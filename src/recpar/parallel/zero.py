@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from recpar.constants import PAD_ITEM
+from recpar.device import forward_context
 from recpar.model.loss import mean_divisor, valid_positions
 from recpar.model.param_groups import adamw_param_groups
 from recpar.parallel.plan import ParallelPlan, PlanError
@@ -252,7 +253,8 @@ def all_reduce_token_count(count_local: torch.Tensor, group=None) -> torch.Tenso
 
 
 def zero_step(engine, x_local: torch.Tensor, y_local: torch.Tensor,
-              global_token_count: int | torch.Tensor | None = None) -> torch.Tensor:
+              global_token_count: int | torch.Tensor | None = None,
+              autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
     """One optimiser step on this rank's share [b, L] of the global batch; returns the global
     mean loss (detached scalar, all-reduced: identical on every rank).
 
@@ -264,6 +266,8 @@ def zero_step(engine, x_local: torch.Tensor, y_local: torch.Tensor,
     scale_wrt_gas=False, since the 1/N already makes the total a mean.
 
     `global_token_count` is N; None: computed by one scalar all-reduce of the local counts.
+    `autocast_dtype`: the forwards run under torch.autocast to it (bf16 mixed precision:
+    DeepSpeed still holds, reduces and steps fp32 weights and gradients); None = fp32.
     A share with fewer rows than accumulation steps (a tail batch, even 0 rows) is topped up
     with all-padding rows, which change neither loss nor gradient.
     """
@@ -288,7 +292,8 @@ def zero_step(engine, x_local: torch.Tensor, y_local: torch.Tensor,
     n_global = mean_divisor(torch.as_tensor(global_token_count, device=device))
     loss_total = torch.zeros((), dtype=torch.float32, device=device)
     for x_mb, y_mb in zip(x_local.tensor_split(gas), y_local.tensor_split(gas)):
-        loss_sum, _ = engine(x_mb, y_mb)
+        with forward_context(autocast_dtype, device.type):
+            loss_sum, _ = engine(x_mb, y_mb)
         engine.backward(loss_sum / n_global * dp, scale_wrt_gas=False)
         engine.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
         loss_total += loss_sum.detach().float()

@@ -193,6 +193,14 @@ def _spec(args, scheme: str):
                          f"{model.cross_entropy_chunk_size}: scheme {scheme}'s head computes "
                          f"its logits whole (the chunked loss serves baseline, dp, zero and "
                          f"async)")
+    train, default_precision = _scheme_precision(train, scheme)
+    if plan.tp > 1 and train.resolved_precision() == "bf16" and train.device == "cpu":
+        # megatron-core's TP linears re-enter autocast in backward for CUDA only (their
+        # autograd functions use torch.amp.custom_bwd(device_type="cuda")): on CPU the
+        # backward meets a bf16 gradient and an fp32 weight.
+        raise ValueError(f"--tp {plan.tp} with train.precision = bf16 on cpu: megatron-core's "
+                         "tensor-parallel layers run bf16 autocast on CUDA only; use fp32 on "
+                         "CPU (the default) or --set device=cuda")
     if scheme in ("mp", "hybrid"):
         _validate_model_parallel(plan, model)
     if scheme == "deepspeed":  # DeepSpeed's 1F1B, batch = micro × microbatches × dp, TP shards
@@ -222,7 +230,9 @@ def _spec(args, scheme: str):
                          f"is not divisible by --microbatches {microbatches}")
     cpu_budget = _cpu_budget(args)
     run_id = args.run_id or make_run_id(plan, args.model_size, nodes=nodes, grad_sync=sync_id,
-                                        cpu_cores=cpu_budget.cores if cpu_budget else None)
+                                        cpu_cores=cpu_budget.cores if cpu_budget else None,
+                                        precision=None if train.resolved_precision()
+                                        == default_precision else train.resolved_precision())
     kind = getattr(args, "topology", "local")
     if kind == "local":
         # All ranks on this machine; --nodes only groups them into logical nodes (what the
@@ -321,6 +331,21 @@ def apply_run_options(args, options: dict | str) -> None:
             raise ValueError(f"--run-options: {key} = {value!r} should be a "
                              f"{type(default).__name__}")
         setattr(args, key, value)
+
+
+def _scheme_precision(train, scheme: str):
+    """(train with `auto` settled for this scheme, the precision `auto` gives it). `auto` is
+    fp32 on CPU and bf16 on CUDA (recpar.device), but fp32 for scheme deepspeed, whose stages
+    do not autocast (DeepSpeed's own bf16 mode would be needed), so an explicit bf16 is
+    refused there. A run id names the precision only where it differs from `auto`'s."""
+    from dataclasses import replace
+
+    if scheme != "deepspeed":
+        return train, train.with_precision("auto").resolved_precision()
+    if train.precision == "bf16":
+        raise ValueError("train.precision = bf16: scheme deepspeed trains in fp32 only (its "
+                         "stages would need DeepSpeed's own bf16 mode); use fp32 or auto")
+    return train.with_precision("fp32"), "fp32"
 
 
 def _validate_model_parallel(plan, model) -> None:

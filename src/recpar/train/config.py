@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from recpar.device import PRECISIONS, autocast_dtype, resolve_precision
+
 EVAL_PROTOCOLS = ("full", "sampled100")
 
 
@@ -41,13 +43,18 @@ class TrainConfig:
     """Validate every this many epochs."""
     device: str = "cpu"
     """`cpu` or `cuda`."""
+    precision: str = "auto"
+    """`fp32`, `bf16` (torch.autocast mixed precision: bf16 matmuls and attention in the
+    forward, fp32 weights, gradients, optimiser and communication; recpar.device) or `auto`:
+    fp32 on CPU, bf16 on CUDA. The record stores the resolved value."""
     num_threads: int = 0
     """torch intra-op threads (0 = torch's default)."""
     deterministic: bool = True
     """torch.use_deterministic_algorithms (bit-reproducible on CPU)."""
     measure_mfu: bool = False
-    """At the end of the run, rank 0 measures the GEMM peak of its device (fp32, its threads
-    and CPU budget; recpar.device.gemm_flops_per_s, about a second) and the record carries
+    """At the end of the run, rank 0 measures the GEMM peak of its device in the run's
+    precision, with its threads and CPU budget (recpar.device.gemm_flops_per_s: about a second
+    in fp32; minutes for bf16 on a CPU without bf16 units) and the record carries
     `gemm_peak_tflops_per_s` and `mfu_pct` = model FLOP/s over that peak. `model_tflops_per_s`
     is recorded either way."""
     max_steps: int = 0
@@ -77,6 +84,9 @@ class TrainConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"train.{name} must be true or false, got "
                                   f"{getattr(self, name)!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got "
+                              f"{self.precision!r}")
         if self.early_stopping_metric not in ("ndcg_at_10", "hr_at_10"):
             raise ConfigError("train.early_stopping_metric must be ndcg_at_10 or hr_at_10, "
                               f"got {self.early_stopping_metric!r}")
@@ -94,7 +104,23 @@ class TrainConfig:
             values["betas"] = tuple(values["betas"])
         return cls(**values).validate()
 
+    def with_precision(self, precision: str) -> "TrainConfig":
+        """A copy with `precision` replaced."""
+        from dataclasses import replace
+
+        return replace(self, precision=precision)
+
+    def resolved_precision(self) -> str:
+        """`fp32` or `bf16`: `precision` on `device` (`auto` resolved)."""
+        return resolve_precision(self.precision, self.device)
+
+    def autocast_dtype(self):
+        """torch.bfloat16 when the forward runs under autocast, else None (fp32)."""
+        return autocast_dtype(self.precision, self.device)
+
     def to_record(self) -> dict:
+        """The config as it ran: betas a list, precision resolved (`auto` -> fp32 or bf16)."""
         d = asdict(self)
         d["betas"] = list(self.betas)
+        d["precision"] = self.resolved_precision()
         return d

@@ -413,7 +413,8 @@ def _validate(run: _Run, state: _Progress, scorer: EvalCopy | None, epoch: int,
 
 def _model_flops_metrics(run: _Run, timing: dict) -> dict:
     """Model FLOP/s of the whole run over the timing window (ModelConfig.model_flops: one
-    definition) and, with train.measure_mfu, rank 0's device's measured fp32 GEMM peak and the
+    definition) and, with train.measure_mfu, rank 0's device's measured GEMM peak in the run's
+    precision (fp32, or bf16 under bf16 autocast, whose FLOPs are nearly all bf16 matmuls) and the
     MFU = model FLOP/s / (devices × that peak). MFU is model FLOPs (what the math needs) over
     peak, the metric of PaLM, Megatron and TorchTitan; the paper's "GPU utilisation" is the
     share of time a kernel runs, another quantity. It assumes a device per rank (GPUs, or CPU
@@ -428,7 +429,7 @@ def _model_flops_metrics(run: _Run, timing: dict) -> dict:
     if run.cfg.measure_mfu:
         from recpar.device import gemm_flops_per_s
 
-        peak = gemm_flops_per_s("fp32", device=run.device.type)
+        peak = gemm_flops_per_s(run.cfg.resolved_precision(), device=run.device.type)
         out.update(gemm_peak_tflops_per_s=peak / 1e12,
                    mfu_pct=100.0 * flops_per_s / (run.world * peak))
     return out

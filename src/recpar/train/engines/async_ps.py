@@ -170,7 +170,8 @@ class AsyncEngine(Engine):
         model, dev = self.ctx.model, self.ctx.device
         x, y = inputs[rows].to(dev), targets[rows].to(dev)  # [b, L] each
         t0 = time.perf_counter()
-        loss_sum, count = model.loss_sum(x, y)
+        with self.autocast():
+            loss_sum, count = model.loss_sum(x, y)
         (loss_sum / count.clamp(min=1)).backward()
         t1 = time.perf_counter()
         tokens = int(count)

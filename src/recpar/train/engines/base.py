@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from recpar.device import forward_context
 from recpar.model.config import ModelConfig
 from recpar.model.recommender import Recommender
 from recpar.train import checkpoint
@@ -86,6 +87,11 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Collective: the single-device state dict on rank 0 (CPU), None elsewhere."""
+
+    def autocast(self):
+        """The context this rank's training forwards run in: torch.autocast to bf16 under
+        train.precision bf16, none under fp32 (recpar.device). Engines wrap forwards only."""
+        return forward_context(self.ctx.spec.train.autocast_dtype(), self.ctx.device.type)
 
     def run_epoch(self, inputs: torch.Tensor, targets: torch.Tensor,
                   batches: list[torch.Tensor], window) -> list[float] | None:

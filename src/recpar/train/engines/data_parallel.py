@@ -45,7 +45,8 @@ class ReplicaEngine(Engine):
     def step(self, inputs, targets, idx) -> StepResult:
         x, y, gcount = self._local(inputs, targets, idx)
         t0 = time.perf_counter()
-        loss, loss_sum = self.runner(x, y, gcount)
+        with self.autocast():
+            loss, loss_sum = self.runner(x, y, gcount)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()  # with DDP: returns once every bucket is reduced
         device_sync(self.ctx.device)
@@ -102,7 +103,8 @@ class ReplicaEngine(Engine):
 
         def fwd_bwd(idx) -> None:
             x, y, gcount = self._local(inputs, targets, idx)
-            loss, _ = runner(x, y, gcount)
+            with self.autocast():
+                loss, _ = runner(x, y, gcount)
             loss.backward()
 
         return no_sync_fwd_bwd_ms(self.ddp, fwd_bwd, batches, steps,

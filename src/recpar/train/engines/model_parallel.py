@@ -123,7 +123,8 @@ class ModelParallelEngine(Engine):
             self.runner = apply_pp(self.model, plan, self.pp_rank, example,
                                    pp_group=pg.pp_group(),
                                    embedding_group=ps.get_embedding_group(check_initialized=False),
-                                   profile=profile if profile is not None else False)
+                                   profile=profile if profile is not None else False,
+                                   autocast_dtype=self.cfg.autocast_dtype())
             # The stages hold copies: free the TP model's own weights (they are never read
             # again; the frozen text buffer is shared with the stages and kept).
             for p in self.model.parameters():
@@ -220,7 +221,8 @@ class ModelParallelEngine(Engine):
         t0 = time.perf_counter()
         if self.runner is None:
             fn = self.ddps[0] if self.ddps else self.step_module
-            loss, loss_sum = fn(x, y, torch.tensor(gcount, device=dev))
+            with self.autocast():
+                loss, loss_sum = fn(x, y, torch.tensor(gcount, device=dev))
             loss.backward()  # TP all-reduces inside; with DDP returns once buckets are reduced
             device_sync(dev)
             fb_ms = 1e3 * (time.perf_counter() - t0)
@@ -366,7 +368,8 @@ class ModelParallelEngine(Engine):
 
         def fwd_bwd(idx) -> None:
             x, y, gcount = self._replica_batch(inputs, targets, idx)
-            loss, _ = ddp(x, y, torch.tensor(gcount, device=dev))
+            with self.autocast():
+                loss, _ = ddp(x, y, torch.tensor(gcount, device=dev))
             loss.backward()
 
         ms = no_sync_fwd_bwd_ms(ddp, fwd_bwd, batches, timing.get("timed_steps", 10),

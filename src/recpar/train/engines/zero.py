@@ -28,8 +28,9 @@ class ZeroEngine(Engine):
         local = idx[self.ctx.rank::self.dp]
         gcount = valid_positions(inputs[idx], targets[idx]).sum()
         # zero_step's loss is already the global mean (all-reduced).
-        return StepResult(loss_mean=float(zero_step(self.engine, inputs[local], targets[local],
-                                                     gcount)))
+        return StepResult(loss_mean=float(zero_step(
+            self.engine, inputs[local], targets[local], gcount,
+            autocast_dtype=self.ctx.spec.train.autocast_dtype())))
 
     def window_opened(self) -> None:
         self._comm.start()
