@@ -362,6 +362,34 @@ def cmd_peak(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_step_check(args: argparse.Namespace) -> int:
+    from recpar.perfmodel.step_check import check_step, format_row, to_record
+
+    sizes = [v for v in args.sizes.split(",") if v]
+    precisions = [v for v in args.precision.split(",") if v]
+    compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
+    rows, failed = [], 0
+    for size in sizes:
+        for precision in precisions:
+            for comp in compiles:
+                try:
+                    c = check_step(size, precision, comp, batch=args.batch, n_items=args.items,
+                                   device=args.device, steps=args.steps, warmup=args.warmup,
+                                   gemm_n=args.gemm_n)
+                except Exception as e:  # report every configuration, then fail
+                    failed += 1
+                    print(f"{size} {precision} compile={comp}: FAILED {type(e).__name__}: {e}",
+                          flush=True)
+                    continue
+                print(format_row(c), flush=True)
+                rows.append(to_record(c))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+        print(f"wrote {args.out}")
+    return 1 if failed else 0
+
+
 def cmd_straggler_ablation(args: argparse.Namespace) -> int:
     from recpar.perfmodel.straggler_ablation import StragglerAblation, run, target_band
 
@@ -642,6 +670,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pk.add_argument("--repeats", type=int, default=5, help="timed products; the best counts")
     pk.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     pk.set_defaults(func=cmd_peak)
+    sc = sub.add_parser("step-check",
+                        help="one device's training step per size, precision and compile "
+                             "setting: ms/step, MFU against the datasheet and a measured GEMM, "
+                             "peak memory against the cost model (bench/gpu_check.sh)")
+    sc.add_argument("--sizes", default="tiny", help="named model sizes, comma-separated")
+    sc.add_argument("--precision", default="fp32", help="fp32, bf16 or auto, comma-separated")
+    sc.add_argument("--compile", default="off", choices=["off", "on", "both"],
+                    help="torch.compile the loss function")
+    sc.add_argument("--batch", type=int, default=16, help="sequences per step")
+    sc.add_argument("--items", type=int, default=1682,
+                    help="item vocabulary (63001: Amazon Electronics)")
+    sc.add_argument("--steps", type=int, default=10, help="timed steps")
+    sc.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation)")
+    sc.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    sc.add_argument("--gemm-n", type=int, default=None,
+                    help="matrix size of the measured GEMM peak (default 8192 on CUDA, 1024 on CPU)")
+    sc.add_argument("--out", help="JSON file for the rows")
+    sc.set_defaults(func=cmd_step_check)
     pa = sub.add_parser("pipeline-ablation",
                         help="pipeline bubble by schedule, micro-batches and stage cut on "
                              "budgeted devices, against (p - 1)/(v m) (root)")
