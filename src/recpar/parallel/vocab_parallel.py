@@ -114,7 +114,8 @@ class VocabShardedItemTable(TiedItemTable):
         # only knows for its own items (megatron's output layer does the same).
         hidden = copy_to_tensor_model_parallel_region(hidden)
         scores = hidden @ table.t()  # [..., V_local]
-        return scores.masked_fill(self.tp_vocab_pad_mask, float("-inf"))
+        # in place (no copy of the logits): the product's backward does not need its output
+        return scores.masked_fill_(self.tp_vocab_pad_mask, float("-inf"))
 
     def cross_entropy_sum(self, logits: torch.Tensor,
                           masked_targets: torch.Tensor) -> torch.Tensor:
