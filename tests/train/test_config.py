@@ -12,7 +12,8 @@ def test_unknown_key_is_named():
 
 @pytest.mark.parametrize("key, value", [("lr", 0), ("global_batch_size", -1), ("device", "tpu"),
                                         ("warmup_steps", -2), ("early_stopping_metric", "auc"),
-                                        ("precision", "fp16")])
+                                        ("precision", "fp16"), ("compile", "yes"),
+                                        ("compile_backend", "tvm")])
 def test_bad_values_name_the_key(key, value):
     with pytest.raises(ConfigError, match=f"train.{key}"):
         TrainConfig.from_mapping({key: value})
@@ -49,4 +50,4 @@ def test_run_ids_spell_out_the_plan():
                                     pipeline_schedule="gpipe", partition_method="uniform"),
                        "tiny") == "pp2-gpipe-uniform-tiny-n1"
     assert make_run_id(ParallelPlan(scheme="dp", dp=2), "tiny", grad_sync="ring",
-                       precision="bf16") == "dp2-ring-bf16-tiny-n1"
+                       precision="bf16", compiled=True) == "dp2-ring-bf16-compile-tiny-n1"

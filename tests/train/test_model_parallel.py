@@ -286,3 +286,27 @@ def test_bf16_where_it_cannot_run_is_refused_before_any_rank_starts(small_prepar
     assert code != 0
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run" / "spec.json").exists()
+
+
+def test_compiled_baseline_trains_exactly_like_the_plain_one(small_prepared, baseline_run,
+                                                            tmp_path):
+    """train.compile runs the step through torch.compile (dynamo's `eager` backend here: it
+    traces and runs the same ops, so the weights must be bit-identical; inductor's generated
+    code is what the GPU check times). The run id says it was compiled."""
+    out = tmp_path / "compiled"
+    assert recpar_main(["train", "--scheme", "baseline", "--data", str(small_prepared), "--out",
+                        str(out), *COMMON, "--set", "compile=true",
+                        "--set", "compile_backend=eager"]) == 0
+    rec = record.read(out / "record.json")
+    assert rec["run_id"] == "baseline-compile-tiny-n1" and rec["config"]["train"]["compile"]
+    base = record.read(baseline_run / "record.json")
+    assert [h["train_loss"] for h in rec["history"]] == [h["train_loss"] for h in base["history"]]
+    a = torch.load(out / "last.pt", weights_only=False)["model"]
+    b = torch.load(baseline_run / "last.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_compile_outside_baseline_and_dp_is_refused(small_prepared, tmp_path, capsys):
+    code = recpar_main(["train", "--scheme", "mp", "--pp", "2", "--set", "compile=true",
+                        "--data", str(small_prepared), "--out", str(tmp_path / "run"), *COMMON])
+    assert code != 0 and "scheme mp is not compiled" in capsys.readouterr().err

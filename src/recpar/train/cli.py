@@ -193,6 +193,8 @@ def _spec(args, scheme: str):
                          f"{model.cross_entropy_chunk_size}: scheme {scheme}'s head computes "
                          f"its logits whole (the chunked loss serves baseline, dp, zero and "
                          f"async)")
+    if train.compile and scheme not in ("baseline", "dp"):
+        raise ValueError(f"train.compile: scheme {scheme} is not compiled (baseline and dp are)")
     train, default_precision = _scheme_precision(train, scheme)
     if plan.tp > 1 and train.resolved_precision() == "bf16" and train.device == "cpu":
         # megatron-core's TP linears re-enter autocast in backward for CUDA only (their
@@ -232,7 +234,8 @@ def _spec(args, scheme: str):
     run_id = args.run_id or make_run_id(plan, args.model_size, nodes=nodes, grad_sync=sync_id,
                                         cpu_cores=cpu_budget.cores if cpu_budget else None,
                                         precision=None if train.resolved_precision()
-                                        == default_precision else train.resolved_precision())
+                                        == default_precision else train.resolved_precision(),
+                                        compiled=train.compile)
     kind = getattr(args, "topology", "local")
     if kind == "local":
         # All ranks on this machine; --nodes only groups them into logical nodes (what the

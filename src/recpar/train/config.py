@@ -57,6 +57,14 @@ class TrainConfig:
     in fp32; minutes for bf16 on a CPU without bf16 units) and the record carries
     `gemm_peak_tflops_per_s` and `mfu_pct` = model FLOP/s over that peak. `model_tflops_per_s`
     is recorded either way."""
+    compile: bool = False
+    """torch.compile the training step's forward (the loss included: inductor fuses the
+    logits' masking with the cross-entropy) in place, before DDP wraps it (names and
+    checkpoints unchanged); schemes baseline and dp. Compiles during the first steps (the
+    warm-up: train.warmup_steps should cover it)."""
+    compile_backend: str = "inductor"
+    """torch.compile's backend: `inductor` (code generation), or `eager` (dynamo traces, runs
+    the same ops uncompiled: a cheap check that the step traces)."""
     max_steps: int = 0
     """Stop after this many optimiser steps in total (0 = no limit); for smoke tests."""
     collective_timeout_s: float = 120.0
@@ -80,7 +88,10 @@ class TrainConfig:
             raise ConfigError(f"train.betas must be two numbers in [0, 1), got {self.betas!r}")
         if self.device not in ("cpu", "cuda"):
             raise ConfigError(f"train.device must be 'cpu' or 'cuda', got {self.device!r}")
-        for name in ("deterministic", "measure_mfu"):
+        if self.compile_backend not in ("inductor", "eager", "aot_eager"):
+            raise ConfigError("train.compile_backend must be inductor, eager or aot_eager, got "
+                              f"{self.compile_backend!r}")
+        for name in ("deterministic", "measure_mfu", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"train.{name} must be true or false, got "
                                   f"{getattr(self, name)!r}")

@@ -14,11 +14,12 @@ when they differ (so `pp2-gpipe-uniform-tiny-n1` and `pp2-tiny-n1` never collide
 
 def make_run_id(plan: ParallelPlan, model_size: str, nodes: int = 1,
                 grad_sync: str | None = None, cpu_cores: float | None = None,
-                precision: str | None = None) -> str:
+                precision: str | None = None, compiled: bool = False) -> str:
     """`<degrees>[-<schedule>][-<partition>][-<grad sync>][-bf16]-<model size>-n<nodes>
     [-cpu<cores>]`; degrees name only what is > 1; schedule and partition only for pp > 1 and
     when not the default; `-bf16` (or `-fp32`) when the precision is not what train.precision
-    `auto` gives the device and scheme (recpar train passes it only then); `-cpu0.2` when every
+    `auto` gives the device and scheme (recpar train passes it only then); `-compile` under
+    train.compile; `-cpu0.2` when every
     device ran on a budget of 0.2 cores (recpar.cluster.cpu_budget)."""
     if plan.scheme == "baseline":
         head = "baseline"
@@ -39,6 +40,8 @@ def make_run_id(plan: ParallelPlan, model_size: str, nodes: int = 1,
         parts.append(grad_sync)
     if precision:
         parts.append(precision)
+    if compiled:
+        parts.append("compile")
     parts += [model_size, f"n{nodes}"]
     if cpu_cores is not None:
         parts.append(f"cpu{cpu_cores:g}")

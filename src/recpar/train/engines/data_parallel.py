@@ -27,6 +27,8 @@ class ReplicaEngine(Engine):
         self.dp = spec.plan.dp
         self.cfg = spec.train
         self.step_module = TrainStep(ctx.model, dp_size=self.dp)
+        if self.cfg.compile:  # in place, before DDP: parameter names stay the model's
+            self.step_module.compile(backend=self.cfg.compile_backend)
         self.runner = self.step_module
         self.ddp, self.sync_state = None, None
         if self.dp > 1:
