@@ -52,3 +52,18 @@ def test_two_inputs_with_one_published_name_are_refused(tmp_path):
 def test_a_folder_without_an_index_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="index.json"):
         expand_inputs([tmp_path])
+
+
+def test_restore_copies_a_publication_back_and_keeps_what_is_there(tmp_path):
+    from recpar.published import restore
+
+    pub = tmp_path / "pub"
+    publish(_records(tmp_path / "src", ["a", "b"]), pub, keep_parts=3)
+    dest = tmp_path / "results" / "ds" / "resumed"
+    (dest / "a" / "seed0").mkdir(parents=True)
+    mine = dest / "a" / "seed0" / "record.json"
+    mine.write_text("mine")  # a record already there is never overwritten
+    restored, kept = restore(pub, dest)
+    assert kept == [mine] and mine.read_text() == "mine"
+    assert [p.relative_to(dest).as_posix() for p in restored] == ["b/seed0/record.json"]
+    assert restored[0].read_text() == (pub / "b" / "seed0" / "record.json").read_text()

@@ -75,3 +75,24 @@ def expand_inputs(paths: Sequence[str | os.PathLike]) -> list[Path]:
         else:
             out.append(p)
     return out
+
+
+def restore(published: str | os.PathLike, dest: str | os.PathLike) -> tuple[list[Path], list[Path]]:
+    """Copy the files of the publication `published` back under `dest`, each at its published
+    relative path (a run record: `<run>/seed<k>/record.json`), so a sweep resumes from them.
+    A file already at its destination is kept, never overwritten. Copies get the current time
+    as their mtime, so Snakemake (`--rerun-triggers mtime`) takes them as newer than inputs made
+    before the restore. Returns (restored, kept)."""
+    import shutil
+
+    src = Path(published)
+    restored, kept = [], []
+    for path in expand_inputs([src]):
+        target = Path(dest) / path.relative_to(src)
+        if target.exists():
+            kept.append(target)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)  # copyfile: the new file's mtime is now
+        restored.append(target)
+    return restored, kept

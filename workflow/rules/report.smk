@@ -76,7 +76,10 @@ rule quality_ablation:
         records=sweep_records(),
         compression=published_ablation(COMPRESSION_ABLATION),
     output:
-        QUALITY_ABLATION_FILES,
+        files=QUALITY_ABLATION_FILES,
+        # the records it was rendered from (`recpar report restore-records` resumes the grid
+        # from them on another checkout)
+        records=directory(f"{ABLATIONS_DIR}/quality/records"),
     conda:
         "../../envs/environment.yaml"
     log:
@@ -85,10 +88,11 @@ rule quality_ablation:
         reference=lambda w: SWEEP["reference"],
         compression=lambda w, input: (f"--compression {input.compression}"
                                       if input.compression else ""),
-        out_dir=lambda w, output: os.path.dirname(output[0]),
+        out_dir=lambda w, output: os.path.dirname(output.files[0]),
     shell:
         "recpar report quality-ablation --records {input.records} --reference {params.reference}"
-        " {params.compression} --out {params.out_dir} > {log} 2>&1"
+        " {params.compression} --out {params.out_dir} --publish-records {output.records}"
+        " > {log} 2>&1"
 
 
 rule ablation_claims:

@@ -46,7 +46,17 @@ def register(sub) -> None:
     a.add_argument("--out", required=True, type=Path, help="directory for quality_ablation."
                    "{json,csv,md,png}")
     a.add_argument("--skip-invalid", action="store_true", help=SKIP_HELP)
+    a.add_argument("--publish-records", type=Path, metavar="DIR",
+                   help="copy the records read into DIR (recpar.published), beside the table")
     a.set_defaults(func=cmd_quality_ablation)
+    rr = rs.add_parser("restore-records", help="copy a publication's run records back to where "
+                       "a sweep writes them, so that Snakemake (--rerun-triggers mtime) resumes "
+                       "the sweep from them instead of training those runs again")
+    rr.add_argument("--records", required=True, type=Path,
+                    help="a published records folder (with index.json)")
+    rr.add_argument("--to", required=True, type=Path,
+                    help="the sweep's results folder, e.g. results/movielens-100k/quality-ablation")
+    rr.set_defaults(func=cmd_restore_records)
     ac = rs.add_parser("ablation-claims", help="the paper's statements on compression "
                        "(Formulas 10-11), staleness damping (Formula 12) and hierarchical "
                        "All-Reduce, judged from the ablations' published results")
@@ -109,7 +119,8 @@ def cmd_quality_ablation(args) -> int:
     from recpar.report.records import load_records, skipped_note
 
     skipped: list[str] | None = [] if args.skip_invalid else None
-    records = [r for _, r in load_records(expand_inputs(args.records), skipped)]
+    loaded = load_records(expand_inputs(args.records), skipped)
+    records = [r for _, r in loaded]
     compression = None
     if args.compression is not None:
         try:
@@ -120,6 +131,16 @@ def cmd_quality_ablation(args) -> int:
     res["skipped"] = skipped_note(skipped or [])
     for path in write_outputs(res, args.out):
         print(f"wrote {path}")
+    if args.publish_records:  # only what the table was rendered from
+        publish([p for p, _ in loaded], args.publish_records, RECORD_PARTS)
+    return 0
+
+
+def cmd_restore_records(args) -> int:
+    from recpar.published import restore
+
+    restored, kept = restore(args.records, args.to)
+    print(f"restored {len(restored)} record(s) into {args.to}; {len(kept)} already there, kept")
     return 0
 
 
