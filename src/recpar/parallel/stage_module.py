@@ -73,6 +73,10 @@ class StageModule(TiedItemTable):
     under TP).
     """
 
+    autocast_dtype: torch.dtype | None = None
+    """Set by `apply_pp`: the forward runs under torch.autocast to this dtype (train.precision
+    bf16), None = fp32."""
+
     def __init__(self, model: Recommender, start: int, stop: int):
         super().__init__()
         cfg = model.cfg
@@ -96,10 +100,6 @@ class StageModule(TiedItemTable):
                                      for i in range(first_block, last_block)})
         if self.has_head:
             self.ln_f = _copy_module(model.ln_f)
-
-    autocast_dtype: torch.dtype | None = None
-    """Set by `apply_pp`: the forward runs under torch.autocast to this dtype (train.precision
-    bf16), None = fp32."""
 
     def forward(self, x: torch.Tensor, input_ids: torch.Tensor,
                 last_only: bool = False) -> torch.Tensor:

@@ -44,7 +44,9 @@ def vocab_parallel_cross_entropy_sum(logits: torch.Tensor,
     from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
     valid = masked_targets != IGNORE_INDEX  # [..., L]
-    per_pos = vocab_parallel_cross_entropy(logits, masked_targets.masked_fill(~valid, 1))
+    # fp32 softmax whatever the logits' dtype (bf16 under autocast), as torch's cross_entropy
+    # runs under autocast and megatron's GPT loss does (fp16_lm_cross_entropy off)
+    per_pos = vocab_parallel_cross_entropy(logits.float(), masked_targets.masked_fill(~valid, 1))
     return torch.where(valid, per_pos, torch.zeros_like(per_pos)).sum()
 
 

@@ -341,8 +341,6 @@ def _scheme_precision(train, scheme: str):
     fp32 on CPU and bf16 on CUDA (recpar.device), but fp32 for scheme deepspeed, whose stages
     do not autocast (DeepSpeed's own bf16 mode would be needed), so an explicit bf16 is
     refused there. A run id names the precision only where it differs from `auto`'s."""
-    from dataclasses import replace
-
     if scheme != "deepspeed":
         return train, train.with_precision("auto").resolved_precision()
     if train.precision == "bf16":
