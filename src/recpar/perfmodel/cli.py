@@ -685,7 +685,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sc.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation)")
     sc.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     sc.add_argument("--gemm-n", type=int, default=None,
-                    help="matrix size of the measured GEMM peak (default 8192 on CUDA, 1024 on CPU)")
+                    help="matrix size of the measured GEMM peak (default: 8192 on CUDA, 1024 on "
+                         "CPU)")
     sc.add_argument("--out", help="JSON file for the rows")
     sc.set_defaults(func=cmd_step_check)
     pa = sub.add_parser("pipeline-ablation",
