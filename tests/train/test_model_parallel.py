@@ -160,6 +160,23 @@ def test_mp_pp2_equals_single_device(small_prepared, baseline_run, tmp_path):
 
 
 @pytest.mark.multiprocess
+def test_pp2_with_the_chunked_loss_equals_single_device(small_prepared, baseline_run, tmp_path):
+    """2 ranks: the head stage hands its hidden states to the pipeline's loss, which scores
+    them against the tied table 16 positions at a time (cross_entropy_chunk_size); the same
+    loss and gradients as the whole logits within fp32 rounding, so the single-device bounds
+    hold."""
+    _need(2)
+    r = _run(["train", "--scheme", "mp", "--pp", "2", "--data", str(small_prepared),
+              "--out", str(tmp_path / "pp"), *COMMON,
+              "--model-override", "cross_entropy_chunk_size=16"])
+    assert r.returncode == 0, r.stderr[-4000:]
+    rec = record.read(tmp_path / "pp" / "record.json")
+    assert rec["config"]["model"]["cross_entropy_chunk_size"] == 16
+    _assert_losses_match(record.read(baseline_run / "record.json"), rec)
+    _assert_weights_match(baseline_run, tmp_path / "pp")
+
+
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("scheme, degrees, world, run_id", [
     ("mp", ["--tp", "2"], 2, "tp2-tiny-n1"),
     ("mp", ["--tp", "2", "--pp", "2", "--partition", "uniform"], 4, "tp2pp2-uniform-tiny-n1"),

@@ -152,7 +152,7 @@ def profile_units(model, example_microbatch: tuple[torch.Tensor, torch.Tensor], 
             def fwd_bwd() -> torch.Tensor:
                 out = unit(inp, input_ids=ids)
                 if is_head:
-                    (unit.cross_entropy_sum(out, masked) / count).backward()
+                    (unit.head_loss_sum(out, masked) / count).backward()
                 else:
                     if not grad_out:
                         # Fixed upstream gradient of the output's shape; its values do not
@@ -167,7 +167,7 @@ def profile_units(model, example_microbatch: tuple[torch.Tensor, torch.Tensor], 
 
             act_bytes = _saved_activation_bytes(
                 lambda: unit(inp, input_ids=ids) if not is_head else
-                unit.cross_entropy_sum(unit(inp, input_ids=ids), masked) / count,
+                unit.head_loss_sum(unit(inp, input_ids=ids), masked) / count,
                 exclude)
             for _ in range(warmup):
                 fwd_bwd()

@@ -109,6 +109,7 @@ def apply_pp(model: Recommender, plan: ParallelPlan, stage_index: int,
                           device=device, virtual_stages=v, d_model=model.cfg.d_model,
                           n_cols=model.n_items + 1, pp_group=pp_group,
                           embedding_group=embedding_group, broadcast_loss=broadcast_loss,
+                          loss_chunk_size=model.cfg.cross_entropy_chunk_size,
                           **_tp_fields(model))
 
 

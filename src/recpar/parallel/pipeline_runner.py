@@ -15,12 +15,11 @@ import torch.distributed as dist
 from torch import nn
 
 from recpar.device import device_sync
-from recpar.model.loss import cross_entropy_sum, mask_targets, mean_divisor
+from recpar.model.loss import mask_targets, mean_divisor
 from recpar.parallel.partition import Partition, Profile
 from recpar.parallel.pipeline_stage import InstrumentedStage, StageSchedule, build_schedule
 from recpar.parallel.pipeline_theory import bubble_fraction_theory, bubble_ratio_theory
 from recpar.parallel.plan import ParallelPlan, PlanError
-from recpar.parallel.vocab_parallel import vocab_parallel_cross_entropy_sum
 
 
 @dataclass
@@ -152,6 +151,10 @@ class PipelineRunner:
     norm_group: object = None
     """Group the squared gradient norm is summed over (None = pp_group; under TP megatron's
     model-parallel group, tp x pp ranks)."""
+    loss_chunk_size: int = 0
+    """ModelConfig.cross_entropy_chunk_size: > 0 makes the head stage hand its hidden states
+    [mb, L, d] to the loss, which scores them a chunk of positions at a time
+    (`recpar.model.loss.chunked_tied_cross_entropy_sum`); 0 = whole logits."""
     stage_wrappers: list | None = None
     """Modules handed to torch's PipelineStage instead of `module`'s entries, same order (e.g.
     DDP over the data-parallel group: torch's stages run DDP's no_sync until the last
@@ -202,8 +205,10 @@ class PipelineRunner:
                  valid_count: torch.Tensor) -> torch.Tensor:
         device_sync(self.device)
         t0 = time.perf_counter()
-        ce = vocab_parallel_cross_entropy_sum if self.vocab_parallel else cross_entropy_sum
-        loss = ce(logits, target) / valid_count  # summed over micro-batches: the global mean
+        # the last stage's module (this rank computes the loss): logits, or hidden states
+        # scored a chunk at a time (loss_chunk_size), vocab-parallel under TP
+        total = self.module[-1].head_loss_sum(logits, target)
+        loss = total / valid_count  # summed over micro-batches: the global mean
         device_sync(self.device)
         self._loss_s += time.perf_counter() - t0
         return loss
@@ -236,7 +241,7 @@ class PipelineRunner:
         else:
             inp = torch.empty(mb, seq_len, d_model, dtype=dtype, device=self.device,
                               requires_grad=True)  # hidden states
-        if s == self.num_stages - 1:
+        if s == self.num_stages - 1 and not self.loss_chunk_size:
             out = torch.empty(mb, seq_len, n_cols, dtype=dtype, device=self.device,
                               requires_grad=True)  # logits [mb, L, n_items + 1 or V_local]
         else:

@@ -30,6 +30,7 @@ from torch import nn
 
 from recpar.device import forward_context
 from recpar.model.item_table import TiedItemTable
+from recpar.model.loss import chunked_tied_cross_entropy_sum
 from recpar.model.recommender import Recommender, attention_mask, check_item_ids, positions
 from recpar.parallel.vocab_parallel import VocabShardedItemTable
 
@@ -80,6 +81,12 @@ class StageModule(TiedItemTable):
     def __init__(self, model: Recommender, start: int, stop: int):
         super().__init__()
         cfg = model.cfg
+        self.chunk_size = cfg.cross_entropy_chunk_size
+        self.hidden_out = bool(self.chunk_size) and stop == cfg.n_layers + 2
+        """The head's training forward returns its final hidden states [mb, L, d], not the
+        logits: with ModelConfig.cross_entropy_chunk_size the pipeline's loss function scores
+        them against the tied table a chunk at a time (`PipelineRunner`); scoring the last
+        position (`last_only`, evaluation) still returns logits."""
         n_units = cfg.n_layers + 2
         if not 0 <= start < stop <= n_units:
             raise ValueError(f"StageModule: unit range [{start}, {stop}) outside [0, {n_units})")
@@ -127,7 +134,18 @@ class StageModule(TiedItemTable):
         if not self.has_head:
             return x  # [mb, L, d]
         h = self.ln_f(x[:, -1] if last_only else x)  # [mb, d] or [mb, L, d]
+        if self.hidden_out and not last_only:
+            return h  # [mb, L, d]: the loss computes its logits a chunk at a time
         return self.logits(h)  # [..., n_items + 1], or [..., V_local] under TP
+
+    def head_loss_sum(self, out: torch.Tensor, masked_targets: torch.Tensor) -> torch.Tensor:
+        """The head's summed cross-entropy of its training output `out`: logits (the item
+        table's `cross_entropy_sum`, vocab-parallel under TP), or hidden states scored a chunk
+        at a time (`hidden_out`)."""
+        if self.hidden_out:
+            return chunked_tied_cross_entropy_sum(out, self.item_embeddings(), masked_targets,
+                                                  self.chunk_size)
+        return self.cross_entropy_sum(out, masked_targets)
 
     def tied_parameters(self) -> list[nn.Parameter]:
         """Parameters of the tied item table held by this stage (empty if neither end)."""
@@ -144,5 +162,9 @@ class TensorParallelStageModule(VocabShardedItemTable, StageModule):
 
 def build_stage(model: Recommender, start: int, stop: int) -> StageModule:
     """The stage of units [start, stop) of `model`, tensor-parallel when `model` is."""
-    cls = TensorParallelStageModule if isinstance(model, VocabShardedItemTable) else StageModule
+    tp = isinstance(model, VocabShardedItemTable)
+    if tp and model.cfg.cross_entropy_chunk_size:
+        raise ValueError("build_stage: cross_entropy_chunk_size with tensor parallelism: the "
+                         "vocab-parallel loss computes its logit shards whole")
+    cls = TensorParallelStageModule if tp else StageModule
     return cls(model, start, stop)
