@@ -91,13 +91,13 @@ def test_bad_chunk_sizes_are_named():
                                        torch.zeros(2, dtype=torch.long), 0)
 
 
-def test_tensor_parallel_refuses_it_before_any_rank_starts(small_prepared, tmp_path,
-                                                                  capsys):
+def test_deepspeed_refuses_it_before_any_rank_starts(small_prepared, tmp_path, capsys):
     from recpar.cli import main as recpar_main
 
-    code = recpar_main(["train", "--scheme", "mp", "--tp", "2", "--data", str(small_prepared),
+    code = recpar_main(["train", "--scheme", "deepspeed", "--pp", "2", "--data",
+                        str(small_prepared),
                         "--out", str(tmp_path / "run"), "--model-override",
                         "cross_entropy_chunk_size=64"])
     assert code != 0
-    assert "with --tp 2 the head computes its logits whole" in capsys.readouterr().err
+    assert "scheme deepspeed's head computes its logits whole" in capsys.readouterr().err
     assert not (tmp_path / "run" / "spec.json").exists()

@@ -111,6 +111,14 @@ class TiedItemTable(nn.Module):
         """Cross-entropy of `logits()` output summed over the non-ignored positions."""
         return loss_pieces.cross_entropy_sum(logits, masked_targets)
 
+    def chunked_cross_entropy_sum(self, hidden: torch.Tensor, masked_targets: torch.Tensor,
+                                  chunk: int, item_table: torch.Tensor | None = None
+                                  ) -> torch.Tensor:
+        """`cross_entropy_sum(logits(hidden))` scored `chunk` positions at a time, the logits
+        never held whole (`recpar.model.loss.chunked_tied_cross_entropy_sum`)."""
+        table = self.item_embeddings() if item_table is None else item_table
+        return loss_pieces.chunked_tied_cross_entropy_sum(hidden, table, masked_targets, chunk)
+
     def full_scores(self, scores: torch.Tensor) -> torch.Tensor:
         """`logits()` output -> scores of every item [..., n_items + 1] (here: unchanged; a
         vocab shard gathers the other shards)."""

@@ -32,7 +32,7 @@ from torch import nn
 from recpar.constants import PAD_ITEM
 from recpar.model.config import ModelConfig
 from recpar.model.item_table import TiedItemTable
-from recpar.model.loss import chunked_tied_cross_entropy_sum, mask_targets, mean_divisor
+from recpar.model.loss import mask_targets, mean_divisor
 
 
 class CausalSelfAttention(nn.Module):
@@ -195,8 +195,9 @@ class Recommender(TiedItemTable):
         table = self.item_embeddings()  # one text projection per step, shared in and out
         hidden = self.forward(input_ids, item_table=table)  # [B, L, d]
         if self.cfg.cross_entropy_chunk_size:
-            return chunked_tied_cross_entropy_sum(hidden, table, masked,
-                                                  self.cfg.cross_entropy_chunk_size), count
+            return self.chunked_cross_entropy_sum(hidden, masked,
+                                                  self.cfg.cross_entropy_chunk_size,
+                                                  item_table=table), count
         logits = self.logits(hidden, item_table=table)  # [B, L, n_items + 1]
         return self.cross_entropy_sum(logits, masked), count
 

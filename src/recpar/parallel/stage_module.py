@@ -30,7 +30,6 @@ from torch import nn
 
 from recpar.device import forward_context
 from recpar.model.item_table import TiedItemTable
-from recpar.model.loss import chunked_tied_cross_entropy_sum
 from recpar.model.recommender import Recommender, attention_mask, check_item_ids, positions
 from recpar.parallel.vocab_parallel import VocabShardedItemTable
 
@@ -143,8 +142,7 @@ class StageModule(TiedItemTable):
         table's `cross_entropy_sum`, vocab-parallel under TP), or hidden states scored a chunk
         at a time (`hidden_out`)."""
         if self.hidden_out:
-            return chunked_tied_cross_entropy_sum(out, self.item_embeddings(), masked_targets,
-                                                  self.chunk_size)
+            return self.chunked_cross_entropy_sum(out, masked_targets, self.chunk_size)
         return self.cross_entropy_sum(out, masked_targets)
 
     def tied_parameters(self) -> list[nn.Parameter]:
@@ -162,9 +160,5 @@ class TensorParallelStageModule(VocabShardedItemTable, StageModule):
 
 def build_stage(model: Recommender, start: int, stop: int) -> StageModule:
     """The stage of units [start, stop) of `model`, tensor-parallel when `model` is."""
-    tp = isinstance(model, VocabShardedItemTable)
-    if tp and model.cfg.cross_entropy_chunk_size:
-        raise ValueError("build_stage: cross_entropy_chunk_size with tensor parallelism: the "
-                         "vocab-parallel loss computes its logit shards whole")
-    cls = TensorParallelStageModule if tp else StageModule
+    cls = TensorParallelStageModule if isinstance(model, VocabShardedItemTable) else StageModule
     return cls(model, start, stop)

@@ -50,6 +50,80 @@ def vocab_parallel_cross_entropy_sum(logits: torch.Tensor,
     return torch.where(valid, per_pos, torch.zeros_like(per_pos)).sum()
 
 
+class _ChunkedVocabParallelCrossEntropy(torch.autograd.Function):
+    """sum CE over the full vocabulary of hidden @ table_shard^T, each TP rank holding one vocab
+    shard, `chunk` positions at a time, the [N, V_local] logits never held for backward.
+
+    The tensor-parallel counterpart of `recpar.model.loss._ChunkedTiedCrossEntropy` (same
+    reason to write it by hand: megatron's vocab-parallel cross-entropy takes whole logits, and
+    the fused-kernel libraries are CUDA only). Per chunk: the shard's logits [c, V_local]; the
+    global log-sum-exp from each shard's (all-reduce of max, then of the rescaled sums: [c]
+    each); the target's logit from the shard holding it (all-reduce of [c]); the gradients of
+    the summed loss with respect to the shard's logits (softmax − one-hot) give this rank's
+    part of the hidden gradient and its table shard's gradient at once. The hidden gradient is
+    partial (this shard's items only): the caller's `copy_to_tensor_model_parallel_region`
+    all-reduces it in backward, as megatron's output layer does.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, table, targets, chunk, mm_dtype, start, pad_mask, group):
+        # hidden [N, d] (identical on every TP rank), table [V_local, d] (this rank's shard),
+        # targets [N] global item ids (IGNORE_INDEX where a position does not count),
+        # pad_mask [V_local] (the pad item and vocab padding rows: -inf)
+        want_h, want_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.zeros_like(hidden) if want_h else None  # [N, d], partial
+        grad_t = torch.zeros_like(table) if want_t else None  # [V_local, d]
+        table_mm = table.to(mm_dtype)
+        soft_dtype = torch.promote_types(mm_dtype, torch.float32)
+        total = hidden.new_zeros((), dtype=soft_dtype)
+        v_local = table.shape[0]
+        for s in range(0, hidden.shape[0], chunk):
+            h, y = hidden[s:s + chunk].to(mm_dtype), targets[s:s + chunk]  # [c, d], [c]
+            logits = (h @ table_mm.t()).to(soft_dtype)  # [c, V_local]
+            logits.masked_fill_(pad_mask, float("-inf"))
+            # global log-sum-exp from the shards' (fused kernels: no denormal-slow exp of
+            # the whole [c, V_local])
+            lse_local = torch.logsumexp(logits, dim=-1)  # [c]
+            top = lse_local.clone()
+            dist.all_reduce(top, op=dist.ReduceOp.MAX, group=group)
+            scaled = torch.exp(lse_local - top)  # [c], in (0, 1]
+            dist.all_reduce(scaled, group=group)
+            lse = top + torch.log(scaled)  # [c]
+            valid = y != IGNORE_INDEX
+            local = y - start
+            mine = valid & (local >= 0) & (local < v_local)  # [c]: target in this shard
+            local_safe = torch.where(mine, local, torch.zeros_like(local))
+            picked = logits.gather(1, local_safe[:, None]).squeeze(1)  # [c]
+            target_logit = torch.where(mine, picked, torch.zeros_like(picked))
+            dist.all_reduce(target_logit, group=group)
+            total = total + torch.where(valid, lse - target_logit,
+                                        torch.zeros_like(lse)).sum()
+            if not (want_h or want_t):
+                continue
+            # this shard's softmax over the full vocabulary: local softmax x exp(lse_local - lse)
+            probs = torch.softmax(logits, dim=-1).mul_(torch.exp(lse_local - lse)[:, None])
+            del logits
+            rows = torch.arange(len(y), device=y.device)
+            probs[rows[mine], local_safe[mine]] -= 1.0
+            probs.mul_(valid[:, None].to(probs.dtype))  # d(sum CE)/d(logits) [c, V_local]
+            probs = probs.to(mm_dtype)
+            if want_h:
+                grad_h[s:s + chunk] = probs @ table_mm
+            if want_t and grad_t.dtype == mm_dtype:
+                grad_t.addmm_(probs.t(), h)
+            elif want_t:
+                grad_t += (probs.t() @ h).to(grad_t.dtype)
+        ctx.save_for_backward(grad_h if want_h else None, grad_t if want_t else None)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_t = ctx.saved_tensors
+        return (None if grad_h is None else grad_h * grad_out,
+                None if grad_t is None else grad_t * grad_out,
+                None, None, None, None, None, None)
+
+
 class VocabShardedItemTable(TiedItemTable):
     """The tied item table's piece for one TP rank's vocab shard (`TiedItemTable`'s methods
     for rows [vocab_start_index, vocab_end_index) of the padded vocabulary).
@@ -122,6 +196,28 @@ class VocabShardedItemTable(TiedItemTable):
     def cross_entropy_sum(self, logits: torch.Tensor,
                           masked_targets: torch.Tensor) -> torch.Tensor:
         return vocab_parallel_cross_entropy_sum(logits, masked_targets)
+
+    def chunked_cross_entropy_sum(self, hidden: torch.Tensor, masked_targets: torch.Tensor,
+                                  chunk: int, item_table: torch.Tensor | None = None
+                                  ) -> torch.Tensor:
+        """The summed cross-entropy over the full vocabulary, `chunk` positions at a time
+        (`_ChunkedVocabParallelCrossEntropy`): the same value on every TP rank."""
+        from megatron.core import parallel_state as ps
+        from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
+
+        if chunk < 1:
+            raise ValueError(f"chunked cross-entropy: chunk must be >= 1, got {chunk}")
+        table = self.item_embeddings() if item_table is None else item_table
+        # identity forward; backward all-reduces the hidden gradient, partial per vocab shard
+        hidden = copy_to_tensor_model_parallel_region(hidden)
+        dev = hidden.device.type
+        mm_dtype = (torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev)
+                    else torch.promote_types(hidden.dtype, table.dtype))
+        with torch.autocast(dev, enabled=False):
+            return _ChunkedVocabParallelCrossEntropy.apply(
+                hidden.reshape(-1, hidden.shape[-1]), table, masked_targets.reshape(-1), chunk,
+                mm_dtype, self.vocab_start_index, self.tp_vocab_pad_mask,
+                ps.get_tensor_model_parallel_group())
 
     def full_scores(self, scores: torch.Tensor) -> torch.Tensor:
         """[B, V_local] -> [B, n_items + 1] (pad column -inf): all-gathers the vocab shards

@@ -188,12 +188,10 @@ def _spec(args, scheme: str):
         sync_id = f"stage{zero_stage}"
     plan.validate(world_size=plan.world_size, n_heads=model.n_heads, n_layers=model.n_layers)
     train.validate()
-    if model.cross_entropy_chunk_size and (scheme == "deepspeed" or plan.tp > 1):
-        what = "scheme deepspeed" if scheme == "deepspeed" else f"--tp {plan.tp}"
+    if model.cross_entropy_chunk_size and scheme == "deepspeed":
         raise ValueError(f"--model-override cross_entropy_chunk_size="
-                         f"{model.cross_entropy_chunk_size}: with {what} the head computes its "
-                         f"logits whole (the chunked loss serves baseline, dp, zero, async and "
-                         f"pipelines without TP)")
+                         f"{model.cross_entropy_chunk_size}: scheme deepspeed's head computes "
+                         f"its logits whole (the chunked loss serves every other scheme)")
     if train.compile and scheme not in ("baseline", "dp"):
         raise ValueError(f"train.compile: scheme {scheme} is not compiled (baseline and dp are)")
     train, default_precision = _scheme_precision(train, scheme)
