@@ -92,21 +92,36 @@ class _ChunkedTiedCrossEntropy(torch.autograd.Function):
             del logits
             probs[torch.arange(len(y), device=y.device), y_safe] -= 1.0
             probs.mul_(valid[:, None].to(probs.dtype))  # d(sum CE)/d(logits) [c, V]
-            probs = probs.to(mm_dtype)
-            if want_h:
-                grad_h[s:s + chunk] = probs @ table_mm
-            if want_t and grad_t.dtype == mm_dtype:
-                grad_t.addmm_(probs.t(), h)  # in place: no [V, d] temporary
-            elif want_t:
-                grad_t += (probs.t() @ h).to(grad_t.dtype)
+            add_chunk_gradients(probs, h, table_mm, grad_h, grad_t, slice(s, s + chunk))
         ctx.save_for_backward(grad_h if want_h else None, grad_t if want_t else None)
         return total
 
     @staticmethod
     def backward(ctx, grad_out):
-        grad_h, grad_t = ctx.saved_tensors
-        return (None if grad_h is None else grad_h * grad_out,
-                None if grad_t is None else grad_t * grad_out, None, None, None)
+        return scaled_saved_gradients(ctx, grad_out, 3)
+
+
+def add_chunk_gradients(dlogits: torch.Tensor, h: torch.Tensor, table_mm: torch.Tensor,
+                        grad_h: torch.Tensor | None, grad_t: torch.Tensor | None,
+                        rows: slice) -> None:
+    """What a chunk's d(sum CE)/d(logits) [c, V] gives, in place: its rows of the hidden
+    gradient (dlogits @ table) and its part of the table gradient (dlogits^T @ h), the
+    matmuls in table_mm's dtype (a chunked cross-entropy's forward; None = not wanted)."""
+    dlogits = dlogits.to(table_mm.dtype)
+    if grad_h is not None:
+        grad_h[rows] = dlogits @ table_mm
+    if grad_t is not None and grad_t.dtype == table_mm.dtype:
+        grad_t.addmm_(dlogits.t(), h)  # in place: no [V, d] temporary
+    elif grad_t is not None:
+        grad_t += (dlogits.t() @ h).to(grad_t.dtype)
+
+
+def scaled_saved_gradients(ctx, grad_out: torch.Tensor, n_other: int) -> tuple:
+    """A chunked cross-entropy's backward: the (hidden, table) gradients its forward saved,
+    scaled by the incoming gradient, then None for its `n_other` other inputs."""
+    grad_h, grad_t = ctx.saved_tensors
+    return (None if grad_h is None else grad_h * grad_out,
+            None if grad_t is None else grad_t * grad_out, *([None] * n_other))
 
 
 def chunked_tied_cross_entropy_sum(hidden: torch.Tensor, table: torch.Tensor,

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from recpar.constants import IGNORE_INDEX
 from recpar.model.item_table import TiedItemTable
+from recpar.model.loss import add_chunk_gradients, scaled_saved_gradients
 
 
 def _vocab_parallel_lookup(input_ids: torch.Tensor, local_table: torch.Tensor,
@@ -106,22 +107,13 @@ class _ChunkedVocabParallelCrossEntropy(torch.autograd.Function):
             rows = torch.arange(len(y), device=y.device)
             probs[rows[mine], local_safe[mine]] -= 1.0
             probs.mul_(valid[:, None].to(probs.dtype))  # d(sum CE)/d(logits) [c, V_local]
-            probs = probs.to(mm_dtype)
-            if want_h:
-                grad_h[s:s + chunk] = probs @ table_mm
-            if want_t and grad_t.dtype == mm_dtype:
-                grad_t.addmm_(probs.t(), h)
-            elif want_t:
-                grad_t += (probs.t() @ h).to(grad_t.dtype)
+            add_chunk_gradients(probs, h, table_mm, grad_h, grad_t, slice(s, s + chunk))
         ctx.save_for_backward(grad_h if want_h else None, grad_t if want_t else None)
         return total
 
     @staticmethod
     def backward(ctx, grad_out):
-        grad_h, grad_t = ctx.saved_tensors
-        return (None if grad_h is None else grad_h * grad_out,
-                None if grad_t is None else grad_t * grad_out,
-                None, None, None, None, None, None)
+        return scaled_saved_gradients(ctx, grad_out, 6)
 
 
 class VocabShardedItemTable(TiedItemTable):
