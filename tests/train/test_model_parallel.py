@@ -247,7 +247,7 @@ BF16_MEAN_WEIGHT_TOL = 3e-5
 """mean |Δw| after 10 AdamW steps, bf16 plan vs bf16 single device. A gradient that differs by
 ~u (not ~1e-7 as in fp32) lets many more elements move differently: observed 1.6e-5 for
 dp2×pp2 (the plan the bound was set on) and for ZeRO-1 and dp2 run by hand, then 1.4e-5 for
-pp2 (held out); the fp32 single device is 3.8e-5 away from the bf16 one. A wrong shard or
+pp2 GPipe (held out); the fp32 single device is 3.8e-5 away from the bf16 one. A wrong shard or
 missing reduction moves many weights by ~lr = 1e-3. The test runs pp2 (2 ranks: make test's
 time)."""
 
