@@ -24,6 +24,15 @@ GLOBAL_BATCH = 64
 N_SEQ = 8 * GLOBAL_BATCH
 """Synthetic training sequences: 8 distinct batches, cycled."""
 
+_SCRATCH: list[tempfile.TemporaryDirectory] = []  # alive as long as the rank's process
+
+
+def _scratch_dir() -> Path:
+    """An empty directory for a RunSpec's data/out paths (engines never write during steps),
+    removed when the rank's process exits (TemporaryDirectory's finalizer), not left in /tmp."""
+    _SCRATCH.append(tempfile.TemporaryDirectory(prefix="recpar-bench-"))
+    return Path(_SCRATCH[-1].name)
+
 
 def train_step(scheme: str, dp: int = 1, tp: int = 1, pp: int = 1, zero_stage: int = 0,
                compressor: str = "none", algorithm: str = "ring",
@@ -44,7 +53,7 @@ def train_step(scheme: str, dp: int = 1, tp: int = 1, pp: int = 1, zero_stage: i
     plan = ParallelPlan(scheme=scheme, dp=dp, tp=tp, pp=pp, num_microbatches=num_microbatches)
     model_cfg = ModelConfig.named("tiny", dropout=0.0, text_dim=0)  # ID embeddings only
     plan.validate(world_size=world, n_heads=model_cfg.n_heads, n_layers=model_cfg.n_layers)
-    out = Path(tempfile.mkdtemp(prefix="recpar-bench-"))  # engines never write during steps
+    out = _scratch_dir()
     spec = RunSpec(data_dir=out, out_dir=out, run_id=f"bench-{scheme}", model=model_cfg,
                    train=TrainConfig(global_batch_size=GLOBAL_BATCH), plan=plan,
                    use_text=False, grad_sync=GradSyncConfig(algorithm=algorithm,
@@ -87,7 +96,7 @@ def dp_no_sync_replay(per_rank_batch: int, batches_per_call: int) -> Callable[[]
     model_cfg = ModelConfig.named("tiny", dropout=0.0, text_dim=0)  # ID embeddings only
     plan.validate(world_size=world, n_heads=model_cfg.n_heads, n_layers=model_cfg.n_layers)
     batch = world * per_rank_batch  # weak scaling: every rank's share is per_rank_batch
-    out = Path(tempfile.mkdtemp(prefix="recpar-bench-"))
+    out = _scratch_dir()
     spec = RunSpec(data_dir=out, out_dir=out, run_id=f"bench-nosync-{world}", model=model_cfg,
                    train=TrainConfig(global_batch_size=batch), plan=plan, use_text=False)
     torch.manual_seed(0)
