@@ -59,17 +59,26 @@ def test_up_builds_device_namespaces_and_down_removes_everything(dcluster):
 
 
 def test_calibrate_measures_the_intra_node_link_and_paths_between_nodes_skip_it(dcluster):
-    """Intra-node latency comes back within 10 %; a path to another node has the inter-node
-    latency alone (the NIC is not behind the NVLink-class wirefilter); rates stay under their
-    caps."""
+    """The configured one-way delays come back within 10 %: 10 ms on the intra-node link, and
+    5 ms alone on a path to another node (the NIC is not behind the NVLink-class wirefilter,
+    which would make it 15 ms); rates stay under their caps.
+
+    A delay is judged on the fastest round trip: every packet waits at least the configured
+    delay, and the fastest one adds only the emulator's unloaded software path. The median
+    (the calibration's `latency_s`, what the cost model uses) also carries the scheduling
+    delay of the user-space VDE hops, which grows with the host's load: 5.51 ms for the 5 ms
+    link once, in a full make test. It is checked to lie between the delay and the 15 ms of
+    a path through the intra-node wirefilter."""
     from recpar.cluster.calibrate import calibrate
 
     res = calibrate(dcluster, seconds=1.0, count=60, state_dir=dcluster.state_dir)
     intra = res["intra_node"]
-    assert intra["latency_s"] == pytest.approx(INTRA.latency_s, rel=0.10), intra
+    assert intra["rtt_min_s"] / 2 == pytest.approx(INTRA.latency_s, rel=0.10), intra
+    assert intra["rtt_min_s"] <= intra["rtt_median_s"]
     assert intra["rate_bit_per_s"] < 1.05 * INTRA.rate_bit_per_s
     for link in res["links"]:  # device 0 of node i -> device 0 of node i+1
-        assert link["latency_s"] == pytest.approx(INTER.latency_s, rel=0.10), link
+        assert link["rtt_min_s"] / 2 == pytest.approx(INTER.latency_s, rel=0.10), link
+        assert INTER.latency_s <= link["latency_s"] < INTER.latency_s + INTRA.latency_s, link
         assert link["rate_bit_per_s"] < 1.05 * INTER.rate_bit_per_s
     topo = emulated.ClusterState.load(TEST_PREFIX, dcluster.state_dir).topology()
     assert topo.calibrated_intra_latency_s == intra["latency_s"]

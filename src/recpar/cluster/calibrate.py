@@ -117,6 +117,7 @@ def calibrate(state: ClusterState, seconds: float = 2.0, count: int = 200,
                       "bulk_wall_s": bulk.get("seconds"),
                       "emulator_cpu_s": None if rdir is None else cpu1_s - cpu0_s,
                       "rtt_median_s": ping["rtt_median_s"],
+                      "rtt_min_s": ping["rtt_min_s"],
                       "latency_s": ping["rtt_median_s"] / 2})
     rates = [l["rate_bit_per_s"] for l in links if l["rate_bit_per_s"]]
     intra = None
@@ -130,6 +131,8 @@ def calibrate(state: ClusterState, seconds: float = 2.0, count: int = 200,
               "method": {"bulk_seconds": seconds, "pingpong_count": count,
                          "rate": "TCP goodput of one stream after a warm-up",
                          "latency": "half the median 1-byte TCP round trip",
+                         "rtt_min": "the fastest round trip: the configured delays plus the "
+                                    "emulator's unloaded software path",
                          "emulator_cpu": "user+system CPU of the VDE processes during the "
                                          "bulk transfers (/proc/<pid>/stat)"}}
     if save:
@@ -145,7 +148,8 @@ def calibrate_intra(state: ClusterState, seconds: float, count: int) -> dict:
     bulk = measure_between(*ends, names.device_addr(0, 1), "bulk", seconds=seconds)
     ping = measure_between(*ends, names.device_addr(0, 1), "pingpong", count=count)
     return {"configured": state.intra_shape, "rate_bit_per_s": bulk["rate_bit_per_s"],
-            "rtt_median_s": ping["rtt_median_s"], "latency_s": ping["rtt_median_s"] / 2}
+            "rtt_median_s": ping["rtt_median_s"], "rtt_min_s": ping["rtt_min_s"],
+            "latency_s": ping["rtt_median_s"] / 2}
 
 
 def emulator_cpu_summary(links: list[dict]) -> dict:
