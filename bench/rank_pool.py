@@ -3,7 +3,8 @@
 pytest-benchmark times a function in the calling process. A multi-rank operation (one
 training step of a parallel scheme, one collective) runs in several processes, and starting
 them for every round would time process start-up, rendezvous and library imports instead of
-the operation. So the pool starts the ranks once: spawned processes, gloo over loopback,
+the operation. So the pool starts the ranks once: processes forked from the preloaded
+forkserver of `tests.comm.mp_launch` (no rank imports torch again), gloo over loopback,
 rendezvous through the same environment variables torchrun sets (RANK, WORLD_SIZE,
 MASTER_ADDR, ...: DeepSpeed and megatron-core read them). Each rank builds its workload once
 from a factory, `"module:function"(**kwargs) -> callable`. Every `pool()` then makes every
@@ -24,6 +25,8 @@ import traceback
 from collections.abc import Callable
 from multiprocessing.connection import wait
 from typing import Any
+
+from tests.comm import mp_launch  # noqa: F401 - sets the forkserver's preload
 
 READY_TIMEOUT_S = 300.0
 """Rendezvous + workload construction (DeepSpeed and megatron-core imports take ~10 s each on
@@ -80,7 +83,7 @@ class RankPool:
         self._conns: list = []
 
     def __enter__(self) -> RankPool:
-        ctx = mp.get_context("spawn")
+        ctx = mp.get_context("forkserver")
         port = _free_port()
         for rank in range(self.world):
             parent, child = ctx.Pipe()

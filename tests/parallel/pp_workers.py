@@ -141,9 +141,9 @@ def pp_worker(rank: int, world: int, out_dir: str) -> None:
 
 def spawn(world_size: int, out_dir: Path) -> list[dict]:
     """Run pp_worker on world_size spawned processes; return each rank's observations."""
-    import torch.multiprocessing as mp
+    from ..comm.mp_launch import start_ranks
 
-    mp.spawn(pp_worker, args=(world_size, str(out_dir)), nprocs=world_size, join=True)
+    start_ranks(pp_worker, (world_size, str(out_dir)), world_size)
     return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
 
 

@@ -226,8 +226,8 @@ def run_all(rank: int, world_size: int, out_dir: str) -> None:
 
 def spawn(out_dir) -> list[dict]:
     """Run `run_all` on WORLD_SIZE spawned ranks; their result dicts, by rank."""
-    import torch.multiprocessing as mp
+    from ..comm.mp_launch import start_ranks
 
-    mp.spawn(run_all, args=(WORLD_SIZE, str(out_dir)), nprocs=WORLD_SIZE, join=True)
+    start_ranks(run_all, (WORLD_SIZE, str(out_dir)), WORLD_SIZE)
     return [torch.load(os.path.join(str(out_dir), f"rank{r}.pt"), weights_only=False)
             for r in range(WORLD_SIZE)]

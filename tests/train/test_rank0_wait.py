@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from ..comm.mp_launch import skip_unless_ranks
+from ..comm.mp_launch import skip_unless_ranks, start_ranks
 from .mp_workers import wait_for_slow_rank0
 
 WORLD = 2
@@ -20,9 +20,7 @@ WORLD = 2
 @pytest.mark.multiprocess
 def test_a_validation_longer_than_the_collective_timeout_is_waited_for(tmp_path):
     skip_unless_ranks(WORLD)
-    import torch.multiprocessing as mp
-
-    mp.spawn(wait_for_slow_rank0, args=(WORLD, str(tmp_path)), nprocs=WORLD, join=True)
+    start_ranks(wait_for_slow_rank0, (WORLD, str(tmp_path)), WORLD)
     outcome = json.loads((tmp_path / "wait1.json").read_text())
     assert outcome["own"] == "passed"  # the group the loop makes
     # the default group, as the loop waited before: rank 1's send gave up after 1 s
