@@ -234,18 +234,19 @@ def test_tiny_pipeline_runs_end_to_end(tmp_path):
     for run in ("baseline-tiny-n1", "most-popular", "laptop/baseline-tiny-n1",
                 "laptop/dp2-ring-tiny-n1"):
         for seed in (0, 1):
-            rec = tmp_path / "results" / "movielens-100k" / run / f"seed{seed}" / "record.json"
+            rec = tmp_path / "results" / "synthetic-amazon" / run / f"seed{seed}" / "record.json"
             assert record.read(rec)["seed"] == seed
     delta = (tmp_path / "paper_tables" / "laptop" / "quality_delta.md").read_text()
     assert "| baseline-tiny-n1 (reference) | 0,1 |" in delta and "| dp2-ring-tiny-n1 | 0,1 |" in delta
     claims = (tmp_path / "paper_tables" / "laptop" / "claims.md").read_text()
     assert "not run" in claims  # nothing of the paper's scale runs in the tiny grid
     assert "dp" in (tmp_path / "paper_tables" / "laptop" / "table2.md").read_text()
-    sweep_dp = record.read(tmp_path / "results" / "movielens-100k" / "laptop" / "dp2-ring-tiny-n1"
+    sweep_dp = record.read(tmp_path / "results" / "synthetic-amazon" / "laptop" / "dp2-ring-tiny-n1"
                            / "seed0" / "record.json")
     assert sweep_dp["plan"]["dp"] == 2 and sweep_dp["metrics"]["epochs_count"] == 1
     logs = sorted(p.name for p in (tmp_path / "logs").rglob("*.log"))
     assert "prepare-movielens-100k.log" in logs and "table1.log" in logs
+    assert "embed-synthetic-amazon.log" in logs
     # A second run has nothing to do.
     r2 = _snakemake("-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--cores", "2",
                     "-n")
