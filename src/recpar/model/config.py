@@ -30,6 +30,11 @@ NAMED_SIZES: dict[str, dict] = {
 }
 
 
+MOE_FIELDS = ("num_moe_experts", "moe_router_topk", "moe_layer_freq", "moe_aux_loss_coeff",
+              "moe_expert_capacity_factor")
+"""ModelConfig's Mixture-of-Experts fields (recpar.model.moe)."""
+
+
 @dataclass(frozen=True)
 class ParamCounts:
     """Trainable parameters of a `Recommender`, by part (counts, not bytes)."""
@@ -83,6 +88,21 @@ class ModelConfig:
     0 = all at once. Same loss and gradients within float rounding. Used by the schemes whose
     loss is the model's own (baseline, dp, zero, async); the model-parallel heads compute
     their logits whole."""
+    num_moe_experts: int = 0
+    """Mixture-of-Experts (recpar.model.moe; megatron-core's name): 0 = a dense MLP in every
+    block; E >= 2 = the blocks chosen by moe_layer_freq get E expert MLPs of d_ff each and a
+    top-k router in place of their MLP."""
+    moe_router_topk: int = 2
+    """Experts each token is routed to (megatron-core's name); 1 <= k <= num_moe_experts."""
+    moe_layer_freq: int = 1
+    """Every this many blocks is an MoE block, counting from block 0 (megatron-core's integer
+    form: block i is MoE when i % moe_layer_freq == 0); 1 = every block."""
+    moe_aux_loss_coeff: float = 0.01
+    """Weight of the Switch load-balancing loss (megatron-core's name; 0 = off). 0.01 is the
+    Switch Transformer's alpha (Fedus et al. 2022, Sec. 2.2)."""
+    moe_expert_capacity_factor: float | None = None
+    """Expert capacity = ceil(tokens x k / E x factor); the tokens over it are dropped, the
+    least confident first (megatron-core's name and drop policy "probs"). None = dropless."""
 
     def __post_init__(self) -> None:
         for name in ("d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
@@ -99,6 +119,7 @@ class ModelConfig:
             raise ValueError(f"ModelConfig: cross_entropy_chunk_size="
                              f"{self.cross_entropy_chunk_size!r} must be an integer >= 0 "
                              "(0 = the whole logits at once)")
+        self._check_moe()
         if self.d_model % self.n_heads:
             raise ValueError(f"ModelConfig: d_model={self.d_model} is not divisible by "
                              f"n_heads={self.n_heads}")
@@ -109,6 +130,54 @@ class ModelConfig:
         if not float(self.layernorm_epsilon) > 0.0:
             raise ValueError(
                 f"ModelConfig: layernorm_epsilon={self.layernorm_epsilon!r} must be > 0")
+
+    def _check_moe(self) -> None:
+        def is_int(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        e, k = self.num_moe_experts, self.moe_router_topk
+        if not is_int(e) or e < 0 or e == 1:
+            raise ValueError(f"ModelConfig: num_moe_experts={e!r} must be 0 (dense) or an "
+                             "integer >= 2")
+        if not e:
+            return
+        if not is_int(k) or not 1 <= k <= e:
+            raise ValueError(f"ModelConfig: moe_router_topk={k!r} must be an integer in "
+                             f"[1, num_moe_experts={e}]")
+        if not is_int(self.moe_layer_freq) or self.moe_layer_freq < 1:
+            raise ValueError(f"ModelConfig: moe_layer_freq={self.moe_layer_freq!r} must be a "
+                             "positive integer")
+        if not float(self.moe_aux_loss_coeff) >= 0.0:
+            raise ValueError(f"ModelConfig: moe_aux_loss_coeff={self.moe_aux_loss_coeff!r} "
+                             "must be >= 0")
+        cf = self.moe_expert_capacity_factor
+        if cf is not None and not float(cf) > 0.0:
+            raise ValueError(f"ModelConfig: moe_expert_capacity_factor={cf!r} must be > 0, or "
+                             "None (dropless)")
+
+    def is_moe_block(self, index: int) -> bool:
+        """Whether block `index` routes to experts (megatron-core's moe_layer_freq rule)."""
+        return self.num_moe_experts > 0 and index % self.moe_layer_freq == 0
+
+    @property
+    def n_moe_blocks(self) -> int:
+        return sum(self.is_moe_block(i) for i in range(self.n_layers))
+
+    @property
+    def moe_id(self) -> str | None:
+        """`moe<E>top<k>`, then `-freq<f>`, `-cap<factor>`, `-aux<coeff>` where they differ
+        from the defaults (every block, dropless, 0.01): the run id's MoE part; None if
+        dense."""
+        if not self.num_moe_experts:
+            return None
+        parts = [f"moe{self.num_moe_experts}top{self.moe_router_topk}"]
+        if self.moe_layer_freq != 1:
+            parts.append(f"freq{self.moe_layer_freq}")
+        if self.moe_expert_capacity_factor is not None:
+            parts.append(f"cap{self.moe_expert_capacity_factor:g}")
+        if self.moe_aux_loss_coeff != 0.01:
+            parts.append(f"aux{self.moe_aux_loss_coeff:g}")
+        return "-".join(parts)
 
     @property
     def head_dim(self) -> int:
@@ -131,6 +200,16 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def to_record(self) -> dict:
+        """The fields for records, run specs and checkpoint fingerprints: a dense model leaves
+        out the moe_* fields, which do not apply to it, so its fingerprint and record are those
+        written before MoE existed (an interrupted dense run still resumes)."""
+        out = asdict(self)
+        if not self.num_moe_experts:
+            for name in MOE_FIELDS:
+                del out[name]
+        return out
+
     def as_megatron_kwargs(self) -> dict:
         """The same shape as megatron-core `TransformerConfig` keyword arguments."""
         return dict(
@@ -152,17 +231,29 @@ class ModelConfig:
         """Trainable parameters of `Recommender(self, n_items, ...)`, by part.
 
         Must agree with the module (checked by tests/model): per block
-        qkv d*3d+3d, proj d*d+d, fc d*d_ff+d_ff, proj d_ff*d+d, two LayerNorms 2*2d.
+        qkv d*3d+3d, proj d*d+d, fc d*d_ff+d_ff, proj d_ff*d+d, two LayerNorms 2*2d; an MoE
+        block has E such MLPs and a router E*d in place of its one MLP.
         """
+        return self._param_counts(n_items, experts_per_moe_block=self.num_moe_experts)
+
+    def active_param_counts(self, n_items: int) -> ParamCounts:
+        """The parameters one token's forward uses: an MoE block counts its router and
+        moe_router_topk experts, not all E (equal to param_counts for a dense model)."""
+        return self._param_counts(n_items, experts_per_moe_block=self.moe_router_topk)
+
+    def _param_counts(self, n_items: int, experts_per_moe_block: int) -> ParamCounts:
         if n_items < 1:
             raise ValueError(f"param_counts: n_items={n_items} must be >= 1")
         d, f = self.d_model, self.d_ff
-        per_block = (d * 3 * d + 3 * d) + (d * d + d) + (d * f + f) + (f * d + d) + 4 * d
+        attn_ln = (d * 3 * d + 3 * d) + (d * d + d) + 4 * d
+        mlp = (d * f + f) + (f * d + d)
+        n_moe = self.n_moe_blocks
+        moe_block = attn_ln + self.num_moe_experts * d + experts_per_moe_block * mlp
         return ParamCounts(
             item_id_emb=(n_items + 1) * d,
             text_proj=(self.text_dim * d + d) if self.text_dim else 0,
             pos_emb=self.max_seq_len * d,
-            blocks=self.n_layers * per_block,
+            blocks=(self.n_layers - n_moe) * (attn_ln + mlp) + n_moe * moe_block,
             final_ln=2 * d,
         )
 
@@ -170,7 +261,8 @@ class ModelConfig:
         """Total trainable parameters of the recommender for an item vocabulary of n_items."""
         return self.param_counts(n_items).total
 
-    def flops_per_token(self, n_items: int, seq_len: int | None = None) -> int:
+    def flops_per_token(self, n_items: int, seq_len: int | None = None,
+                        active: bool = True) -> int:
         """Training FLOPs (forward + backward) per token position, model FLOPs convention.
 
         6 N + 12 L d T, the count of PaLM's MFU (Chowdhery et al. 2022, App. B; the 6N term is
@@ -183,9 +275,13 @@ class ModelConfig:
         matmuls and are excluded, as in nanoGPT's estimate_mfu; the text projection runs once
         per step over the whole item table, not per token: see `text_fusion_flops_per_step`.
         Padding positions are computed like any other, so "tokens" means positions B x T.
+        An MoE model counts the active parameters (`active_param_counts`: the router and k
+        experts per MoE block) with every position routed; padding positions, which recpar's
+        MoE layer routes to no expert, are thus counted as if routed (an upper bound).
+        `active=False` counts every parameter: a dense model of the same total size.
         """
         t = self.max_seq_len if seq_len is None else seq_len
-        c = self.param_counts(n_items)
+        c = self.active_param_counts(n_items) if active else self.param_counts(n_items)
         n_matmul = c.blocks + c.final_ln + c.item_id_emb
         return 6 * n_matmul + 12 * self.n_layers * self.d_model * t
 

@@ -3,6 +3,8 @@
     item embedding  E = item_id_emb.weight + text_proj(text_emb)        [n_items + 1, d]
     input           x = E[input_ids] + pos_emb[positions]               [B, L, d]
     blocks          pre-LN: x += attn(ln_1(x)); x += mlp(ln_2(x))       [B, L, d]
+                    (mlp: dense, or top-k routed experts in the blocks an MoE config picks,
+                    recpar.model.moe)
     output          logits = ln_f(x) @ E^T, pad column masked           [B, L, n_items + 1]
 
 Item 0 is padding; inputs are LEFT-padded. This module knows nothing of parallelism. The
@@ -33,6 +35,8 @@ from recpar.constants import PAD_ITEM
 from recpar.model.config import ModelConfig
 from recpar.model.item_table import TiedItemTable
 from recpar.model.loss import mask_targets, mean_divisor
+from recpar.model.mlp import MLP
+from recpar.model.moe import MoEMLP
 
 
 class CausalSelfAttention(nn.Module):
@@ -62,32 +66,23 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.proj(y))
 
 
-class MLP(nn.Module):
-    """Position-wise feed-forward d -> d_ff -> d with GELU."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.fc = nn.Linear(cfg.d_model, cfg.d_ff)
-        self.proj = nn.Linear(cfg.d_ff, cfg.d_model)
-        self.dropout = nn.Dropout(cfg.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))  # [B, L, d]
-
-
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block."""
+    """Pre-LayerNorm transformer block; with `moe`, its MLP is a routed mixture of experts."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, moe: bool = False):
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.d_model, eps=cfg.layernorm_epsilon)
         self.attn = CausalSelfAttention(cfg)
         self.ln_2 = nn.LayerNorm(cfg.d_model, eps=cfg.layernorm_epsilon)
-        self.mlp = MLP(cfg)
+        self.mlp = MoEMLP(cfg) if moe else MLP(cfg)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor,
+                pad: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, L, d]; attn_mask [B, 1, L, L]; pad [B, L] bool, True = padding position
+        (used by an MoE MLP to route padding nowhere; None = no padding)."""
         x = x + self.attn(self.ln_1(x), attn_mask)
-        return x + self.mlp(self.ln_2(x))
+        h = self.ln_2(x)
+        return x + (self.mlp(h, pad) if isinstance(self.mlp, MoEMLP) else self.mlp(h))
 
 
 def attention_mask(input_ids: torch.Tensor) -> torch.Tensor:
@@ -139,19 +134,23 @@ class Recommender(TiedItemTable):
         self.init_item_table(n_items, d, cfg.text_dim, text_emb)
         self.pos_emb = nn.Embedding(cfg.max_seq_len, d)  # [max_seq_len, d]
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(Block(cfg, moe=cfg.is_moe_block(i))
+                                    for i in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(d, eps=cfg.layernorm_epsilon)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """GPT-2 / megatron-core init: N(0, init_std), residual outputs N(0, std/sqrt(2L))."""
+        """GPT-2 / megatron-core init: N(0, init_std), residual outputs N(0, std/sqrt(2L))
+        (every expert's proj too, as megatron-core's experts; the router N(0, init_std))."""
         std = self.cfg.init_std
         out_std = std / math.sqrt(2.0 * self.cfg.n_layers)
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
-                is_out = name.endswith("attn.proj") or name.endswith("mlp.proj")
+                is_out = name.endswith(("attn.proj", "mlp.proj")) or (
+                    ".mlp.experts." in name and name.endswith(".proj"))
                 nn.init.normal_(module.weight, mean=0.0, std=out_std if is_out else std)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
             elif isinstance(module, nn.LayerNorm):
@@ -177,9 +176,10 @@ class Recommender(TiedItemTable):
                 item_table: torch.Tensor | None = None) -> torch.Tensor:
         """[B, L] left-padded item ids -> [B, L, d] final hidden states (after ln_f)."""
         mask = attention_mask(input_ids)  # [B, 1, L, L]
+        pad = input_ids == PAD_ITEM  # [B, L]
         x = self.drop(self.embed(input_ids, item_table))  # [B, L, d]
         for block in self.blocks:
-            x = block(x, mask)
+            x = block(x, mask, pad)
         return self.ln_f(x)
 
     def loss_sum(self, input_ids: torch.Tensor,

@@ -11,6 +11,7 @@ import copy
 import torch
 from torch import nn
 
+from recpar.constants import PAD_ITEM
 from recpar.model.item_table import TiedItemTable
 from recpar.model.loss import cross_entropy_sum
 from recpar.model.recommender import Recommender, attention_mask, check_item_ids, positions
@@ -92,7 +93,7 @@ class PipeBlock(nn.Module):
 
     def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]):
         x, ids = inputs  # [mb, L, d], [mb, L]
-        return self.block(x, attention_mask(ids)), ids
+        return self.block(x, attention_mask(ids), ids == PAD_ITEM), ids
 
 
 class FinalNorm(nn.Module):

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from recpar.constants import PAD_ITEM
 from recpar.device import forward_context
 from recpar.model.item_table import TiedItemTable
 from recpar.model.recommender import Recommender, attention_mask, check_item_ids, positions
@@ -128,8 +129,9 @@ class StageModule(TiedItemTable):
             x = self.drop(self.embed_items(ids) + self.pos_emb(positions(ids)))  # [mb, L, d]
         if len(self.blocks):
             mask = attention_mask(input_ids)  # [mb, 1, L, L], recomputed on every stage
+            pad = input_ids == PAD_ITEM  # [mb, L]
             for block in self.blocks.values():
-                x = block(x, mask)
+                x = block(x, mask, pad)
         if not self.has_head:
             return x  # [mb, L, d]
         h = self.ln_f(x[:, -1] if last_only else x)  # [mb, d] or [mb, L, d]

@@ -1,0 +1,162 @@
+"""Mixture-of-Experts feed-forward (paper §III.A.c, Fig. 3 right), single device.
+
+    tokens        x                                        [T, d]   T = B x L positions
+    router        r = x W_r^T                              [T, E]   E = num_moe_experts
+    top-k         probs, routing_map = topk(softmax)       [T, E]   k = moe_router_topk
+    experts       y_t = sum over the k chosen e of p_te MLP_e(x_t)   [T, d]
+    aux loss      coeff * E * sum_e f_e P_e                (Switch Transformer, Fedus et al.
+                  2022, Eq. 4: f_e the share of routed tokens, P_e the mean router probability)
+
+Routing, capacity dropping, the load-balancing loss and its attachment to the backward pass
+are megatron-core's own functions (`megatron.core.transformer.moe.moe_utils`:
+topk_routing_with_score_function, apply_router_token_dropping,
+compute_routing_scores_for_aux_loss, switch_load_balancing_loss_func, MoEAuxLossAutoScaler,
+permute, unpermute). Two pieces of megatron-core's MoELayer are replaced, and only those:
+
+- the router module: `TopKRouter.gating` moves its weight to `torch.cuda.current_device()`,
+  and its constructor and aux-loss path need process groups (tp, cp, tp_dp_cp). Here the gate
+  is a bias-free `nn.Linear(d, E)` in fp32 (megatron-core's router weight is [E, d], no bias
+  by default) and the aux loss is computed over this device's tokens;
+- the token dispatcher: `MoEAlltoAllTokenDispatcher` makes a `torch.cuda.Stream` when it is
+  built. On one device there is nothing to dispatch: the tokens are permuted into expert
+  order, each expert runs on its contiguous slice, and they are unpermuted.
+
+Padding positions (item 0) take part in no routing decision that counts: they are left out of
+the capacity, the aux loss and the load statistics, and their outputs are zero (their hidden
+states reach no real position: attention hides padding keys, and the loss masks them).
+
+Expert weights are `experts.{e}.fc` / `experts.{e}.proj`, each a dense `MLP`, so a checkpoint
+names every expert and expert parallelism can shard the list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from recpar.model.config import ModelConfig
+from recpar.model.mlp import MLP
+
+
+@dataclass
+class MoEStats:
+    """What one MoE layer routed since its last `reset_stats()` (detached counts, no syncs)."""
+
+    tokens_per_expert: torch.Tensor
+    """[E] real (non-padding) token assignments kept per expert (k per token when none drop)."""
+    dropped: torch.Tensor
+    """Scalar: real token assignments dropped by the expert capacity (0 when dropless)."""
+    aux_loss_sum: torch.Tensor
+    """Scalar: sum of the load-balancing loss (with its coefficient) over the forwards."""
+    forwards: int = 0
+    """Training forwards counted."""
+
+    @property
+    def imbalance(self) -> float:
+        """max / mean tokens per expert (1.0 = perfectly even); nan before any token."""
+        mean = float(self.tokens_per_expert.float().mean())
+        return float(self.tokens_per_expert.max()) / mean if mean > 0 else float("nan")
+
+
+class MoEMLP(nn.Module):
+    """Top-k routed expert MLPs in place of a block's dense MLP; see the module docstring."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.num_experts = cfg.num_moe_experts
+        self.topk = cfg.moe_router_topk
+        self.capacity_factor = cfg.moe_expert_capacity_factor
+        self.aux_loss_coeff = cfg.moe_aux_loss_coeff
+        self.router = nn.Linear(cfg.d_model, cfg.num_moe_experts, bias=False)  # W_r [E, d]
+        self.experts = nn.ModuleList(MLP(cfg) for _ in range(cfg.num_moe_experts))  # dense MLPs
+        self.reset_stats()
+
+    def reset_stats(self) -> None:
+        e = self.num_experts
+        self.stats = MoEStats(tokens_per_expert=torch.zeros(e, dtype=torch.long),
+                              dropped=torch.zeros((), dtype=torch.long),
+                              aux_loss_sum=torch.zeros(()))
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, L, d], pad [B, L] bool (True = padding position; None = none) -> [B, L, d]."""
+        from megatron.core.transformer.moe.moe_utils import (
+            MoEAuxLossAutoScaler, apply_router_token_dropping,
+            compute_routing_scores_for_aux_loss, permute, switch_load_balancing_loss_func,
+            topk_routing_with_score_function, unpermute)
+
+        b, l, d = x.shape
+        tokens = x.reshape(b * l, d)  # [T, d]
+        is_pad = (torch.zeros(b * l, dtype=torch.bool, device=x.device) if pad is None
+                  else pad.reshape(b * l))  # [T]
+        logits = self.router(tokens.float())  # [T, E], fp32 routing as megatron-core's default
+        probs, routing_map = topk_routing_with_score_function(logits, self.topk)  # [T, E] x2
+        real = ~is_pad[:, None]  # [T, 1]
+        routing_map = routing_map & real  # padding goes to no expert
+        probs = probs * real
+        routed = routing_map
+        n_real = int(real.sum())  # host sync: a Python int for megatron-core's capacity
+        if self.capacity_factor is not None and n_real:
+            # megatron-core computes the capacity, ceil(T k / E x factor), from the rows it is
+            # given: it gets the real rows only, so padding neither counts nor takes capacity
+            # (drop policy "probs": an expert keeps its most confident tokens)
+            rows = real.squeeze(1).nonzero().squeeze(1)  # [n_real]
+            kept_p, kept_m = apply_router_token_dropping(
+                probs[rows], routing_map[rows], router_topk=self.topk,
+                capacity_factor=self.capacity_factor)
+            probs = torch.zeros_like(probs).index_copy(0, rows, kept_p)
+            routing_map = torch.zeros_like(routing_map).index_copy(0, rows, kept_m)
+        if self.training and torch.is_grad_enabled():
+            if self.aux_loss_coeff > 0 and n_real:
+                aux_map, scores = compute_routing_scores_for_aux_loss(
+                    logits, self.topk, "softmax", padding_mask=is_pad)  # masks padding rows
+                aux = switch_load_balancing_loss_func(
+                    scores, aux_map.sum(dim=0), n_real, self.topk, self.num_experts,
+                    self.aux_loss_coeff)
+                probs = MoEAuxLossAutoScaler.apply(probs, aux)  # aux's gradient, scale 1
+                self.stats.aux_loss_sum += aux.detach()
+            with torch.no_grad():
+                kept = routing_map.sum(dim=0)  # [E]
+                self.stats.tokens_per_expert += kept.to(torch.long).cpu()
+                self.stats.dropped += (routed.sum() - kept.sum()).to(torch.long).cpu()
+            self.stats.forwards += 1
+
+        # every expert on its contiguous slice of the permuted tokens
+        permuted, _, order = permute(tokens, routing_map)  # [sum kept, d], [sum kept]
+        counts = routing_map.sum(dim=0).tolist()  # host sync: the split sizes are data-dependent
+        expert_out = torch.cat([expert(chunk) for expert, chunk
+                                in zip(self.experts, permuted.split(counts))])  # [sum kept, d]
+        y = unpermute(expert_out, order, tokens.shape, probs=probs.to(expert_out.dtype),
+                      routing_map=routing_map)  # [T, d], weighted sum over the chosen experts
+        return y.reshape(b, l, d)
+
+
+
+def moe_record(cfg: ModelConfig, n_items: int, model: nn.Module) -> dict:
+    """The run record's `moe` section: per MoE block what its router did over the training
+    forwards of this process (tokens per expert, imbalance = max / mean, dropped
+    assignments, mean aux loss), and the parameters and FLOPs per token a token uses against
+    a dense model with the same total parameters."""
+    layers = []
+    for name, module in model.named_modules():
+        if not isinstance(module, MoEMLP):
+            continue
+        st = module.stats
+        routed = int(st.tokens_per_expert.sum()) + int(st.dropped)
+        layers.append({
+            "module": name,
+            "tokens_per_expert": st.tokens_per_expert.tolist(),
+            "imbalance_max_over_mean": st.imbalance,
+            "dropped_tokens_count": int(st.dropped),
+            "dropped_share": int(st.dropped) / routed if routed else None,
+            "aux_loss_mean": float(st.aux_loss_sum) / st.forwards if st.forwards else None,
+            "forwards_count": st.forwards})
+    return {
+        "num_experts": cfg.num_moe_experts, "router_topk": cfg.moe_router_topk,
+        "layers": layers,
+        "params_total_count": cfg.param_count(n_items),
+        "params_active_count": cfg.active_param_counts(n_items).total,
+        "flops_per_token": cfg.flops_per_token(n_items),
+        "flops_per_token_dense_equal_total_params": cfg.flops_per_token(n_items, active=False),
+    }
