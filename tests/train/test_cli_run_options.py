@@ -81,3 +81,16 @@ def test_bad_fault_schedules_fail_before_any_rank_starts(kind, nodes, events, me
     apply_run_options(args, {"fault_schedule": events})
     with pytest.raises(ValueError, match=message):
         _fault_schedule(args, kind, nodes)
+
+
+def test_moe_model_names_itself_in_the_run_id_and_other_schemes_are_refused():
+    from recpar.train.cli import _spec
+
+    args = _args("--model-override", "num_moe_experts=4", "--model-override",
+                 "moe_expert_capacity_factor=1.25")
+    args.model_size = "tiny"
+    assert _spec(args, "baseline").run_id == "baseline-moe4top2-cap1.25-tiny-n1"
+    args = _args("--scheme", "dp", "--dp", "2", "--model-override", "num_moe_experts=4")
+    with pytest.raises(ValueError, match="num_moe_experts=4: an MoE model trains with scheme "
+                                         "baseline only so far, not dp"):
+        _spec(args, "dp")

@@ -20,7 +20,8 @@ TRAIN = TrainConfig(max_epochs=3, patience=5, warmup_steps=2, timed_steps=4,
 
 
 def _spec(data, out, **kw):
-    return RunSpec(data_dir=data, out_dir=out, run_id="baseline-tiny-n1", model=MODEL,
+    return RunSpec(data_dir=data, out_dir=out, run_id="baseline-tiny-n1",
+                   model=kw.pop("model", MODEL),
                    train=kw.pop("train", TRAIN), seed=kw.pop("seed", 0), **kw)
 
 
@@ -52,6 +53,30 @@ def test_baseline_writes_a_valid_record_with_both_protocols(small_prepared, tmp_
     assert m["gemm_peak_tflops_per_s"] > 0
     assert m["mfu_pct"] == pytest.approx(100 * m["model_tflops_per_s"]
                                          / m["gemm_peak_tflops_per_s"])
+
+
+def test_moe_run_records_its_router_load_and_active_parameters(small_prepared, tmp_path):
+    """An MoE baseline run (4 experts, top-2, every block) writes a schema-valid `moe` section;
+    a dense run's config carries no moe_* field (its fingerprint is the pre-MoE one)."""
+    moe = dataclasses.replace(MODEL, num_moe_experts=4, moe_router_topk=2)
+    rec = train(_spec(small_prepared, tmp_path / "moe", model=moe,
+                      train=dataclasses.replace(TRAIN, max_epochs=1)), progress=False)
+    assert record.read(tmp_path / "moe" / "record.json")["moe"] == rec["moe"]
+    m = rec["moe"]
+    assert (m["num_experts"], m["router_topk"], len(m["layers"])) == (4, 2, MODEL.n_layers)
+    steps = rec["metrics"]["steps_count"]
+    for layer in m["layers"]:
+        assert layer["forwards_count"] == steps  # one training forward per step
+        assert sum(layer["tokens_per_expert"]) % 2 == 0 and min(layer["tokens_per_expert"]) >= 0
+        assert layer["imbalance_max_over_mean"] >= 1.0 and layer["dropped_tokens_count"] == 0
+        assert layer["aux_loss_mean"] > 0
+    assert rec["config"]["model"]["num_moe_experts"] == 4
+    assert m["params_active_count"] < m["params_total_count"] == rec["metrics"]["params_count"]
+    assert m["flops_per_token"] < m["flops_per_token_dense_equal_total_params"]
+    dense = train(_spec(small_prepared, tmp_path / "dense",
+                        train=dataclasses.replace(TRAIN, max_epochs=1)), progress=False)
+    assert "moe" not in dense and not any(k.startswith("moe") or k == "num_moe_experts"
+                                          for k in dense["config"]["model"])
 
 
 def test_same_seed_same_weights_other_seed_differs(small_prepared, tmp_path):

@@ -54,6 +54,13 @@ def _type_problem(name: str, py_type, prop: dict) -> str | None:
         if got != want or len(item_types) != 1 or prop.get("items", {}).get("type") not in item_types:
             return f"{name}: {py_type} wants an array of {len(args)} {item_types}, schema {prop}"
         return None
+    args = typing.get_args(py_type)
+    if type(None) in args:  # `X | None`: the schema's type is [X's, "null"]
+        (inner,) = [a for a in args if a is not type(None)]
+        want = [SCALARS[inner], "null"]
+        if prop.get("type") != want:
+            return f"{name}: {py_type} wants type {want!r}, schema says {prop.get('type')!r}"
+        return None
     want = SCALARS[py_type]
     if prop.get("type") != want:
         return f"{name}: {py_type.__name__} wants type {want!r}, schema says {prop.get('type')!r}"

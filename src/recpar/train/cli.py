@@ -192,6 +192,11 @@ def _spec(args, scheme: str):
         raise ValueError(f"--model-override cross_entropy_chunk_size="
                          f"{model.cross_entropy_chunk_size}: scheme deepspeed's head computes "
                          f"its logits whole (the chunked loss serves every other scheme)")
+    if model.num_moe_experts and scheme != "baseline":
+        # expert parallelism (issue 16) is not built yet: under DDP an expert that got no
+        # token in a step has no gradient, and TP/PP/DeepSpeed do not shard experts
+        raise ValueError(f"--model-override num_moe_experts={model.num_moe_experts}: an MoE "
+                         f"model trains with scheme baseline only so far, not {scheme}")
     if train.compile and scheme not in ("baseline", "dp"):
         raise ValueError(f"train.compile: scheme {scheme} is not compiled (baseline and dp are)")
     train, default_precision = _scheme_precision(train, scheme)
@@ -234,7 +239,7 @@ def _spec(args, scheme: str):
                                         cpu_cores=cpu_budget.cores if cpu_budget else None,
                                         precision=None if train.resolved_precision()
                                         == default_precision else train.resolved_precision(),
-                                        compiled=train.compile)
+                                        compiled=train.compile, moe=model.moe_id)
     kind = getattr(args, "topology", "local")
     if kind == "local":
         # All ranks on this machine; --nodes only groups them into logical nodes (what the

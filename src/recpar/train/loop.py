@@ -123,7 +123,7 @@ def run_fingerprint(spec: RunSpec, ds: PreparedDataset, model_cfg: ModelConfig |
     model_cfg = model_cfg or _model_config(spec, ds)
     cfg = spec.train
     return checkpoint.fingerprint({
-        "model": asdict(model_cfg), "train": cfg.to_record(), "plan": spec.plan.to_record(),
+        "model": model_cfg.to_record(), "train": cfg.to_record(), "plan": spec.plan.to_record(),
         "seed": spec.seed, "grad_sync": spec.grad_sync.to_dict() if spec.plan.dp > 1 else None,
         "zero_stage": spec.zero_stage,
         **({"async_ps": {k: v for k, v in asdict(spec.async_ps).items()
@@ -541,6 +541,10 @@ def _write_record(run: _Run, state: _Progress, timed: _Timed, measured: _Measure
         rec["faults"] = injected_faults.for_record(run.spec.fault_schedule,
                                                    run.out / injected_faults.LOG_FILE,
                                                    run.timeline.t0_unix_s)
+    if run.model_cfg.num_moe_experts:
+        from recpar.model.moe import moe_record
+
+        rec["moe"] = moe_record(run.model_cfg, run.ds.n_items, run.engine.ctx.model)
     rec["metrics"] = metrics
     rec["quality"] = quality
     rec["history"] = state.history

@@ -14,13 +14,15 @@ when they differ (so `pp2-gpipe-uniform-tiny-n1` and `pp2-tiny-n1` never collide
 
 def make_run_id(plan: ParallelPlan, model_size: str, nodes: int = 1,
                 grad_sync: str | None = None, cpu_cores: float | None = None,
-                precision: str | None = None, compiled: bool = False) -> str:
-    """`<degrees>[-<schedule>][-<partition>][-<grad sync>][-bf16]-<model size>-n<nodes>
-    [-cpu<cores>]`; degrees name only what is > 1; schedule and partition only for pp > 1 and
-    when not the default; `-bf16` (or `-fp32`) when the precision is not what train.precision
-    `auto` gives the device and scheme (recpar train passes it only then); `-compile` under
-    train.compile; `-cpu0.2` when every
-    device ran on a budget of 0.2 cores (recpar.cluster.cpu_budget)."""
+                precision: str | None = None, compiled: bool = False,
+                moe: str | None = None) -> str:
+    """`<degrees>[-<schedule>][-<partition>][-<grad sync>][-bf16][-compile][-<moe>]-<model
+    size>-n<nodes>[-cpu<cores>]`; degrees name only what is > 1; schedule and partition only
+    for pp > 1 and when not the default; `-bf16` (or `-fp32`) when the precision is not what
+    train.precision `auto` gives the device and scheme (recpar train passes it only then);
+    `-compile` under train.compile; `<moe>` is ModelConfig.moe_id (`moe4top2`, ...) for an
+    MoE model; `-cpu0.2` when every device ran on a budget of 0.2 cores
+    (recpar.cluster.cpu_budget)."""
     if plan.scheme == "baseline":
         head = "baseline"
     elif plan.scheme == "async":  # `async4-damped-tiny-n1`: 4 ranks = server + 3 workers
@@ -42,6 +44,8 @@ def make_run_id(plan: ParallelPlan, model_size: str, nodes: int = 1,
         parts.append(precision)
     if compiled:
         parts.append("compile")
+    if moe:
+        parts.append(moe)
     parts += [model_size, f"n{nodes}"]
     if cpu_cores is not None:
         parts.append(f"cpu{cpu_cores:g}")

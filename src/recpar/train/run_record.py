@@ -35,7 +35,7 @@ def base_record(spec: RunSpec, ds: PreparedDataset, scheme: str,
         "scheme": scheme,
         "status": "completed",
         "created_utc": record.utc_now(),
-        "config": {"model": asdict(model_cfg or spec.model), "train": spec.train.to_record(),
+        "config": {"model": (model_cfg or spec.model).to_record(), "train": spec.train.to_record(),
                    "grad_sync": (spec.grad_sync.to_dict()
                                  if spec.plan.dp > 1 and spec.plan.scheme != "async" else None),
                    **({"async_ps": asdict(dataclasses.replace(

@@ -55,7 +55,7 @@ class RunSpec:
 def spec_to_dict(spec: RunSpec) -> dict:
     return {
         "data_dir": str(spec.data_dir), "out_dir": str(spec.out_dir), "run_id": spec.run_id,
-        "model": asdict(spec.model), "train": spec.train.to_record(),
+        "model": spec.model.to_record(), "train": spec.train.to_record(),
         "plan": asdict(spec.plan), "seed": spec.seed, "use_text": spec.use_text,
         "topology": spec.topology, "grad_sync": spec.grad_sync.to_dict(),
         "zero_stage": spec.zero_stage, "async_ps": asdict(spec.async_ps),
