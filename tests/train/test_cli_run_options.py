@@ -90,7 +90,7 @@ def test_moe_model_names_itself_in_the_run_id_and_other_schemes_are_refused():
                  "moe_expert_capacity_factor=1.25")
     args.model_size = "tiny"
     assert _spec(args, "baseline").run_id == "baseline-moe4top2-cap1.25-tiny-n1"
-    args = _args("--scheme", "dp", "--dp", "2", "--model-override", "num_moe_experts=4")
-    with pytest.raises(ValueError, match="num_moe_experts=4: an MoE model trains with scheme "
-                                         "baseline only so far, not dp"):
-        _spec(args, "dp")
+    args = _args("--scheme", "zero", "--dp", "2", "--model-override", "num_moe_experts=4")
+    with pytest.raises(ValueError, match="num_moe_experts=4: an MoE model trains with schemes "
+                                         "baseline and dp only so far, not zero"):
+        _spec(args, "zero")

@@ -104,3 +104,27 @@ def test_zero3_equals_single_device_with_the_same_global_batch(small_prepared, b
     # One epoch: the best checkpoint is the final one in both runs. Tolerance as for dp.
     worst = _max_weight_diff(baseline_run, tmp_path / "z3", name="best.pt")
     assert worst <= 1e-5, worst
+
+
+@pytest.mark.multiprocess
+def test_moe_dp_run_equals_the_single_device_moe_run(small_prepared, tmp_path):
+    """`recpar train` with an MoE model (4 experts, top-2): dp2 (every rank holds every expert,
+    the load-balancing loss over the global batch) ends with the single-device run's weights,
+    to the dense test's 1e-5, and both records carry the router's load."""
+    _need_ranks()
+    moe = ["--model-override", "num_moe_experts=4"]
+    base = _run(["train", "--scheme", "baseline", "--data", str(small_prepared), "--out",
+                 str(tmp_path / "base"), *COMMON, *moe])
+    assert base.returncode == 0, base.stderr[-3000:]
+    dp = _run(["train", "--scheme", "dp", "--dp", str(WORLD_SIZE), "--data", str(small_prepared),
+               "--out", str(tmp_path / "dp"), *COMMON, *moe])
+    assert dp.returncode == 0, dp.stderr[-3000:]
+    worst = _max_weight_diff(tmp_path / "base", tmp_path / "dp")
+    assert worst <= 1e-5, worst
+    b, d = (record.read(tmp_path / run / "record.json") for run in ("base", "dp"))
+    assert (b["run_id"], d["run_id"]) == ("baseline-moe4top2-tiny-n1", "dp2-ring-moe4top2-tiny-n1")
+    # rank 0 routed its half of every batch: half the single device's assignments, both 2 a token
+    for rb, rd in zip(b["moe"]["layers"], d["moe"]["layers"]):
+        total_b, total_d = sum(rb["tokens_per_expert"]), sum(rd["tokens_per_expert"])
+        assert 0 < total_d < total_b and total_b % 2 == total_d % 2 == 0
+        assert rd["forwards_count"] == rb["forwards_count"] == b["metrics"]["steps_count"]

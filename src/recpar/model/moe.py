@@ -49,7 +49,8 @@ class MoEStats:
     dropped: torch.Tensor
     """Scalar: real token assignments dropped by the expert capacity (0 when dropless)."""
     aux_loss_sum: torch.Tensor
-    """Scalar: sum of the load-balancing loss (with its coefficient) over the forwards."""
+    """Scalar: sum of the load-balancing loss (with its coefficient) over the forwards; with
+    the batch split over ranks, this rank's share of it."""
     forwards: int = 0
     """Training forwards counted."""
 
@@ -70,6 +71,11 @@ class MoEMLP(nn.Module):
         self.capacity_factor = cfg.moe_expert_capacity_factor
         self.aux_loss_coeff = cfg.moe_aux_loss_coeff
         self.router = nn.Linear(cfg.d_model, cfg.num_moe_experts, bias=False)  # W_r [E, d]
+        # Set by recpar.parallel.expert_parallel when the batch is split over ranks:
+        # (this rank's tokens per expert [E], its real token count) -> (the global batch's,
+        # its token count, the factor that makes the replicas' averaged gradient the global
+        # loss's). None: this device holds the whole batch.
+        self.aux_loss_reduce = None
         self.experts = nn.ModuleList(MLP(cfg) for _ in range(cfg.num_moe_experts))  # dense MLPs
         self.reset_stats()
 
@@ -108,14 +114,20 @@ class MoEMLP(nn.Module):
             probs = torch.zeros_like(probs).index_copy(0, rows, kept_p)
             routing_map = torch.zeros_like(routing_map).index_copy(0, rows, kept_m)
         if self.training and torch.is_grad_enabled():
-            if self.aux_loss_coeff > 0 and n_real:
+            if self.aux_loss_coeff > 0:
                 aux_map, scores = compute_routing_scores_for_aux_loss(
                     logits, self.topk, "softmax", padding_mask=is_pad)  # masks padding rows
-                aux = switch_load_balancing_loss_func(
-                    scores, aux_map.sum(dim=0), n_real, self.topk, self.num_experts,
-                    self.aux_loss_coeff)
-                probs = MoEAuxLossAutoScaler.apply(probs, aux)  # aux's gradient, scale 1
-                self.stats.aux_loss_sum += aux.detach()
+                counts, n_tokens, scale = aux_map.sum(dim=0), n_real, 1.0  # [E], T
+                if self.aux_loss_reduce is not None:  # every rank, even one without tokens
+                    counts, n_tokens, scale = self.aux_loss_reduce(counts, n_real)
+                if n_tokens:
+                    # this device's share of the batch's loss: its probabilities against the
+                    # batch's token counts (the shares sum to the loss over the whole batch)
+                    aux = switch_load_balancing_loss_func(
+                        scores, counts, n_tokens, self.topk, self.num_experts,
+                        self.aux_loss_coeff)
+                    probs = MoEAuxLossAutoScaler.apply(probs, aux * scale)  # its gradient
+                    self.stats.aux_loss_sum += aux.detach()
             with torch.no_grad():
                 kept = routing_map.sum(dim=0)  # [E]
                 self.stats.tokens_per_expert += kept.to(torch.long).cpu()
@@ -135,9 +147,10 @@ class MoEMLP(nn.Module):
 
 def moe_record(cfg: ModelConfig, n_items: int, model: nn.Module) -> dict:
     """The run record's `moe` section: per MoE block what its router did over the training
-    forwards of this process (tokens per expert, imbalance = max / mean, dropped
-    assignments, mean aux loss), and the parameters and FLOPs per token a token uses against
-    a dense model with the same total parameters."""
+    forwards of this process (a resumed run: since it resumed), on this rank's share of each
+    batch (tokens per expert, imbalance = max / mean, dropped assignments, mean aux loss: its
+    share of the batch's), and the parameters and FLOPs per token a token uses against a
+    dense model with the same total parameters."""
     layers = []
     for name, module in model.named_modules():
         if not isinstance(module, MoEMLP):

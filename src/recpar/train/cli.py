@@ -192,11 +192,11 @@ def _spec(args, scheme: str):
         raise ValueError(f"--model-override cross_entropy_chunk_size="
                          f"{model.cross_entropy_chunk_size}: scheme deepspeed's head computes "
                          f"its logits whole (the chunked loss serves every other scheme)")
-    if model.num_moe_experts and scheme != "baseline":
-        # expert parallelism (issue 16) is not built yet: under DDP an expert that got no
-        # token in a step has no gradient, and TP/PP/DeepSpeed do not shard experts
+    if model.num_moe_experts and scheme not in ("baseline", "dp"):
+        # expert parallelism (experts sharded, all-to-all dispatch; issue 16) is not built yet:
+        # dp replicates every expert (recpar.parallel.moe_data_parallel)
         raise ValueError(f"--model-override num_moe_experts={model.num_moe_experts}: an MoE "
-                         f"model trains with scheme baseline only so far, not {scheme}")
+                         f"model trains with schemes baseline and dp only so far, not {scheme}")
     if train.compile and scheme not in ("baseline", "dp"):
         raise ValueError(f"train.compile: scheme {scheme} is not compiled (baseline and dp are)")
     train, default_precision = _scheme_precision(train, scheme)

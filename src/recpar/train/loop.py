@@ -269,6 +269,9 @@ class _Measured:
     this_rank: dict
     all_ranks: list[dict]
     total_train_s: float
+    moe: dict | None = None
+    """An MoE model's router load over the training steps (recpar.model.moe.moe_record),
+    taken before the engine's after-training replays, which also run forwards."""
 
 
 def _set_up(spec: RunSpec, progress: bool) -> _Run:
@@ -489,6 +492,11 @@ def _gather_measurements(run: _Run, timed: _Timed, t_train0: float) -> _Measured
         timed.comm_stats = engine.window_closed(window.steps_in_window)
     total_train_s = time.perf_counter() - t_train0
 
+    moe = None
+    if run.model_cfg.num_moe_experts:
+        from recpar.model.moe import moe_record
+
+        moe = moe_record(run.model_cfg, run.ds.n_items, run.engine.ctx.model)
     timing_metrics = window.metrics()
     if timed.fwd_bwd_ms:
         timing_metrics["fwd_bwd_ms_per_iter"] = float(np.mean(timed.fwd_bwd_ms))
@@ -507,7 +515,7 @@ def _gather_measurements(run: _Run, timed: _Timed, t_train0: float) -> _Measured
         dist.all_gather_object(all_ranks, rank_metrics)
     engine.close()
     return _Measured(timing=timing_metrics, comm_stats=timed.comm_stats, this_rank=rank_metrics,
-                     all_ranks=all_ranks, total_train_s=total_train_s)
+                     all_ranks=all_ranks, total_train_s=total_train_s, moe=moe)
 
 
 def _final_quality(run: _Run, scorer: EvalCopy) -> dict:
@@ -541,10 +549,8 @@ def _write_record(run: _Run, state: _Progress, timed: _Timed, measured: _Measure
         rec["faults"] = injected_faults.for_record(run.spec.fault_schedule,
                                                    run.out / injected_faults.LOG_FILE,
                                                    run.timeline.t0_unix_s)
-    if run.model_cfg.num_moe_experts:
-        from recpar.model.moe import moe_record
-
-        rec["moe"] = moe_record(run.model_cfg, run.ds.n_items, run.engine.ctx.model)
+    if measured.moe is not None:
+        rec["moe"] = measured.moe
     rec["metrics"] = metrics
     rec["quality"] = quality
     rec["history"] = state.history

@@ -13,6 +13,7 @@ import torch
 from recpar.device import device_sync
 from recpar.model.loss import valid_positions
 from recpar.parallel.data_parallel import TrainStep, apply_dp
+from recpar.parallel.moe_data_parallel import apply_moe_dp
 from recpar.train.engines.base import Engine, EngineContext, StepResult
 from recpar.train.engines.no_sync_replay import exposed_metrics, no_sync_fwd_bwd_ms
 from recpar.train.optim import build_adamw
@@ -32,6 +33,7 @@ class ReplicaEngine(Engine):
         self.runner = self.step_module
         self.ddp, self.sync_state = None, None
         if self.dp > 1:
+            apply_moe_dp(ctx.model, self.dp)  # no-op for a dense model
             self.ddp, self.sync_state = apply_dp(self.step_module, spec.grad_sync, ctx.device)
             self.runner = self.ddp
         self.opt = build_adamw(ctx.model, self.cfg)
