@@ -36,3 +36,22 @@ def test_dp2_with_the_global_aux_loss_equals_one_device(ranks):
     # the replicas stay identical, and the per-shard aux loss is another objective
     assert _max_diff(ranks[0]["global_aux"], ranks[1]["global_aux"]) == 0.0
     assert _max_diff(ranks[0]["local_aux"], single) > 100 * WEIGHT_TOL
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_expert_parallel_equals_one_device(tmp_path, world):
+    """dp = world, ep = 2 (recpar.parallel.expert_parallel): experts sharded over EP groups of
+    2 ranks, tokens exchanged by all-to-all, expert gradients summed over the ranks holding the
+    same experts (dp4: 2 copies), the gradient clipped over the whole model. The weights
+    gathered on each EP group's rank 0 are one device's, to the same 1e-5. Each piece is
+    needed: with the norm over this rank's experts only, both worlds end 7.7e-3 away; without
+    the sum over the copies, dp4 ends 2.6e-2 away (checked by breaking each in turn)."""
+    from .moe_workers import MAX_NORM, moe_ep_worker
+
+    skip_unless_ranks(world)
+    ranks = spawn_ranks(moe_ep_worker, world, tmp_path)
+    single = train(max_norm=MAX_NORM)
+    gathered = [r["ep2"] for r in ranks if r["ep2"] is not None]
+    assert len(gathered) == world // 2  # one per EP group
+    for full in gathered:
+        assert _max_diff(full, single) <= WEIGHT_TOL

@@ -19,7 +19,8 @@ permute, unpermute). Two pieces of megatron-core's MoELayer are replaced, and on
   by default) and the aux loss is computed over this device's tokens;
 - the token dispatcher: `MoEAlltoAllTokenDispatcher` makes a `torch.cuda.Stream` when it is
   built. On one device there is nothing to dispatch: the tokens are permuted into expert
-  order, each expert runs on its contiguous slice, and they are unpermuted.
+  order, each expert runs on its contiguous slice, and they are unpermuted. With experts
+  sharded over ranks, `recpar.parallel.expert_parallel` sets `dispatch` to its all-to-all.
 
 Padding positions (item 0) take part in no routing decision that counts: they are left out of
 the capacity, the aux loss and the load statistics, and their outputs are zero (their hidden
@@ -76,6 +77,10 @@ class MoEMLP(nn.Module):
         # its token count, the factor that makes the replicas' averaged gradient the global
         # loss's). None: this device holds the whole batch.
         self.aux_loss_reduce = None
+        # Set by recpar.parallel.expert_parallel.apply_ep (experts sharded over ranks):
+        # (permuted tokens, tokens per expert [E], this rank's experts) -> their outputs.
+        # None: every expert is here.
+        self.dispatch = None
         self.experts = nn.ModuleList(MLP(cfg) for _ in range(cfg.num_moe_experts))  # dense MLPs
         self.reset_stats()
 
@@ -137,8 +142,11 @@ class MoEMLP(nn.Module):
         # every expert on its contiguous slice of the permuted tokens
         permuted, _, order = permute(tokens, routing_map)  # [sum kept, d], [sum kept]
         counts = routing_map.sum(dim=0).tolist()  # host sync: the split sizes are data-dependent
-        expert_out = torch.cat([expert(chunk) for expert, chunk
-                                in zip(self.experts, permuted.split(counts))])  # [sum kept, d]
+        if self.dispatch is not None:
+            expert_out = self.dispatch(permuted, counts, self.experts)  # [sum kept, d]
+        else:
+            expert_out = torch.cat([expert(chunk) for expert, chunk
+                                    in zip(self.experts, permuted.split(counts))])
         y = unpermute(expert_out, order, tokens.shape, probs=probs.to(expert_out.dtype),
                       routing_map=routing_map)  # [T, d], weighted sum over the chosen experts
         return y.reshape(b, l, d)
