@@ -23,10 +23,24 @@ def test_world_size_mismatch_names_the_numbers():
     (dict(scheme="nope"), "unknown scheme 'nope'"),
     (dict(scheme="dp", dp=0), "dp must be a positive integer"),
     (dict(scheme="mp", pipeline_schedule="zigzag"), "unknown pipeline_schedule"),
+    (dict(scheme="dp", dp=4, ep=3), "ep = 3 does not divide dp = 4"),
+    (dict(scheme="mp", tp=2, ep=2), "ep = 2: expert parallelism runs under scheme dp, not mp"),
+    (dict(scheme="dp", dp=4, ep=0), "ep must be a positive integer"),
+    (dict(scheme="dp", dp=4, ep=4), "ep = 4 needs an MoE model whose num_moe_experts it "
+                                    "divides; num_moe_experts = 6"),
 ])
 def test_invalid_plans(kwargs, msg):
     with pytest.raises(PlanError, match=msg):
-        ParallelPlan(**kwargs).validate(n_heads=4, n_layers=4)
+        ParallelPlan(**kwargs).validate(n_heads=4, n_layers=4, num_experts=6)
+
+
+def test_expert_parallel_degree_is_carved_from_dp_and_recorded_only_when_used():
+    plan = ParallelPlan(scheme="dp", dp=4, ep=2)
+    assert plan.world_size == 4 and plan.validate(world_size=4, num_experts=4) is plan
+    assert plan.to_record()["ep"] == 2
+    assert "ep" not in ParallelPlan(scheme="dp", dp=4).to_record()
+    with pytest.raises(PlanError, match="num_moe_experts = 0"):
+        plan.validate(num_experts=0)  # a dense model has no experts to share out
 
 
 def test_stages_may_cut_over_embedding_and_head_units():

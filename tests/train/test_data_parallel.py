@@ -107,24 +107,45 @@ def test_zero3_equals_single_device_with_the_same_global_batch(small_prepared, b
 
 
 @pytest.mark.multiprocess
-def test_moe_dp_run_equals_the_single_device_moe_run(small_prepared, tmp_path):
-    """`recpar train` with an MoE model (4 experts, top-2): dp2 (every rank holds every expert,
-    the load-balancing loss over the global batch) ends with the single-device run's weights,
-    to the dense test's 1e-5, and both records carry the router's load."""
+def test_moe_dp_and_expert_parallel_runs_equal_the_single_device_moe_run(small_prepared,
+                                                                          tmp_path):
+    """`recpar train` with an MoE model (4 experts, top-2). dp2: every rank holds every expert,
+    the load-balancing loss is the global batch's. dp2 with --ep 2: each rank holds 2 experts,
+    tokens cross by all-to-all. Both end with the single-device run's weights (gathered on
+    rank 0 for ep), to the dense test's 1e-5; every record carries the router's load, and
+    each ep rank's engine state holds its own experts only."""
     _need_ranks()
     moe = ["--model-override", "num_moe_experts=4"]
-    base = _run(["train", "--scheme", "baseline", "--data", str(small_prepared), "--out",
-                 str(tmp_path / "base"), *COMMON, *moe])
-    assert base.returncode == 0, base.stderr[-3000:]
-    dp = _run(["train", "--scheme", "dp", "--dp", str(WORLD_SIZE), "--data", str(small_prepared),
-               "--out", str(tmp_path / "dp"), *COMMON, *moe])
-    assert dp.returncode == 0, dp.stderr[-3000:]
-    worst = _max_weight_diff(tmp_path / "base", tmp_path / "dp")
-    assert worst <= 1e-5, worst
-    b, d = (record.read(tmp_path / run / "record.json") for run in ("base", "dp"))
-    assert (b["run_id"], d["run_id"]) == ("baseline-moe4top2-tiny-n1", "dp2-ring-moe4top2-tiny-n1")
-    # rank 0 routed its half of every batch: half the single device's assignments, both 2 a token
+    runs = {"base": ["--scheme", "baseline"], "dp": ["--scheme", "dp", "--dp", "2"],
+            "ep": ["--scheme", "dp", "--dp", "2", "--ep", "2"]}
+    for name, scheme in runs.items():
+        r = _run(["train", *scheme, "--data", str(small_prepared), "--out",
+                  str(tmp_path / name), *COMMON, *moe])
+        assert r.returncode == 0, (name, r.stderr[-3000:])
+    b, d, e = (record.read(tmp_path / name / "record.json") for name in runs)
+    assert [x["run_id"] for x in (b, d, e)] == ["baseline-moe4top2-tiny-n1",
+                                                 "dp2-ring-moe4top2-tiny-n1",
+                                                 "dp2ep2-ring-moe4top2-tiny-n1"]
+    assert e["plan"]["ep"] == 2 and "ep" not in d["plan"]
+    for name in ("dp", "ep"):
+        worst = _max_weight_diff(tmp_path / "base", tmp_path / name)
+        assert worst <= 1e-5, (name, worst)
+    # rank 0 routed its half of every batch: fewer assignments than one device, 2 per token
     for rb, rd in zip(b["moe"]["layers"], d["moe"]["layers"]):
         total_b, total_d = sum(rb["tokens_per_expert"]), sum(rd["tokens_per_expert"])
         assert 0 < total_d < total_b and total_b % 2 == total_d % 2 == 0
         assert rd["forwards_count"] == rb["forwards_count"] == b["metrics"]["steps_count"]
+    # all-to-all traffic: some assignments cross, at most all of them (out and back, fp32
+    # rows of d = 64); the uniform-routing formula's figure sits beside it
+    for layer in e["moe"]["layers"]:
+        assignments = sum(layer["tokens_per_expert"]) / layer["forwards_count"]
+        assert 0 < layer["all_to_all_bytes_per_forward"] <= 2 * assignments * 64 * 4
+        assert layer["all_to_all_bytes_per_forward_uniform_formula"] == assignments * 64 * 4
+        assert layer["all_to_all_ms_per_forward"] > 0
+    assert "all_to_all_bytes_per_forward" not in d["moe"]["layers"][0]
+    for rank, experts in ((0, {"0", "1"}), (1, {"2", "3"})):
+        (path,) = (tmp_path / "ep" / "checkpoints").glob(f"epoch-*/engine-rank{rank}.pt")
+        state = torch.load(path, weights_only=False)
+        held = {k.split(".experts.")[1].split(".")[0] for k in state["state"]["model"]
+                if ".experts." in k}
+        assert held == experts, (rank, held)

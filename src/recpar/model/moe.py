@@ -54,6 +54,14 @@ class MoEStats:
     the batch split over ranks, this rank's share of it."""
     forwards: int = 0
     """Training forwards counted."""
+    all_to_all_bytes: int = 0
+    """Expert parallelism: token bytes this rank sent to the other ranks of its EP group in
+    the forward's two all-to-alls (dispatch, combine); the backward sends the same again."""
+    all_to_all_s: float = 0.0
+    """Expert parallelism: wall time of the forward's all-to-alls (token counts, dispatch,
+    combine), waiting for the slowest rank included."""
+    ep: int = 1
+    """Expert-parallel degree the layer ran with."""
 
     @property
     def imbalance(self) -> float:
@@ -78,7 +86,8 @@ class MoEMLP(nn.Module):
         # loss's). None: this device holds the whole batch.
         self.aux_loss_reduce = None
         # Set by recpar.parallel.expert_parallel.apply_ep (experts sharded over ranks):
-        # (permuted tokens, tokens per expert [E], this rank's experts) -> their outputs.
+        # (permuted tokens, tokens per expert [E], this rank's experts, the MoEStats to count
+        # its traffic in, or None) -> their outputs.
         # None: every expert is here.
         self.dispatch = None
         self.experts = nn.ModuleList(MLP(cfg) for _ in range(cfg.num_moe_experts))  # dense MLPs
@@ -143,7 +152,8 @@ class MoEMLP(nn.Module):
         permuted, _, order = permute(tokens, routing_map)  # [sum kept, d], [sum kept]
         counts = routing_map.sum(dim=0).tolist()  # host sync: the split sizes are data-dependent
         if self.dispatch is not None:
-            expert_out = self.dispatch(permuted, counts, self.experts)  # [sum kept, d]
+            stats = self.stats if self.training and torch.is_grad_enabled() else None
+            expert_out = self.dispatch(permuted, counts, self.experts, stats)  # [sum kept, d]
         else:
             expert_out = torch.cat([expert(chunk) for expert, chunk
                                     in zip(self.experts, permuted.split(counts))])
@@ -165,7 +175,15 @@ def moe_record(cfg: ModelConfig, n_items: int, model: nn.Module) -> dict:
             continue
         st = module.stats
         routed = int(st.tokens_per_expert.sum()) + int(st.dropped)
-        layers.append({
+        a2a = {}
+        if st.ep > 1 and st.forwards:
+            # uniform routing: of the routed assignments, (ep-1)/ep go to another rank, out
+            # and back (fp32 rows of d_model)
+            predicted = 2 * routed / st.forwards * (st.ep - 1) / st.ep * cfg.d_model * 4
+            a2a = {"all_to_all_bytes_per_forward": st.all_to_all_bytes / st.forwards,
+                   "all_to_all_bytes_per_forward_uniform_formula": predicted,
+                   "all_to_all_ms_per_forward": 1e3 * st.all_to_all_s / st.forwards}
+        layers.append({**a2a,
             "module": name,
             "tokens_per_expert": st.tokens_per_expert.tolist(),
             "imbalance_max_over_mean": st.imbalance,

@@ -41,17 +41,24 @@ class TrainStep(nn.Module):
         return scaled, total.detach()
 
 
-def apply_dp(step: TrainStep, grad_sync: GradSyncConfig,
-             device: torch.device) -> tuple[DDP, GradSyncState]:
+def apply_dp(step: TrainStep, grad_sync: GradSyncConfig, device: torch.device,
+             not_synced: list[nn.Parameter] = ()) -> tuple[DDP, GradSyncState]:
     """Wrap the train step in DDP and register the configured gradient-sync hook.
 
     broadcast_buffers=False: the only buffer is the frozen item-text table, identical on every
     rank by construction; broadcasting it would resend it (97 MB on Amazon) every step.
+    `not_synced`: parameters DDP leaves alone (sharded experts: recpar.parallel.expert_parallel
+    reduces their gradients).
     """
     world = dist.get_world_size()
     grad_sync.validate(world)
+    skip = {id(p) for p in not_synced}
+    if skip:
+        DDP._set_params_and_buffers_to_ignore_for_model(
+            step, [n for n, p in step.named_parameters() if id(p) in skip])
     ddp = DDP(step, device_ids=[device.index] if device.type == "cuda" else None,
               broadcast_buffers=False, **grad_sync.ddp_kwargs())
-    state, hook = make_grad_sync_hook(grad_sync, named_parameters=step.model.named_parameters())
+    named = [(n, p) for n, p in step.model.named_parameters() if id(p) not in skip]
+    state, hook = make_grad_sync_hook(grad_sync, named_parameters=named)
     ddp.register_comm_hook(state, hook)
     return ddp, state

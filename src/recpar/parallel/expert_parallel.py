@@ -29,6 +29,7 @@ does.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -81,14 +82,16 @@ class AllToAllDispatch:
         self.groups = groups
         self.local = local_experts  # E / ep
 
-    def __call__(self, permuted: torch.Tensor, counts: list[int],
-                 experts: nn.ModuleDict) -> torch.Tensor:
+    def __call__(self, permuted: torch.Tensor, counts: list[int], experts: nn.ModuleDict,
+                 stats=None) -> torch.Tensor:
         """permuted [sum(counts), d] in global expert order, counts [E] -> the experts'
-        outputs in the same order."""
+        outputs in the same order. `stats` (the layer's MoEStats, training forwards): the
+        token bytes sent to other ranks and the time the exchanges took are added to it."""
         from megatron.core.transformer.moe.moe_utils import sort_chunks_by_idxs
         from torch.distributed.nn.functional import all_to_all_single
 
         ep, el, group = self.groups.ep, self.local, self.groups.ep_group
+        t0 = time.perf_counter()
         send = torch.tensor(counts, dtype=torch.long).view(ep, el)  # [dst rank, its expert]
         recv = torch.empty_like(send)  # [src rank, my expert]
         dist.all_to_all_single(recv, send, group=group)  # the token counts first
@@ -96,6 +99,7 @@ class AllToAllDispatch:
         d = permuted.shape[-1]
         received = all_to_all_single(permuted.new_empty(sum(out_splits), d), permuted,
                                      out_splits, in_splits, group=group)
+        exchange_s = time.perf_counter() - t0
         # (source, expert) chunk order -> (expert, source), so each expert's tokens touch
         src_major = recv.flatten()  # chunk sizes, [ep * el]
         to_expert_major = torch.tensor([s * el + e for e in range(el) for s in range(ep)])
@@ -106,8 +110,16 @@ class AllToAllDispatch:
         expert_major = recv.t().flatten()  # chunk sizes in (expert, source) order
         to_src_major = torch.tensor([e * ep + s for s in range(ep) for e in range(el)])
         back, _ = sort_chunks_by_idxs(out, expert_major, to_src_major)
-        return all_to_all_single(permuted.new_empty(sum(in_splits), d), back, in_splits,
-                                 out_splits, group=group)
+        t1 = time.perf_counter()
+        combined = all_to_all_single(permuted.new_empty(sum(in_splits), d), back, in_splits,
+                                     out_splits, group=group)
+        if stats is not None:
+            me = self.groups.ep_rank
+            rows = sum(in_splits) - in_splits[me] + sum(out_splits) - out_splits[me]
+            stats.all_to_all_bytes += rows * d * permuted.element_size()
+            stats.all_to_all_s += exchange_s + time.perf_counter() - t1
+            stats.ep = ep
+        return combined
 
 
 def apply_ep(model: nn.Module, groups: ExpertGroups) -> list[nn.Parameter]:

@@ -37,6 +37,11 @@ class ParallelPlan:
     """One of PIPELINE_SCHEDULES."""
     partition_method: str = "uniform"
     """How stages are cut: `uniform` (equal layer counts) or `balanced` (profiled cost)."""
+    ep: int = 1
+    """Expert-parallel degree of an MoE model (recpar.parallel.expert_parallel): carved from
+    the dp ranks as in megatron-core, so it divides dp and adds no rank; each group of ep
+    consecutive dp ranks shares out the experts, num_moe_experts / ep each. 1 = every rank
+    holds every expert. Scheme dp only."""
 
     @property
     def world_size(self) -> int:
@@ -53,11 +58,12 @@ class ParallelPlan:
         world_size: int | None = None,
         n_heads: int | None = None,
         n_layers: int | None = None,
+        num_experts: int | None = None,
     ) -> "ParallelPlan":
         """Check the plan against the job and model; raise PlanError naming the numbers."""
         if self.scheme not in SCHEMES:
             raise PlanError(f"unknown scheme {self.scheme!r}; known: {', '.join(SCHEMES)}")
-        for name in ("dp", "tp", "pp", "num_microbatches"):
+        for name in ("dp", "tp", "pp", "num_microbatches", "ep"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise PlanError(f"{name} must be a positive integer, got {v!r}")
@@ -86,6 +92,16 @@ class ParallelPlan:
                 f"dp×tp×pp = {self.dp}×{self.tp}×{self.pp} = {self.world_size} "
                 f"does not equal the world size {world_size}"
             )
+        if self.ep > 1:
+            if self.scheme != "dp":
+                raise PlanError(f"ep = {self.ep}: expert parallelism runs under scheme dp, "
+                                f"not {self.scheme}")
+            if self.dp % self.ep:
+                raise PlanError(f"ep = {self.ep} does not divide dp = {self.dp} (expert-parallel "
+                                "groups are carved from the data-parallel ranks)")
+            if num_experts is not None and (num_experts < 2 or num_experts % self.ep):
+                raise PlanError(f"ep = {self.ep} needs an MoE model whose num_moe_experts it "
+                                f"divides; num_moe_experts = {num_experts}")
         if n_heads is not None and n_heads % self.tp:
             raise PlanError(f"n_heads = {n_heads} is not divisible by tp = {self.tp}")
         # Stages are cut over layer units (embedding, n_layers blocks, head): at most n + 2.
@@ -101,4 +117,9 @@ class ParallelPlan:
         return self
 
     def to_record(self) -> dict:
-        return {**asdict(self), "world_size": self.world_size}
+        """The fields and world_size; `ep` only when > 1, so that a plan without experts keeps
+        its pre-MoE record and checkpoint fingerprint."""
+        out = {**asdict(self), "world_size": self.world_size}
+        if self.ep == 1:
+            del out["ep"]
+        return out

@@ -42,6 +42,9 @@ def register(sub) -> None:
                         "uses when a run's settings change)")
     par = p.add_argument_group("parallelism")
     par.add_argument("--dp", type=int, default=1, help="data-parallel degree (ranks)")
+    par.add_argument("--ep", type=int, default=1,
+                     help="expert-parallel degree of an MoE model, carved from the dp ranks "
+                          "(divides dp and num_moe_experts; scheme dp)")
     par.add_argument("--tp", type=int, default=1,
                      help="tensor-parallel degree (schemes mp, hybrid, deepspeed)")
     par.add_argument("--pp", type=int, default=1,
@@ -164,7 +167,8 @@ def _spec(args, scheme: str):
         raise ValueError(f"scheme {scheme} is data-parallel only; got --tp {tp} --pp {pp} "
                          "(use --scheme mp, hybrid or deepspeed)")
     microbatches = getattr(args, "microbatches", None) or (2 * pp if pp > 1 else 1)
-    plan = ParallelPlan(scheme=scheme, dp=dp, tp=tp, pp=pp, num_microbatches=microbatches,
+    plan = ParallelPlan(scheme=scheme, dp=dp, tp=tp, pp=pp, ep=getattr(args, "ep", 1),
+                        num_microbatches=microbatches,
                         pipeline_schedule=getattr(args, "pipeline_schedule", "1f1b"),
                         partition_method=getattr(args, "partition", "balanced"))
     world = plan.world_size
@@ -186,7 +190,8 @@ def _spec(args, scheme: str):
     if scheme == "zero":
         zero_stage = args.zero_stage
         sync_id = f"stage{zero_stage}"
-    plan.validate(world_size=plan.world_size, n_heads=model.n_heads, n_layers=model.n_layers)
+    plan.validate(world_size=plan.world_size, n_heads=model.n_heads, n_layers=model.n_layers,
+                  num_experts=model.num_moe_experts)
     train.validate()
     if model.cross_entropy_chunk_size and scheme == "deepspeed":
         raise ValueError(f"--model-override cross_entropy_chunk_size="

@@ -279,7 +279,8 @@ def _set_up(spec: RunSpec, progress: bool) -> _Run:
     sequences; rank 0 builds its evaluation examples."""
     cfg = spec.train.validate()
     rank, world = _dist()
-    spec.plan.validate(world_size=world, n_heads=spec.model.n_heads, n_layers=spec.model.n_layers)
+    spec.plan.validate(world_size=world, n_heads=spec.model.n_heads, n_layers=spec.model.n_layers,
+                       num_experts=spec.model.num_moe_experts)
     dp = spec.plan.dp
     if cfg.global_batch_size % spec.plan.batch_shards:  # dp, or dp - 1 workers for async
         raise ValueError(f"train.global_batch_size = {cfg.global_batch_size} is not divisible "

@@ -28,7 +28,8 @@ def make_run_id(plan: ParallelPlan, model_size: str, nodes: int = 1,
     elif plan.scheme == "async":  # `async4-damped-tiny-n1`: 4 ranks = server + 3 workers
         head = f"async{plan.dp}"
     else:
-        degrees = [f"{k}{getattr(plan, k)}" for k in ("dp", "tp", "pp") if getattr(plan, k) > 1]
+        degrees = [f"{k}{getattr(plan, k)}" for k in ("dp", "ep", "tp", "pp")
+                   if getattr(plan, k) > 1]
         head = "".join(degrees) or plan.scheme
         if plan.scheme in ("zero", "deepspeed"):
             head = f"{plan.scheme}-{head}"

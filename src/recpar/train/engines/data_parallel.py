@@ -13,6 +13,9 @@ import torch
 from recpar.device import device_sync
 from recpar.model.loss import valid_positions
 from recpar.parallel.data_parallel import TrainStep, apply_dp
+from recpar.parallel.expert_parallel import apply_ep, expert_groups, gather_full_state_dict
+from recpar.parallel.expert_parallel import clip_grad_norm_ as ep_clip_grad_norm_
+from recpar.parallel.expert_parallel import reduce_expert_grads
 from recpar.parallel.moe_data_parallel import apply_moe_dp
 from recpar.train.engines.base import Engine, EngineContext, StepResult
 from recpar.train.engines.no_sync_replay import exposed_metrics, no_sync_fwd_bwd_ms
@@ -32,9 +35,14 @@ class ReplicaEngine(Engine):
             self.step_module.compile(backend=self.cfg.compile_backend)
         self.runner = self.step_module
         self.ddp, self.sync_state = None, None
+        self.expert_groups, self.experts = None, []
         if self.dp > 1:
             apply_moe_dp(ctx.model, self.dp)  # no-op for a dense model
-            self.ddp, self.sync_state = apply_dp(self.step_module, spec.grad_sync, ctx.device)
+            if spec.plan.ep > 1:  # experts sharded over groups of ep ranks
+                self.expert_groups = expert_groups(self.dp, spec.plan.ep)
+                self.experts = apply_ep(ctx.model, self.expert_groups)
+            self.ddp, self.sync_state = apply_dp(self.step_module, spec.grad_sync, ctx.device,
+                                                 not_synced=self.experts)
             self.runner = self.ddp
         self.opt = build_adamw(ctx.model, self.cfg)
         # Rank 0's share x dp estimates the global mean loss when dp > 1 (exact for dp = 1).
@@ -53,15 +61,23 @@ class ReplicaEngine(Engine):
             loss, loss_sum = self.runner(x, y, gcount)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()  # with DDP: returns once every bucket is reduced
+        if self.expert_groups is not None:
+            reduce_expert_grads(self.experts, self.expert_groups)
         device_sync(self.ctx.device)
         fb_ms = 1e3 * (time.perf_counter() - t0)
-        if self.cfg.clip_grad:
+        if self.cfg.clip_grad and self.expert_groups is not None:  # norm over every expert
+            ep_clip_grad_norm_(self.ctx.model, self.experts, self.cfg.clip_grad,
+                               self.expert_groups)
+        elif self.cfg.clip_grad:
             torch.nn.utils.clip_grad_norm_(self.ctx.model.parameters(), self.cfg.clip_grad)
         self.opt.step()
         return StepResult(loss_mean=float(loss_sum) / max(1, int(gcount)) * self.dp,
                           fwd_bwd_ms=fb_ms)
 
     def full_state_dict(self):
+        if self.expert_groups is not None:  # a collective: every expert to rank 0
+            full = gather_full_state_dict(self.ctx.model, self.expert_groups)
+            return full if self.ctx.rank == 0 else None
         if self.ctx.rank != 0:
             return None
         return {k: v.detach().to("cpu", copy=True) for k, v in self.ctx.model.state_dict().items()}
