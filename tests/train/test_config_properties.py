@@ -35,6 +35,12 @@ def _valid(spec: dict) -> st.SearchStrategy:
     """Values the schema accepts for one property (numbers kept to sizes a run could use)."""
     if "enum" in spec:
         return st.sampled_from(spec["enum"])
+    if "not" in spec:  # `not: {const: c}`: every value of the rest but c
+        rest = {k: v for k, v in spec.items() if k != "not"}
+        return _valid(rest).filter(lambda v: v != spec["not"]["const"])
+    if isinstance(spec["type"], list):  # e.g. [number, "null"]
+        (kind,) = [t for t in spec["type"] if t != "null"]
+        return st.none() | _valid({**spec, "type": kind})
     kind = spec["type"]
     if kind == "boolean":
         return st.booleans()

@@ -50,6 +50,15 @@ def cross_entropy_sum(logits: torch.Tensor, masked_targets: torch.Tensor) -> tor
                            ignore_index=IGNORE_INDEX, reduction="sum")
 
 
+def chunk_matmul_dtype(hidden: torch.Tensor, table: torch.Tensor) -> torch.dtype:
+    """The dtype a chunked loss makes its logits in: autocast's (bf16) where it is on for the
+    tensors' device, as autocast would cast the matmul; else the operands' promoted dtype.
+    The chunked losses run with autocast off and cast explicitly (fp32 softmax)."""
+    dev = hidden.device.type
+    return (torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev)
+            else torch.promote_types(hidden.dtype, table.dtype))
+
+
 class _ChunkedTiedCrossEntropy(torch.autograd.Function):
     """sum CE(hidden @ table^T, targets) without the [N, V] logits held for backward.
 
@@ -93,7 +102,7 @@ class _ChunkedTiedCrossEntropy(torch.autograd.Function):
             probs[torch.arange(len(y), device=y.device), y_safe] -= 1.0
             probs.mul_(valid[:, None].to(probs.dtype))  # d(sum CE)/d(logits) [c, V]
             add_chunk_gradients(probs, h, table_mm, grad_h, grad_t, slice(s, s + chunk))
-        ctx.save_for_backward(grad_h if want_h else None, grad_t if want_t else None)
+        ctx.save_for_backward(grad_h, grad_t)  # None where no gradient is wanted
         return total
 
     @staticmethod
@@ -134,8 +143,7 @@ def chunked_tied_cross_entropy_sum(hidden: torch.Tensor, table: torch.Tensor,
     if chunk < 1:
         raise ValueError(f"chunked cross-entropy: chunk must be >= 1, got {chunk}")
     dev = hidden.device.type
-    mm_dtype = (torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev)
-                else torch.promote_types(hidden.dtype, table.dtype))
+    mm_dtype = chunk_matmul_dtype(hidden, table)
     with torch.autocast(dev, enabled=False):
         return _ChunkedTiedCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), table,
                                               masked_targets.reshape(-1), chunk, mm_dtype)

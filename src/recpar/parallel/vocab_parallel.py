@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from recpar.constants import IGNORE_INDEX
 from recpar.model.item_table import TiedItemTable
-from recpar.model.loss import add_chunk_gradients, scaled_saved_gradients
+from recpar.model.loss import add_chunk_gradients, chunk_matmul_dtype, scaled_saved_gradients
 
 
 def _vocab_parallel_lookup(input_ids: torch.Tensor, local_table: torch.Tensor,
@@ -108,7 +108,7 @@ class _ChunkedVocabParallelCrossEntropy(torch.autograd.Function):
             probs[rows[mine], local_safe[mine]] -= 1.0
             probs.mul_(valid[:, None].to(probs.dtype))  # d(sum CE)/d(logits) [c, V_local]
             add_chunk_gradients(probs, h, table_mm, grad_h, grad_t, slice(s, s + chunk))
-        ctx.save_for_backward(grad_h if want_h else None, grad_t if want_t else None)
+        ctx.save_for_backward(grad_h, grad_t)  # None where no gradient is wanted
         return total
 
     @staticmethod
@@ -203,8 +203,7 @@ class VocabShardedItemTable(TiedItemTable):
         # identity forward; backward all-reduces the hidden gradient, partial per vocab shard
         hidden = copy_to_tensor_model_parallel_region(hidden)
         dev = hidden.device.type
-        mm_dtype = (torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev)
-                    else torch.promote_types(hidden.dtype, table.dtype))
+        mm_dtype = chunk_matmul_dtype(hidden, table)
         with torch.autocast(dev, enabled=False):
             return _ChunkedVocabParallelCrossEntropy.apply(
                 hidden.reshape(-1, hidden.shape[-1]), table, masked_targets.reshape(-1), chunk,
