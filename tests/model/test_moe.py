@@ -196,3 +196,25 @@ def test_moe_recommender_learns_a_fixed_batch():
     assert losses[-1] < 0.8 * losses[0], losses
     for block in model.blocks:
         assert all(e.fc.weight.grad is not None for e in block.mlp.experts)
+
+
+def test_routing_stays_fp32_under_bf16_autocast_and_the_step_runs():
+    """bf16 autocast (train.precision bf16): the experts' matmuls run in bf16, the router's
+    logits stay fp32 (megatron-core routes in fp32), and the gradients reach every part."""
+    torch.manual_seed(0)
+    model = Recommender(_cfg(max_seq_len=8), 20)
+    seen = {}
+
+    def dtype_of(name):
+        def hook(module, inputs, output) -> None:  # returns None: the output is unchanged
+            seen[name] = output.dtype
+        return hook
+
+    model.blocks[0].mlp.router.register_forward_hook(dtype_of("router"))
+    model.blocks[0].mlp.experts[0].fc.register_forward_hook(dtype_of("expert"))
+    ids = torch.randint(1, 21, (4, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model.loss(ids, ids)
+    loss.backward()
+    assert seen == {"router": torch.float32, "expert": torch.bfloat16}
+    assert model.blocks[0].mlp.router.weight.grad.abs().sum() > 0

@@ -110,7 +110,8 @@ class MoEMLP(nn.Module):
         tokens = x.reshape(b * l, d)  # [T, d]
         is_pad = (torch.zeros(b * l, dtype=torch.bool, device=x.device) if pad is None
                   else pad.reshape(b * l))  # [T]
-        logits = self.router(tokens.float())  # [T, E], fp32 routing as megatron-core's default
+        with torch.autocast(x.device.type, enabled=False):  # routing in fp32 under bf16 too
+            logits = self.router(tokens.float())  # [T, E] (megatron-core: moe_router_dtype)
         probs, routing_map = topk_routing_with_score_function(logits, self.topk)  # [T, E] x2
         real = ~is_pad[:, None]  # [T, 1]
         routing_map = routing_map & real  # padding goes to no expert
