@@ -64,6 +64,15 @@ def register(sub) -> None:
                     help="directory with compression/, quality/ and allreduce/ results")
     ac.add_argument("--out", type=Path, help="markdown file (default: <ablations>/claims.md)")
     ac.set_defaults(func=cmd_ablation_claims)
+    mo = rs.add_parser("moe", help="dense vs Mixture-of-Experts runs: quality, throughput, "
+                       "active parameters and FLOPs per token, the experts' load with and "
+                       "without the load-balancing loss (figure), all-to-all bytes, and the "
+                       "paper's MoE statements judged")
+    mo.add_argument("--records", nargs="+", required=True, type=Path, help=RECORDS_HELP)
+    mo.add_argument("--out", required=True, type=Path,
+                    help="directory for moe.md, moe.csv and expert_load.png")
+    mo.add_argument("--publish-records", type=Path, metavar="DIR", help=PUBLISH_HELP)
+    mo.set_defaults(func=cmd_moe)
     c = rs.add_parser("chaos", help="faults injected into each run (config/chaos.yaml), what "
                       "the runs survived, restarts, lost steps and time, slow windows")
     c.add_argument("--records", nargs="+", required=True, type=Path, help=RECORDS_HELP)
@@ -152,6 +161,17 @@ def cmd_ablation_claims(args) -> int:
     out = args.out or args.ablations / "claims.md"
     write_text(out, text)
     print(text)
+    return 0
+
+
+def cmd_moe(args) -> int:
+    from recpar.report.moe import moe_report
+    from recpar.report.records import load_records
+
+    loaded = load_records(expand_inputs(args.records))
+    print(moe_report([r for _, r in loaded], args.out))
+    if args.publish_records:
+        publish([p for p, _ in loaded], args.publish_records, RECORD_PARTS)
     return 0
 
 
