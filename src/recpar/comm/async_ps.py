@@ -75,6 +75,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+# the settings live in a torch-free module (the launcher validates them without importing
+# torch); re-exported here, where the protocol that uses them is
+from recpar.comm.async_config import WORK_ASSIGNMENTS, AsyncPSConfig, AsyncPSError  # noqa: F401
+
 SERVER_RANK = 0
 
 # Message tags (gloo matches a receive by source and tag).
@@ -92,49 +96,6 @@ KIND_PUSH, KIND_PUSH_LAST, KIND_DONE = 0, 1, 2
 HEADER_LEN = 4  # float64: integers below 2**53 (versions, token counts) are exact
 CONTROL_LEN = 3  # int64: [command, version, piece (-1: none)]
 NO_PIECE = -1
-WORK_ASSIGNMENTS = ("static", "dynamic")
-
-
-class AsyncPSError(RuntimeError):
-    """The parameter-server protocol broke (timeout, unexpected message, bad configuration)."""
-
-
-@dataclass
-class AsyncPSConfig:
-    """Asynchronous parameter-server settings (same object on every rank)."""
-
-    staleness_damping: bool = True
-    """Formula 12: scale each gradient by 1/(1 + tau) before the optimizer step."""
-    clip_grad: float = 0.0
-    """Clip each pushed gradient to this global norm before damping (0 = off), as the
-    synchronous loop clips its averaged gradient (train.clip_grad)."""
-    timeout_s: float = 300.0
-    """Longest wait for any single message, in seconds; exceeded -> AsyncPSError."""
-    work_assignment: str = "static"
-    """static: each worker computes its own share of every global batch of the round, so the
-    round waits for the slowest worker; dynamic: the server hands out the round's pieces one at
-    a time, so a fast worker takes more and a straggler fewer (module docstring)."""
-    push_order: tuple[int, ...] | None = None
-    """Deterministic schedule (tests, controlled experiments): the server takes the worker
-    messages of a round strictly from these ranks in this order, then from whichever worker
-    comes first. None: always whichever comes first (real asynchrony)."""
-
-    def validate(self, world_size: int) -> "AsyncPSConfig":
-        if world_size < 2:
-            raise AsyncPSError(f"async_ps: needs >= 2 ranks (a server and a worker), got world size {world_size}")
-        if not isinstance(self.staleness_damping, bool):
-            raise AsyncPSError(f"async_ps.staleness_damping: must be true or false, got {self.staleness_damping!r}")
-        if not self.clip_grad >= 0:
-            raise AsyncPSError(f"async_ps.clip_grad: must be >= 0, got {self.clip_grad!r}")
-        if self.work_assignment not in WORK_ASSIGNMENTS:
-            raise AsyncPSError(f"async_ps.work_assignment: must be one of {WORK_ASSIGNMENTS}, "
-                               f"got {self.work_assignment!r}")
-        if not self.timeout_s > 0:
-            raise AsyncPSError(f"async_ps.timeout_s: must be > 0, got {self.timeout_s!r}")
-        for r in self.push_order or ():
-            if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r < world_size:
-                raise AsyncPSError(f"async_ps.push_order: {r!r} is not a worker rank (1..{world_size - 1})")
-        return self
 
 
 @dataclass

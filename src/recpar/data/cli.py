@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 from recpar.atomic_write import write_text
-from recpar.data.errors import DataError
-from recpar.data.prepared import PreparedDataError
+from recpar.data.errors import DataError, PreparedDataError
 from recpar.published import expand_inputs, publish
 
 _SHA = re.compile(r"([^=]+)=([0-9a-fA-F]{64})")

@@ -1,4 +1,5 @@
-"""The one exception type the data stage raises for bad input or unusable sources."""
+"""The exception types the data stage raises: bad input or unusable sources (DataError), a
+prepared-data directory that breaks its contract (PreparedDataError)."""
 
 from __future__ import annotations
 
@@ -8,3 +9,9 @@ class DataError(ValueError):
 
     The CLI turns it into `SystemExit("recpar: <message>")`.
     """
+
+
+class PreparedDataError(ValueError):
+    """A prepared-data directory is missing a file or violates its contract
+    (recpar.data.prepared). Here, not there, so the CLI can name it without importing
+    pandas."""

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recpar.data.errors import PreparedDataError  # noqa: F401 - raised here, named by callers
+
 SPLITS = ("train", "valid", "test")
 REQUIRED_FILES = (
     "interactions.parquet",
@@ -38,8 +40,6 @@ REQUIRED_FILES = (
 )
 
 
-class PreparedDataError(ValueError):
-    """A prepared-data directory is missing a file or violates the contract above."""
 
 
 @dataclass

@@ -143,7 +143,7 @@ def _parse_kv(items: list[str], what: str) -> dict:
 
 
 def _spec(args, scheme: str):
-    from recpar.comm.async_ps import AsyncPSConfig
+    from recpar.comm.async_config import AsyncPSConfig
     from recpar.comm.config import GradSyncConfig
     from recpar.model.config import ModelConfig
     from recpar.train.config import TrainConfig
@@ -381,7 +381,7 @@ def _validate_model_parallel(plan, model) -> None:
 def cmd_train(args) -> int:
     if args.run_options is not None:
         apply_run_options(args, args.run_options)
-    from recpar.train.engines import ENGINES
+    from recpar.train.engine_registry import ENGINES
 
     if args.scheme not in ENGINES:
         raise ValueError(f"scheme {args.scheme!r} has no training engine in this checkout "

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from recpar.cluster.cpu_budget import CpuBudget
-from recpar.comm.async_ps import AsyncPSConfig
+from recpar.comm.async_config import AsyncPSConfig
 from recpar.comm.config import GradSyncConfig
 from recpar.model.config import ModelConfig
 from recpar.parallel.plan import ParallelPlan

@@ -4,19 +4,8 @@ from __future__ import annotations
 
 import importlib
 
+from recpar.train.engine_registry import ENGINES
 from recpar.train.engines.base import Engine, EngineContext, StepResult
-
-ENGINES: dict[str, str] = {
-    "baseline": "recpar.train.engines.data_parallel:ReplicaEngine",
-    "dp": "recpar.train.engines.data_parallel:ReplicaEngine",
-    "zero": "recpar.train.engines.zero:ZeroEngine",
-    "mp": "recpar.train.engines.model_parallel:ModelParallelEngine",
-    "hybrid": "recpar.train.engines.model_parallel:ModelParallelEngine",
-    "deepspeed": "recpar.train.engines.deepspeed_pipeline:DeepSpeedPipelineEngine",
-    "async": "recpar.train.engines.async_ps:AsyncEngine",
-}
-"""scheme -> "module:class" of its engine (imported on use: megatron and DeepSpeed are slow
-to import)."""
 
 
 def build_engine(ctx: EngineContext) -> Engine:
