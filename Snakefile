@@ -34,5 +34,6 @@ rule all:
         expand("paper_tables/{sweep}/{name}", sweep=SWEEP_NAME, name=REPORT_TABLES + REPORT_FIGURES),
         quality_delta_target(),
         quality_ablation_target(),
+        moe_report_target(),
         chaos_target(),
         perfmodel_validation_target(),

@@ -94,3 +94,18 @@ def test_moe_model_names_itself_in_the_run_id_and_other_schemes_are_refused():
     with pytest.raises(ValueError, match="num_moe_experts=4: an MoE model trains with schemes "
                                          "baseline and dp only so far, not zero"):
         _spec(args, "zero")
+
+
+def test_model_overrides_option_adds_model_fields_after_the_configs():
+    from recpar.train.cli import _spec
+
+    args = _args("--model-override", "num_moe_experts=8", "--model-override", "dropout=0.0")
+    apply_run_options(args, {"scheme": "baseline",
+                             "model_overrides": {"num_moe_experts": 4,
+                                                 "moe_expert_capacity_factor": None}})
+    args.model_size = "tiny"
+    spec = _spec(args, "baseline")
+    assert (spec.model.num_moe_experts, spec.model.dropout) == (4, 0.0)
+    assert spec.model.moe_expert_capacity_factor is None
+    with pytest.raises(ValueError, match="model_overrides must be a mapping"):
+        apply_run_options(_args(), {"model_overrides": ["num_moe_experts=4"]})

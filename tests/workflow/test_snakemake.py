@@ -164,6 +164,21 @@ def test_held_out_grid_is_its_own_sweep_and_says_so():
     test_sweep_run_ids_spell_out_what_runs("config/emulated_heldout.yaml")
 
 
+def test_moe_grid_runs_its_models_and_reports_them():
+    """config/moe.yaml: dense reference, MoE with and without the aux loss, dp2 and dp2 x ep2,
+    3 seeds each (MoE fields per run through model_overrides), then recpar report moe over the
+    sweep's records."""
+    r = _snakemake("paper_tables/moe/moe/moe.md", "-n", "-p", "--cores", "1", "--configfile",
+                   "config/moe.yaml")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert "recpar report moe --records" in out
+    for run in ("baseline-tiny-n1", "baseline-moe4top2-tiny-n1", "baseline-moe4top2-aux0-tiny-n1",
+                "dp2-ring-moe4top2-tiny-n1", "dp2ep2-ring-moe4top2-tiny-n1"):
+        assert out.count(f"results/movielens-100k/moe/{run}/seed") >= 3, run
+    assert '"model_overrides":{"num_moe_experts":4,"moe_aux_loss_coeff":0.0}' in out
+
+
 def test_perfmodel_validation_needs_a_grid_role(tmp_path):
     cfg = yaml.safe_load((ROOT / "config" / "emulated.yaml").read_text())
     del cfg["perfmodel_grid_role"]
@@ -186,7 +201,7 @@ def _merged(base: dict, over: dict) -> dict:
                                          "config/emulated.yaml", "config/quality_ablation.yaml",
                                          "config/ablations.yaml", "config/chaos.yaml",
                                          "config/scale_model.yaml",
-                                         "config/scale_model_heldout.yaml"])
+                                         "config/scale_model_heldout.yaml", "config/moe.yaml"])
 def test_sweep_run_ids_spell_out_what_runs(config_path):
     """Each sweep key is the id `recpar train` gives its options, and the options validate
     (plan against the model, batch divisibility with the sweep's train settings). A run with a

@@ -184,6 +184,17 @@ def quality_ablation_target():
     return QUALITY_ABLATION_FILES + [f"{ABLATIONS_DIR}/claims.md"]
 
 
+def moe_report_target():
+    """paper_tables/<sweep>/moe/: recpar report moe over the sweep's records, when the config
+    asks for it (config/moe.yaml)."""
+    if not config.get("moe_report", False):
+        return []
+    return [f"paper_tables/{SWEEP_NAME}/moe/{name}" for name in MOE_REPORT_FILES]
+
+
+MOE_REPORT_FILES = ["moe.md", "moe.csv", "expert_load.png"]
+
+
 def published_ablation(path):
     """`path` as an input where it exists (a CLI ablation's published result), else nothing."""
     return [path] if os.path.exists(path) else []

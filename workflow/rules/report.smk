@@ -95,6 +95,24 @@ rule quality_ablation:
         " > {log} 2>&1"
 
 
+rule moe_report:
+    input:
+        records=sweep_records(),
+    output:
+        files=expand("paper_tables/{{sweep}}/moe/{name}", name=MOE_REPORT_FILES),
+        # the records it was rendered from, so the published table can be re-rendered
+        records=directory("paper_tables/{sweep}/moe/records"),
+    conda:
+        "../../envs/environment.yaml"
+    log:
+        "logs/report/{sweep}/moe.log",
+    params:
+        out_dir=lambda w, output: os.path.dirname(output.files[0]),
+    shell:
+        "recpar report moe --records {input.records} --out {params.out_dir}"
+        " --publish-records {output.records} > {log} 2>&1"
+
+
 rule ablation_claims:
     input:
         quality=f"{ABLATIONS_DIR}/quality/quality_ablation.json",

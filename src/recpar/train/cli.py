@@ -317,7 +317,8 @@ NEGATED_OPTIONS = {"error_feedback": "no_error_feedback", "overlap": "no_overlap
 def apply_run_options(args, options: dict | str) -> None:
     """Set `recpar train` options from a mapping (the sweep's `sweep.runs.<id>` entry).
 
-    Keys are option names with _ for -; booleans of NEGATED_OPTIONS map to their --no-... flag.
+    Keys are option names with _ for -; booleans of NEGATED_OPTIONS map to their --no-... flag;
+    `model_overrides` (a mapping) adds --model-override flags after the config's.
     An unknown key or a value of the wrong type fails naming the key.
     """
     if isinstance(options, str):
@@ -328,6 +329,13 @@ def apply_run_options(args, options: dict | str) -> None:
     if not isinstance(options, dict):
         raise ValueError(f"--run-options: expected a JSON object, got {type(options).__name__}")
     for key, value in options.items():
+        if key == "model_overrides":  # this run's model fields over the config's
+            if not isinstance(value, dict):
+                raise ValueError(f"--run-options: model_overrides must be a mapping of "
+                                 f"ModelConfig fields, got {value!r}")
+            args.model_override = [*args.model_override,
+                                   *(f"{k}={json.dumps(v)}" for k, v in value.items())]
+            continue
         if key in NEGATED_OPTIONS:
             if not isinstance(value, bool):
                 raise ValueError(f"--run-options: {key} must be true or false, got {value!r}")
