@@ -16,7 +16,8 @@ permute, unpermute). Two pieces of megatron-core's MoELayer are replaced, and on
 - the router module: `TopKRouter.gating` moves its weight to `torch.cuda.current_device()`,
   and its constructor and aux-loss path need process groups (tp, cp, tp_dp_cp). Here the gate
   is a bias-free `nn.Linear(d, E)` in fp32 (megatron-core's router weight is [E, d], no bias
-  by default) and the aux loss is computed over this device's tokens;
+  by default), and the aux loss counts this device's tokens, or the global batch's where
+  `recpar.parallel.moe_data_parallel` splits the batch over ranks;
 - the token dispatcher: `MoEAlltoAllTokenDispatcher` makes a `torch.cuda.Stream` when it is
   built. On one device there is nothing to dispatch: the tokens are permuted into expert
   order, each expert runs on its contiguous slice, and they are unpermuted. With experts
@@ -80,7 +81,7 @@ class MoEMLP(nn.Module):
         self.capacity_factor = cfg.moe_expert_capacity_factor
         self.aux_loss_coeff = cfg.moe_aux_loss_coeff
         self.router = nn.Linear(cfg.d_model, cfg.num_moe_experts, bias=False)  # W_r [E, d]
-        # Set by recpar.parallel.expert_parallel when the batch is split over ranks:
+        # Set by recpar.parallel.moe_data_parallel when the batch is split over ranks:
         # (this rank's tokens per expert [E], its real token count) -> (the global batch's,
         # its token count, the factor that makes the replicas' averaged gradient the global
         # loss's). None: this device holds the whole batch.
@@ -163,7 +164,6 @@ class MoEMLP(nn.Module):
         return y.reshape(b, l, d)
 
 
-
 def moe_record(cfg: ModelConfig, n_items: int, model: nn.Module) -> dict:
     """The run record's `moe` section: per MoE block what its router did over the training
     forwards of this process (a resumed run: since it resumed), on this rank's share of each
@@ -176,22 +176,23 @@ def moe_record(cfg: ModelConfig, n_items: int, model: nn.Module) -> dict:
             continue
         st = module.stats
         routed = int(st.tokens_per_expert.sum()) + int(st.dropped)
-        a2a = {}
+        imbalance = st.imbalance
+        layer = {
+            "module": name,
+            "tokens_per_expert": st.tokens_per_expert.tolist(),
+            "imbalance_max_over_mean": None if imbalance != imbalance else imbalance,  # nan
+            "dropped_tokens_count": int(st.dropped),
+            "dropped_share": int(st.dropped) / routed if routed else None,
+            "aux_loss_mean": float(st.aux_loss_sum) / st.forwards if st.forwards else None,
+            "forwards_count": st.forwards}
         if st.ep > 1 and st.forwards:
             # uniform routing: of the routed assignments, (ep-1)/ep go to another rank, out
             # and back (fp32 rows of d_model)
             predicted = 2 * routed / st.forwards * (st.ep - 1) / st.ep * cfg.d_model * 4
-            a2a = {"all_to_all_bytes_per_forward": st.all_to_all_bytes / st.forwards,
-                   "all_to_all_bytes_per_forward_uniform_formula": predicted,
-                   "all_to_all_ms_per_forward": 1e3 * st.all_to_all_s / st.forwards}
-        layers.append({**a2a,
-            "module": name,
-            "tokens_per_expert": st.tokens_per_expert.tolist(),
-            "imbalance_max_over_mean": st.imbalance,
-            "dropped_tokens_count": int(st.dropped),
-            "dropped_share": int(st.dropped) / routed if routed else None,
-            "aux_loss_mean": float(st.aux_loss_sum) / st.forwards if st.forwards else None,
-            "forwards_count": st.forwards})
+            layer.update(all_to_all_bytes_per_forward=st.all_to_all_bytes / st.forwards,
+                         all_to_all_bytes_per_forward_uniform_formula=predicted,
+                         all_to_all_ms_per_forward=1e3 * st.all_to_all_s / st.forwards)
+        layers.append(layer)
     return {
         "num_experts": cfg.num_moe_experts, "router_topk": cfg.moe_router_topk,
         "layers": layers,

@@ -149,8 +149,10 @@ def expert_load_figure(records: list[dict], out: Path) -> Path | None:
             counts = layer["tokens_per_expert"]
             total = sum(counts) or 1
             xs = [e + i * width for e in range(len(counts))]
+            imbalance = layer["imbalance_max_over_mean"]
             ax.bar(xs, [c / total for c in counts], width=width,
-                   label=f"{layer['module']} (max/mean {layer['imbalance_max_over_mean']:.2f})")
+                   label=f"{layer['module']} (max/mean "
+                         f"{'-' if imbalance is None else f'{imbalance:.2f}'})")
         ax.axhline(1 / len(layers[0]["tokens_per_expert"]), color="k", lw=0.8, ls="--")
         ax.set_title(f"{run}\n{_label(rec)}, seed {rec['seed']}", fontsize=8)
         ax.set_xlabel("expert")
