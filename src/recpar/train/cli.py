@@ -198,8 +198,8 @@ def _spec(args, scheme: str):
                          f"{model.cross_entropy_chunk_size}: scheme deepspeed's head computes "
                          f"its logits whole (the chunked loss serves every other scheme)")
     if model.num_moe_experts and scheme not in ("baseline", "dp"):
-        # expert parallelism (experts sharded, all-to-all dispatch; issue 16) is not built yet:
-        # dp replicates every expert (recpar.parallel.moe_data_parallel)
+        # dp replicates the experts (recpar.parallel.moe_data_parallel) or, with --ep, shards
+        # them (recpar.parallel.expert_parallel); MoE under the other schemes is not built
         raise ValueError(f"--model-override num_moe_experts={model.num_moe_experts}: an MoE "
                          f"model trains with schemes baseline and dp only so far, not {scheme}")
     if train.compile and scheme not in ("baseline", "dp"):
