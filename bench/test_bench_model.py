@@ -112,6 +112,46 @@ def test_bench_small_train_step_precision(benchmark, precision):
         gemm_peak_tflops_per_s=gemm_flops_per_s(precision, n=1024) / 1e12)
 
 
+MOE_VS_DENSE = {"dense": {}, "dense-ff512": {"d_ff": 512},
+                "moe4top2": {"num_moe_experts": 4, "moe_router_topk": 2}}
+"""The tiny model, the same with the MLP of top-2 MoE's active size (2 x 256), and a 4-expert
+top-2 MoE (recpar.model.moe)."""
+
+
+@pytest.mark.parametrize("variant", list(MOE_VS_DENSE))
+def test_bench_tiny_train_step_moe_vs_dense(benchmark, variant):
+    """One AdamW step of the tiny model, batch 128 x 50 positions (the first 20 padding) over
+    1,682 items, deterministic algorithms on as in `recpar train`: what an MoE's routing,
+    permutation and per-expert matmuls cost against dense models of its total and active
+    size. extra_info: samples/s, parameters total and active, model FLOPs per token."""
+    cfg = ModelConfig.named("tiny", dropout=0.0, **MOE_VS_DENSE[variant])
+    torch.manual_seed(0)
+    model = Recommender(cfg, ML100K_ITEMS).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    b, l = 128, cfg.max_seq_len
+    x = torch.randint(1, ML100K_ITEMS + 1, (b, l))
+    x[:, :20] = 0  # left padding (short histories)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        model.loss(x, x).backward()
+        opt.step()
+
+    torch.use_deterministic_algorithms(True)
+    try:
+        benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=1)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+    if (s := median_s(benchmark)) is None:
+        return
+    benchmark.extra_info.update(
+        throughput_samples_per_s=b / s, threads=torch.get_num_threads(),
+        params_count=cfg.param_count(ML100K_ITEMS),
+        params_active_count=cfg.active_param_counts(ML100K_ITEMS).total,
+        flops_per_token=cfg.flops_per_token(ML100K_ITEMS))
+
+
 def test_bench_tiny_score_last(benchmark):
     """Eval-mode scoring of 256 histories of 50 items against 63,001 items."""
     cfg = ModelConfig.named("tiny")
