@@ -3,9 +3,10 @@
 Ranks start from Python's multiprocessing forkserver, which imports PRELOAD once per pytest
 session; every rank is then a fork of it. Under the `spawn` start method every rank imported
 torch, recpar and megatron-core again: 2-5 s of CPU per rank on this 2-core machine, before
-its first line of test code. A forked rank runs the same code with the same fresh state: the
-server only imports modules (no tensor op has run in it, so no OpenMP pool is forked), and
-every worker seeds torch itself.
+its first line of test code. A forked rank runs the same code from the same fresh state: the
+server only imports modules (no tensor op has run in it, so no OpenMP pool is forked). Every
+rank starts from the server's RNG state; the workers seed torch themselves (recpar's training
+loop from the run's seed).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 PRELOAD = ["torch", "torch.distributed", "recpar.train.loop", "recpar.train.engines",
            "megatron.core.parallel_state", "megatron.core.tensor_parallel"]
 """What the rank workers import (the training loop and engines, megatron-core for TP). Not
-deepspeed: only its workers import it (a missing module is skipped by the server)."""
+deepspeed: only its own workers import it."""
 
 multiprocessing.set_forkserver_preload(PRELOAD)
 
