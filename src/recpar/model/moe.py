@@ -63,6 +63,8 @@ class MoEStats:
     combine), waiting for the slowest rank included."""
     ep: int = 1
     """Expert-parallel degree the layer ran with."""
+    all_to_all_element_bytes: int = 4
+    """Bytes per element of the token rows the all-to-alls carried (4: fp32)."""
 
     @property
     def imbalance(self) -> float:
@@ -91,6 +93,7 @@ class MoEMLP(nn.Module):
         # its traffic in, or None) -> their outputs.
         # None: every expert is here.
         self.dispatch = None
+        self.ep = 1  # expert-parallel degree; apply_ep sets it with `dispatch`
         self.experts = nn.ModuleList(MLP(cfg) for _ in range(cfg.num_moe_experts))  # dense MLPs
         self.reset_stats()
 
@@ -98,7 +101,7 @@ class MoEMLP(nn.Module):
         e = self.num_experts
         self.stats = MoEStats(tokens_per_expert=torch.zeros(e, dtype=torch.long),
                               dropped=torch.zeros((), dtype=torch.long),
-                              aux_loss_sum=torch.zeros(()))
+                              aux_loss_sum=torch.zeros(()), ep=self.ep)
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, L, d], pad [B, L] bool (True = padding position; None = none) -> [B, L, d]."""
@@ -118,7 +121,11 @@ class MoEMLP(nn.Module):
         routing_map = routing_map & real  # padding goes to no expert
         probs = probs * real
         routed = routing_map
-        n_real = int(real.sum())  # host sync: a Python int for megatron-core's capacity
+        training = self.training and torch.is_grad_enabled()
+        # host sync, only where a Python int is needed: megatron-core's capacity and the aux
+        # loss's token count (not in an evaluation forward of a dropless model)
+        n_real = (int(real.sum()) if self.capacity_factor is not None
+                  or (training and self.aux_loss_coeff > 0) else None)
         if self.capacity_factor is not None and n_real:
             # megatron-core computes the capacity, ceil(T k / E x factor), from the rows it is
             # given: it gets the real rows only, so padding neither counts nor takes capacity
@@ -129,7 +136,7 @@ class MoEMLP(nn.Module):
                 capacity_factor=self.capacity_factor)
             probs = torch.zeros_like(probs).index_copy(0, rows, kept_p)
             routing_map = torch.zeros_like(routing_map).index_copy(0, rows, kept_m)
-        if self.training and torch.is_grad_enabled():
+        if training:
             if self.aux_loss_coeff > 0:
                 aux_map, scores = compute_routing_scores_for_aux_loss(
                     logits, self.topk, "softmax", padding_mask=is_pad)  # masks padding rows
@@ -154,7 +161,7 @@ class MoEMLP(nn.Module):
         permuted, _, order = permute(tokens, routing_map)  # [sum kept, d], [sum kept]
         counts = routing_map.sum(dim=0).tolist()  # host sync: the split sizes are data-dependent
         if self.dispatch is not None:
-            stats = self.stats if self.training and torch.is_grad_enabled() else None
+            stats = self.stats if training else None
             expert_out = self.dispatch(permuted, counts, self.experts, stats)  # [sum kept, d]
         else:
             expert_out = torch.cat([expert(chunk) for expert, chunk
@@ -187,8 +194,9 @@ def moe_record(cfg: ModelConfig, n_items: int, model: nn.Module) -> dict:
             "forwards_count": st.forwards}
         if st.ep > 1 and st.forwards:
             # uniform routing: of the routed assignments, (ep-1)/ep go to another rank, out
-            # and back (fp32 rows of d_model)
-            predicted = 2 * routed / st.forwards * (st.ep - 1) / st.ep * cfg.d_model * 4
+            # and back (rows of d_model elements, of the size the all-to-alls carried)
+            predicted = (2 * routed / st.forwards * (st.ep - 1) / st.ep * cfg.d_model
+                         * st.all_to_all_element_bytes)
             layer.update(all_to_all_bytes_per_forward=st.all_to_all_bytes / st.forwards,
                          all_to_all_bytes_per_forward_uniform_formula=predicted,
                          all_to_all_ms_per_forward=1e3 * st.all_to_all_s / st.forwards)

@@ -118,7 +118,7 @@ class AllToAllDispatch:
             rows = sum(in_splits) - in_splits[me] + sum(out_splits) - out_splits[me]
             stats.all_to_all_bytes += rows * d * permuted.element_size()
             stats.all_to_all_s += exchange_s + time.perf_counter() - t1
-            stats.ep = ep
+            stats.all_to_all_element_bytes = permuted.element_size()
         return combined
 
 
@@ -139,6 +139,7 @@ def apply_ep(model: nn.Module, groups: ExpertGroups) -> list[nn.Parameter]:
         layer.experts = nn.ModuleDict({str(e): layer.experts[e]
                                        for e in range(first, first + local)})
         layer.dispatch = AllToAllDispatch(groups, local)
+        layer.ep = layer.stats.ep = groups.ep
         kept += list(layer.experts.parameters())
     return kept
 

@@ -24,7 +24,7 @@ import pandas as pd
 
 from recpar.report.render import to_markdown
 
-AUX_FREE = "moe_aux_loss_coeff"
+AUX_COEFF_KEY = "moe_aux_loss_coeff"
 
 
 def _model(rec: dict) -> dict:
@@ -81,7 +81,7 @@ def moe_rows(records: list[dict]) -> pd.DataFrame:
 
 def _without_aux(rec: dict) -> tuple:
     """What a record's run was, but its aux loss coefficient: the key of an aux on/off pair."""
-    model = {k: v for k, v in _model(rec).items() if k != AUX_FREE}
+    model = {k: v for k, v in _model(rec).items() if k != AUX_COEFF_KEY}
     return (repr(sorted(model.items())), repr(sorted(rec["plan"].items())), rec["seed"],
             rec["dataset"]["source"] if isinstance(rec.get("dataset"), dict) else None)
 
@@ -104,7 +104,7 @@ def moe_claims(records: list[dict]) -> list[dict]:
                        "evidence": "no MoE record", "verdict": "not run"})
     pairs: dict[tuple, dict[bool, dict]] = {}
     for r in moe:
-        pairs.setdefault(_without_aux(r), {})[_model(r)[AUX_FREE] > 0] = r
+        pairs.setdefault(_without_aux(r), {})[_model(r)[AUX_COEFF_KEY] > 0] = r
     judged = []
     for both in pairs.values():
         if True in both and False in both:
