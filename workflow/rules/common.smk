@@ -189,10 +189,14 @@ def moe_report_target():
     asks for it (config/moe.yaml)."""
     if not config.get("moe_report", False):
         return []
-    return [f"paper_tables/{SWEEP_NAME}/moe/{name}" for name in MOE_REPORT_FILES]
+    names = MOE_REPORT_FILES + (MOE_ALL_TO_ALL_FILES if TOPOLOGY == "emulated" else [])
+    return [f"paper_tables/{SWEEP_NAME}/moe/{name}" for name in names]
 
 
 MOE_REPORT_FILES = ["moe.md", "moe.csv", "expert_load.png"]
+# on the emulated cluster: the cost model's all-to-all term against the exchange times the
+# expert-parallel runs measured (recpar perfmodel moe-all-to-all)
+MOE_ALL_TO_ALL_FILES = ["moe_all_to_all.md", "moe_all_to_all.json"]
 
 
 def published_ablation(path):

@@ -113,6 +113,22 @@ rule moe_report:
         " --publish-records {output.records} > {log} 2>&1"
 
 
+rule moe_all_to_all:
+    input:
+        records=sweep_records(),
+    output:
+        expand("paper_tables/{{sweep}}/moe/{name}", name=MOE_ALL_TO_ALL_FILES),
+    conda:
+        "../../envs/environment.yaml"
+    log:
+        "logs/report/{sweep}/moe_all_to_all.log",
+    params:
+        out_dir=lambda w, output: os.path.dirname(output[0]),
+    shell:
+        "recpar perfmodel moe-all-to-all --records {input.records} --out {params.out_dir}"
+        " > {log} 2>&1"
+
+
 rule ablation_claims:
     input:
         quality=f"{ABLATIONS_DIR}/quality/quality_ablation.json",

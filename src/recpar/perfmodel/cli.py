@@ -12,6 +12,9 @@
     recpar perfmodel scale-model --hardware paper-a100 --cpu-budget 0.2 [--out FILE]
         (measures one budgeted device's training FLOP/s and prints the dilation and the
         profile's links scaled to it; needs root and a cgroup cpu controller)
+    recpar perfmodel moe-all-to-all --records DIR... --out DIR
+        (expert parallelism's all-to-all term against the exchange time MoE records measured
+        on the emulated cluster's calibrated links)
     recpar perfmodel allreduce-ablation --out DIR [--latencies 5ms/10ms,20ms/40ms] ...
         (ring vs hierarchical all-reduce across latency and message size on the emulated
         cluster, against the alpha-beta model; needs root and vde2)
@@ -275,6 +278,21 @@ def parse_latency_settings(text: str) -> tuple:
     if not out:
         raise ValueError("--latencies: give at least one INTRA/INTER setting")
     return tuple(out)
+
+
+def cmd_moe_all_to_all(args: argparse.Namespace) -> int:
+    from recpar.perfmodel.expert_dispatch import validate, write_outputs
+
+    try:
+        rows = validate(args.records)
+    except (OSError, ValueError) as e:
+        raise _fail(str(e)) from None
+    if not rows:
+        raise _fail(f"{', '.join(args.records)}: no expert-parallel MoE record (plan.ep > 1 "
+                    f"and a moe section)")
+    for path in write_outputs(rows, args.out):
+        print(path)
+    return 0
 
 
 def cmd_allreduce_ablation(args: argparse.Namespace) -> int:
@@ -612,6 +630,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ar.add_argument("--work-dir", default="results/ablations/allreduce",
                     help="the clusters' state, the probes' logs and raw results")
     ar.set_defaults(func=cmd_allreduce_ablation)
+
+    ma = sub.add_parser("moe-all-to-all",
+                        help="expert parallelism's all-to-all term against the exchange time "
+                             "MoE run records measured on the emulated cluster")
+    ma.add_argument("--records", nargs="+", required=True,
+                    help="record.json files or directories holding them")
+    ma.add_argument("--out", required=True, help="directory for moe_all_to_all.{md,json}")
+    ma.set_defaults(func=cmd_moe_all_to_all)
 
     co = sub.add_parser("compression-ablation",
                         help="every gradient compressor's data-parallel step across link rates "

@@ -210,6 +210,28 @@ def gloo_all_gather(n: float, p: int, link: LinkCost) -> float:
     return (p - 1) * (2 * link.alpha_s + n / p * link.beta_s_per_byte)
 
 
+def all_to_all(n: float, p: int, link: LinkCost) -> float:
+    """All-to-all of an n-byte send buffer per rank (n/p to each rank, itself included), every
+    exchange posted at once as NCCL's grouped send/recv does: α + (p−1)/p·nβ. The p−1 chunks
+    leave over the rank's one link, so they share its bandwidth; their latencies overlap
+    (MPICH's pairwise exchange, Thakur2005, pays (p−1)α)."""
+    _check_n(n), _check_p(p)
+    if p == 1:
+        return 0.0
+    return link.alpha_s + (p - 1) / p * n * link.beta_s_per_byte
+
+
+def gloo_all_to_all(n: float, p: int, link: LinkCost) -> float:
+    """gloo's all-to-all(v) of an n-byte send buffer per rank (gloo/alltoallv.cc): it posts a
+    send to and a receive from every other rank, then waits for all of them. Every receive is
+    posted in that same loop, so a send waits once for the receiver's recv-ready notice (as in
+    `gloo_ring_all_reduce`): 2α + (p−1)/p·nβ."""
+    _check_n(n), _check_p(p)
+    if p == 1:
+        return 0.0
+    return 2 * link.alpha_s + (p - 1) / p * n * link.beta_s_per_byte
+
+
 @dataclass(frozen=True)
 class CollectiveLibrary:
     """The cost formulas of one collective library's algorithms (all sizes as documented at the
@@ -223,12 +245,15 @@ class CollectiveLibrary:
     """Reduce-scatter of an n-byte input over p ranks."""
     all_gather: Callable[[float, int, LinkCost], float]
     """All-gather to an n-byte result over p ranks."""
+    all_to_all: Callable[[float, int, LinkCost], float]
+    """All-to-all of an n-byte send buffer per rank over p ranks."""
 
 
 LIBRARIES = {
-    "nccl": CollectiveLibrary("nccl", ring_all_reduce, ring_reduce_scatter, ring_all_gather),
+    "nccl": CollectiveLibrary("nccl", ring_all_reduce, ring_reduce_scatter, ring_all_gather,
+                              all_to_all),
     "gloo": CollectiveLibrary("gloo", gloo_ring_all_reduce, gloo_reduce_scatter,
-                              gloo_all_gather),
+                              gloo_all_gather, gloo_all_to_all),
 }
 """Collective libraries by the name a hardware profile's `collective_library` gives."""
 TEXTBOOK = LIBRARIES["nccl"]

@@ -1,0 +1,211 @@
+"""The all-to-all term of expert parallelism: what one MoE layer's token exchange costs, and that
+cost set against the exchange time MoE run records measured.
+
+One training forward of an MoE layer under ep > 1 (recpar.parallel.expert_parallel) runs three
+all-to-alls in its EP group: the token counts (an int64 [ep, E/ep] tensor, 8·E bytes per
+rank), the dispatch of the routed token rows, and the combine that sends the expert outputs
+back (the same rows). Backward runs the reverse of the last two. Each is priced with the
+collective library's all-to-all (`collectives.LIBRARIES`: gloo's on CPU) over the EP group's
+links:
+
+- inside one node: the intra-node link;
+- across nodes: a rank sends (L−1)/p of its buffer to the other L−1 ranks of its node over
+  the intra-node link, and (p−L)/p to the other nodes over its node's uplink, which the node's
+  L ranks of the group share (the two are separate paths, as NVLink and the NIC are, and as
+  the emulated cluster builds them: recpar.cluster.device_links). Both go at once and the
+  slower sets the time: over (p−1)/p of the buffer, the stream's β is
+  max((L−1)/(p−1)·β_intra, (p−L)/(p−1)·β_inter(L)); α is the larger of the two latencies
+  (only the uplink's with one rank per node).
+
+`validate` compares the prediction with the records' `moe.layers[*].all_to_all_ms_per_forward`
+(recpar.model.moe.moe_record: the forward's three all-to-alls, waiting for the slowest rank
+included) on the links each record's topology section reports as calibrated. Nothing in
+this term was fitted to those measurements: α and β come from the cluster's calibration
+(ping-pong and bulk transfer, recpar.cluster.calibrate), and the bytes from the record's own
+count of the rows it sent, so every MoE record is held out for it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from recpar.atomic_write import write_text
+from recpar.perfmodel.collectives import LIBRARIES, CollectiveLibrary, LinkCost
+from recpar.perfmodel.placement import group_span
+
+TARGET_PCT = 15.0
+"""|predicted − measured| / measured band of the verdict (issue 12's band for the cost model
+on the emulated cluster, recpar.perfmodel.validation.TARGET_PCT)."""
+
+COUNT_BYTES_PER_EXPERT = 8
+"""The token-count exchange: one int64 per (rank, local expert) pair, E of them per rank."""
+
+
+def ep_link(intra: LinkCost | None, inter: LinkCost | None, ep: int, ranks_per_node: int
+            ) -> LinkCost:
+    """The link one rank's all-to-all stream sees in an EP group of `ep` consecutive ranks
+    (expert_parallel.expert_groups) on nodes of `ranks_per_node` ranks (module docstring);
+    `inter` is the uplink's cost for one stream when the node's L streams share it."""
+    nodes, local = group_span(ep, 1, ranks_per_node)
+    if ep > 1 and local > 1 and intra is None:
+        raise ValueError(f"an EP group of {ep} ranks has {local} on one node: give the "
+                         f"intra-node link")
+    if nodes == 1:
+        return intra
+    if inter is None:
+        raise ValueError(f"an EP group of {ep} ranks spans {nodes} nodes: give the "
+                         f"inter-node link")
+    beta = (ep - local) / (ep - 1) * inter.beta_s_per_byte
+    alpha = inter.alpha_s
+    if local > 1:
+        beta = max(beta, (local - 1) / (ep - 1) * intra.beta_s_per_byte)
+        alpha = max(alpha, intra.alpha_s)
+    return LinkCost(alpha, beta, inter.gamma_s_per_byte)
+
+
+def forward_all_to_all_s(token_bytes: float, num_experts: int, ep: int, link: LinkCost,
+                         lib: CollectiveLibrary = LIBRARIES["gloo"]) -> float:
+    """Seconds of one MoE layer's training-forward exchange: the counts, then the dispatch and
+    the combine of `token_bytes` (the rows one rank's send buffer holds, its own included)."""
+    if ep == 1:
+        return 0.0
+    return (lib.all_to_all(COUNT_BYTES_PER_EXPERT * num_experts, ep, link)
+            + 2 * lib.all_to_all(token_bytes, ep, link))
+
+
+def step_all_to_all_s(token_bytes: float, num_experts: int, ep: int, link: LinkCost,
+                      lib: CollectiveLibrary = LIBRARIES["gloo"]) -> float:
+    """Forward and backward of one MoE layer (backward: the reverse dispatch and combine)."""
+    if ep == 1:
+        return 0.0
+    return forward_all_to_all_s(token_bytes, num_experts, ep, link, lib) \
+        + 2 * lib.all_to_all(token_bytes, ep, link)
+
+
+# --- against run records ---------------------------------------------------------------------
+
+def _link(section: Mapping[str, Any] | None) -> LinkCost | None:
+    """A topology section's calibrated link (rate in bit/s, one-way latency in s), or None."""
+    cal = (section or {}).get("calibrated") or {}
+    rate, latency = cal.get("rate_bit_per_s"), cal.get("latency_s")
+    if not rate or latency is None:
+        return None
+    return LinkCost.from_bandwidth(latency, rate / 8)
+
+
+def record_rows(record: Mapping[str, Any], where: str) -> list[dict]:
+    """One row per MoE layer of an expert-parallel record: measured against predicted."""
+    plan, topo, moe = record.get("plan") or {}, record.get("topology") or {}, record.get("moe")
+    ep = int(plan.get("ep", 1))
+    if not moe or ep < 2:
+        return []
+    base = {"run_id": record.get("run_id"), "seed": record.get("seed"), "source": where,
+            "ep": ep, "nodes": topo.get("nodes"), "ranks_per_node": topo.get("ranks_per_node")}
+    rpn = int(topo.get("ranks_per_node") or 1)
+    nodes, local = group_span(ep, 1, rpn)
+    intra = _link(topo.get("intra_node"))
+    inter = _link(topo.get("inter_node"))
+    note = None
+    if topo.get("kind") != "emulated":
+        note = f"topology {topo.get('kind')!r}: no calibrated links to price it with"
+    elif nodes > 1 and inter is None:
+        note = "no calibrated inter-node link in the record"
+    elif local > 1 and intra is None:
+        note = ("ranks of the EP group share a node's loopback: no calibrated intra-node "
+                "link")
+    rows = []
+    for layer in moe.get("layers", []):
+        row = dict(base, module=layer.get("module"))
+        measured = layer.get("all_to_all_ms_per_forward")
+        sent = layer.get("all_to_all_bytes_per_forward")  # to the other ranks, both exchanges
+        row.update(measured_ms=measured, bytes_to_others_per_forward=sent)
+        if note or measured is None or sent is None:
+            row.update(predicted_ms=None, textbook_ms=None, error_pct=None,
+                       verdict="not judged", note=note or "no all-to-all measured")
+            rows.append(row)
+            continue
+        # a send buffer holds 1/ep for this rank itself: the others' share is (ep-1)/ep of it
+        token_bytes = sent / 2 * ep / (ep - 1)
+        shared = (None if inter is None  # the uplink shared by this node's `local` streams
+                  else LinkCost(inter.alpha_s, inter.beta_s_per_byte * local))
+        link = ep_link(intra, shared, ep, rpn)
+        pred = 1e3 * forward_all_to_all_s(token_bytes, moe["num_experts"], ep, link)
+        book = 1e3 * forward_all_to_all_s(token_bytes, moe["num_experts"], ep, link,
+                                          LIBRARIES["nccl"])
+        err = 100 * (pred - measured) / measured if measured else None
+        row.update(predicted_ms=pred, textbook_ms=book, error_pct=err,
+                   verdict=("within" if err is not None and abs(err) <= TARGET_PCT
+                            else "missed"),
+                   link_alpha_ms=1e3 * link.alpha_s,
+                   link_rate_mbit_per_s=(8e-6 / link.beta_s_per_byte
+                                         if link.beta_s_per_byte else None),
+                   note=None)
+        rows.append(row)
+    return rows
+
+
+def validate(paths: Sequence[str | Path]) -> list[dict]:
+    """Rows of every record.json under `paths` (files or directories), sorted by run."""
+    rows: list[dict] = []
+    for p in paths:
+        p = Path(p)
+        files = sorted(p.rglob("record.json")) if p.is_dir() else [p]
+        if not files:
+            raise FileNotFoundError(f"{p}: no record.json")
+        for f in files:
+            try:
+                rec = json.loads(f.read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                raise ValueError(f"{f}: not a readable run record ({e})") from e
+            rows += record_rows(rec, str(f))
+    return sorted(rows, key=lambda r: (str(r["run_id"]), str(r["seed"]), str(r["module"])))
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    judged = [r for r in rows if r["verdict"] != "not judged"]
+    within = sum(r["verdict"] == "within" for r in judged)
+    lines = [
+        "# Expert parallelism: the all-to-all term of the cost model against measurement",
+        "",
+        "Measured: the forward's three all-to-alls of one MoE layer (token counts, dispatch, "
+        "combine), per training forward, rank 0, waiting for the slowest rank included "
+        "(recpar.model.moe). Predicted: recpar.perfmodel.expert_dispatch with gloo's "
+        "all-to-all (2α + (p−1)/p·nβ) on the links the record's calibration measured, for the "
+        "bytes the record counted; textbook: NCCL-style (α + (p−1)/p·nβ). Nothing was fitted "
+        f"to these runs. Band: ±{TARGET_PCT:g} %.",
+        "",
+        f"**{within} of {len(judged)} within the band**"
+        + (f"; {len(rows) - len(judged)} not judged" if len(rows) > len(judged) else "") + ".",
+        "",
+        "| run | seed | layer | ep | nodes × ranks | B to others / fwd | link | measured ms | "
+        "predicted ms | textbook ms | error | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        link = ("—" if r.get("link_rate_mbit_per_s") is None else
+                f"{r['link_rate_mbit_per_s']:.3g} Mbit/s, α {r['link_alpha_ms']:.3g} ms")
+        err = _fmt(r["error_pct"], "+.1f") + (" %" if r["error_pct"] is not None else "")
+        verdict = r["verdict"] + (f" ({r['note']})" if r.get("note") else "")
+        lines.append(
+            f"| {r['run_id']} | {r['seed']} | {r['module']} | {r['ep']} | "
+            f"{r['nodes']} × {r['ranks_per_node']} | "
+            f"{_fmt(r['bytes_to_others_per_forward'], ',.0f')} | {link} | "
+            f"{_fmt(r['measured_ms'], '.3g')} | {_fmt(r['predicted_ms'], '.3g')} | "
+            f"{_fmt(r['textbook_ms'], '.3g')} | {err} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(rows: Sequence[Mapping[str, Any]], out_dir: str | Path) -> list[Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md, js = out / "moe_all_to_all.md", out / "moe_all_to_all.json"
+    write_text(md, markdown(rows))
+    write_text(js, json.dumps({"target_pct": TARGET_PCT, "rows": list(rows)}, indent=1) + "\n")
+    return [md, js]
