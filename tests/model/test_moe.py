@@ -218,3 +218,27 @@ def test_routing_stays_fp32_under_bf16_autocast_and_the_step_runs():
     loss.backward()
     assert seen == {"router": torch.float32, "expert": torch.bfloat16}
     assert model.blocks[0].mlp.router.weight.grad.abs().sum() > 0
+
+
+def test_measured_experts_per_token_is_k_dropless_and_fewer_when_capacity_drops():
+    """recpar.model.moe.expert_forward_flops around a training step: the expert MLPs' forward
+    FLOPs per routed (token, layer) pair are k experts' worth; with a capacity that drops
+    assignments, fewer (the dropped ones are routed but not computed)."""
+    from recpar.model.moe import (expert_forward_flops, measured_experts_per_token,
+                                  routed_assignments)
+
+    for capacity, check in ((None, lambda x: x == pytest.approx(2.0, rel=1e-9)),
+                            (0.5, lambda x: 0 < x < 2.0)):
+        cfg = ModelConfig.named("tiny", n_layers=2, max_seq_len=12, dropout=0.0,
+                                num_moe_experts=4, moe_router_topk=2,
+                                moe_expert_capacity_factor=capacity)
+        torch.manual_seed(0)
+        model = Recommender(cfg, 90)
+        x = torch.randint(1, 91, (3, 12))
+        x[0, :5] = PAD_ITEM  # padding routes nowhere and computes nothing
+        with expert_forward_flops(model) as flops:
+            model.loss(x, x).backward()
+        routed = routed_assignments(model)
+        assert routed == 2 * 2 * int((x != PAD_ITEM).sum())  # k x layers x real tokens
+        assert check(measured_experts_per_token(cfg, flops[0], routed)), capacity
+    assert not any(m._forward_hooks for m in model.modules())  # the hooks are removed

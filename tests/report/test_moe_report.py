@@ -6,7 +6,7 @@ from recpar.report.moe import moe_claims, moe_report, moe_rows
 
 
 def _record(run_id: str, seed: int, experts: int, aux: float, imbalance: float,
-            ep: int = 1) -> dict:
+            ep: int = 1, experts_per_token: float | None = 2.0) -> dict:
     model = {"d_model": 64, "d_ff": 256}
     plan = {"scheme": "baseline", "dp": 1, "tp": 1, "pp": 1, "world_size": 1}
     if ep > 1:
@@ -27,7 +27,8 @@ def _record(run_id: str, seed: int, experts: int, aux: float, imbalance: float,
                          all_to_all_ms_per_forward=1.5)
         rec["moe"] = {"num_experts": experts, "router_topk": 2, "layers": [layer],
                       "params_total_count": 3000, "params_active_count": 1800,
-                      "flops_per_token": 1.1e6, "flops_per_token_dense_equal_total_params": 1.9e6}
+                      "flops_per_token": 1.1e6, "flops_per_token_dense_equal_total_params": 1.9e6,
+                      "experts_per_token_measured": experts_per_token}
     return rec
 
 
@@ -41,7 +42,10 @@ def test_rows_and_claims_from_an_aux_on_off_pair(tmp_path):
     assert df[df["run"] == "dense"]["MFLOP/token"].isna().all()  # no MoE section: absent
     claims = {c["claim"]: c for c in moe_claims(recs)}
     flops = claims["MoE computes only k experts per input"]
-    assert flops["verdict"] == "holds" and "0.58 of the FLOPs" in flops["evidence"]
+    assert flops["verdict"] == "holds"
+    assert "moe seed 0: 2.000 experts per token measured (k = 2 of 4); 0.58 of a dense " \
+        "model's FLOPs per token" in flops["evidence"]
+    assert ep_row["experts/token (measured)"] == 2.0
     balance = claims["load balancing (the auxiliary loss) evens the experts' load"]
     assert balance["verdict"] == "holds" and "1.20 with the loss (moe) vs 1.90 without" \
         in balance["evidence"]
@@ -60,3 +64,15 @@ def test_balance_claim_fails_when_the_aux_loss_does_not_even_the_load_and_needs_
     verdicts = {c["claim"]: c["verdict"] for c in moe_claims(other_seed)}
     assert verdicts["load balancing (the auxiliary loss) evens the experts' load"] == "not run"
     assert {c["verdict"] for c in moe_claims([_record("dense", 0, 0, 0.0, 0.0)])} == {"not run"}
+
+
+def test_expert_claim_is_measured_or_says_it_is_not():
+    claim = "MoE computes only k experts per input"
+    too_many = [_record("moe", 0, 4, 0.01, 1.2, experts_per_token=2.5)]
+    assert {c["claim"]: c for c in moe_claims(too_many)}[claim]["verdict"] == "does not hold"
+    all_of_them = [_record("moe", 0, 2, 0.01, 1.2, experts_per_token=2.0)]  # k = E = 2
+    assert {c["claim"]: c for c in moe_claims(all_of_them)}[claim]["verdict"] == "does not hold"
+    old = [_record("moe", 0, 4, 0.01, 1.2), _record("moe-old", 0, 4, 0.01, 1.2,
+                                                    experts_per_token=None)]
+    c = {c["claim"]: c for c in moe_claims(old)}[claim]
+    assert c["verdict"] == "not measured" and "moe-old" in c["evidence"]

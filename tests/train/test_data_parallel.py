@@ -127,6 +127,9 @@ def test_moe_dp_and_expert_parallel_runs_equal_the_single_device_moe_run(small_p
                                                  "dp2-ring-moe4top2-tiny-n1",
                                                  "dp2ep2-ring-moe4top2-tiny-n1"]
     assert e["plan"]["ep"] == 2 and "ep" not in d["plan"]
+    # the first step's expert FLOPs, summed over the ranks: k = 2 experts per token, not 4
+    for x in (b, d, e):
+        assert x["moe"]["experts_per_token_measured"] == pytest.approx(2.0, rel=1e-6)
     for name in ("dp", "ep"):
         worst = _max_weight_diff(tmp_path / "base", tmp_path / name)
         assert worst <= 1e-5, (name, worst)

@@ -73,6 +73,8 @@ def test_moe_run_records_its_router_load_and_active_parameters(small_prepared, t
     assert rec["config"]["model"]["num_moe_experts"] == 4
     assert m["params_active_count"] < m["params_total_count"] == rec["metrics"]["params_count"]
     assert m["flops_per_token"] < m["flops_per_token_dense_equal_total_params"]
+    # FlopCounterMode on the first step: each token ran through its k = 2 experts, not all 4
+    assert m["experts_per_token_measured"] == pytest.approx(2.0, rel=1e-6)
     dense = train(_spec(small_prepared, tmp_path / "dense",
                         train=dataclasses.replace(TRAIN, max_epochs=1)), progress=False)
     assert "moe" not in dense and not any(k.startswith("moe") or k == "num_moe_experts"

@@ -33,6 +33,7 @@ names every expert and expert parallelism can shard the list.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -171,12 +172,64 @@ class MoEMLP(nn.Module):
         return y.reshape(b, l, d)
 
 
-def moe_record(cfg: ModelConfig, n_items: int, model: nn.Module) -> dict:
+def routed_assignments(model: nn.Module) -> int:
+    """Token assignments (kept and dropped) the MoE layers of `model` counted so far."""
+    return sum(int(m.stats.tokens_per_expert.sum()) + int(m.stats.dropped)
+               for m in model.modules() if isinstance(m, MoEMLP))
+
+
+@contextlib.contextmanager
+def expert_forward_flops(model: nn.Module):
+    """Count the FLOPs the expert MLPs of `model` compute in their forwards while the block
+    runs; yields a one-element list holding the count. torch's FlopCounterMode counts every
+    op; a forward pre-hook and hook on each expert read its running total around the expert's
+    call. Only forwards: FlopCounterMode's attribution of backward ops to modules is not
+    reliable (module names without the block index, backward ops of other modules counted
+    inside an expert's window)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter, total, start = FlopCounterMode(display=False), [0], []
+    experts = [e for m in model.modules() if isinstance(m, MoEMLP)
+               for e in (m.experts.values() if isinstance(m.experts, nn.ModuleDict)
+                         else m.experts)]
+
+    def before(module, args):
+        start.append(counter.get_total_flops())
+
+    def after(module, args, out):
+        total[0] += counter.get_total_flops() - start.pop()
+
+    handles = [h for e in experts for h in (e.register_forward_pre_hook(before),
+                                             e.register_forward_hook(after))]
+    try:
+        with counter:
+            yield total
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def measured_experts_per_token(cfg: ModelConfig, flops: int, routed: int) -> float | None:
+    """Experts a token ran through in an MoE layer, measured: the expert MLPs' forward FLOPs
+    over one expert's forward FLOPs on one token, 2 x its 2 d d_ff matmul weights (Kaplan et
+    al. 2020 §2.1; biases and the activation are not matmuls, and FlopCounterMode counts
+    neither), per (token, MoE layer) pair. The pairs are the router's: `routed` assignments
+    (summed over the layers, `routed_assignments`) / k, each real token choosing k per layer."""
+    pairs = routed / cfg.moe_router_topk
+    if not pairs:
+        return None
+    return flops / (2 * 2 * cfg.d_model * cfg.d_ff) / pairs
+
+
+def moe_record(cfg: ModelConfig, n_items: int, model: nn.Module,
+               counted_step: tuple[int, int] | None = None) -> dict:
     """The run record's `moe` section: per MoE block what its router did over the training
     forwards of this process (a resumed run: since it resumed), on this rank's share of each
     batch (tokens per expert, imbalance = max / mean, dropped assignments, mean aux loss: its
     share of the batch's), and the parameters and FLOPs per token a token uses against a
-    dense model with the same total parameters."""
+    dense model with the same total parameters. `counted_step`: (expert MLP forward FLOPs,
+    routed assignments) of one training step (`expert_forward_flops`), summed over the ranks
+    (None: no step counted, e.g. a resumed run)."""
     layers = []
     for name, module in model.named_modules():
         if not isinstance(module, MoEMLP):
@@ -208,4 +261,6 @@ def moe_record(cfg: ModelConfig, n_items: int, model: nn.Module) -> dict:
         "params_active_count": cfg.active_param_counts(n_items).total,
         "flops_per_token": cfg.flops_per_token(n_items),
         "flops_per_token_dense_equal_total_params": cfg.flops_per_token(n_items, active=False),
+        "experts_per_token_measured": (None if counted_step is None else
+                                       measured_experts_per_token(cfg, *counted_step)),
     }

@@ -258,6 +258,9 @@ class _Timed:
     comm_stats: dict = field(default_factory=dict)
     first_epoch_batches: list[torch.Tensor] | None = None
     """The batches of the first epoch run, which `Engine.finish` replays."""
+    moe_counted_step: tuple[int, int] | None = None
+    """An MoE run's first step, a warm-up step, counted: this rank's (expert MLP forward FLOPs,
+    routed token assignments); None when no step was counted."""
 
 
 @dataclass
@@ -373,7 +376,10 @@ def _step_batches(run: _Run, state: _Progress, timed: _Timed, batches: list[torc
             engine.window_opened()
         in_window = window.open
         t_start = time.time()
-        res = engine.step(inputs, targets, idx)
+        if run.model_cfg.num_moe_experts and state.step == 0 and not in_window:
+            res = _counted_moe_step(run, timed, idx)
+        else:
+            res = engine.step(inputs, targets, idx)
         run.timeline.add(state.step + 1, t_start, time.time())
         if in_window and res.fwd_bwd_ms is not None:
             timed.fwd_bwd_ms.append(res.fwd_bwd_ms)
@@ -387,6 +393,20 @@ def _step_batches(run: _Run, state: _Progress, timed: _Timed, batches: list[torc
             state.stop = True
             break
     return losses
+
+
+def _counted_moe_step(run: _Run, timed: _Timed, idx: torch.Tensor):
+    """The engine's step with the expert MLPs' forward FLOPs counted (torch's FlopCounterMode),
+    to measure how many experts a token runs through (recpar.model.moe.measured_experts_per_
+    token). A warm-up step: the counter's dispatch overhead stays out of the timing window."""
+    from recpar.model.moe import expert_forward_flops, routed_assignments
+
+    model = run.engine.ctx.model
+    routed0 = routed_assignments(model)
+    with expert_forward_flops(model) as flops:
+        res = run.engine.step(run.inputs, run.targets, idx)
+    timed.moe_counted_step = (flops[0], routed_assignments(model) - routed0)
+    return res
 
 
 def _validate(run: _Run, state: _Progress, scorer: EvalCopy | None, epoch: int,
@@ -497,7 +517,13 @@ def _gather_measurements(run: _Run, timed: _Timed, t_train0: float) -> _Measured
     if run.model_cfg.num_moe_experts:
         from recpar.model.moe import moe_record
 
-        moe = moe_record(run.model_cfg, run.ds.n_items, run.engine.ctx.model)
+        counted = timed.moe_counted_step
+        if run.world > 1:  # every rank's, summed (a collective: every rank counted or none)
+            every = [None] * run.world
+            dist.all_gather_object(every, counted)
+            counted = (None if any(c is None for c in every)
+                       else tuple(map(sum, zip(*every))))
+        moe = moe_record(run.model_cfg, run.ds.n_items, run.engine.ctx.model, counted)
     timing_metrics = window.metrics()
     if timed.fwd_bwd_ms:
         timing_metrics["fwd_bwd_ms_per_iter"] = float(np.mean(timed.fwd_bwd_ms))
