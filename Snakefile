@@ -16,6 +16,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/cluster.smk"
+include: "workflow/rules/ablations.smk"
 
 
 onsuccess:
@@ -37,3 +38,4 @@ rule all:
         moe_report_target(),
         chaos_target(),
         perfmodel_validation_target(),
+        ablation_targets(),

@@ -121,3 +121,18 @@ def test_a_failed_run_is_named_with_its_log(tmp_path):
     with pytest.raises(RuntimeError, match=r"pipeline ablation: bad exited with 3 \(log: .*bad"):
         run_logged([sys.executable, "-c", "import sys; sys.exit(3)"], tmp_path / "bad.log",
                    "pipeline ablation: bad")
+
+
+def test_without_cpu_budgets_it_stops_before_any_run(tmp_path, monkeypatch):
+    """Not root (or no cgroup cpu controller): one line with the reason, and no case started
+    (as `recpar perfmodel scale-model`), not a failed first run."""
+    from recpar.cluster import cpu_budget
+
+    (tmp_path / "stats.json").write_text("{}")
+    monkeypatch.setattr(cpu_budget, "unavailable_reason",
+                        lambda: "a CPU budget needs root (it writes cgroup files)")
+    monkeypatch.setattr(A, "run", lambda *a, **k: pytest.fail("a case was started"))
+    with pytest.raises(SystemExit, match=r"--cpu-budget 0.2: a CPU budget needs root"):
+        run(["perfmodel", "pipeline-ablation", "--data", str(tmp_path),
+             "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()

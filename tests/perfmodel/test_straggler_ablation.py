@@ -117,3 +117,19 @@ def test_cli_names_what_is_wrong_before_anything_runs(tmp_path, capsys, args, me
                      "--out", str(tmp_path / "out"), *args])
     assert message in str(e.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_without_cpu_budgets_it_stops_before_any_run(tmp_path, monkeypatch):
+    """Not root (or no cgroup cpu controller): one line with the reason before any cluster or
+    run is started."""
+    from recpar.cluster import cpu_budget
+
+    (tmp_path / "stats.json").write_text("{}")
+    monkeypatch.setattr(cpu_budget, "unavailable_reason",
+                        lambda: "a CPU budget needs root (it writes cgroup files)")
+    monkeypatch.setattr(S, "run", lambda *a, **k: pytest.fail("the ablation was started"))
+    with pytest.raises(SystemExit) as e:
+        recpar_main(["perfmodel", "straggler-ablation", "--data", str(tmp_path),
+                     "--out", str(tmp_path / "out")])
+    assert "--cpu-budget 0.5: a CPU budget needs root" in str(e.value)
+    assert not (tmp_path / "out").exists()

@@ -167,11 +167,13 @@ def quality_delta_target():
 
 # The quality ablation (config/quality_ablation.yaml sets quality_ablation_report): its table
 # and figure, and the claims on Formulas 10-12 and hierarchical All-Reduce, which also read the
-# published results of the CLI ablations (compression, allreduce) where they exist.
-ABLATIONS_DIR = "paper_tables/ablations"
+# results of the CLI ablations (compression, allreduce): made by their rules where the config's
+# `ablation_studies` lists them, else the published ones where they exist.
+from recpar.perfmodel import ablation_studies
+
+ABLATIONS_DIR = ablation_studies.ABLATIONS_DIR
 QUALITY_ABLATION_FILES = [f"{ABLATIONS_DIR}/quality/quality_ablation.{ext}"
                           for ext in ("json", "csv", "md", "png")]
-COMPRESSION_ABLATION = f"{ABLATIONS_DIR}/compression/compression_link_rate.json"
 
 
 def quality_ablation_target():
@@ -202,6 +204,68 @@ MOE_ALL_TO_ALL_FILES = ["moe_all_to_all.md", "moe_all_to_all.json"]
 def published_ablation(path):
     """`path` as an input where it exists (a CLI ablation's published result), else nothing."""
     return [path] if os.path.exists(path) else []
+
+
+# The CLI-driven ablations as rules (workflow/rules/ablations.smk): `ablation_studies` lists
+# the ones the workflow makes (config/ablation_studies.yaml lists all four), `ablation_options`
+# their commands' options (recpar.perfmodel.ablation_studies).
+ABLATION_STUDIES = config.get("ablation_studies", [])
+ABLATION_OPTIONS = config.get("ablation_options") or {}
+ABLATION_DATA = f"{DATA}/{config['dataset']}"
+ABLATION_SCALE_MODEL = "results/ablations/compression/scale_model.json"
+
+
+def ablation_targets():
+    """The published files of every study the config lists."""
+    return [f for study in ABLATION_STUDIES for f in ablation_studies.outputs(study)]
+
+
+def ablation_result(study):
+    """`study`'s result JSON as an input: the rule's output where the config lists the study
+    (it is made first), else the published file where it exists."""
+    path = ablation_studies.result_json(study)
+    return [path] if study in ABLATION_STUDIES else published_ablation(path)
+
+
+def ablation_flags(study):
+    """The config's options of `study` as its command's flags (empty: the command's defaults)."""
+    return ablation_studies.cli_flags(ABLATION_OPTIONS.get(study))
+
+
+def ablation_inputs(study, **files):
+    """`files` as the inputs of `study`'s rule, ancient(): a published result is not measured
+    again because its data is newer (a fresh checkout prepares the data again). ancient() does
+    not cover an input that does not exist yet: the job that makes it would trigger the study
+    (snakemake's DAG), so where one is missing and the study's files are all there, the rule
+    has no inputs and nothing to do."""
+    published = all(os.path.exists(f) for f in ablation_studies.outputs(study))
+    if published and not all(os.path.exists(f) for f in files.values()):
+        return {}
+    return {name: ancient(path) for name, path in files.items()}
+
+
+def ablation_data_inputs(study, **files):
+    """ablation_inputs with the dataset's prepared files (stats.json, and the item-text
+    embeddings: after the data stage, whose jobs would take CPU the measured devices lack)."""
+    return lambda w: ablation_inputs(study, stats=f"{ABLATION_DATA}/stats.json",
+                                     emb=f"{ABLATION_DATA}/item_text_emb.npy", **files)
+
+
+def straggler_inputs(wildcards):
+    """The data, and the quality ablation's JSON (its target band) where this workflow makes it
+    (quality_ablation_report)."""
+    quality = QUALITY_ABLATION_FILES[0]
+    extra = {"quality": quality} if quality in quality_ablation_target() else {}
+    return ablation_data_inputs("straggler", **extra)(wildcards)
+
+
+def straggler_quality_flag(input):
+    """--quality: the quality ablation's JSON where it is an input or exists (read, not an
+    input then: its rule would come into the DAG with whatever sweep this config runs)."""
+    path = QUALITY_ABLATION_FILES[0]
+    if getattr(input, "quality", None) or os.path.exists(path):
+        return f"--quality {path}"
+    return ""
 
 
 # Cost-model validation (config perfmodel_validation, emulated topology only): every run of the

@@ -74,7 +74,8 @@ rule quality_delta:
 rule quality_ablation:
     input:
         records=sweep_records(),
-        compression=published_ablation(COMPRESSION_ABLATION),
+        # made first where the config lists the study, else the published one if it exists
+        compression=ablation_result("compression"),
     output:
         files=QUALITY_ABLATION_FILES,
         # the records it was rendered from (`recpar report restore-records` resumes the grid
@@ -132,8 +133,8 @@ rule moe_all_to_all:
 rule ablation_claims:
     input:
         quality=f"{ABLATIONS_DIR}/quality/quality_ablation.json",
-        published=published_ablation(COMPRESSION_ABLATION)
-        + published_ablation(f"{ABLATIONS_DIR}/allreduce/allreduce_latency.json"),
+        # made first where the config lists the study, else the published one if it exists
+        ablations=ablation_result("compression") + ablation_result("allreduce"),
     output:
         f"{ABLATIONS_DIR}/claims.md",
     conda:

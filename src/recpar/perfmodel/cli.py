@@ -408,6 +408,16 @@ def cmd_step_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _require_cpu_budget(cores: float) -> None:
+    """Stop before anything runs where CPU budgets cannot be applied (root, a cgroup cpu
+    controller), with the reason, as `scale-model` does."""
+    from recpar.cluster.cpu_budget import unavailable_reason
+
+    reason = unavailable_reason()
+    if reason is not None:
+        raise _fail(f"--cpu-budget {cores:g}: {reason}")
+
+
 def cmd_straggler_ablation(args: argparse.Namespace) -> int:
     from recpar.perfmodel.straggler_ablation import StragglerAblation, run, target_band
 
@@ -423,6 +433,7 @@ def cmd_straggler_ablation(args: argparse.Namespace) -> int:
                     else f"--slowdowns: {e}") from None
     if not (Path(args.data) / "stats.json").is_file():
         raise _fail(f"--data {args.data}: no stats.json (run `recpar data prepare`)")
+    _require_cpu_budget(cfg.cpu_budget)
     paths = run(cfg, args.data, args.work_dir, args.out, band,
                 progress=lambda m: print(m, flush=True))
     print("wrote " + ", ".join(map(str, paths)))
@@ -451,6 +462,7 @@ def cmd_pipeline_ablation(args: argparse.Namespace) -> int:
                     else f"--microbatches: {e}") from None
     if not (Path(args.data) / "stats.json").is_file():
         raise _fail(f"--data {args.data}: no stats.json (run `recpar data prepare`)")
+    _require_cpu_budget(cfg.cpu_budget)
     run(cfg, args.data, args.work_dir, args.out, progress=lambda m: print(m, flush=True))
     print(f"wrote {args.out}/pipeline_bubble.{{json,csv,md,png}}")
     return 0
