@@ -92,8 +92,16 @@ def test_moe_model_names_itself_in_the_run_id_and_other_schemes_are_refused():
     assert _spec(args, "baseline").run_id == "baseline-moe4top2-cap1.25-tiny-n1"
     args = _args("--scheme", "zero", "--dp", "2", "--model-override", "num_moe_experts=4")
     with pytest.raises(ValueError, match="num_moe_experts=4: an MoE model trains with schemes "
-                                         "baseline and dp only so far, not zero"):
+                                         "baseline and dp, and mp / hybrid with tensor "
+                                         "parallelism only .pp = 1., not scheme zero"):
         _spec(args, "zero")
+    args = _args("--scheme", "mp", "--pp", "2", "--model-override", "num_moe_experts=4")
+    with pytest.raises(ValueError, match="not scheme mp with pp = 2"):
+        _spec(args, "mp")
+    args = _args("--scheme", "hybrid", "--dp", "2", "--tp", "2", "--model-override",
+                 "num_moe_experts=4")
+    args.model_size = "tiny"
+    assert _spec(args, "hybrid").run_id == "dp2tp2-ring-moe4top2-tiny-n1"
 
 
 def test_model_overrides_option_adds_model_fields_after_the_configs():

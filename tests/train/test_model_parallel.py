@@ -21,6 +21,7 @@ a gradient, so the reported train loss (the global mean) is compared too.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -163,6 +164,39 @@ def test_mp_pp2_equals_single_device(small_prepared, baseline_run, tmp_path):
     assert m["pp_tied_grad_payload_bytes_per_iter"] > 0  # rank 0 holds the tied table
     _assert_losses_match(record.read(baseline_run / "record.json"), rec)
     _assert_weights_match(baseline_run, tmp_path / "pp")
+
+
+@pytest.mark.multiprocess
+def test_moe_under_tensor_parallelism_equals_single_device(small_prepared, tmp_path):
+    """dp2 x tp2 (4 ranks) of a 4-expert top-2 MoE model: the experts stay whole on every TP
+    rank, the load-balancing loss is the global batch's; it ends with the single-device MoE
+    run's weights and losses (the module docstring's tolerances), and the TP collectives are
+    the formula's, 2 fewer per MoE block than a dense block's."""
+    _need(4)
+    moe = ["--model-override", "num_moe_experts=4"]
+    runs = {"base": ["--scheme", "baseline"],
+            "hybrid": ["--scheme", "hybrid", "--dp", "2", "--tp", "2"]}
+    for name, scheme in runs.items():
+        r = _run(["train", *scheme, "--data", str(small_prepared), "--out",
+                  str(tmp_path / name), *COMMON, *moe])
+        assert r.returncode == 0, (name, r.stderr[-4000:])
+    base, hybrid = (record.read(tmp_path / n / "record.json") for n in runs)
+    assert hybrid["run_id"] == "dp2tp2-ring-moe4top2-tiny-n1"
+    from recpar.model.config import ModelConfig
+    from recpar.parallel.tensor_parallel import tp_comm_per_step
+
+    cfg = ModelConfig(**hybrid["config"]["model"])
+    assert cfg.n_moe_blocks == cfg.n_layers == 2
+    _assert_losses_match(base, hybrid)
+    _assert_weights_match(tmp_path / "base", tmp_path / "hybrid")
+    assert hybrid["moe"]["experts_per_token_measured"] == pytest.approx(2.0, rel=1e-6)
+    m = hybrid["metrics"]
+    rows = (m["throughput_samples_per_s"] * hybrid["timing"]["window_s"]
+            / hybrid["timing"]["timed_steps"]) / hybrid["plan"]["dp"]  # one replica's
+    f = tp_comm_per_step(cfg, rows, 12, 2)
+    assert m["tp_comm_calls_per_rank_per_iter"] == f.allreduce_calls
+    dense = dataclasses.replace(cfg, num_moe_experts=0)
+    assert f.allreduce_calls == tp_comm_per_step(dense, rows, 12, 2).allreduce_calls - 2 * 2
 
 
 @pytest.mark.multiprocess

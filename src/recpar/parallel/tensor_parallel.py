@@ -6,6 +6,7 @@ What each tensor-parallel (TP) rank holds after `apply_tp(model, plan)`, tp = pl
     blocks[i].attn.proj  RowParallelLinear     d/tp -> d    all-reduce of the output
     blocks[i].mlp.fc     ColumnParallelLinear  d -> d_ff/tp
     blocks[i].mlp.proj   RowParallelLinear     d_ff/tp -> d all-reduce of the output
+                         (an MoE block's router and experts: whole on every TP rank)
     item_id_emb          VocabParallelEmbedding rows [vocab_start, vocab_end) of the padded table
     text_emb (buffer)    the same rows of the frozen text table (zero rows for padding)
     everything else      replicated (positions, LayerNorms, text_proj, row-parallel biases)
@@ -49,6 +50,7 @@ from torch import nn
 
 from recpar.constants import PAD_ITEM
 from recpar.model.config import ModelConfig
+from recpar.model.moe import MoEMLP
 from recpar.model.recommender import Recommender
 from recpar.parallel.plan import ParallelPlan, PlanError
 from recpar.parallel.vocab_parallel import VocabShardedItemTable
@@ -271,16 +273,23 @@ def apply_tp(model: Recommender, plan: ParallelPlan, *,
         qkv = column(d, 3 * d, config=mcfg, init_method=ident, bias=True, gather_output=False)
         attn_proj = row(d, d, config=mcfg, init_method=ident, bias=True,
                         input_is_parallel=True, skip_bias_add=False)
-        fc = column(d, f, config=mcfg, init_method=ident, bias=True, gather_output=False)
-        mlp_proj = row(f, d, config=mcfg, init_method=ident, bias=True, input_is_parallel=True,
-                       skip_bias_add=False)
         # column-parallel: output rows (and bias) split; row-parallel: input columns split,
         # bias replicated (added once, after the all-reduce)
         _copy_linear(qkv, attn.qkv, 0, True, rank, tp)
         _copy_linear(attn_proj, attn.proj, 1, False, rank, tp)
-        _copy_linear(fc, mlp.fc, 0, True, rank, tp)
-        _copy_linear(mlp_proj, mlp.proj, 1, False, rank, tp)
-        attn.qkv, attn.proj, mlp.fc, mlp.proj = qkv, attn_proj, fc, mlp_proj
+        attn.qkv, attn.proj = qkv, attn_proj
+        if not isinstance(mlp, MoEMLP):
+            fc = column(d, f, config=mcfg, init_method=ident, bias=True, gather_output=False)
+            mlp_proj = row(f, d, config=mcfg, init_method=ident, bias=True,
+                           input_is_parallel=True, skip_bias_add=False)
+            _copy_linear(fc, mlp.fc, 0, True, rank, tp)
+            _copy_linear(mlp_proj, mlp.proj, 1, False, rank, tp)
+            mlp.fc, mlp.proj = fc, mlp_proj
+        # An MoE block's router and experts stay whole on every TP rank (megatron-core's
+        # expert_tensor_parallel_size = 1, without its token split over the TP group): each
+        # rank routes every token of its replica through full experts. Their input (the
+        # residual stream) and their output gradient are the same on every TP rank, so their
+        # gradients are complete and equal there, like a LayerNorm's: no TP collective.
         # megatron's name for the local head count; the forward derives it from the width.
         attn.num_attention_heads_per_partition = cfg.n_heads // tp
         _fork_attention_dropout(attn, rng)
@@ -378,14 +387,16 @@ def tp_comm_per_step(cfg: ModelConfig, batch_size: int, seq_len: int, tp: int,
     """Formula for the TP all-reduces of one training step of `TensorParallelRecommender`.
 
     Per layer: attn.proj and mlp.proj outputs forward, qkv and fc input gradients backward —
-    4 of [B, T, d]. Plus the embedding lookup (forward) and the logits' hidden-state gradient
-    (backward): 2 of [B, T, d]. The vocab-parallel loss: max, target logit, sum of exp —
+    4 of [B, T, d]; 2 in an MoE block, whose experts are not split (`apply_tp`). Plus the
+    embedding lookup (forward) and the logits' hidden-state gradient (backward): 2 of
+    [B, T, d]. The vocab-parallel loss: max, target logit, sum of exp —
     3 of [B, T] fp32. Text fusion: text_proj weight and bias gradients, d·text_dim + d.
     clip_grad: one fp32 scalar for the global norm.
     """
     act = batch_size * seq_len * cfg.d_model * dtype_bytes
-    calls = 4 * cfg.n_layers + 2 + 3
-    payload = (4 * cfg.n_layers + 2) * act + 3 * batch_size * seq_len * 4
+    per_layer = 4 * cfg.n_layers - 2 * cfg.n_moe_blocks
+    calls = per_layer + 2 + 3
+    payload = (per_layer + 2) * act + 3 * batch_size * seq_len * 4
     if cfg.text_dim:
         calls += 2
         payload += (cfg.d_model * cfg.text_dim + cfg.d_model) * dtype_bytes

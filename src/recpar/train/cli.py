@@ -197,11 +197,16 @@ def _spec(args, scheme: str):
         raise ValueError(f"--model-override cross_entropy_chunk_size="
                          f"{model.cross_entropy_chunk_size}: scheme deepspeed's head computes "
                          f"its logits whole (the chunked loss serves every other scheme)")
-    if model.num_moe_experts and scheme not in ("baseline", "dp"):
+    if model.num_moe_experts and (scheme not in ("baseline", "dp", "mp", "hybrid")
+                                  or plan.pp > 1):
         # dp replicates the experts (recpar.parallel.moe_data_parallel) or, with --ep, shards
-        # them (recpar.parallel.expert_parallel); MoE under the other schemes is not built
+        # them (recpar.parallel.expert_parallel); tensor parallelism keeps them whole on every
+        # TP rank (recpar.parallel.tensor_parallel.apply_tp). Pipeline stages, ZeRO, async and
+        # DeepSpeed do not route through experts yet.
         raise ValueError(f"--model-override num_moe_experts={model.num_moe_experts}: an MoE "
-                         f"model trains with schemes baseline and dp only so far, not {scheme}")
+                         f"model trains with schemes baseline and dp, and mp / hybrid with "
+                         f"tensor parallelism only (pp = 1), not scheme {scheme} with "
+                         f"pp = {plan.pp}")
     if train.compile and scheme not in ("baseline", "dp"):
         raise ValueError(f"train.compile: scheme {scheme} is not compiled (baseline and dp are)")
     train, default_precision = _scheme_precision(train, scheme)

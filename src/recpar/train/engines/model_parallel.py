@@ -113,6 +113,12 @@ class ModelParallelEngine(Engine):
             profile = self._profile_single_device(self.replica_rows // plan.num_microbatches)
 
         self.model = apply_tp(ctx.model, plan, seed=spec.seed)
+        if self.dp > 1 and self.pp == 1:
+            from recpar.parallel.moe_data_parallel import apply_moe_dp
+
+            # an MoE model's load-balancing loss over the global batch: the dp replicas' token
+            # counts (the TP ranks of a replica route the same tokens); no-op when dense
+            apply_moe_dp(self.model, self.dp, group=pg.dp_group())
         # parameter name -> dim its TP shards split (megatron's partition_dim)
         self._shard_dims = {n: int(p.partition_dim) for n, p in self.model.named_parameters()
                             if getattr(p, "tensor_model_parallel", False)}
