@@ -72,7 +72,9 @@ def test_expert_claim_is_measured_or_says_it_is_not():
     assert {c["claim"]: c for c in moe_claims(too_many)}[claim]["verdict"] == "does not hold"
     all_of_them = [_record("moe", 0, 2, 0.01, 1.2, experts_per_token=2.0)]  # k = E = 2
     assert {c["claim"]: c for c in moe_claims(all_of_them)}[claim]["verdict"] == "does not hold"
-    old = [_record("moe", 0, 4, 0.01, 1.2), _record("moe-old", 0, 4, 0.01, 1.2,
-                                                    experts_per_token=None)]
-    c = {c["claim"]: c for c in moe_claims(old)}[claim]
+    old = _record("moe-old", 0, 4, 0.01, 1.2, experts_per_token=None)
+    c = {c["claim"]: c for c in moe_claims([_record("moe", 0, 4, 0.01, 1.2), old])}[claim]
+    assert c["verdict"] == "holds" and "not measured (records from before the count, or " \
+        "resumed runs): moe-old" in c["evidence"]
+    c = {c["claim"]: c for c in moe_claims([old])}[claim]
     assert c["verdict"] == "not measured" and "moe-old" in c["evidence"]

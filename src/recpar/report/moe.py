@@ -16,7 +16,7 @@ Claims:
   k and below the number of experts, in every MoE record (a count: no band beyond float
   rounding, 1e-6 relative). Beside it, the model FLOPs per token against a dense model with
   the same total parameters, from the formula. Records without the measurement (older ones,
-  resumed runs) leave the claim "not measured";
+  resumed runs) are named in the evidence; with none measured the claim is "not measured";
 - "load balancing evens the load": every pair of runs that differ only in the aux loss
   coefficient (same seed, same plan) has a lower mean imbalance with it than without it.
 """
@@ -101,23 +101,26 @@ def moe_claims(records: list[dict]) -> list[dict]:
                  m["num_experts"],
                  m["flops_per_token"] / m["flops_per_token_dense_equal_total_params"])
                 for r in moe for m in [r["moe"]]]
+    counted = [m for m in measured if m[2] is not None]
+    missing = sorted({run for run, _, x, *_ in measured if x is None})
     if not measured:
         claims.append({"claim": claim, "evidence": "no MoE record", "verdict": "not run"})
-    elif any(x is None for _, _, x, *_ in measured):
-        missing = sorted({run for run, _, x, *_ in measured if x is None})
+    elif not counted:
         claims.append({"claim": claim,
                        "evidence": f"no measured experts per token in {', '.join(missing)} "
-                                   "(a record from before the count, or a resumed run)",
+                                   "(records from before the count, or resumed runs)",
                        "verdict": "not measured"})
     else:
-        holds = all(x <= k * (1 + 1e-6) and x < e for _, _, x, k, e, _ in measured)
-        claims.append({
-            "claim": claim,
-            "evidence": "; ".join(
-                f"{run} seed {seed}: {x:.3f} experts per token measured (k = {k} of {e}); "
-                f"{ratio:.2f} of a dense model's FLOPs per token at equal total parameters "
-                "(formula)" for run, seed, x, k, e, ratio in measured),
-            "verdict": "holds" if holds else "does not hold"})
+        holds = all(x <= k * (1 + 1e-6) and x < e for _, _, x, k, e, _ in counted)
+        evidence = "; ".join(
+            f"{run} seed {seed}: {x:.3f} experts per token measured (k = {k} of {e}); "
+            f"{ratio:.2f} of a dense model's FLOPs per token at equal total parameters "
+            "(formula)" for run, seed, x, k, e, ratio in counted)
+        if missing:
+            evidence += (f"; not measured (records from before the count, or resumed runs): "
+                         f"{', '.join(missing)}")
+        claims.append({"claim": claim, "evidence": evidence,
+                       "verdict": "holds" if holds else "does not hold"})
     pairs: dict[tuple, dict[bool, dict]] = {}
     for r in moe:
         pairs.setdefault(_without_aux(r), {})[_model(r)[AUX_COEFF_KEY] > 0] = r
