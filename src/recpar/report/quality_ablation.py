@@ -386,7 +386,7 @@ def figure(res: Mapping[str, Any], path: Path) -> None:
         bx.set_yscale("log")
         bx.legend(fontsize=7)
     bx.set_xlabel("inter-node link rate, calibrated (bit/s, scale model)")
-    bx.set_ylabel("time to quality (s, scale model; steps × measured iteration time)")
+    bx.set_ylabel("time to quality (s, scale model)\nsteps × measured iteration time")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
