@@ -24,7 +24,10 @@ def test_world_size_mismatch_names_the_numbers():
     (dict(scheme="dp", dp=0), "dp must be a positive integer"),
     (dict(scheme="mp", pipeline_schedule="zigzag"), "unknown pipeline_schedule"),
     (dict(scheme="dp", dp=4, ep=3), "ep = 3 does not divide dp = 4"),
-    (dict(scheme="mp", tp=2, ep=2), "ep = 2: expert parallelism runs under scheme dp, not mp"),
+    (dict(scheme="mp", tp=2, ep=2), "ep = 2: expert parallelism runs under scheme dp, or "
+                                    r"hybrid with pp = 1 \(dp x tp\), not mp with pp = 1"),
+    (dict(scheme="hybrid", dp=2, pp=2, num_microbatches=2, ep=2),
+     "not hybrid with pp = 2"),
     (dict(scheme="dp", dp=4, ep=0), "ep must be a positive integer"),
     (dict(scheme="dp", dp=4, ep=4), "ep = 4 needs an MoE model whose num_moe_experts it "
                                     "divides; num_moe_experts = 6"),

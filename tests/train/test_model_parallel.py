@@ -168,35 +168,42 @@ def test_mp_pp2_equals_single_device(small_prepared, baseline_run, tmp_path):
 
 @pytest.mark.multiprocess
 def test_moe_under_tensor_parallelism_equals_single_device(small_prepared, tmp_path):
-    """dp2 x tp2 (4 ranks) of a 4-expert top-2 MoE model: the experts stay whole on every TP
-    rank, the load-balancing loss is the global batch's; it ends with the single-device MoE
-    run's weights and losses (the module docstring's tolerances), and the TP collectives are
-    the formula's, 2 fewer per MoE block than a dense block's."""
+    """dp2 x tp2 (4 ranks) of a 4-expert top-2 MoE model, without and with expert parallelism
+    (ep2: each TP rank's dp pair shares out the experts). The experts stay whole on every TP
+    rank, the load-balancing loss is the global batch's; both end with the single-device MoE
+    run's weights and losses (the module docstring's tolerances; the ep run's checkpoint
+    gathers every expert), and the TP collectives are the formula's, 2 fewer per MoE block
+    than a dense block's."""
     _need(4)
     moe = ["--model-override", "num_moe_experts=4"]
-    runs = {"base": ["--scheme", "baseline"],
-            "hybrid": ["--scheme", "hybrid", "--dp", "2", "--tp", "2"]}
+    hybrid = ["--scheme", "hybrid", "--dp", "2", "--tp", "2"]
+    runs = {"base": ["--scheme", "baseline"], "hybrid": hybrid, "ep": [*hybrid, "--ep", "2"]}
     for name, scheme in runs.items():
         r = _run(["train", *scheme, "--data", str(small_prepared), "--out",
                   str(tmp_path / name), *COMMON, *moe])
         assert r.returncode == 0, (name, r.stderr[-4000:])
-    base, hybrid = (record.read(tmp_path / n / "record.json") for n in runs)
-    assert hybrid["run_id"] == "dp2tp2-ring-moe4top2-tiny-n1"
+    base, hyb, ep = (record.read(tmp_path / n / "record.json") for n in runs)
+    assert (hyb["run_id"], ep["run_id"]) == ("dp2tp2-ring-moe4top2-tiny-n1",
+                                             "dp2ep2tp2-ring-moe4top2-tiny-n1")
+    assert ep["plan"]["ep"] == 2
     from recpar.model.config import ModelConfig
     from recpar.parallel.tensor_parallel import tp_comm_per_step
 
-    cfg = ModelConfig(**hybrid["config"]["model"])
+    cfg = ModelConfig(**hyb["config"]["model"])
     assert cfg.n_moe_blocks == cfg.n_layers == 2
-    _assert_losses_match(base, hybrid)
-    _assert_weights_match(tmp_path / "base", tmp_path / "hybrid")
-    assert hybrid["moe"]["experts_per_token_measured"] == pytest.approx(2.0, rel=1e-6)
-    m = hybrid["metrics"]
-    rows = (m["throughput_samples_per_s"] * hybrid["timing"]["window_s"]
-            / hybrid["timing"]["timed_steps"]) / hybrid["plan"]["dp"]  # one replica's
-    f = tp_comm_per_step(cfg, rows, 12, 2)
-    assert m["tp_comm_calls_per_rank_per_iter"] == f.allreduce_calls
+    for name, rec in (("hybrid", hyb), ("ep", ep)):
+        _assert_losses_match(base, rec)
+        _assert_weights_match(tmp_path / "base", tmp_path / name)
+        assert rec["moe"]["experts_per_token_measured"] == pytest.approx(2.0, rel=1e-6)
+        m = rec["metrics"]
+        rows = (m["throughput_samples_per_s"] * rec["timing"]["window_s"]
+                / rec["timing"]["timed_steps"]) / rec["plan"]["dp"]  # one replica's
+        f = tp_comm_per_step(cfg, rows, 12, 2)
+        assert m["tp_comm_calls_per_rank_per_iter"] == f.allreduce_calls, name
     dense = dataclasses.replace(cfg, num_moe_experts=0)
     assert f.allreduce_calls == tp_comm_per_step(dense, rows, 12, 2).allreduce_calls - 2 * 2
+    for layer in ep["moe"]["layers"]:  # tokens crossed to the other replica's experts
+        assert layer["all_to_all_bytes_per_forward"] > 0
 
 
 @pytest.mark.multiprocess

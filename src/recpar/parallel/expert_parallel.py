@@ -2,9 +2,12 @@
 groups of data-parallel ranks, tokens sent to their experts' ranks by all-to-all.
 
 megatron-core's rule: expert-parallel (EP) groups are carved from the data-parallel ranks.
-With dp ranks and degree ep (ep | dp), ranks [i ep, (i + 1) ep) form an EP group; each of its
-ranks holds E / ep experts, the ep_rank-th contiguous block; the dp / ep ranks holding the
-same block form its expert-data-parallel (EDP) group. Non-expert weights stay replicated and
+With dp ranks and degree ep (ep | dp), dp ranks [i ep, (i + 1) ep) form an EP group; each of
+its ranks holds E / ep experts, the ep_rank-th contiguous block; the dp / ep ranks holding the
+same block form its expert-data-parallel (EDP) group. Under dp x tp every TP rank's dp group
+is carved alike: the TP ranks of a replica hold the same experts, whole (an MoE block is not
+tensor-parallel, recpar.parallel.tensor_parallel), and exchange tokens with the same TP rank
+of the other replicas. Non-expert weights stay replicated and
 DDP averages their gradients over all dp ranks; expert weights are left out of DDP.
 
 Forward of one MoE layer on one rank (recpar.model.moe routes, this module dispatches):
@@ -55,24 +58,36 @@ class ExpertGroups:
     """The ranks holding the same experts (None when dp == ep: no other copy)."""
 
 
-def expert_groups(dp: int, ep: int) -> ExpertGroups:
-    """Make the EP and EDP groups (a collective: every rank calls it, in the same order)."""
+def expert_groups(dp_groups: int | list[list[int]], ep: int) -> ExpertGroups:
+    """Make the EP and EDP groups (a collective: every rank calls it, in the same order).
+
+    `dp_groups`: every data-parallel group's global ranks in dp-rank order, the same list on
+    every rank (dp x tp: one group per TP rank, megatron's dp groups); an int dp means the one
+    group 0..dp-1 (scheme dp). Each dp group is carved alike (module docstring)."""
+    groups = [list(range(dp_groups))] if isinstance(dp_groups, int) else dp_groups
+    dp = len(groups[0])
     if ep < 1 or dp % ep:
         raise ValueError(f"expert parallelism: ep = {ep} must divide dp = {dp}")
     rank = dist.get_rank()
     ep_group = edp_group = None
-    for i in range(dp // ep):  # EP groups: consecutive blocks of ep ranks
-        ranks = list(range(i * ep, (i + 1) * ep))
-        g = dist.new_group(ranks)
-        if rank in ranks:
-            ep_group = g
-    if dp > ep:
-        for j in range(ep):  # EDP groups: the ranks with the same ep_rank
-            ranks = list(range(j, dp, ep))
+    ep_rank = -1
+    for members in groups:
+        for i in range(dp // ep):  # EP groups: consecutive blocks of ep dp ranks
+            ranks = members[i * ep:(i + 1) * ep]
             g = dist.new_group(ranks)
             if rank in ranks:
-                edp_group = g
-    return ExpertGroups(dp=dp, ep=ep, ep_rank=rank % ep, ep_group=ep_group, edp_group=edp_group)
+                ep_group, ep_rank = g, ranks.index(rank)
+    if dp > ep:
+        for members in groups:
+            for j in range(ep):  # EDP groups: the dp ranks with the same ep_rank
+                ranks = members[j::ep]
+                g = dist.new_group(ranks)
+                if rank in ranks:
+                    edp_group = g
+    if ep_group is None:
+        raise ValueError(f"expert parallelism: rank {rank} is in none of the dp groups "
+                         f"{groups}")
+    return ExpertGroups(dp=dp, ep=ep, ep_rank=ep_rank, ep_group=ep_group, edp_group=edp_group)
 
 
 class AllToAllDispatch:
@@ -175,7 +190,8 @@ def clip_grad_norm_(model: nn.Module, expert_params: list[nn.Parameter], max_nor
 def gather_full_state_dict(model: nn.Module, groups: ExpertGroups) -> dict | None:
     """The single-device state dict on EP rank 0 of each EP group (every expert gathered from
     its EP group), None elsewhere; a collective over the EP group."""
-    local = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    local = {k: v.detach().cpu() for k, v in model.state_dict().items()
+             if isinstance(v, torch.Tensor)}  # not megatron TP layers' `_extra_state`
     experts = {k: v for k, v in local.items() if ".experts." in k}
     gathered: list[dict] = [None] * groups.ep  # type: ignore[list-item]
     dist.all_gather_object(gathered, experts, group=groups.ep_group)

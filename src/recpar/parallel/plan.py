@@ -93,9 +93,10 @@ class ParallelPlan:
                 f"does not equal the world size {world_size}"
             )
         if self.ep > 1:
-            if self.scheme != "dp":
-                raise PlanError(f"ep = {self.ep}: expert parallelism runs under scheme dp, "
-                                f"not {self.scheme}")
+            if self.scheme not in ("dp", "hybrid") or self.pp > 1:
+                raise PlanError(f"ep = {self.ep}: expert parallelism runs under scheme dp, or "
+                                f"hybrid with pp = 1 (dp x tp), not {self.scheme} with "
+                                f"pp = {self.pp}")
             if self.dp % self.ep:
                 raise PlanError(f"ep = {self.ep} does not divide dp = {self.dp} (expert-parallel "
                                 "groups are carved from the data-parallel ranks)")

@@ -343,13 +343,16 @@ class TensorParallelRecommender(VocabShardedItemTable, Recommender):
                            "independently; re-initialise the single-device model and apply_tp")
 
 
-def clip_grad_norm_(model: nn.Module, max_norm: float) -> torch.Tensor:
+def clip_grad_norm_(model: nn.Module, max_norm: float, expert_params=(),
+                    ep_group: dist.ProcessGroup | None = None) -> torch.Tensor:
     """Clip gradients by the global norm of the model-parallel replica; returns that norm.
 
     Sharded parameters count on every rank, replicated ones on TP rank 0 only (megatron's
     `param_is_not_tensor_parallel_duplicate`); squares are summed over the model-parallel
-    group. Written here because megatron's get_grad_norm_fp32 allocates on 'cuda'
-    unconditionally; the scaling itself is torch's `clip_grads_with_norm_`.
+    group. `expert_params` sharded over `ep_group` (recpar.parallel.expert_parallel): their
+    squares are summed over that group first, so every expert of the model counts once.
+    Written here because megatron's get_grad_norm_fp32 allocates on 'cuda' unconditionally;
+    the scaling itself is torch's `clip_grads_with_norm_`.
     """
     from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
 
@@ -358,11 +361,19 @@ def clip_grad_norm_(model: nn.Module, max_norm: float) -> torch.Tensor:
     params = [p for p in model.parameters() if p.grad is not None]
     if not params:
         return torch.zeros(())
-    counted = [p.grad.detach().float() for p in params
-               if param_is_not_tensor_parallel_duplicate(p)]
+    experts = {id(p) for p in expert_params}
     sq = torch.zeros((), dtype=torch.float32, device=params[0].grad.device)
-    for g in counted:
-        sq = sq + g.pow(2).sum()
+    esq = torch.zeros_like(sq)
+    for p in params:
+        if param_is_not_tensor_parallel_duplicate(p):
+            g2 = p.grad.detach().float().pow(2).sum()
+            if id(p) in experts:
+                esq = esq + g2
+            else:
+                sq = sq + g2
+    if experts:
+        dist.all_reduce(esq, group=ep_group)  # every block of experts once
+        sq = sq + esq
     if pg.is_initialized():
         dist.all_reduce(sq, group=pg.model_parallel_group())
     total = sq.sqrt()

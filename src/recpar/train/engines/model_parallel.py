@@ -113,12 +113,18 @@ class ModelParallelEngine(Engine):
             profile = self._profile_single_device(self.replica_rows // plan.num_microbatches)
 
         self.model = apply_tp(ctx.model, plan, seed=spec.seed)
+        self.expert_groups, self.experts = None, []
         if self.dp > 1 and self.pp == 1:
             from recpar.parallel.moe_data_parallel import apply_moe_dp
 
             # an MoE model's load-balancing loss over the global batch: the dp replicas' token
             # counts (the TP ranks of a replica route the same tokens); no-op when dense
             apply_moe_dp(self.model, self.dp, group=pg.dp_group())
+            if plan.ep > 1:  # experts sharded over ep dp ranks (recpar.parallel.expert_parallel)
+                from recpar.parallel.expert_parallel import apply_ep, expert_groups
+
+                self.expert_groups = expert_groups(self._all_dp_groups(), plan.ep)
+                self.experts = apply_ep(self.model, self.expert_groups)
         # parameter name -> dim its TP shards split (megatron's partition_dim)
         self._shard_dims = {n: int(p.partition_dim) for n, p in self.model.named_parameters()
                             if getattr(p, "tensor_model_parallel", False)}
@@ -168,25 +174,35 @@ class ModelParallelEngine(Engine):
         dist.broadcast_object_list(box, src=0)
         return Profile.from_record(box[0])
 
+    def _all_dp_groups(self) -> list[list[int]]:
+        """Every dp group's global ranks, in dp-rank order, identical on all ranks (a
+        collective)."""
+        mine = list(dist.get_process_group_ranks(self.pg.dp_group()))
+        everyone: list = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, mine)
+        return [list(r) for r in sorted({tuple(r) for r in everyone})]
+
     def _wrap_dp(self, grad_sync) -> None:
-        """DDP over megatron's dp group, one per trained module, each with its hook state."""
+        """DDP over megatron's dp group, one per trained module, each with its hook state;
+        sharded experts are left out (reduce_expert_grads averages them)."""
         from recpar.comm.hooks import make_grad_sync_hook
 
         group = self.pg.dp_group()
-        # Every dp group's ranks, identical on all ranks (the hook state creates its own
-        # copies of all of them, collectively).
-        mine = list(dist.get_process_group_ranks(group))
-        everyone: list = [None] * dist.get_world_size()
-        dist.all_gather_object(everyone, mine)
-        all_groups = [list(r) for r in sorted({tuple(r) for r in everyone})]
+        # the hook state creates its own copies of every dp group, collectively
+        all_groups = self._all_dp_groups()
         dev = self.ctx.device
+        skip = {id(p) for p in self.experts}
         targets = [self.step_module] if self.runner is None else list(self.runner.module)
         for mod in targets:
+            if skip:
+                DDP._set_params_and_buffers_to_ignore_for_model(
+                    mod, [n for n, p in mod.named_parameters() if id(p) in skip])
             ddp = DDP(mod, process_group=group, broadcast_buffers=False,
                       device_ids=[dev.index] if dev.type == "cuda" else None,
                       **grad_sync.ddp_kwargs())
+            named = [(n, p) for n, p in mod.named_parameters() if id(p) not in skip]
             state, hook = make_grad_sync_hook(grad_sync, group, all_group_ranks=all_groups,
-                                              named_parameters=mod.named_parameters())
+                                              named_parameters=named)
             ddp.register_comm_hook(state, hook)
             self.ddps.append(ddp)
             self.sync_states.append(state)
@@ -230,6 +246,10 @@ class ModelParallelEngine(Engine):
             with self.autocast():
                 loss, loss_sum = fn(x, y, torch.tensor(gcount, device=dev))
             loss.backward()  # TP all-reduces inside; with DDP returns once buckets are reduced
+            if self.expert_groups is not None:
+                from recpar.parallel.expert_parallel import reduce_expert_grads
+
+                reduce_expert_grads(self.experts, self.expert_groups)
             device_sync(dev)
             fb_ms = 1e3 * (time.perf_counter() - t0)
             replica_loss_sum = float(loss_sum)
@@ -252,13 +272,22 @@ class ModelParallelEngine(Engine):
         else:
             from recpar.parallel.tensor_parallel import clip_grad_norm_
 
-            clip_grad_norm_(self.model, max_norm)
+            ep_group = self.expert_groups.ep_group if self.expert_groups is not None else None
+            clip_grad_norm_(self.model, max_norm, self.experts, ep_group)
 
     # -- weights --
     def full_state_dict(self):
-        if self.dp_rank != 0:
+        if self.expert_groups is not None:
+            from recpar.parallel.expert_parallel import gather_full_state_dict
+
+            # a collective over each EP group: its first rank (dp rank 0 of replica group 0
+            # among them) gets every expert beside its own TP shard
+            local = gather_full_state_dict(self.model, self.expert_groups)
+            if self.dp_rank != 0:
+                return None
+        elif self.dp_rank != 0:
             return None  # the other replicas hold the same weights
-        if self.runner is not None:
+        elif self.runner is not None:
             local = self.runner.full_state_dict()  # collective over this pipeline group
         else:
             local = self.model.state_dict()
