@@ -36,6 +36,17 @@ def test_scenario_from_record_reads_plan_topology_and_vocab():
         scenario_from_record(bad, "r.json")
 
 
+def test_an_moe_record_is_refused_not_priced_as_dense():
+    moe = record()
+    moe["config"]["model"] = {**moe["config"]["model"], "num_moe_experts": 4}
+    with pytest.raises(CostInputError, match="r.json: config.model.num_moe_experts = 4: the "
+                                             "iteration model prices dense models only"):
+        scenario_from_record(moe, "r.json")
+    dense = record()
+    dense["config"]["model"]["num_moe_experts"] = 0  # an explicit 0 is a dense model
+    assert scenario_from_record(dense).shape.d_model == 32
+
+
 def test_predict_record_is_labelled_projected(toy_hw):
     out = predict_record(record(), toy_hw)
     assert out["kind"] == KIND == "projected"

@@ -99,6 +99,12 @@ def scenario_from_record(record: Mapping[str, Any], where: str = "<record>",
         raise CostInputError(f"{where}: expected a JSON object")
     model = dict(_get(record, "config.model", where))
     model.update(overrides or {})
+    if model.get("num_moe_experts"):
+        raise CostInputError(
+            f"{where}: config.model.num_moe_experts = {model['num_moe_experts']}: the iteration "
+            "model prices dense models only (an MoE model's expert parameters, routed FLOPs and "
+            "token all-to-alls are not in it; the all-to-all term alone is checked by "
+            "`recpar perfmodel moe-all-to-all`)")
     if not any(k in model for k in ModelShape.ALIASES["vocab_size"]):
         # `dataset.stats.items` is what `recpar data prepare` writes (and run records carry).
         n_items = model.get("n_items", _get(record, "dataset.stats.n_items", where, None))
