@@ -30,7 +30,7 @@ onerror:
 rule all:
     input:
         "paper_tables/table1.md",
-        "paper_tables/baseline_quality.md",
+        BASELINE_QUALITY,
         sweep_records(),
         expand("paper_tables/{sweep}/{name}", sweep=SWEEP_NAME, name=REPORT_TABLES + REPORT_FIGURES),
         quality_delta_target(),

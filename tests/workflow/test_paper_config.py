@@ -88,3 +88,6 @@ def test_dry_run_lists_every_paper_job_with_its_slurm_resources():
     assert "nodes=4, gres=gpu:8, slurm_extra=--exclusive" in job and "runtime=240" in job
     assert "--topology slurm" in job
     assert "tiny-n1" not in out.split("Job stats")[0].split("rule sweep_run")[-1]
+    # its quality baseline under its own name: the default grid's committed table stays
+    assert "output: paper_tables/baseline_quality-amazon-electronics-2014-350m.md" in out
+    assert "paper_tables/baseline_quality.md" not in out

@@ -11,6 +11,13 @@ DATA = "results/data"
 RAW = "data/raw"
 MODEL_SIZE = config["model"]["size"]
 BASELINE_RUN = f"baseline-{MODEL_SIZE}-n1"
+# The quality baseline's table and the records it is rendered from: config/config.yaml's
+# dataset and model size keep the plain, committed names; any other grid's (config/paper.yaml,
+# the held-out small model) carry both in the name, so no grid overwrites another's.
+_QUALITY_KEY = ("" if (config["dataset"], MODEL_SIZE) == ("movielens-100k", "tiny")
+                else f"-{config['dataset']}-{MODEL_SIZE}")
+BASELINE_QUALITY = f"paper_tables/baseline_quality{_QUALITY_KEY}.md"
+BASELINE_QUALITY_RECORDS = f"paper_tables/records/baseline_quality{_QUALITY_KEY}"
 
 
 def source_opts(source):

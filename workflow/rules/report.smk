@@ -7,16 +7,16 @@ rule baseline_quality:
         popular=records("most-popular"),
     output:
         table=report(
-            "paper_tables/baseline_quality.md",
+            BASELINE_QUALITY,
             caption="../report/baseline_quality.rst",
             category="Quality",
         ),
         # the records it was rendered from, so the committed table can be re-rendered
-        records=directory("paper_tables/records/baseline_quality"),
+        records=directory(BASELINE_QUALITY_RECORDS),
     conda:
         "../../envs/environment.yaml"
     log:
-        "logs/report/baseline_quality.log",
+        f"logs/report/baseline_quality{_QUALITY_KEY}.log",
     shell:
         "recpar report quality --records {input.baseline} {input.popular} --out {output.table}"
         " --publish-records {output.records} > {log} 2>&1"
