@@ -244,7 +244,8 @@ def test_tiny_pipeline_runs_end_to_end(tmp_path):
     assert "192,403" in table1 and "movielens-100k" in table1 and "synthetic-amazon" in table1
     # not the default grid's dataset: its own name (the committed table is not touched)
     assert not (tmp_path / "paper_tables" / "baseline_quality.md").exists()
-    quality = (tmp_path / "paper_tables" / "baseline_quality-synthetic-amazon-tiny.md").read_text()
+    quality = (tmp_path / "paper_tables"
+               / "baseline_quality-synthetic-amazon-tiny.md").read_text()
     assert "baseline-tiny-n1 | 2 |" in quality and "most-popular | 2 |" in quality
     from recpar.train import record
 
