@@ -300,6 +300,29 @@ def _mean_weight_diff(a_dir: Path, b_dir: Path) -> float:
 
 
 @pytest.mark.multiprocess
+def test_bf16_tensor_parallel_equals_single_device_bf16(small_prepared, baseline_run, tmp_path):
+    """2 ranks: tp2 under CPU bf16 autocast (megatron's f / g operators around autocast's
+    linear, recpar.parallel.tensor_parallel) against the single device under bf16, with the
+    pipeline test's bounds: closer to single-device bf16 than single-device fp32 is."""
+    _need(2)
+    bf16 = ["--set", "precision=bf16"]
+    base16 = tmp_path / "base16"
+    assert recpar_main(["train", "--scheme", "baseline", "--data", str(small_prepared),
+                        "--out", str(base16), *COMMON, *bf16]) == 0
+    r = _run(["train", "--scheme", "mp", "--tp", "2", "--data", str(small_prepared),
+              "--out", str(tmp_path / "run"), *COMMON, *bf16])
+    assert r.returncode == 0, r.stderr[-4000:]
+    rec, ref = record.read(tmp_path / "run" / "record.json"), record.read(base16 / "record.json")
+    assert rec["run_id"] == "tp2-bf16-tiny-n1"
+    for h, hb in zip(rec["history"], ref["history"], strict=True):
+        assert h["train_loss"] == pytest.approx(hb["train_loss"], rel=BF16_LOSS_RTOL)
+    to_bf16 = _mean_weight_diff(tmp_path / "run", base16)
+    fp32_to_bf16 = _mean_weight_diff(baseline_run, base16)
+    assert to_bf16 <= BF16_MEAN_WEIGHT_TOL, to_bf16
+    assert to_bf16 < fp32_to_bf16, (to_bf16, fp32_to_bf16)
+
+
+@pytest.mark.multiprocess
 def test_bf16_pipeline_equals_single_device_bf16(small_prepared, baseline_run, tmp_path):
     """2 ranks: pp2 under bf16 autocast (train.precision) against the single device under
     bf16: the stages' forwards autocast, the head hands fp32 logits to the loss. The plan must
@@ -325,8 +348,6 @@ def test_bf16_pipeline_equals_single_device_bf16(small_prepared, baseline_run, t
 
 
 @pytest.mark.parametrize("plan, message", [
-    (["--scheme", "mp", "--tp", "2"],
-     "megatron-core's tensor-parallel layers run bf16 autocast on CUDA only"),
     (["--scheme", "deepspeed", "--pp", "2"], "bf16: scheme deepspeed trains in fp32 only"),
 ])
 def test_bf16_where_it_cannot_run_is_refused_before_any_rank_starts(small_prepared, tmp_path,

@@ -85,14 +85,33 @@ def validate_tp(cfg: ModelConfig, plan: ParallelPlan) -> None:
 # Subclasses (not wrappers) keep the parameter names of the single-device model
 # (`blocks.0.attn.qkv.weight`), so optimiser grouping and state-dict keys line up.
 
+# Under CPU autocast the layers take another path. megatron's forward runs the matmul inside
+# its own autograd function (LinearWithGradAccumulationAndAsyncCommunication), whose backward
+# re-enters autocast for CUDA only (torch.amp.custom_bwd(device_type="cuda")): on CPU it would
+# meet a bf16 output gradient and an fp32 weight. There the same TP operators are composed from
+# pieces autograd and autocast both know: megatron's own f / g mappings
+# (copy_to_tensor_model_parallel_region: identity forward, all-reduce of the input gradient;
+# reduce_from_tensor_model_parallel_region: all-reduce forward) around F.linear, which CPU
+# autocast runs in bf16 and differentiates in the weight's dtype. Outside CPU autocast (fp32 on
+# CPU, anything on CUDA) megatron's forward runs unchanged.
+
+def _cpu_autocast(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+
+
 @functools.cache
 def _layer_classes():
     from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+    from megatron.core.tensor_parallel.mappings import (copy_to_tensor_model_parallel_region,
+                                                        reduce_from_tensor_model_parallel_region)
 
     class TPColumnLinear(ColumnParallelLinear):
         """ColumnParallelLinear (gather_output=False) whose forward returns only the output."""
 
         def forward(self, input_: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+            if _cpu_autocast(input_):
+                x = copy_to_tensor_model_parallel_region(input_)  # [.., d], grad all-reduced
+                return torch.nn.functional.linear(x, self.weight, self.bias)  # [.., out/tp]
             out, _ = super().forward(input_)
             return out
 
@@ -100,6 +119,10 @@ def _layer_classes():
         """RowParallelLinear (input_is_parallel=True) whose forward returns only the output."""
 
         def forward(self, input_: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+            if _cpu_autocast(input_):
+                partial = torch.nn.functional.linear(input_, self.weight)  # [.., d] partial sum
+                out = reduce_from_tensor_model_parallel_region(partial)
+                return out + self.bias.to(out.dtype)  # the bias once, after the sum
             out, _ = super().forward(input_)
             return out
 

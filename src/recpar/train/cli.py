@@ -210,13 +210,6 @@ def _spec(args, scheme: str):
     if train.compile and scheme not in ("baseline", "dp"):
         raise ValueError(f"train.compile: scheme {scheme} is not compiled (baseline and dp are)")
     train, default_precision = _scheme_precision(train, scheme)
-    if plan.tp > 1 and train.resolved_precision() == "bf16" and train.device == "cpu":
-        # megatron-core's TP linears re-enter autocast in backward for CUDA only (their
-        # autograd functions use torch.amp.custom_bwd(device_type="cuda")): on CPU the
-        # backward meets a bf16 gradient and an fp32 weight.
-        raise ValueError(f"--tp {plan.tp} with train.precision = bf16 on cpu: megatron-core's "
-                         "tensor-parallel layers run bf16 autocast on CUDA only; use fp32 on "
-                         "CPU (the default) or --set device=cuda")
     if scheme in ("mp", "hybrid"):
         _validate_model_parallel(plan, model)
     if scheme == "deepspeed":  # DeepSpeed's 1F1B, batch = micro × microbatches × dp, TP shards
