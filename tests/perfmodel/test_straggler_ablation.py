@@ -51,8 +51,8 @@ def _rec(run_id, curve, s_per_epoch, hr, staleness=None, shares=None):
                          "valid_hr_at_10": v} for e, v in enumerate(curve)]}
 
 
-def _write(tmp_path, f, scheme, rec):
-    p = S.run_dir(tmp_path, scheme, f) / "record.json"
+def _write(tmp_path, f, scheme, rec, seed=0):
+    p = S.run_dir(tmp_path, scheme, f, seed) / "record.json"
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(json.dumps(rec))
     return str(p)
@@ -91,6 +91,40 @@ def test_time_to_quality_against_sync_under_each_slowdown(tmp_path):
     assert "×4 async-dynamic: 0: 40, 3: 20" in md
 
 
+def test_several_seeds_each_against_its_own_sync_then_mean_and_std(tmp_path):
+    """Two seeds: each seed's runs are judged against that seed's sync DP (seed 1's sync peaks
+    lower, so its target is lower), then averaged per (slowdown, scheme); a scheme that misses
+    the target on one seed is counted as such and is not named the fastest."""
+    cfg = S.StragglerAblation(slowdowns=(1.0,), schemes=("sync", "async-dynamic"), seeds=(0, 1))
+    runs = {}
+    for seed, sync_curve, async_curve, async_hr in (
+            (0, [0.15, 0.195, 0.20], [0.10, 0.2], 0.19),   # async reaches 0.19 at epoch 2
+            (1, [0.15, 0.17, 0.19], [0.10, 0.12], 0.17)):  # target 0.18: async never
+        runs[seed] = {"1": {
+            "sync": _write(tmp_path, 1.0, "sync", _rec(f"s{seed}", sync_curve, 10, 0.2), seed),
+            "async-dynamic": _write(tmp_path, 1.0, "async-dynamic",
+                                    _rec(f"a{seed}", async_curve, 5, async_hr), seed)}}
+    assert S.run_dir(tmp_path, "sync", 1.0, 1) == tmp_path / "seed1" / "slow1" / "sync"
+    res = S.analyse_seeds(cfg, runs, 0.01)
+    assert res["targets_by_seed"]["1"]["valid_hr_at_10"] == pytest.approx(0.18)
+    assert [r["seed"] for r in res["rows"]] == [0, 0, 1, 1]
+    summary = {r["scheme"]: r for r in res["summary"]}
+    assert summary["sync"]["reached"] == 2 and summary["async-dynamic"]["reached"] == 1
+    assert summary["sync"]["time_to_quality_s_mean"] == pytest.approx(25)  # 20 and 30 s
+    assert summary["sync"]["time_to_quality_s_std"] == pytest.approx(7.0711, rel=1e-4)
+    assert summary["async-dynamic"]["time_to_quality_s_mean"] == 10  # seed 0 only
+    assert summary["async-dynamic"]["test_hr_at_10_delta_mean"] == pytest.approx(-0.02)
+    md = S.markdown(res)
+    assert "Mean ± std over the 2 seeds" in md and "**Answer (measured, 2 seeds).**" in md
+    assert ("straggler ×1: fastest to quality on average sync (25 ± 7 s); not on every seed: "
+            "async-dynamic (1/2).") in md
+    assert "| ×1 | async-dynamic | 1 | 2 | not reached |" in md
+    paths = S.write_outputs(res, tmp_path / "out")
+    assert paths[1].read_text().splitlines()[0].startswith("slowdown,scheme,seed,run_id")
+    with pytest.raises(ValueError, match="seeds must be distinct"):
+        S.StragglerAblation(seeds=(0, 0))
+
+
 def test_a_run_that_never_reaches_the_target_is_said_so(tmp_path):
     rec = _rec("x", [0.1, 0.12], 5, 0.1)
     assert S.time_to_quality(rec, 0.2) is None
@@ -110,6 +144,7 @@ def test_target_band_comes_from_the_quality_ablation(tmp_path):
     (["--slowdowns", "1,x"], "--slowdowns"),
     (["--slowdowns", "0.5"], "slowdowns must be >= 1"),
     (["--schemes", "sync,nope"], "schemes must be among"),
+    (["--seeds", "0,a"], "--seeds '0,a' is not a comma-separated list"),
 ])
 def test_cli_names_what_is_wrong_before_anything_runs(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as e:

@@ -418,6 +418,14 @@ def _require_cpu_budget(cores: float) -> None:
         raise _fail(f"--cpu-budget {cores:g}: {reason}")
 
 
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise ValueError(f"straggler ablation: --seeds {text!r} is not a comma-separated "
+                         f"list of integers") from None
+
+
 def cmd_straggler_ablation(args: argparse.Namespace) -> int:
     from recpar.perfmodel.straggler_ablation import StragglerAblation, run, target_band
 
@@ -426,7 +434,7 @@ def cmd_straggler_ablation(args: argparse.Namespace) -> int:
             slowdowns=tuple(float(t) for t in args.slowdowns.split(",") if t.strip()),
             schemes=tuple(t.strip() for t in args.schemes.split(",") if t.strip()),
             cpu_budget=args.cpu_budget, max_epochs=args.max_epochs, patience=args.patience,
-            seed=args.seed)
+            seeds=_seeds(args.seeds))
         band = target_band(args.quality)
     except ValueError as e:
         raise _fail(str(e) if str(e).startswith(("straggler", "--quality"))
@@ -690,7 +698,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     st.add_argument("--cpu-budget", type=float, default=0.5, help="cores per device")
     st.add_argument("--max-epochs", type=int, default=30)
     st.add_argument("--patience", type=int, default=3)
-    st.add_argument("--seed", type=int, default=0)
+    st.add_argument("--seeds", default="0",
+                    help="seeds, comma-separated; each runs the whole grid (mean ± std beside "
+                         "every run when more than one)")
     st.add_argument("--quality", default=None, metavar="JSON",
                     help="quality_ablation.json: its target band (the reference's seed spread) "
                          "sets the target; default 0.01")
