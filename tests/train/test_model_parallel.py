@@ -2,8 +2,9 @@
 training gives the single-device weights; an interrupted hybrid run resumes.
 
 World sizes: 8 (hybrid tp2×pp2×dp2, real launcher: torchrun --standalone), 2 (mp pp2 with the
-chunked loss, real launcher), 2 / 4 (mp tp2, mp tp2×pp2, real launcher), 2 (mp pp2 in bf16,
-real launcher), 4 (hybrid tp2×dp2, spawned, killed after epoch 0 and resumed). gloo on CPU.
+chunked loss, real launcher), 2 / 4 (mp tp2, mp tp2×pp2, real launcher), 2 (mp pp2 and mp tp2
+in bf16, real launcher), 4 (an MoE model under hybrid tp2×dp2, without and with ep2, real
+launcher), 4 (hybrid tp2×dp2, spawned, killed after epoch 0 and resumed). gloo on CPU.
 
 Tolerance: every run trains the same data from the same initial weights with the same global
 batches; only the order of fp32 summations differs (TP splits the row-parallel matmuls and
@@ -300,44 +301,28 @@ def _mean_weight_diff(a_dir: Path, b_dir: Path) -> float:
 
 
 @pytest.mark.multiprocess
-def test_bf16_tensor_parallel_equals_single_device_bf16(small_prepared, baseline_run, tmp_path):
-    """2 ranks: tp2 under CPU bf16 autocast (megatron's f / g operators around autocast's
-    linear, recpar.parallel.tensor_parallel) against the single device under bf16, with the
-    pipeline test's bounds: closer to single-device bf16 than single-device fp32 is."""
+@pytest.mark.parametrize("plan, run_id", [
+    (["--pp", "2", "--partition", "uniform"], "pp2-uniform-bf16-tiny-n1"),
+    # CPU autocast: megatron's f / g mappings around autocast's linear
+    # (recpar.parallel.tensor_parallel), megatron's fused linear elsewhere
+    (["--tp", "2"], "tp2-bf16-tiny-n1"),
+])
+def test_bf16_model_parallel_equals_single_device_bf16(small_prepared, baseline_run, tmp_path,
+                                                      plan, run_id):
+    """2 ranks: pp2 or tp2 under bf16 autocast (train.precision) against the single device
+    under bf16 (pp2: the stages' forwards autocast, the head hands fp32 logits to the loss).
+    The plan must land closer to single-device bf16 than single-device fp32 is (so it did run
+    bf16). dp2, pp2 x dp2 and ZeRO-1 in bf16 were checked by hand against the same bounds."""
     _need(2)
     bf16 = ["--set", "precision=bf16"]
     base16 = tmp_path / "base16"
     assert recpar_main(["train", "--scheme", "baseline", "--data", str(small_prepared),
                         "--out", str(base16), *COMMON, *bf16]) == 0
-    r = _run(["train", "--scheme", "mp", "--tp", "2", "--data", str(small_prepared),
+    r = _run(["train", "--scheme", "mp", *plan, "--data", str(small_prepared),
               "--out", str(tmp_path / "run"), *COMMON, *bf16])
     assert r.returncode == 0, r.stderr[-4000:]
     rec, ref = record.read(tmp_path / "run" / "record.json"), record.read(base16 / "record.json")
-    assert rec["run_id"] == "tp2-bf16-tiny-n1"
-    for h, hb in zip(rec["history"], ref["history"], strict=True):
-        assert h["train_loss"] == pytest.approx(hb["train_loss"], rel=BF16_LOSS_RTOL)
-    to_bf16 = _mean_weight_diff(tmp_path / "run", base16)
-    fp32_to_bf16 = _mean_weight_diff(baseline_run, base16)
-    assert to_bf16 <= BF16_MEAN_WEIGHT_TOL, to_bf16
-    assert to_bf16 < fp32_to_bf16, (to_bf16, fp32_to_bf16)
-
-
-@pytest.mark.multiprocess
-def test_bf16_pipeline_equals_single_device_bf16(small_prepared, baseline_run, tmp_path):
-    """2 ranks: pp2 under bf16 autocast (train.precision) against the single device under
-    bf16: the stages' forwards autocast, the head hands fp32 logits to the loss. The plan must
-    land closer to single-device bf16 than single-device fp32 is (so it did run bf16). dp2,
-    pp2 x dp2 and ZeRO-1 in bf16 were checked by hand against the same bounds."""
-    _need(2)
-    bf16 = ["--set", "precision=bf16"]
-    base16 = tmp_path / "base16"
-    assert recpar_main(["train", "--scheme", "baseline", "--data", str(small_prepared),
-                        "--out", str(base16), *COMMON, *bf16]) == 0
-    r = _run(["train", "--scheme", "mp", "--pp", "2", "--partition", "uniform",
-              "--data", str(small_prepared), "--out", str(tmp_path / "run"), *COMMON, *bf16])
-    assert r.returncode == 0, r.stderr[-4000:]
-    rec, ref = record.read(tmp_path / "run" / "record.json"), record.read(base16 / "record.json")
-    assert rec["run_id"] == "pp2-uniform-bf16-tiny-n1"
+    assert rec["run_id"] == run_id
     assert rec["config"]["train"]["precision"] == ref["config"]["train"]["precision"] == "bf16"
     for h, hb in zip(rec["history"], ref["history"], strict=True):
         assert h["train_loss"] == pytest.approx(hb["train_loss"], rel=BF16_LOSS_RTOL)
