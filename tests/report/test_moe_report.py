@@ -43,7 +43,7 @@ def test_rows_and_claims_from_an_aux_on_off_pair(tmp_path):
     claims = {c["claim"]: c for c in moe_claims(recs)}
     flops = claims["MoE computes only k experts per input"]
     assert flops["verdict"] == "holds"
-    assert "moe seed 0: 2.000 experts per token measured (k = 2 of 4); 0.58 of a dense " \
+    assert "moe (seed 0): 2.000 experts per token measured (k = 2 of 4); 0.58 of a dense " \
         "model's FLOPs per token" in flops["evidence"]
     assert ep_row["experts/token (measured)"] == 2.0
     balance = claims["load balancing (the auxiliary loss) evens the experts' load"]
@@ -73,6 +73,10 @@ def test_expert_claim_is_measured_or_says_it_is_not():
     all_of_them = [_record("moe", 0, 2, 0.01, 1.2, experts_per_token=2.0)]  # k = E = 2
     assert {c["claim"]: c for c in moe_claims(all_of_them)}[claim]["verdict"] == "does not hold"
     old = _record("moe-old", 0, 4, 0.01, 1.2, experts_per_token=None)
+    seeds = [_record("moe", 0, 4, 0.01, 1.2), _record("moe", 1, 4, 0.01, 1.2,
+                                                       experts_per_token=1.9)]
+    c = {c["claim"]: c for c in moe_claims(seeds)}[claim]
+    assert c["evidence"].startswith("moe (seed 0,1): 1.900–2.000 experts per token")
     c = {c["claim"]: c for c in moe_claims([_record("moe", 0, 4, 0.01, 1.2), old])}[claim]
     assert c["verdict"] == "holds" and "not measured (records from before the count, or " \
         "resumed runs): moe-old" in c["evidence"]

@@ -112,10 +112,19 @@ def moe_claims(records: list[dict]) -> list[dict]:
                        "verdict": "not measured"})
     else:
         holds = all(x <= k * (1 + 1e-6) and x < e for _, _, x, k, e, _ in counted)
-        evidence = "; ".join(
-            f"{run} seed {seed}: {x:.3f} experts per token measured (k = {k} of {e}); "
-            f"{ratio:.2f} of a dense model's FLOPs per token at equal total parameters "
-            "(formula)" for run, seed, x, k, e, ratio in counted)
+        by_run: dict[str, list] = {}
+        for run, seed, x, k, e, ratio in counted:
+            by_run.setdefault(run, []).append((seed, x, k, e, ratio))
+        parts = []
+        for run, rows in by_run.items():
+            xs = [x for _, x, *_ in rows]
+            _, _, k, e, ratio = rows[0]
+            seeds = ",".join(str(seed) for seed, *_ in rows)
+            span = f"{min(xs):.3f}" if max(xs) == min(xs) else f"{min(xs):.3f}–{max(xs):.3f}"
+            parts.append(f"{run} (seed {seeds}): {span} experts per token measured (k = {k} "
+                         f"of {e}); {ratio:.2f} of a dense model's FLOPs per token at equal "
+                         "total parameters (formula)")
+        evidence = "; ".join(parts)
         if missing:
             evidence += (f"; not measured (records from before the count, or resumed runs): "
                          f"{', '.join(missing)}")
