@@ -183,6 +183,9 @@ def expert_load_figure(records: list[dict], out: Path) -> Path | None:
                          f"{'-' if imbalance is None else f'{imbalance:.2f}'})")
         ax.axhline(1 / len(layers[0]["tokens_per_expert"]), color="k", lw=0.8, ls="--")
         ax.set_title(f"{run}\n{_label(rec)}, seed {rec['seed']}", fontsize=8)
+        n_experts = len(layers[0]["tokens_per_expert"])
+        # one tick per expert, under the middle of its group of bars
+        ax.set_xticks([e + 0.4 - width / 2 for e in range(n_experts)], range(n_experts))
         ax.set_xlabel("expert")
         ax.legend(fontsize=6)
     axes[0][0].set_ylabel("share of routed tokens (training)")
