@@ -52,6 +52,26 @@ def test_runs_that_differ_beyond_plan_and_sync_are_separate_rows_and_seeds_share
         ("dp2-topk0.1-ring-n1", [0, 1])]
 
 
+def test_an_moe_run_says_so_in_its_plan_and_its_sweep():
+    """Expert parallelism in the plan label, the MoE model in the sweep's description: MoE
+    rows of Table II are not mistaken for dense ones."""
+    moe = {"num_moe_experts": 4, "moe_router_topk": 2, "moe_layer_freq": 1,
+           "moe_aux_loss_coeff": 0.01, "moe_expert_capacity_factor": None}
+    runs = []
+    for ep in (1, 2):
+        rec = make_run("dp", dp=2, run_id=f"dp2ep{ep}-ring-moe4top2-n1")
+        rec["config"]["model"].update(moe)
+        if ep > 1:
+            rec["plan"]["ep"] = ep
+        runs.append(rec)
+    rs = _rs(runs + [make_run("baseline")])
+    labels = sorted(r.key.plan_label for r in rs.rows)
+    assert labels == ["dp1·tp1·pp1", "dp2·ep2·tp1·pp1", "dp2·tp1·pp1"]
+    notes = " ".join(records.sweep_notes(rs))
+    assert "MoE 4 experts top-2 every 1 block(s), aux loss 0.01, dropless" in notes
+    assert notes.count("MoE") == 1  # the dense baseline is its own sweep, described without
+
+
 def test_a_scale_model_topology_is_described_with_d_and_every_link():
     from recpar.report.records import describe_scale_model
 

@@ -137,6 +137,8 @@ class RowKey:
     """The run id, which spells out everything else that ran (top-k ratio, overlap, bucket
     size, schedule, ...): records of one configuration differ only in seed, so two settings
     the fields above do not tell apart are never averaged as if they were seeds."""
+    ep: int = 1
+    """plan.ep: expert-parallel degree of an MoE run (1 when absent)."""
 
     @property
     def sync_algorithm(self) -> str:
@@ -151,7 +153,8 @@ class RowKey:
     @property
     def plan_label(self) -> str:
         mb = f"·mb{self.microbatches}" if self.pp > 1 else ""
-        return f"dp{self.dp}·tp{self.tp}·pp{self.pp}{mb}"
+        ep = f"·ep{self.ep}" if self.ep > 1 else ""
+        return f"dp{self.dp}{ep}·tp{self.tp}·pp{self.pp}{mb}"
 
     @property
     def topology_label(self) -> str:
@@ -170,7 +173,7 @@ def row_key(rec: dict) -> RowKey:
         ranks_per_node=int(topo["ranks_per_node"]), topology=str(topo["kind"]),
         grad_sync=_grad_sync_label(rec),
         global_batch_size=int((rec["config"].get("train") or {}).get("global_batch_size", 0)),
-        run_id=str(rec["run_id"]))
+        run_id=str(rec["run_id"]), ep=int(plan.get("ep", 1) or 1))
 
 
 @dataclass
@@ -272,7 +275,15 @@ def describe_sweep(fields: dict) -> str:
     model = fields.get("model") or {}
     size = "×".join(str(model.get(k, "?")) for k in ("d_model", "n_layers"))
     acc = ",".join(fields.get("accelerators") or []) or fields.get("cpu_model") or "?"
-    return f"{fields['dataset']}, model d_model×layers {size}, {fields.get('device')} ({acc})"
+    moe = ""
+    if model.get("num_moe_experts"):
+        cap = model.get("moe_expert_capacity_factor")
+        moe = (f", MoE {model['num_moe_experts']} experts top-{model.get('moe_router_topk')} "
+               f"every {model.get('moe_layer_freq')} block(s), aux loss "
+               f"{model.get('moe_aux_loss_coeff')}, "
+               + ("dropless" if cap is None else f"capacity {cap}"))
+    return (f"{fields['dataset']}, model d_model×layers {size}{moe}, {fields.get('device')} "
+            f"({acc})")
 
 
 def group(records: list[tuple[str, dict]]) -> RecordSet:
