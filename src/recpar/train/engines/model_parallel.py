@@ -280,8 +280,8 @@ class ModelParallelEngine(Engine):
         if self.expert_groups is not None:
             from recpar.parallel.expert_parallel import gather_full_state_dict
 
-            # a collective over each EP group: its first rank (dp rank 0 of replica group 0
-            # among them) gets every expert beside its own TP shard
+            # a collective over each EP group: its ep rank 0 gets every expert beside its own
+            # TP shard; the dp rank 0 of every TP rank is such a rank, and merges below
             local = gather_full_state_dict(self.model, self.expert_groups)
             if self.dp_rank != 0:
                 return None
