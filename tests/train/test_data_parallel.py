@@ -109,32 +109,30 @@ def test_zero3_equals_single_device_with_the_same_global_batch(small_prepared, b
 @pytest.mark.multiprocess
 def test_moe_dp_and_expert_parallel_runs_equal_the_single_device_moe_run(small_prepared,
                                                                           tmp_path):
-    """`recpar train` with an MoE model (4 experts, top-2). dp2: every rank holds every expert,
-    the load-balancing loss is the global batch's. dp2 with --ep 2: each rank holds 2 experts,
-    tokens cross by all-to-all. Both end with the single-device run's weights (gathered on
-    rank 0 for ep), to the dense test's 1e-5; every record carries the router's load, and
-    each ep rank's engine state holds its own experts only."""
+    """`recpar train` with an MoE model (4 experts, top-2), dp2 with --ep 2: each rank holds 2
+    experts, tokens cross by all-to-all, the load-balancing loss is the global batch's. It
+    ends with the single-device run's weights (gathered on rank 0), to the dense test's 1e-5;
+    the records carry the router's load, and each rank's engine state holds its own experts
+    only. dp2 without ep (every rank holds every expert): tests/parallel/
+    test_moe_data_parallel.py, and this test's bounds at stop 29."""
     _need_ranks()
     moe = ["--model-override", "num_moe_experts=4"]
-    runs = {"base": ["--scheme", "baseline"], "dp": ["--scheme", "dp", "--dp", "2"],
-            "ep": ["--scheme", "dp", "--dp", "2", "--ep", "2"]}
+    runs = {"base": ["--scheme", "baseline"], "ep": ["--scheme", "dp", "--dp", "2", "--ep", "2"]}
     for name, scheme in runs.items():
         r = _run(["train", *scheme, "--data", str(small_prepared), "--out",
                   str(tmp_path / name), *COMMON, *moe])
         assert r.returncode == 0, (name, r.stderr[-3000:])
-    b, d, e = (record.read(tmp_path / name / "record.json") for name in runs)
-    assert [x["run_id"] for x in (b, d, e)] == ["baseline-moe4top2-tiny-n1",
-                                                 "dp2-ring-moe4top2-tiny-n1",
-                                                 "dp2ep2-ring-moe4top2-tiny-n1"]
-    assert e["plan"]["ep"] == 2 and "ep" not in d["plan"]
+    b, e = (record.read(tmp_path / name / "record.json") for name in runs)
+    assert [x["run_id"] for x in (b, e)] == ["baseline-moe4top2-tiny-n1",
+                                             "dp2ep2-ring-moe4top2-tiny-n1"]
+    assert e["plan"]["ep"] == 2 and "ep" not in b["plan"]
     # the first step's expert FLOPs, summed over the ranks: k = 2 experts per token, not 4
-    for x in (b, d, e):
+    for x in (b, e):
         assert x["moe"]["experts_per_token_measured"] == pytest.approx(2.0, rel=1e-6)
-    for name in ("dp", "ep"):
-        worst = _max_weight_diff(tmp_path / "base", tmp_path / name)
-        assert worst <= 1e-5, (name, worst)
+    worst = _max_weight_diff(tmp_path / "base", tmp_path / "ep")
+    assert worst <= 1e-5, worst
     # rank 0 routed its half of every batch: fewer assignments than one device, 2 per token
-    for rb, rd in zip(b["moe"]["layers"], d["moe"]["layers"]):
+    for rb, rd in zip(b["moe"]["layers"], e["moe"]["layers"]):
         total_b, total_d = sum(rb["tokens_per_expert"]), sum(rd["tokens_per_expert"])
         assert 0 < total_d < total_b and total_b % 2 == total_d % 2 == 0
         assert rd["forwards_count"] == rb["forwards_count"] == b["metrics"]["steps_count"]
@@ -145,7 +143,7 @@ def test_moe_dp_and_expert_parallel_runs_equal_the_single_device_moe_run(small_p
         assert 0 < layer["all_to_all_bytes_per_forward"] <= 2 * assignments * 64 * 4
         assert layer["all_to_all_bytes_per_forward_uniform_formula"] == assignments * 64 * 4
         assert layer["all_to_all_ms_per_forward"] > 0
-    assert "all_to_all_bytes_per_forward" not in d["moe"]["layers"][0]
+    assert "all_to_all_bytes_per_forward" not in b["moe"]["layers"][0]
     for rank, experts in ((0, {"0", "1"}), (1, {"2", "3"})):
         (path,) = (tmp_path / "ep" / "checkpoints").glob(f"epoch-*/engine-rank{rank}.pt")
         state = torch.load(path, weights_only=False)

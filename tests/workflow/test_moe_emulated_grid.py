@@ -7,7 +7,7 @@ pytestmark = ts.pytestmark
 
 
 def test_moe_emulated_grid_runs_ep_across_nodes_and_checks_the_all_to_all_term():
-    r = ts._snakemake("paper_tables/moe-emulated/moe/moe_all_to_all.md",
+    r = ts._snakemake("--forceall", "paper_tables/moe-emulated/moe/moe_all_to_all.md",
                    "paper_tables/moe-emulated/moe/moe.md", "-n", "-p", "--cores", "1",
                    "--configfile", "config/moe_emulated.yaml")
     out = r.stdout + r.stderr

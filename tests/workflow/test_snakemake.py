@@ -168,7 +168,8 @@ def test_moe_grid_runs_its_models_and_reports_them():
     """config/moe.yaml: dense reference, MoE with and without the aux loss, dp2 and dp2 x ep2,
     3 seeds each (MoE fields per run through model_overrides), then recpar report moe over the
     sweep's records."""
-    r = _snakemake("paper_tables/moe/moe/moe.md", "-n", "-p", "--cores", "1", "--configfile",
+    r = _snakemake("paper_tables/moe/moe/moe.md", "-n", "-p", "--forceall", "--cores", "1",
+                   "--configfile",
                    "config/moe.yaml")
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
