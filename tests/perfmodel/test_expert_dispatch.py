@@ -82,6 +82,10 @@ def test_record_rows_price_the_bytes_the_record_counted():
 def test_record_rows_do_not_judge_what_they_cannot_price():
     (local,) = X.record_rows(_record(kind="local"), "r.json")
     assert local["verdict"] == "not judged" and "local" in local["note"]
+    with_tp = _record()
+    with_tp["plan"]["tp"] = 2
+    (tp,) = X.record_rows(with_tp, "r.json")
+    assert tp["verdict"] == "not judged" and "ep with tp > 1" in tp["note"]
     (loop,) = X.record_rows(_record(ep=2, nodes=1, rpn=2), "r.json")
     assert loop["verdict"] == "not judged" and "loopback" in loop["note"]
     assert X.record_rows(dict(_record(), moe=None), "r.json") == []

@@ -109,7 +109,10 @@ def record_rows(record: Mapping[str, Any], where: str) -> list[dict]:
     intra = _link(topo.get("intra_node"))
     inter = _link(topo.get("inter_node"))
     note = None
-    if topo.get("kind") != "emulated":
+    if int(plan.get("tp", 1)) > 1:
+        note = ("ep with tp > 1: the EP group's ranks are tp apart and share their node's "
+                "links with the TP ranks, which this term does not place yet")
+    elif topo.get("kind") != "emulated":
         note = f"topology {topo.get('kind')!r}: no calibrated links to price it with"
     elif nodes > 1 and inter is None:
         note = "no calibrated inter-node link in the record"
