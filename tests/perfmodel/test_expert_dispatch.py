@@ -61,9 +61,10 @@ def _record(kind="emulated", ep=2, nodes=2, rpn=1, measured=30.0, sent=2e5):
         "plan": {"scheme": "dp", "dp": ep, "ep": ep},
         "topology": {"kind": kind, "nodes": nodes, "ranks_per_node": rpn,
                      "inter_node": {"calibrated": {"rate_bit_per_s": 8e7, "latency_s": 1e-3}}},
+        "config": {"model": {"d_model": 64}},
         "moe": {"num_experts": 4, "layers": [
             {"module": "blocks.1.mlp", "all_to_all_ms_per_forward": measured,
-             "all_to_all_bytes_per_forward": sent}]},
+             "all_to_all_bytes_per_forward": sent, "all_to_all_counts_ms_per_forward": 3.0}]},
     }
 
 
@@ -77,6 +78,7 @@ def test_record_rows_price_the_bytes_the_record_counted():
     assert row["verdict"] == ("within" if abs(row["error_pct"]) <= X.TARGET_PCT else "missed")
     far = X.record_rows(_record(measured=100.0), "r.json")[0]
     assert far["verdict"] == "missed"
+    assert row["counts_ms"] == 3.0 and row["token_bytes"] == pytest.approx(2e5)
 
 
 def test_record_rows_do_not_judge_what_they_cannot_price():
@@ -125,3 +127,48 @@ def test_cli_writes_the_table_and_refuses_records_without_ep(tmp_path, capsys):
     assert (tmp_path / "o" / "moe_all_to_all.md").exists()
     with pytest.raises(SystemExit, match="no expert-parallel MoE record"):
         run(["perfmodel", "moe-all-to-all", "--records", str(dense), "--out", str(tmp_path / "p")])
+
+
+def test_probe_shapes_and_rows_set_the_term_against_the_exchange_alone():
+    rows = (X.record_rows(_record(measured=30.0, sent=2e5), "a.json")
+            + X.record_rows(dict(_record(measured=40.0, sent=2.2e5), seed=1), "b.json")
+            + X.record_rows(_record(kind="local"), "c.json"))  # not judged: not probed
+    (shape,) = X.probe_shapes(rows)
+    assert shape == {"run_id": "dp2ep2-ring-moe4top2-tiny-n2", "nodes": 2, "ranks_per_node": 1,
+                     "ep": 2, "num_experts": 4, "d_model": 64, "token_bytes": 210000,
+                     "measured_in_training_ms": 35.0}
+    topo = _record()["topology"]
+    probe = {"iters": 10, "topology": topo,
+             "sizes": [{"buffer_bytes": 209920, "time_ms": 25.0, "counts_ms": 2.0,
+                        "correct": True}]}
+    (row,) = X.probe_rows([shape], [probe])
+    # priced on the probe's own buffer and links, as record_rows prices a record's
+    assert row["predicted_ms"] == pytest.approx(
+        X.price(topo, 2, 4, 209920)["predicted_ms"])
+    assert row["error_pct"] == pytest.approx(100 * (row["predicted_ms"] - 25.0) / 25.0)
+    assert row["training_minus_probe_ms"] == pytest.approx(10.0)
+
+
+def test_outputs_carry_the_probe_table(tmp_path):
+    rows = X.record_rows(_record(), "a.json")
+    (shape,) = X.probe_shapes(rows)
+    probe = {"iters": 10, "topology": _record()["topology"],
+             "sizes": [{"buffer_bytes": 200192, "time_ms": 24.0, "counts_ms": 2.0,
+                        "correct": True}]}
+    probes = X.probe_rows([shape], [probe])
+    md, js = X.write_outputs(rows, tmp_path, probes)
+    text = md.read_text()
+    assert "## The same exchange alone" in text and "| dp2ep2-ring-moe4top2-tiny-n2 | 2 |" in text
+    assert json.loads(js.read_text())["probes"][0]["probe_ms"] == 24.0
+    md, js = X.write_outputs(rows, tmp_path / "plain")
+    assert "alone" not in md.read_text() and "probes" not in json.loads(js.read_text())
+
+
+def test_cli_probe_refuses_when_nothing_was_judged(tmp_path):
+    from .test_cli import run
+
+    local = tmp_path / "local.json"
+    local.write_text(json.dumps(_record(kind="local")))
+    with pytest.raises(SystemExit, match="no layout to probe"):
+        run(["perfmodel", "moe-all-to-all", "--records", str(local), "--out",
+             str(tmp_path / "o"), "--probe"])

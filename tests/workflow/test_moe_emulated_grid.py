@@ -13,6 +13,8 @@ def test_moe_emulated_grid_runs_ep_across_nodes_and_checks_the_all_to_all_term()
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
     assert "recpar perfmodel moe-all-to-all --records" in out
+    # each expert-parallel run's exchange probed alone too, on the cluster that is up
+    assert "--probe --work-dir results/moe-emulated/moe_all_to_all_probe" in out
     assert "logs/report/moe-emulated/moe_all_to_all.log" in out
     assert "recpar cluster up --nodes 4 --ranks-per-node 1 --inter-bw 100mbit" \
            " --inter-latency 5ms" in out

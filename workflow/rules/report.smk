@@ -117,6 +117,8 @@ rule moe_report:
 rule moe_all_to_all:
     input:
         records=sweep_records(),
+        # on the emulated cluster each expert-parallel run's exchange is probed alone too
+        cluster=[CLUSTER_STATE] if TOPOLOGY == "emulated" else [],
     output:
         expand("paper_tables/{{sweep}}/moe/{name}", name=MOE_ALL_TO_ALL_FILES),
     conda:
@@ -125,9 +127,14 @@ rule moe_all_to_all:
         "logs/report/{sweep}/moe_all_to_all.log",
     params:
         out_dir=lambda w, output: os.path.dirname(output[0]),
+        probe=lambda w: (f"--probe --work-dir results/{w.sweep}/moe_all_to_all_probe"
+                         if TOPOLOGY == "emulated" else ""),
+    resources:
+        # the probes time exchanges: alone on the host, like a timed run
+        timing_slot=1,
     shell:
         "recpar perfmodel moe-all-to-all --records {input.records} --out {params.out_dir}"
-        " > {log} 2>&1"
+        " {params.probe} > {log} 2>&1"
 
 
 rule ablation_claims:

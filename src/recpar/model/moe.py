@@ -62,6 +62,10 @@ class MoEStats:
     all_to_all_s: float = 0.0
     """Expert parallelism: wall time of the forward's all-to-alls (token counts, dispatch,
     combine), waiting for the slowest rank included."""
+    all_to_all_counts_s: float = 0.0
+    """Expert parallelism: the part of `all_to_all_s` the token-count exchange took. It is
+    the layer's first collective, 8 bytes per expert: a rank that reaches the layer before the
+    slowest rank of its EP group waits here."""
     ep: int = 1
     """Expert-parallel degree the layer ran with."""
     all_to_all_element_bytes: int = 4
@@ -252,7 +256,9 @@ def moe_record(cfg: ModelConfig, n_items: int, model: nn.Module,
                          * st.all_to_all_element_bytes)
             layer.update(all_to_all_bytes_per_forward=st.all_to_all_bytes / st.forwards,
                          all_to_all_bytes_per_forward_uniform_formula=predicted,
-                         all_to_all_ms_per_forward=1e3 * st.all_to_all_s / st.forwards)
+                         all_to_all_ms_per_forward=1e3 * st.all_to_all_s / st.forwards,
+                         all_to_all_counts_ms_per_forward=(1e3 * st.all_to_all_counts_s
+                                                           / st.forwards))
         layers.append(layer)
     return {
         "num_experts": cfg.num_moe_experts, "router_topk": cfg.moe_router_topk,

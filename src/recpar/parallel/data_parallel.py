@@ -50,15 +50,25 @@ def apply_dp(step: TrainStep, grad_sync: GradSyncConfig, device: torch.device,
     `not_synced`: parameters DDP leaves alone (sharded experts: recpar.parallel.expert_parallel
     reduces their gradients).
     """
-    world = dist.get_world_size()
-    grad_sync.validate(world)
+    grad_sync.validate(dist.get_world_size())
+    return wrap_ddp(step, grad_sync, device, not_synced=not_synced, names_from=step.model)
+
+
+def wrap_ddp(module: nn.Module, grad_sync: GradSyncConfig, device: torch.device, *,
+             group: dist.ProcessGroup | None = None, not_synced: list[nn.Parameter] = (),
+             names_from: nn.Module | None = None, **hook_kwargs) -> tuple[DDP, GradSyncState]:
+    """DDP over `group` (None: the world) with the configured gradient-sync hook: what
+    `apply_dp` and the model-parallel engine's dp wrapping share. `not_synced` parameters are
+    left out of DDP and of the hook's buckets; `names_from`: the module whose parameter names
+    the hook sees (default `module`); `hook_kwargs` go to `make_grad_sync_hook`."""
     skip = {id(p) for p in not_synced}
     if skip:
         DDP._set_params_and_buffers_to_ignore_for_model(
-            step, [n for n, p in step.named_parameters() if id(p) in skip])
-    ddp = DDP(step, device_ids=[device.index] if device.type == "cuda" else None,
-              broadcast_buffers=False, **grad_sync.ddp_kwargs())
-    named = [(n, p) for n, p in step.model.named_parameters() if id(p) not in skip]
-    state, hook = make_grad_sync_hook(grad_sync, named_parameters=named)
+            module, [n for n, p in module.named_parameters() if id(p) in skip])
+    ddp = DDP(module, process_group=group, broadcast_buffers=False,
+              device_ids=[device.index] if device.type == "cuda" else None,
+              **grad_sync.ddp_kwargs())
+    named = [(n, p) for n, p in (names_from or module).named_parameters() if id(p) not in skip]
+    state, hook = make_grad_sync_hook(grad_sync, group, named_parameters=named, **hook_kwargs)
     ddp.register_comm_hook(state, hook)
     return ddp, state

@@ -110,6 +110,7 @@ class AllToAllDispatch:
         send = torch.tensor(counts, dtype=torch.long).view(ep, el)  # [dst rank, its expert]
         recv = torch.empty_like(send)  # [src rank, my expert]
         dist.all_to_all_single(recv, send, group=group)  # the token counts first
+        counts_s = time.perf_counter() - t0
         in_splits, out_splits = send.sum(1).tolist(), recv.sum(1).tolist()
         d = permuted.shape[-1]
         received = all_to_all_single(permuted.new_empty(sum(out_splits), d), permuted,
@@ -133,6 +134,7 @@ class AllToAllDispatch:
             rows = sum(in_splits) - in_splits[me] + sum(out_splits) - out_splits[me]
             stats.all_to_all_bytes += rows * d * permuted.element_size()
             stats.all_to_all_s += exchange_s + time.perf_counter() - t1
+            stats.all_to_all_counts_s += counts_s
             stats.all_to_all_element_bytes = permuted.element_size()
         return combined
 

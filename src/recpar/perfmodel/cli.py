@@ -281,7 +281,8 @@ def parse_latency_settings(text: str) -> tuple:
 
 
 def cmd_moe_all_to_all(args: argparse.Namespace) -> int:
-    from recpar.perfmodel.expert_dispatch import validate, write_outputs
+    from recpar.perfmodel.expert_dispatch import (probe_rows, probe_shapes, run_probes,
+                                                  validate, write_outputs)
 
     try:
         rows = validate(args.records)
@@ -290,7 +291,20 @@ def cmd_moe_all_to_all(args: argparse.Namespace) -> int:
     if not rows:
         raise _fail(f"{', '.join(args.records)}: no expert-parallel MoE record (plan.ep > 1 "
                     f"and a moe section)")
-    for path in write_outputs(rows, args.out):
+    probes = None
+    if args.probe:
+        shapes = probe_shapes(rows)
+        if not shapes:
+            raise _fail("--probe: no record the term judged (every one is 'not judged'), so "
+                        "there is no layout to probe")
+        if args.probe_iters < 1:
+            raise _fail(f"--probe-iters must be >= 1, got {args.probe_iters}")
+        try:
+            probes = probe_rows(shapes, run_probes(shapes, args.work_dir,
+                                                   iters=args.probe_iters))
+        except (OSError, RuntimeError, ValueError) as e:
+            raise _fail(f"--probe: {e}") from None
+    for path in write_outputs(rows, args.out, probes):
         print(path)
     return 0
 
@@ -657,6 +671,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ma.add_argument("--records", nargs="+", required=True,
                     help="record.json files or directories holding them")
     ma.add_argument("--out", required=True, help="directory for moe_all_to_all.{md,json}")
+    ma.add_argument("--probe", action="store_true",
+                    help="also run each expert-parallel run's exchange alone on the emulated "
+                         "cluster that is up (root; `recpar cluster up` with the records' "
+                         "layout) and judge the term against it")
+    ma.add_argument("--probe-iters", type=int, default=10, help="timed exchanges per probe")
+    ma.add_argument("--work-dir", default="results/moe_all_to_all_probe",
+                    help="the probes' logs and raw results")
     ma.set_defaults(func=cmd_moe_all_to_all)
 
     co = sub.add_parser("compression-ablation",

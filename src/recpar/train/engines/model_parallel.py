@@ -54,7 +54,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from recpar.constants import PAD_ITEM
 from recpar.device import device_sync
 from recpar.model.loss import valid_positions
-from recpar.parallel.data_parallel import TrainStep
+from recpar.parallel.data_parallel import TrainStep, wrap_ddp
 from recpar.parallel.plan import PlanError
 from recpar.train.engines.base import Engine, EngineContext, StepResult
 from recpar.train.engines.no_sync_replay import exposed_metrics, no_sync_fwd_bwd_ms
@@ -185,25 +185,13 @@ class ModelParallelEngine(Engine):
     def _wrap_dp(self, grad_sync) -> None:
         """DDP over megatron's dp group, one per trained module, each with its hook state;
         sharded experts are left out (reduce_expert_grads averages them)."""
-        from recpar.comm.hooks import make_grad_sync_hook
-
         group = self.pg.dp_group()
         # the hook state creates its own copies of every dp group, collectively
         all_groups = self._all_dp_groups()
-        dev = self.ctx.device
-        skip = {id(p) for p in self.experts}
         targets = [self.step_module] if self.runner is None else list(self.runner.module)
         for mod in targets:
-            if skip:
-                DDP._set_params_and_buffers_to_ignore_for_model(
-                    mod, [n for n, p in mod.named_parameters() if id(p) in skip])
-            ddp = DDP(mod, process_group=group, broadcast_buffers=False,
-                      device_ids=[dev.index] if dev.type == "cuda" else None,
-                      **grad_sync.ddp_kwargs())
-            named = [(n, p) for n, p in mod.named_parameters() if id(p) not in skip]
-            state, hook = make_grad_sync_hook(grad_sync, group, all_group_ranks=all_groups,
-                                              named_parameters=named)
-            ddp.register_comm_hook(state, hook)
+            ddp, state = wrap_ddp(mod, grad_sync, self.ctx.device, group=group,
+                                  not_synced=self.experts, all_group_ranks=all_groups)
             self.ddps.append(ddp)
             self.sync_states.append(state)
         if self.runner is not None:
