@@ -358,7 +358,9 @@ def _train_epoch(run: _Run, state: _Progress, timed: _Timed, epoch: int) -> dict
     else:
         losses = _step_batches(run, state, timed, batches, epoch)
     timed.window.pause()  # validation and checkpoints below are not training time
-    return {"epoch": epoch, "step": state.step, "train_loss": float(np.mean(losses))}
+    # engines may leave each step's loss on the device (StepResult.loss_mean): synced here
+    return {"epoch": epoch, "step": state.step,
+            "train_loss": float(np.mean([float(x) for x in losses]))}
 
 
 def _step_batches(run: _Run, state: _Progress, timed: _Timed, batches: list[torch.Tensor],

@@ -62,8 +62,9 @@ class EngineContext:
 class StepResult:
     """What one optimiser step reports back to the loop."""
 
-    loss_mean: float
-    """Mean loss over the valid positions of the global batch."""
+    loss_mean: float | torch.Tensor
+    """Mean loss over the valid positions of the global batch: a float, or a 0-d tensor left
+    on its device until the loop averages the epoch (no host sync per step on a GPU)."""
     fwd_bwd_ms: float | None = None
     """Forward + backward (with gradient synchronisation) ms, when the engine measures it."""
     extra: dict = field(default_factory=dict)

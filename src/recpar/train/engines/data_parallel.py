@@ -51,11 +51,12 @@ class ReplicaEngine(Engine):
     def _local(self, inputs, targets, idx):
         local = idx[self.ctx.rank::self.dp]
         dev = self.ctx.device
-        gcount = valid_positions(inputs[idx], targets[idx]).sum().to(dev)
-        return inputs[local].to(dev), targets[local].to(dev), gcount
+        count = int(valid_positions(inputs[idx], targets[idx]).sum())  # on the host
+        return (inputs[local].to(dev), targets[local].to(dev),
+                torch.tensor(count, device=dev), count)
 
     def step(self, inputs, targets, idx) -> StepResult:
-        x, y, gcount = self._local(inputs, targets, idx)
+        x, y, gcount, count = self._local(inputs, targets, idx)
         t0 = time.perf_counter()
         with self.autocast():
             loss, loss_sum = self.runner(x, y, gcount)
@@ -71,7 +72,8 @@ class ReplicaEngine(Engine):
         elif self.cfg.clip_grad:
             torch.nn.utils.clip_grad_norm_(self.ctx.model.parameters(), self.cfg.clip_grad)
         self.opt.step()
-        return StepResult(loss_mean=float(loss_sum) / max(1, int(gcount)) * self.dp,
+        # left on the device: the loop averages the epoch's losses (one host sync)
+        return StepResult(loss_mean=loss_sum.detach() * (self.dp / max(1, count)),
                           fwd_bwd_ms=fb_ms)
 
     def full_state_dict(self):
@@ -122,7 +124,7 @@ class ReplicaEngine(Engine):
         runner = self.ddp if self.ddp is not None else self.step_module
 
         def fwd_bwd(idx) -> None:
-            x, y, gcount = self._local(inputs, targets, idx)
+            x, y, gcount, _ = self._local(inputs, targets, idx)
             with self.autocast():
                 loss, _ = runner(x, y, gcount)
             loss.backward()

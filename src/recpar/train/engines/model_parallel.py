@@ -204,12 +204,14 @@ class ModelParallelEngine(Engine):
         for d in self.ddps:
             d.train()
 
-    def _dp_sum(self, value: float) -> float:
+    def _dp_sum(self, value: torch.Tensor) -> torch.Tensor:
+        """The replicas' loss sums added up, on the run's device (where NCCL needs them; no
+        host sync: the loop averages the epoch's losses)."""
         if self.dp == 1:
             return value
-        t = torch.tensor([value], dtype=torch.float64)
+        t = value.to(torch.float64)
         dist.all_reduce(t, group=self.pg.dp_group())
-        return float(t)
+        return t
 
     def _replica_batch(self, inputs, targets, idx) -> tuple[torch.Tensor, torch.Tensor, int]:
         """This replica's rows of global batch idx, padded to whole micro-batches, and the
@@ -240,11 +242,11 @@ class ModelParallelEngine(Engine):
                 reduce_expert_grads(self.experts, self.expert_groups)
             device_sync(dev)
             fb_ms = 1e3 * (time.perf_counter() - t0)
-            replica_loss_sum = float(loss_sum)
+            replica_loss_sum = loss_sum.detach()
         else:
             res = self.runner.step(x, y, valid_count=max(1, gcount) / self.dp)
             fb_ms = 1e3 * (time.perf_counter() - t0)
-            replica_loss_sum = res.loss * max(1, gcount) / self.dp
+            replica_loss_sum = torch.tensor(res.loss * max(1, gcount) / self.dp, device=dev)
             self._accumulate(res)
         if self.cfg.clip_grad:
             self._clip(self.cfg.clip_grad)

@@ -27,10 +27,10 @@ class ZeroEngine(Engine):
     def step(self, inputs, targets, idx) -> StepResult:
         local = idx[self.ctx.rank::self.dp]
         gcount = valid_positions(inputs[idx], targets[idx]).sum()
-        # zero_step's loss is already the global mean (all-reduced).
-        return StepResult(loss_mean=float(zero_step(
+        # zero_step's loss is already the global mean (all-reduced); left on the device
+        return StepResult(loss_mean=zero_step(
             self.engine, inputs[local], targets[local], gcount,
-            autocast_dtype=self.ctx.spec.train.autocast_dtype())))
+            autocast_dtype=self.ctx.spec.train.autocast_dtype()).detach())
 
     def window_opened(self) -> None:
         self._comm.start()
