@@ -16,6 +16,33 @@ def test_record_round_trip_and_no_hostnames():
     assert rec["inter_node"]["calibrated"]["rate_bit_per_s"] == 9.5e7
     assert "host" not in json.dumps(rec)
     assert Topology.from_record(rec) == t
+    # the concurrent-streams rate appears only once calibrated
+    assert "concurrent_rate_bit_per_s" not in rec["inter_node"]["calibrated"]
+    both = Topology("emulated", 2, 1, calibrated_rate_bit_per_s=9.5e7,
+                    calibrated_concurrent_rate_bit_per_s=6e7)
+    rec = both.to_record()
+    assert rec["inter_node"]["calibrated"]["concurrent_rate_bit_per_s"] == 6e7
+    assert Topology.from_record(json.loads(json.dumps(rec))) == both
+    with pytest.raises(ValueError, match="calibrated_concurrent_rate_bit_per_s"):
+        Topology("emulated", 2, 1, calibrated_concurrent_rate_bit_per_s=-1.0)
+
+
+def test_state_topology_picks_the_concurrent_rate_of_the_run_size():
+    from recpar.cluster.state import ClusterState
+    from recpar.cluster.shaping import LinkShape
+
+    st = ClusterState(prefix="rp", nodes=4, ranks_per_node=1,
+                      base_shape=LinkShape(1e8).to_dict(),
+                      node_shapes=[LinkShape(1e8).to_dict()] * 4, netem=False,
+                      created_unix_s=0.0)
+    st.calibration = {"rate_bit_per_s": 9.5e7, "latency_s": 1e-3,
+                      "concurrent": [{"nodes": 2, "rate_bit_per_s": 6e7},
+                                     {"nodes": 4, "rate_bit_per_s": 4e7}]}
+    assert st.topology().calibrated_concurrent_rate_bit_per_s == 4e7
+    assert st.topology(2).calibrated_concurrent_rate_bit_per_s == 6e7
+    assert st.topology(3).calibrated_concurrent_rate_bit_per_s is None  # not measured
+    st.calibration = {"rate_bit_per_s": 9.5e7, "latency_s": 1e-3}  # calibrated before it
+    assert st.topology(2).calibrated_concurrent_rate_bit_per_s is None
 
 
 def test_intra_node_links_and_scale_model_round_trip():

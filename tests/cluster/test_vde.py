@@ -198,6 +198,12 @@ def test_latency_set_by_up_is_measured_back_by_calibrate(vcluster, latency_ms):
     assert res["data_path"] == "vde" and res["emulator_cpu"]["cpu_s_per_gbyte"] > 0
     stored = emulated.ClusterState.load(TEST_PREFIX, vcluster.state_dir)
     assert stored.topology().calibrated_latency_s == res["latency_s"]
+    # both directions at once: two streams, each under the wirefilters' rate, the slower kept
+    (both,) = res["concurrent"]
+    assert both["nodes"] == 2 and len(both["rate_bit_per_s_each"]) == 2
+    assert 0 < both["rate_bit_per_s"] == min(both["rate_bit_per_s_each"])
+    assert max(both["rate_bit_per_s_each"]) <= 5e7
+    assert stored.topology(2).calibrated_concurrent_rate_bit_per_s == both["rate_bit_per_s"]
 
 
 @pytest.mark.root

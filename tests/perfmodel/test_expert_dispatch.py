@@ -161,7 +161,8 @@ def test_outputs_carry_the_probe_table(tmp_path):
     assert "## The same exchange alone" in text and "| dp2ep2-ring-moe4top2-tiny-n2 | 2 |" in text
     assert json.loads(js.read_text())["probes"][0]["probe_ms"] == 24.0
     md, js = X.write_outputs(rows, tmp_path / "plain")
-    assert "alone" not in md.read_text() and "probes" not in json.loads(js.read_text())
+    assert "## The same exchange alone" not in md.read_text()
+    assert "probes" not in json.loads(js.read_text())
 
 
 def test_cli_probe_refuses_when_nothing_was_judged(tmp_path):
@@ -172,3 +173,18 @@ def test_cli_probe_refuses_when_nothing_was_judged(tmp_path):
     with pytest.raises(SystemExit, match="no layout to probe"):
         run(["perfmodel", "moe-all-to-all", "--records", str(local), "--out",
              str(tmp_path / "o"), "--probe"])
+
+
+def test_the_concurrent_streams_rate_prices_the_exchange_where_the_record_has_it():
+    rec = _record()
+    (one,) = X.record_rows(rec, "a.json")
+    assert one["link_rate_measured_as"] == "one stream"
+    assert one["link_rate_mbit_per_s"] == pytest.approx(80.0)
+    rec["topology"]["inter_node"]["calibrated"]["concurrent_rate_bit_per_s"] = 4e7
+    (both,) = X.record_rows(rec, "a.json")
+    assert both["link_rate_measured_as"] == "concurrent streams"
+    assert both["link_rate_mbit_per_s"] == pytest.approx(40.0)
+    # 1e5 B each way per exchange now at 5 MB/s: 10 ms more for each of the two, and the
+    # counts' 16 B that leave: 1.6 us more
+    assert both["predicted_ms"] - one["predicted_ms"] == pytest.approx(
+        2 * (20.0 - 10.0) + 1e3 * (16 / 5e6 - 16 / 1e7))

@@ -6,7 +6,11 @@ gloo can get: about 95 % of the configured L2 rate at MTU 1500 (TCP/IP/Ethernet 
 Latency is half the median round trip of 1-byte TCP ping-pongs (includes the software path).
 
 The cluster-level summary keeps the slowest link's rate and the largest latency: the bottleneck
-a ring collective runs at.
+a ring collective runs at. Then, for every run size k = 2..N, the first k nodes send at once
+(i -> i+1 mod k, so every node's link carries traffic both ways, as in a ring or an all-to-all
+step) and the slowest stream's goodput is kept: on the VDE data path the emulator's processes
+share the host's cores, and with both directions busy a stream gets less than alone (here, 2
+nodes at 100 Mbit/s: 46-66 Mbit/s on the slower direction against 95 alone).
 
 On the VDE data path (`recpar.cluster.vde`) the emulator itself uses CPU that the nodes' work
 then lacks: each bulk transfer also records the CPU seconds the vde_switch/wirefilter processes
@@ -94,6 +98,56 @@ def measure_between(src: tuple[str, str], dst: tuple[str, str], dst_addr: str, m
             server.wait()
 
 
+def measure_concurrent(state: ClusterState, nodes: int, seconds: float = 2.0,
+                       timeout_s: float = 60.0) -> dict:
+    """Bulk transfers node i -> node (i + 1) mod `nodes` for every i < `nodes`, all at once:
+    every node's link busy both ways, as in a ring or an all-to-all step of a run on that many
+    nodes (with 2 nodes: 0 -> 1 and 1 -> 0). Each stream's goodput while the others run, and
+    the slowest (what a step that waits for all of them gets). On the VDE data path the
+    emulator's processes share the host's cores, so this can be well below one stream alone."""
+    names = state.names
+
+    def end(i: int) -> tuple[str, str, str]:
+        if state.intra_shape is not None:  # the nodes' device 0, as ranks see the path
+            return names.device_ns(i, 0), f"node {i} device 0", names.device_addr(i, 0)
+        return names.node_ns(i), f"node {i}", names.node_addr(i)
+
+    env = package_env()
+    streams = [(end(i), end((i + 1) % nodes)) for i in range(nodes)]
+    servers, clients = [], []
+    try:
+        for _, (dst_ns, dst_name, addr) in streams:
+            srv = subprocess.Popen(
+                _probe_argv(dst_ns, "serve", "--bind", addr, "--port", str(PROBE_PORT),
+                            "--mode", "bulk", "--timeout-s", str(timeout_s)),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            servers.append(srv)
+            if srv.stdout.readline().strip() != "ready":
+                raise ClusterError(f"concurrent probe server on {dst_name} did not start: "
+                                   f"{srv.stderr.read().strip().splitlines()[-1:]}")
+        for (src_ns, _, _), (_, _, addr) in streams:  # every stream starts together
+            clients.append(subprocess.Popen(
+                _probe_argv(src_ns, "client", "--connect", addr, "--port", str(PROBE_PORT),
+                            "--mode", "bulk", "--seconds", str(seconds), "--timeout-s",
+                            str(timeout_s)),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+        rates = []
+        for ((_, src_name, _), (_, dst_name, _)), cli, srv in zip(streams, clients, servers):
+            _, cerr = cli.communicate(timeout=timeout_s + seconds + 10)
+            out, err = srv.communicate(timeout=timeout_s)
+            if cli.returncode != 0 or srv.returncode != 0:
+                raise ClusterError(f"concurrent probe {src_name} -> {dst_name} failed: "
+                                   f"{(cerr or err).strip().splitlines()[-1:]}")
+            rates.append(json.loads(out.strip().splitlines()[-1])["rate_bit_per_s"])
+    finally:
+        for p in servers + clients:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return {"nodes": nodes, "rate_bit_per_s_each": rates,
+            "rate_bit_per_s": min(rates) if all(rates) else None}
+
+
 def calibrate(state: ClusterState, seconds: float = 2.0, count: int = 200,
               state_dir: str | os.PathLike | None = None, save: bool = True) -> dict:
     """Measure every link, store the result in the state file, and return it."""
@@ -120,16 +174,21 @@ def calibrate(state: ClusterState, seconds: float = 2.0, count: int = 200,
                       "rtt_min_s": ping["rtt_min_s"],
                       "latency_s": ping["rtt_median_s"] / 2})
     rates = [l["rate_bit_per_s"] for l in links if l["rate_bit_per_s"]]
+    # every run size the cluster serves (a run may use its first k nodes)
+    concurrent = [measure_concurrent(state, k, seconds) for k in range(2, state.nodes + 1)]
     intra = None
     if state.intra_shape is not None and state.ranks_per_node >= 2:
         intra = calibrate_intra(state, seconds, count)
     result = {"links": links, "intra_node": intra,
               "rate_bit_per_s": min(rates) if rates else None,
               "latency_s": max(l["latency_s"] for l in links),
+              "concurrent": concurrent,
               "data_path": state.data_path,
               "emulator_cpu": emulator_cpu_summary(links) if rdir else None,
               "method": {"bulk_seconds": seconds, "pingpong_count": count,
                          "rate": "TCP goodput of one stream after a warm-up",
+                         "concurrent": "for k = 2..nodes: streams i -> i+1 mod k at once, "
+                                       "the slowest one's goodput",
                          "latency": "half the median 1-byte TCP round trip",
                          "rtt_min": "the fastest round trip: the configured delays plus the "
                                     "emulator's unloaded software path",

@@ -208,10 +208,12 @@ def launch(topology: Topology, argv: list[str], env: dict[str, str] | None = Non
         netns.require_root_and_iproute2("cluster launch")
         state = ClusterState.load(prefix, state_dir)
         # The record gets the measured link next to the configured one.
-        cal = state.topology()
+        cal = state.topology(topology.nodes)
         topology = Topology(**{**topology.__dict__,
                                "calibrated_rate_bit_per_s": cal.calibrated_rate_bit_per_s,
                                "calibrated_latency_s": cal.calibrated_latency_s,
+                               "calibrated_concurrent_rate_bit_per_s":
+                                   cal.calibrated_concurrent_rate_bit_per_s,
                                "inter_rate_bit_per_s": cal.inter_rate_bit_per_s,
                                "inter_latency_s": cal.inter_latency_s,
                                "inter_loss": cal.inter_loss,

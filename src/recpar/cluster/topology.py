@@ -36,6 +36,10 @@ class Topology:
     """Measured TCP goodput node 0 -> node 1, bit/s (None until `recpar cluster calibrate`)."""
     calibrated_latency_s: float | None = None
     """Measured one-way latency node 0 <-> node 1 (half a TCP ping-pong round trip), s."""
+    calibrated_concurrent_rate_bit_per_s: float | None = None
+    """Measured TCP goodput per stream, bit/s, when each of the run's nodes sends to the next at
+    once (every link busy both ways, as in a ring or all-to-all step; the slowest stream;
+    recpar.cluster.calibrate.measure_concurrent). None until calibrated, or one node."""
     intra_rate_bit_per_s: float | None = None
     """Configured rate of each device's intra-node link, bit/s (None: the ranks of a node talk
     over its loopback, unshaped; recpar.cluster.device_links)."""
@@ -60,7 +64,8 @@ class Topology:
             raise ValueError(f"topology.nodes: a 'local' topology has 1 node, got {self.nodes}")
         for name in ("inter_rate_bit_per_s", "inter_latency_s", "inter_loss",
                      "calibrated_rate_bit_per_s", "calibrated_latency_s",
-                     "intra_rate_bit_per_s", "intra_latency_s",
+                     "calibrated_concurrent_rate_bit_per_s", "intra_rate_bit_per_s",
+                     "intra_latency_s",
                      "calibrated_intra_rate_bit_per_s", "calibrated_intra_latency_s"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
@@ -85,7 +90,10 @@ class Topology:
                                "latency_s": self.inter_latency_s,
                                "loss": self.inter_loss},
                 "calibrated": {"rate_bit_per_s": self.calibrated_rate_bit_per_s,
-                               "latency_s": self.calibrated_latency_s},
+                               "latency_s": self.calibrated_latency_s,
+                               **({} if self.calibrated_concurrent_rate_bit_per_s is None else
+                                  {"concurrent_rate_bit_per_s":
+                                   self.calibrated_concurrent_rate_bit_per_s})},
             },
             **({} if self.intra_rate_bit_per_s is None and self.intra_latency_s is None else
                {"intra_node": {
@@ -114,6 +122,7 @@ class Topology:
                    inter_latency_s=conf.get("latency_s"), inter_loss=conf.get("loss"),
                    calibrated_rate_bit_per_s=cal.get("rate_bit_per_s"),
                    calibrated_latency_s=cal.get("latency_s"),
+                   calibrated_concurrent_rate_bit_per_s=cal.get("concurrent_rate_bit_per_s"),
                    intra_rate_bit_per_s=intra.get("rate_bit_per_s"),
                    intra_latency_s=intra.get("latency_s"),
                    calibrated_intra_rate_bit_per_s=intra_cal.get("rate_bit_per_s"),

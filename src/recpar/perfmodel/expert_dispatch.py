@@ -21,7 +21,9 @@ links:
 (recpar.model.moe.moe_record: the forward's three all-to-alls, waiting for the slowest rank
 included) on the links each record's topology section reports as calibrated. Nothing in
 this term was fitted to those measurements: α and β come from the cluster's calibration
-(ping-pong and bulk transfer, recpar.cluster.calibrate), and the bytes from the record's own
+(ping-pong, and bulk transfer with every node of the run sending at once where the record has
+it: on the emulated cluster a link busy both ways carries less than one stream alone,
+recpar.cluster.calibrate), and the bytes from the record's own
 count of the rows it sent, so every MoE record is held out for it.
 """
 
@@ -88,9 +90,13 @@ def step_all_to_all_s(token_bytes: float, num_experts: int, ep: int, link: LinkC
 # --- against run records ---------------------------------------------------------------------
 
 def _link(section: Mapping[str, Any] | None) -> LinkCost | None:
-    """A topology section's calibrated link (rate in bit/s, one-way latency in s), or None."""
+    """A topology section's calibrated link (rate in bit/s, one-way latency in s), or None.
+    The rate is the concurrent streams' one where the calibration measured it (every node of
+    the run sending at once, each link busy both ways, as in an all-to-all:
+    recpar.cluster.calibrate.measure_concurrent), else one stream's alone."""
     cal = (section or {}).get("calibrated") or {}
-    rate, latency = cal.get("rate_bit_per_s"), cal.get("latency_s")
+    rate = cal.get("concurrent_rate_bit_per_s") or cal.get("rate_bit_per_s")
+    latency = cal.get("latency_s")
     if not rate or latency is None:
         return None
     return LinkCost.from_bandwidth(latency, rate / 8)
@@ -121,7 +127,10 @@ def price(topo: Mapping[str, Any], ep: int, num_experts: int, token_bytes: float
     shared = (None if inter is None  # the uplink shared by this node's `local` streams
               else LinkCost(inter.alpha_s, inter.beta_s_per_byte * local))
     link = ep_link(intra, shared, ep, rpn)
-    return {"predicted_ms": 1e3 * forward_all_to_all_s(token_bytes, num_experts, ep, link),
+    concurrent = ((topo.get("inter_node") or {}).get("calibrated") or {}).get(
+        "concurrent_rate_bit_per_s")
+    return {"link_rate_measured_as": "concurrent streams" if concurrent else "one stream",
+            "predicted_ms": 1e3 * forward_all_to_all_s(token_bytes, num_experts, ep, link),
             "textbook_ms": 1e3 * forward_all_to_all_s(token_bytes, num_experts, ep, link,
                                                       LIBRARIES["nccl"]),
             "link_alpha_ms": 1e3 * link.alpha_s,
@@ -267,8 +276,12 @@ def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         "combine), per training forward, rank 0, waiting for the slowest rank included "
         "(recpar.model.moe). Predicted: recpar.perfmodel.expert_dispatch with gloo's "
         "all-to-all (2α + (p−1)/p·nβ) on the links the record's calibration measured, for the "
-        "bytes the record counted; textbook: NCCL-style (α + (p−1)/p·nβ). Nothing was fitted "
-        f"to these runs. Band: ±{TARGET_PCT:g} %.",
+        "bytes the record counted; textbook: NCCL-style (α + (p−1)/p·nβ). The inter-node rate "
+        "is the calibration's concurrent-streams rate for the run's node count where the "
+        "record has one (every node sending to the next at once, each link busy both ways as "
+        "in the exchange; recpar.cluster.calibrate), else one stream's alone (link column: "
+        "which). Nothing was fitted to these runs. Band: "
+        f"±{TARGET_PCT:g} %.",
         "",
         f"**{within} of {len(judged)} within the band**"
         + (f"; {len(rows) - len(judged)} not judged" if len(rows) > len(judged) else "") + ".",
@@ -279,7 +292,8 @@ def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     ]
     for r in rows:
         link = ("—" if r.get("link_rate_mbit_per_s") is None else
-                f"{r['link_rate_mbit_per_s']:.3g} Mbit/s, α {r['link_alpha_ms']:.3g} ms")
+                f"{r['link_rate_mbit_per_s']:.3g} Mbit/s ({r['link_rate_measured_as']}), "
+                f"α {r['link_alpha_ms']:.3g} ms")
         err = _fmt(r["error_pct"], "+.1f") + (" %" if r["error_pct"] is not None else "")
         verdict = r["verdict"] + (f" ({r['note']})" if r.get("note") else "")
         lines.append(
@@ -314,8 +328,9 @@ def probe_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     for r in rows:
         lines.append(
             f"| {r['run_id']} | {r['ep']} | {r['nodes']} × {r['ranks_per_node']} | "
-            f"{r['probe_buffer_bytes']:,} | {r['link_rate_mbit_per_s']:.3g} Mbit/s, "
-            f"α {r['link_alpha_ms']:.3g} ms | {r['probe_ms']:.3g} ({r['probe_counts_ms']:.2g}) | "
+            f"{r['probe_buffer_bytes']:,} | {r['link_rate_mbit_per_s']:.3g} Mbit/s "
+            f"({r['link_rate_measured_as']}), α {r['link_alpha_ms']:.3g} ms | "
+            f"{r['probe_ms']:.3g} ({r['probe_counts_ms']:.2g}) | "
             f"{r['predicted_ms']:.3g} | {r['error_pct']:+.1f} % | {r['verdict']} | "
             f"{r['measured_in_training_ms']:.3g} | {r['training_minus_probe_ms']:+.3g} |")
     return "\n".join(lines) + "\n"
