@@ -198,11 +198,15 @@ def test_latency_set_by_up_is_measured_back_by_calibrate(vcluster, latency_ms):
     assert res["data_path"] == "vde" and res["emulator_cpu"]["cpu_s_per_gbyte"] > 0
     stored = emulated.ClusterState.load(TEST_PREFIX, vcluster.state_dir)
     assert stored.topology().calibrated_latency_s == res["latency_s"]
-    # both directions at once: two streams, each under the wirefilters' rate, the slower kept
+    # both directions at once: two streams, each under the wirefilters' rate, the slower
+    # kept; the median of 3 trials
     (both,) = res["concurrent"]
-    assert both["nodes"] == 2 and len(both["rate_bit_per_s_each"]) == 2
-    assert 0 < both["rate_bit_per_s"] == min(both["rate_bit_per_s_each"])
-    assert max(both["rate_bit_per_s_each"]) <= 5e7
+    assert both["nodes"] == 2 and len(both["trials"]) == 3
+    for trial in both["trials"]:
+        assert len(trial["rate_bit_per_s_each"]) == 2
+        assert 0 < trial["rate_bit_per_s"] == min(trial["rate_bit_per_s_each"])
+        assert max(trial["rate_bit_per_s_each"]) <= 5e7
+    assert both["rate_bit_per_s"] == sorted(t["rate_bit_per_s"] for t in both["trials"])[1]
     assert stored.topology(2).calibrated_concurrent_rate_bit_per_s == both["rate_bit_per_s"]
 
 

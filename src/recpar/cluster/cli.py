@@ -122,7 +122,8 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
 
     st = _load_state(a)
     try:
-        res = calibrate(st, seconds=a.seconds, count=a.pings, state_dir=a.state_dir)
+        res = calibrate(st, seconds=a.seconds, count=a.pings, state_dir=a.state_dir,
+                        concurrent_repeats=a.concurrent_repeats)
     except ClusterError as e:
         raise _fail(e) from None
     print(json.dumps(res, indent=2, sort_keys=True))
@@ -273,6 +274,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate", help="measure each link's TCP rate and latency; store them")
     p.add_argument("--seconds", type=float, default=2.0, help="bulk transfer per link (s)")
     p.add_argument("--pings", type=int, default=200, help="ping-pong round trips per link")
+    p.add_argument("--concurrent-repeats", type=int, default=3,
+                   help="trials of every run size's concurrent streams (their median is kept)")
     _common(p)
     p.set_defaults(func=_cmd_calibrate)
 
