@@ -12,12 +12,14 @@ raced. Then, with `--profile profiles/local` as `make reproduce` runs it:
    to the process group (a crash, `kill -9`): Snakemake's incomplete
    markers stay behind (the profile sets rerun-incomplete), and its lock, which
    `snakemake --unlock` removes, as Snakemake's message says;
-3. the same command again, to the end.
+3. the whole default DAG (rule all), to the end.
 
 After each interruption: no process of the pipeline is left, every record.json in place is
 complete (schema-valid), and a dry run plans exactly the runs Snakemake had not finished. At the
-end the records finished before an interruption are untouched (same bytes, same mtime) and the
-interrupted runs resumed from their checkpoints.
+end the records finished before an interruption are untouched (same bytes, same mtime), the
+interrupted runs resumed from their checkpoints, and the rest of the grid ran: this is also the
+`.test` grid's end-to-end run, its tables, reports and logs checked by
+test_snakemake.check_tiny_pipeline_outputs, and a second run has nothing to do.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import yaml
 
 from recpar.train import record
 
-from .test_snakemake import ROOT, SNAKEMAKE, _env
+from .test_snakemake import ROOT, SNAKEMAKE, _env, check_tiny_pipeline_outputs
 
 pytestmark = [pytest.mark.pipeline, pytest.mark.slow, pytest.mark.multiprocess,
               pytest.mark.skipif(SNAKEMAKE is None, reason="snakemake is not installed")]
@@ -43,6 +45,8 @@ DATASET = "synthetic-amazon"
 RUNS = ("baseline-tiny-n1/seed0", "baseline-tiny-n1/seed1", "laptop/dp2-ring-tiny-n1/seed0",
         "laptop/dp2-ring-tiny-n1/seed1")
 TARGETS = frozenset(f"results/{DATASET}/{run}/record.json" for run in RUNS)
+REST = frozenset(f"results/{DATASET}/laptop/baseline-tiny-n1/seed{s}/record.json" for s in (0, 1))
+"""The grid's other training runs, made only by the last, whole-DAG run."""
 EPOCHS = 4  # a run spends most of its time after its first checkpoint: easy to catch there
 TRAINING_RULES = "baseline|sweep_run"
 POLL_S = 0.05
@@ -60,9 +64,10 @@ def _write_config(work: Path) -> None:
     (work / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
 
 
-def _command(work: Path, *extra: str) -> list[str]:
+def _command(work: Path, *extra: str, targets=TARGETS) -> list[str]:
+    """`targets` () : the whole default DAG (rule all)."""
     return [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(work), "--profile",
-            str(ROOT / "profiles" / "local"), *extra, *sorted(TARGETS)]
+            str(ROOT / "profiles" / "local"), *extra, *sorted(targets)]
 
 
 def _as_from_a_terminal() -> None:
@@ -246,11 +251,11 @@ def test_interrupted_pipeline_redoes_only_the_unfinished_runs(work):
     unlock = subprocess.run(_command(work, "--unlock"), cwd=ROOT, env=_env(), capture_output=True,
                             text=True, timeout=120)
     assert unlock.returncode == 0, (unlock.stdout + unlock.stderr)[-3000:]
-    last = subprocess.run(_command(work), cwd=ROOT, env=_env(), capture_output=True, text=True,
-                          timeout=CATCH_TIMEOUT_S)
+    last = subprocess.run(_command(work, targets=()), cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=CATCH_TIMEOUT_S)
     assert last.returncode == 0, (last.stdout + last.stderr)[-4000:]
     _, finished3 = _training_jobs(last.stdout + last.stderr)
-    assert finished3 == TARGETS - set(kept)
+    assert finished3 == (TARGETS - set(kept)) | REST
     for rec, (mtime_ns, data) in kept.items():
         assert ((work / rec).stat().st_mtime_ns, (work / rec).read_bytes()) == (mtime_ns, data), rec
     for rec in TARGETS:
@@ -258,4 +263,7 @@ def test_interrupted_pipeline_redoes_only_the_unfinished_runs(work):
         assert len(got["history"]) == EPOCHS, rec  # every epoch once
     for rec in (caught1, caught2):
         assert record.read(work / rec)["notes"][0].startswith("resumed from last.pt after epoch")
-    assert _planned(work) == set()
+    check_tiny_pipeline_outputs(work, sweep_epochs=EPOCHS)
+    again = subprocess.run(_command(work, "-n", targets=()), cwd=ROOT, env=_env(),
+                           capture_output=True, text=True, timeout=120)
+    assert "Nothing to be done" in again.stdout + again.stderr, again.stdout[-3000:]
