@@ -166,7 +166,7 @@ def calibrate(state: ClusterState, seconds: float = 2.0, count: int = 200,
               concurrent_repeats: int = 3) -> dict:
     """Measure every link, store the result in the state file, and return it."""
     if concurrent_repeats < 1:
-        raise ValueError(f"concurrent_repeats must be >= 1, got {concurrent_repeats}")
+        raise ValueError(f"--concurrent-repeats must be >= 1, got {concurrent_repeats}")
     netns.require_root_and_iproute2("cluster calibrate")
     if state.nodes < 2:
         raise ClusterError("calibrate needs at least 2 nodes (there is no inter-node link)")

@@ -124,7 +124,7 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
     try:
         res = calibrate(st, seconds=a.seconds, count=a.pings, state_dir=a.state_dir,
                         concurrent_repeats=a.concurrent_repeats)
-    except ClusterError as e:
+    except (ClusterError, ValueError) as e:
         raise _fail(e) from None
     print(json.dumps(res, indent=2, sort_keys=True))
     return 0

@@ -209,7 +209,7 @@ class ModelParallelEngine(Engine):
         host sync: the loop averages the epoch's losses)."""
         if self.dp == 1:
             return value
-        t = value.to(torch.float64)
+        t = value.to(torch.float64, copy=True)  # the all-reduce works in place
         dist.all_reduce(t, group=self.pg.dp_group())
         return t
 
