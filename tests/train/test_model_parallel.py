@@ -119,11 +119,14 @@ def _assert_losses_match(base: dict, rec: dict) -> None:
 @pytest.mark.multiprocess
 @pytest.mark.slow
 def test_hybrid_tp2_pp2_dp2_equals_single_device(small_prepared, baseline_run, tmp_path):
-    """8 ranks: TP pairs inside each pipeline stage, two stages, two DDP replicas."""
+    """8 ranks: TP pairs inside each pipeline stage, two stages, two DDP replicas, with the
+    chunked loss: the head stage's vocab-parallel loss a chunk at a time (the tp2 x pp2 plan
+    of the correctness grid, which had a run of its own before stop 31)."""
     _need(8)
     r = _run(["train", "--scheme", "hybrid", "--tp", "2", "--pp", "2", "--dp", "2",
               "--partition", "uniform", "--data", str(small_prepared),
-              "--out", str(tmp_path / "h"), *COMMON])
+              "--out", str(tmp_path / "h"), *COMMON,
+              "--model-override", "cross_entropy_chunk_size=16"])
     assert r.returncode == 0, r.stderr[-4000:]
     rec = record.read(tmp_path / "h" / "record.json")  # schema-validated
     assert rec["scheme"] == "hybrid" and rec["plan"]["world_size"] == 8
@@ -139,6 +142,10 @@ def test_hybrid_tp2_pp2_dp2_equals_single_device(small_prepared, baseline_run, t
     # [mb, L, d] activations forward, their gradients back (each TP rank its own copy)
     assert m["pp_p2p_bytes_per_replica_per_iter"] > 0
     assert m["tp_allreduce_payload_bytes_per_replica_per_iter"] > 0
+    # megatron's TP collectives timed (recpar.comm.group_timer)
+    assert m["tp_comm_calls_per_rank_per_iter"] > 0
+    assert m["tp_comm_ms_per_iter_max_over_ranks"] >= m["tp_comm_ms_per_iter"] > 0
+    assert rec["config"]["model"]["cross_entropy_chunk_size"] == 16
     assert m["peak_rss_gib_max_over_ranks"] > 0
     base = record.read(baseline_run / "record.json")
     _assert_losses_match(base, rec)
@@ -207,14 +214,11 @@ def test_moe_under_tensor_parallelism_equals_single_device(small_prepared, tmp_p
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("scheme, degrees, world, run_id", [
     ("mp", ["--tp", "2"], 2, "tp2-tiny-n1"),
-    # with the chunked loss: the head stage's vocab-parallel loss a chunk at a time
-    ("mp", ["--tp", "2", "--pp", "2", "--partition", "uniform", "--model-override",
-            "cross_entropy_chunk_size=16"], 4, "tp2pp2-uniform-tiny-n1"),
 ])
 def test_plan_shapes_equal_single_device(small_prepared, baseline_run, tmp_path, scheme,
                                          degrees, world, run_id):
     """The remaining plan shapes of the correctness grid through the real CLI and engine
-    (pp2 × dp2 in fp32 is the tp2 × pp2 × dp2 test's, with TP on top);
+    (pp2 × dp2 and tp2 × pp2 with the chunked loss in fp32 are the tp2 × pp2 × dp2 test's);
     TP runs also time megatron's TP collectives (recpar.comm.group_timer)."""
     _need(world)
     r = _run(["train", "--scheme", scheme, *degrees, "--data", str(small_prepared),

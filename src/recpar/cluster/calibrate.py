@@ -164,9 +164,11 @@ def concurrent_rate(state: ClusterState, nodes: int, seconds: float = 2.0,
 def calibrate(state: ClusterState, seconds: float = 2.0, count: int = 200,
               state_dir: str | os.PathLike | None = None, save: bool = True,
               concurrent_repeats: int = 3) -> dict:
-    """Measure every link, store the result in the state file, and return it."""
-    if concurrent_repeats < 1:
-        raise ValueError(f"--concurrent-repeats must be >= 1, got {concurrent_repeats}")
+    """Measure every link, store the result in the state file, and return it.
+    `concurrent_repeats`: trials of every run size's concurrent streams (`concurrent_rate`);
+    0 measures none (the all-to-all term then prices with one stream's rate)."""
+    if concurrent_repeats < 0:
+        raise ValueError(f"--concurrent-repeats must be >= 0, got {concurrent_repeats}")
     netns.require_root_and_iproute2("cluster calibrate")
     if state.nodes < 2:
         raise ClusterError("calibrate needs at least 2 nodes (there is no inter-node link)")
@@ -192,7 +194,7 @@ def calibrate(state: ClusterState, seconds: float = 2.0, count: int = 200,
     rates = [l["rate_bit_per_s"] for l in links if l["rate_bit_per_s"]]
     # every run size the cluster serves (a run may use its first k nodes)
     concurrent = [concurrent_rate(state, k, seconds, concurrent_repeats)
-                  for k in range(2, state.nodes + 1)]
+                  for k in range(2, state.nodes + 1)] if concurrent_repeats else []
     intra = None
     if state.intra_shape is not None and state.ranks_per_node >= 2:
         intra = calibrate_intra(state, seconds, count)

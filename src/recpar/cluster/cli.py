@@ -275,7 +275,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seconds", type=float, default=2.0, help="bulk transfer per link (s)")
     p.add_argument("--pings", type=int, default=200, help="ping-pong round trips per link")
     p.add_argument("--concurrent-repeats", type=int, default=3,
-                   help="trials of every run size's concurrent streams (their median is kept)")
+                   help="trials of every run size's concurrent streams (their median is kept; "
+                        "0: not measured)")
     _common(p)
     p.set_defaults(func=_cmd_calibrate)
 

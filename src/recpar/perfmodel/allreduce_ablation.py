@@ -157,7 +157,9 @@ def measure(cfg: AllreduceAblation, state_dir: str | os.PathLike, work_dir: str 
                         intra_shape=LinkShape(cfg.intra_rate_bit_per_s,
                                               latency_s=lat.intra_latency_s))
             st = ClusterState.load(cfg.prefix, state_dir)
+            # one stream per link: the α–β projections here price with it
             cal = calibrate(st, seconds=cfg.calibrate_seconds, count=cfg.pingpong_count,
+                            concurrent_repeats=0,
                             state_dir=state_dir)
             st = ClusterState.load(cfg.prefix, state_dir)
             measured = {}
