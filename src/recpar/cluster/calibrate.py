@@ -11,7 +11,7 @@ a ring collective runs at. Then, for every run size k = 2..N, the first k nodes 
 step) and the slowest stream's goodput is kept, the median of a few trials: on the VDE data
 path the emulator's processes share the host's cores, and with both directions busy a stream
 gets less than alone (here, 2 nodes at 100 Mbit/s: 46-77 Mbit/s on the slower direction over
-11 trials, against 95 alone).
+13 trials of 2-3 s, against 95 alone).
 
 On the VDE data path (`recpar.cluster.vde`) the emulator itself uses CPU that the nodes' work
 then lacks: each bulk transfer also records the CPU seconds the vde_switch/wirefilter processes
@@ -65,21 +65,31 @@ def measure_pair(state: ClusterState, src: int, dst: int, mode: str, seconds: fl
                            names.node_addr(dst), mode, seconds, count, timeout_s)
 
 
+def _start_server(ns: str, name: str, addr: str, mode: str, timeout_s: float,
+                  env: dict[str, str]) -> subprocess.Popen:
+    """A probe server in namespace `ns` listening on `addr`, once it says it is ready (killed
+    and ClusterError, naming `name`, when it does not)."""
+    server = subprocess.Popen(
+        _probe_argv(ns, "serve", "--bind", addr, "--port", str(PROBE_PORT), "--mode", mode,
+                    "--timeout-s", str(timeout_s)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    line = server.stdout.readline().strip()
+    if line != "ready":
+        server.kill()
+        server.wait()
+        raise ClusterError(f"probe server on {name} did not start: "
+                           f"{(server.stderr.read() or line).strip().splitlines()[-1:]}")
+    return server
+
+
 def measure_between(src: tuple[str, str], dst: tuple[str, str], dst_addr: str, mode: str,
                     seconds: float = 2.0, count: int = 200, timeout_s: float = 60.0) -> dict:
     """One measurement from namespace src[0] to dst[0] (listening on `dst_addr`); [1] names
     each end in errors. Returns the probe's JSON (client and server merged)."""
     (src_ns, src_name), (dst_ns, dst_name) = src, dst
     env = package_env()
-    server = subprocess.Popen(
-        _probe_argv(dst_ns, "serve", "--bind", dst_addr,
-                    "--port", str(PROBE_PORT), "--mode", mode, "--timeout-s", str(timeout_s)),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    server = _start_server(dst_ns, dst_name, dst_addr, mode, timeout_s, env)
     try:
-        line = server.stdout.readline().strip()
-        if line != "ready":
-            raise ClusterError(f"probe server on {dst_name} did not start: "
-                               f"{(server.stderr.read() or line).strip().splitlines()[-1:]}")
         client = subprocess.run(
             _probe_argv(src_ns, "client", "--connect", dst_addr,
                         "--port", str(PROBE_PORT), "--mode", mode, "--seconds", str(seconds),
@@ -119,14 +129,7 @@ def measure_concurrent(state: ClusterState, nodes: int, seconds: float = 2.0,
     servers, clients = [], []
     try:
         for _, (dst_ns, dst_name, addr) in streams:
-            srv = subprocess.Popen(
-                _probe_argv(dst_ns, "serve", "--bind", addr, "--port", str(PROBE_PORT),
-                            "--mode", "bulk", "--timeout-s", str(timeout_s)),
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-            servers.append(srv)
-            if srv.stdout.readline().strip() != "ready":
-                raise ClusterError(f"concurrent probe server on {dst_name} did not start: "
-                                   f"{srv.stderr.read().strip().splitlines()[-1:]}")
+            servers.append(_start_server(dst_ns, dst_name, addr, "bulk", timeout_s, env))
         for (src_ns, _, _), (_, _, addr) in streams:  # every stream starts together
             clients.append(subprocess.Popen(
                 _probe_argv(src_ns, "client", "--connect", addr, "--port", str(PROBE_PORT),
@@ -153,8 +156,8 @@ def measure_concurrent(state: ClusterState, nodes: int, seconds: float = 2.0,
 def concurrent_rate(state: ClusterState, nodes: int, seconds: float = 2.0,
                     repeats: int = 3) -> dict:
     """`measure_concurrent` `repeats` times; the median of the trials' slowest streams. One
-    trial is noisy on the VDE path (two nodes at 100 Mbit/s: 46-77 Mbit/s over 11 trials of
-    2 s on this machine), as the emulator's processes compete for the cores."""
+    trial is noisy on the VDE path (two nodes at 100 Mbit/s: 46-77 Mbit/s over 13 trials of
+    2-3 s on this machine), as the emulator's processes compete for the cores."""
     trials = [measure_concurrent(state, nodes, seconds) for _ in range(repeats)]
     mins = [t["rate_bit_per_s"] for t in trials if t["rate_bit_per_s"]]
     return {"nodes": nodes, "rate_bit_per_s": statistics.median(mins) if mins else None,
