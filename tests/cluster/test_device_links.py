@@ -72,8 +72,16 @@ def test_calibrate_measures_the_intra_node_link_and_paths_between_nodes_skip_it(
     from recpar.cluster.calibrate import calibrate
 
     res = calibrate(dcluster, seconds=1.0, count=60, state_dir=dcluster.state_dir,
-                    concurrent_repeats=0)  # the concurrent streams: tests/cluster/test_vde
+                    concurrent_repeats=1)  # judged at 3 trials: tests/cluster/test_vde
     intra = res["intra_node"]
+    # under load: inside every node of a run on k = 1, 2 nodes, each device sends the same
+    # bytes to the next at once (node 0: 0 -> 1 and 1 -> 0, then node 1's two as well)
+    assert [c["nodes"] for c in intra["concurrent"]] == [1, 2]
+    for c in intra["concurrent"]:
+        (trial,) = c["trials"]
+        assert trial["streams"] == 2 * c["nodes"]
+        assert 0 < c["rate_bit_per_s"] <= min(trial["rate_bit_per_s_each"]) * 1.0001
+    assert [c["nodes"] for c in res["concurrent"]] == [2]
     assert intra["rtt_min_s"] / 2 == pytest.approx(INTRA.latency_s, rel=0.10), intra
     assert intra["rtt_min_s"] <= intra["rtt_median_s"]
     assert intra["rate_bit_per_s"] < 1.05 * INTRA.rate_bit_per_s
@@ -83,6 +91,8 @@ def test_calibrate_measures_the_intra_node_link_and_paths_between_nodes_skip_it(
         assert link["rate_bit_per_s"] < 1.05 * INTER.rate_bit_per_s
     topo = emulated.ClusterState.load(TEST_PREFIX, dcluster.state_dir).topology()
     assert topo.calibrated_intra_latency_s == intra["latency_s"]
+    assert (topo.calibrated_intra_concurrent_rate_bit_per_s
+            == intra["concurrent"][1]["rate_bit_per_s"])
     assert topo.intra_latency_s == INTRA.latency_s
 
 

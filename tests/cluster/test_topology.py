@@ -37,10 +37,16 @@ def test_state_topology_picks_the_concurrent_rate_of_the_run_size():
                       created_unix_s=0.0)
     st.calibration = {"rate_bit_per_s": 9.5e7, "latency_s": 1e-3,
                       "concurrent": [{"nodes": 2, "rate_bit_per_s": 6e7},
-                                     {"nodes": 4, "rate_bit_per_s": 4e7}]}
+                                     {"nodes": 4, "rate_bit_per_s": 4e7}],
+                      "intra_node": {"rate_bit_per_s": 3e8, "latency_s": 1e-3,
+                                     "concurrent": [{"nodes": 1, "rate_bit_per_s": 2e8},
+                                                    {"nodes": 2, "rate_bit_per_s": 1.5e8}]}}
     assert st.topology().calibrated_concurrent_rate_bit_per_s == 4e7
     assert st.topology(2).calibrated_concurrent_rate_bit_per_s == 6e7
     assert st.topology(3).calibrated_concurrent_rate_bit_per_s is None  # not measured
+    assert st.topology(1).calibrated_intra_concurrent_rate_bit_per_s == 2e8
+    assert st.topology(2).calibrated_intra_concurrent_rate_bit_per_s == 1.5e8
+    assert st.topology(4).calibrated_intra_concurrent_rate_bit_per_s is None
     st.calibration = {"rate_bit_per_s": 9.5e7, "latency_s": 1e-3}  # calibrated before it
     assert st.topology(2).calibrated_concurrent_rate_bit_per_s is None
 
@@ -56,6 +62,11 @@ def test_intra_node_links_and_scale_model_round_trip():
                                  "calibrated": {"rate_bit_per_s": 1.1e8, "latency_s": 0.0205}}
     assert rec["scale_model"] == sm
     assert Topology.from_record(json.loads(json.dumps(rec))) == t
+    # the loaded intra-node rate, once calibrated, rides along
+    loaded = Topology(**{**t.__dict__, "calibrated_intra_concurrent_rate_bit_per_s": 6e7})
+    rec = loaded.to_record()
+    assert rec["intra_node"]["calibrated"]["concurrent_rate_bit_per_s"] == 6e7
+    assert Topology.from_record(json.loads(json.dumps(rec))) == loaded
     # without intra-node links the record has neither key (ranks of a node share its loopback)
     plain = Topology("emulated", 2, 2).to_record()
     assert "intra_node" not in plain and "scale_model" not in plain

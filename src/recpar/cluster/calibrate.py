@@ -6,12 +6,15 @@ gloo can get: about 95 % of the configured L2 rate at MTU 1500 (TCP/IP/Ethernet 
 Latency is half the median round trip of 1-byte TCP ping-pongs (includes the software path).
 
 The cluster-level summary keeps the slowest link's rate and the largest latency: the bottleneck
-a ring collective runs at. Then, for every run size k = 2..N, the first k nodes send at once
-(i -> i+1 mod k, so every node's link carries traffic both ways, as in a ring or an all-to-all
-step) and the slowest stream's goodput is kept, the median of a few trials: on the VDE data
-path the emulator's processes share the host's cores, and with both directions busy a stream
-gets less than alone (here, 2 nodes at 100 Mbit/s: 46-77 Mbit/s on the slower direction over
-13 trials of 2-3 s, against 95 alone).
+a ring collective runs at. Then the links are measured under the load a collective step puts on
+them (`concurrent`): for every run size k = 2..N the first k nodes send at once (i -> i+1 mod k,
+so every node's link carries traffic both ways, as in a ring or an all-to-all step), the same
+bytes each, and the rate is those bytes over the time until the last stream is done, the median
+of a few trials; with intra-node links, the same inside each of the first k = 1..N nodes at once
+(`intra_node.concurrent`). Both directions busy give a stream less than it gets alone: on the VDE
+data path the emulator's processes share the host's cores (2 nodes at 100 Mbit/s: the slower
+direction got 46-77 Mbit/s over 13 trials of 2-3 s, against 95 alone), and on a slow link TCP
+splits it unevenly (13 Mbit/s uplinks: 12.0 Mbit/s one way, 5.9-7.5 the other, in 3 trials).
 
 On the VDE data path (`recpar.cluster.vde`) the emulator itself uses CPU that the nodes' work
 then lacks: each bulk transfer also records the CPU seconds the vde_switch/wirefilter processes
@@ -110,22 +113,26 @@ def measure_between(src: tuple[str, str], dst: tuple[str, str], dst_addr: str, m
             server.wait()
 
 
-def measure_concurrent(state: ClusterState, nodes: int, seconds: float = 2.0,
-                       timeout_s: float = 60.0) -> dict:
-    """Bulk transfers node i -> node (i + 1) mod `nodes` for every i < `nodes`, all at once:
-    every node's link busy both ways, as in a ring or an all-to-all step of a run on that many
-    nodes (with 2 nodes: 0 -> 1 and 1 -> 0). Each stream's goodput while the others run, and
-    the slowest (what a step that waits for all of them gets). On the VDE data path the
-    emulator's processes share the host's cores, so this can be well below one stream alone."""
+def _endpoint(state: ClusterState, node: int, device: int = 0) -> tuple[str, str, str]:
+    """(namespace, name, address) of a node's end of a path: its device `device` where the
+    cluster has intra-node links (as ranks see the path), else the node itself."""
     names = state.names
+    if state.intra_shape is not None:
+        return (names.device_ns(node, device), f"node {node} device {device}",
+                names.device_addr(node, device))
+    return names.node_ns(node), f"node {node}", names.node_addr(node)
 
-    def end(i: int) -> tuple[str, str, str]:
-        if state.intra_shape is not None:  # the nodes' device 0, as ranks see the path
-            return names.device_ns(i, 0), f"node {i} device 0", names.device_addr(i, 0)
-        return names.node_ns(i), f"node {i}", names.node_addr(i)
 
+def measure_streams(streams: list[tuple[tuple[str, str, str], tuple[str, str, str]]],
+                    nbytes: int, timeout_s: float = 60.0) -> dict:
+    """Every (src, dst) stream sends the same `nbytes` at once, as the streams of one
+    collective step do (a ring's hops, an all-to-all's pairs), and the step is over when the
+    last byte of the last stream has arrived. `rate_bit_per_s` = nbytes x 8 / (last byte's
+    arrival - first byte's arrival, over all streams): the rate each stream of such a step
+    gets. Each stream's own rate (its bytes over its own first-to-last byte) is kept too: on
+    a link busy both ways TCP splits it unevenly (one direction's acknowledgements queue behind
+    the other's data), and the faster stream, once done, leaves the link to the slower."""
     env = package_env()
-    streams = [(end(i), end((i + 1) % nodes)) for i in range(nodes)]
     servers, clients = [], []
     try:
         for _, (dst_ns, dst_name, addr) in streams:
@@ -133,35 +140,60 @@ def measure_concurrent(state: ClusterState, nodes: int, seconds: float = 2.0,
         for (src_ns, _, _), (_, _, addr) in streams:  # every stream starts together
             clients.append(subprocess.Popen(
                 _probe_argv(src_ns, "client", "--connect", addr, "--port", str(PROBE_PORT),
-                            "--mode", "bulk", "--seconds", str(seconds), "--timeout-s",
+                            "--mode", "bulk", "--bytes", str(nbytes), "--timeout-s",
                             str(timeout_s)),
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
-        rates = []
+        got = []
         for ((_, src_name, _), (_, dst_name, _)), cli, srv in zip(streams, clients, servers):
-            _, cerr = cli.communicate(timeout=timeout_s + seconds + 10)
+            _, cerr = cli.communicate(timeout=timeout_s * 2)
             out, err = srv.communicate(timeout=timeout_s)
             if cli.returncode != 0 or srv.returncode != 0:
                 raise ClusterError(f"concurrent probe {src_name} -> {dst_name} failed: "
                                    f"{(cerr or err).strip().splitlines()[-1:]}")
-            rates.append(json.loads(out.strip().splitlines()[-1])["rate_bit_per_s"])
+            got.append(json.loads(out.strip().splitlines()[-1]))
     finally:
         for p in servers + clients:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    return {"nodes": nodes, "rate_bit_per_s_each": rates,
-            "rate_bit_per_s": min(rates) if all(rates) else None}
+    each = [g["bytes"] * 8 / (g["t_last_s"] - g["t_first_s"])
+            if g["bytes"] and g["t_last_s"] > g["t_first_s"] else None for g in got]
+    wall = (max(g["t_last_s"] for g in got) - min(g["t_first_s"] for g in got)
+            if all(g["bytes"] for g in got) else 0.0)
+    return {"streams": len(streams), "bytes_each": nbytes, "wall_s": wall,
+            "rate_bit_per_s_each": each,
+            "rate_bit_per_s": nbytes * 8 / wall if wall > 0 else None}
 
 
-def concurrent_rate(state: ClusterState, nodes: int, seconds: float = 2.0,
-                    repeats: int = 3) -> dict:
-    """`measure_concurrent` `repeats` times; the median of the trials' slowest streams. One
-    trial is noisy on the VDE path (two nodes at 100 Mbit/s: 46-77 Mbit/s over 13 trials of
-    2-3 s on this machine), as the emulator's processes compete for the cores."""
-    trials = [measure_concurrent(state, nodes, seconds) for _ in range(repeats)]
-    mins = [t["rate_bit_per_s"] for t in trials if t["rate_bit_per_s"]]
-    return {"nodes": nodes, "rate_bit_per_s": statistics.median(mins) if mins else None,
-            "trial_rates_bit_per_s": mins, "trials": trials}
+def ring_streams(state: ClusterState, nodes: int) -> list:
+    """Node i -> node (i + 1) mod `nodes` for every i < `nodes`: every node's uplink busy both
+    ways, as in a ring or an all-to-all step of a run on that many nodes (2 nodes: 0 -> 1 and
+    1 -> 0)."""
+    return [(_endpoint(state, i), _endpoint(state, (i + 1) % nodes)) for i in range(nodes)]
+
+
+def intra_ring_streams(state: ClusterState, nodes: int) -> list:
+    """Inside each of the first `nodes` nodes, device j -> device (j + 1) mod devices, all
+    nodes at once: every intra-node link busy both ways, as a tensor-parallel all-reduce in
+    every node of a run on that many nodes makes them."""
+    d = state.ranks_per_node
+    return [(_endpoint(state, i, j), _endpoint(state, i, (j + 1) % d))
+            for i in range(nodes) for j in range(d)]
+
+
+def concurrent_rate(streams: list, nbytes: int, repeats: int = 3, **key) -> dict:
+    """`measure_streams` `repeats` times; the median of the trials' rates. One trial is noisy
+    on the VDE data path: the emulator's processes compete for the cores, and which direction
+    TCP favours changes from trial to trial."""
+    trials = [measure_streams(streams, nbytes) for _ in range(repeats)]
+    rates = [t["rate_bit_per_s"] for t in trials if t["rate_bit_per_s"]]
+    return {**key, "rate_bit_per_s": statistics.median(rates) if rates else None,
+            "trial_rates_bit_per_s": rates, "trials": trials}
+
+
+def equal_bytes(rate_bit_per_s: float | None, seconds: float) -> int:
+    """Bytes each concurrent stream sends: what one stream alone carries in `seconds`."""
+    return max(1, int((rate_bit_per_s or 8e6) * seconds / 8))
 
 
 def calibrate(state: ClusterState, seconds: float = 2.0, count: int = 200,
@@ -196,11 +228,17 @@ def calibrate(state: ClusterState, seconds: float = 2.0, count: int = 200,
                       "latency_s": ping["rtt_median_s"] / 2})
     rates = [l["rate_bit_per_s"] for l in links if l["rate_bit_per_s"]]
     # every run size the cluster serves (a run may use its first k nodes)
-    concurrent = [concurrent_rate(state, k, seconds, concurrent_repeats)
+    nbytes = equal_bytes(min(rates) if rates else None, seconds)
+    concurrent = [concurrent_rate(ring_streams(state, k), nbytes, concurrent_repeats, nodes=k)
                   for k in range(2, state.nodes + 1)] if concurrent_repeats else []
     intra = None
     if state.intra_shape is not None and state.ranks_per_node >= 2:
         intra = calibrate_intra(state, seconds, count)
+        intra_bytes = equal_bytes(intra["rate_bit_per_s"], seconds)
+        intra["concurrent"] = [
+            concurrent_rate(intra_ring_streams(state, k), intra_bytes, concurrent_repeats,
+                            nodes=k)
+            for k in range(1, state.nodes + 1)] if concurrent_repeats else []
     result = {"links": links, "intra_node": intra,
               "rate_bit_per_s": min(rates) if rates else None,
               "latency_s": max(l["latency_s"] for l in links),
@@ -209,9 +247,13 @@ def calibrate(state: ClusterState, seconds: float = 2.0, count: int = 200,
               "emulator_cpu": emulator_cpu_summary(links) if rdir else None,
               "method": {"bulk_seconds": seconds, "pingpong_count": count,
                          "rate": "TCP goodput of one stream after a warm-up",
-                         "concurrent": "for k = 2..nodes: streams i -> i+1 mod k at once, "
-                                       "the slowest one's goodput, the median of "
-                                       f"{concurrent_repeats} trials",
+                         "concurrent": "for k = 2..nodes: streams node i -> i+1 mod k at "
+                                       "once, the same bytes each (one stream's rate x "
+                                       "bulk_seconds); rate = those bytes / the time until "
+                                       "the last stream's last byte arrived; the median of "
+                                       f"{concurrent_repeats} trials. intra_node.concurrent: "
+                                       "the same for device j -> j+1 mod devices inside "
+                                       "each of the first k = 1..nodes nodes at once",
                          "latency": "half the median 1-byte TCP round trip",
                          "rtt_min": "the fastest round trip: the configured delays plus the "
                                     "emulator's unloaded software path",

@@ -222,6 +222,8 @@ def launch(topology: Topology, argv: list[str], env: dict[str, str] | None = Non
                                "calibrated_intra_rate_bit_per_s":
                                    cal.calibrated_intra_rate_bit_per_s,
                                "calibrated_intra_latency_s": cal.calibrated_intra_latency_s,
+                               "calibrated_intra_concurrent_rate_bit_per_s":
+                                   cal.calibrated_intra_concurrent_rate_bit_per_s,
                                "scale_model": cal.scale_model})
     elif fault_schedule:
         raise ValueError("launch: fault schedules need the emulated topology")

@@ -2,9 +2,13 @@
 
     python -m recpar.cluster.probe serve  --bind ADDR --port P --mode bulk|pingpong
     python -m recpar.cluster.probe client --connect ADDR --port P --mode bulk --seconds S
+    python -m recpar.cluster.probe client --connect ADDR --port P --mode bulk --bytes N
     python -m recpar.cluster.probe client --connect ADDR --port P --mode pingpong --count N
 
-Each prints one JSON line with its result (`serve` first prints `ready` once listening).
+Each prints one JSON line with its result (`serve` first prints `ready` once listening). A bulk
+server also reports when the first and the last byte arrived (`t_first_s`, `t_last_s`: the
+system-wide monotonic clock, `time.perf_counter`, so the servers of streams running at once in
+different namespaces can be compared).
 Written with plain sockets rather than iperf3 so the measurement needs no extra system package
 and sees exactly what gloo sees: one TCP stream between two namespaces' addresses.
 """
@@ -62,11 +66,13 @@ def _serve(bind: str, port: int, mode: str, warmup_s: float, timeout_s: float) -
         t_warm, bytes_warm = t_first, 0
     dt = t_last - t_warm
     rate = (total - bytes_warm) * 8 / dt if dt > 0 else None
-    return {"mode": mode, "bytes": total, "window_s": dt, "rate_bit_per_s": rate}
+    return {"mode": mode, "bytes": total, "window_s": dt, "rate_bit_per_s": rate,
+            "t_first_s": t_first, "t_last_s": t_last}
 
 
 def _client(connect: str, port: int, mode: str, seconds: float, count: int,
-            timeout_s: float) -> dict:
+            timeout_s: float, nbytes: int | None = None) -> dict:
+    """`nbytes` (bulk): send exactly that many bytes, not for `seconds`."""
     conn = socket.create_connection((connect, port), timeout=timeout_s)
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if mode == "pingpong":
@@ -80,12 +86,13 @@ def _client(connect: str, port: int, mode: str, seconds: float, count: int,
         conn.close()
         return {"mode": mode, "count": count, "rtt_median_s": statistics.median(rtts),
                 "rtt_min_s": min(rtts), "rtt_max_s": max(rtts)}
-    payload = b"\0" * CHUNK_BYTES
+    payload = memoryview(b"\0" * CHUNK_BYTES)
     sent = 0
     t0 = time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        conn.sendall(payload)
-        sent += len(payload)
+    while (sent < nbytes) if nbytes is not None else (time.perf_counter() - t0 < seconds):
+        k = CHUNK_BYTES if nbytes is None else min(CHUNK_BYTES, nbytes - sent)
+        conn.sendall(payload[:k])
+        sent += k
     conn.shutdown(socket.SHUT_WR)
     conn.recv(1)  # wait for the server to close: all bytes delivered
     conn.close()
@@ -100,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--mode", choices=("bulk", "pingpong"), required=True)
     p.add_argument("--seconds", type=float, default=2.0)
+    p.add_argument("--bytes", type=int, default=None, dest="nbytes",
+                   help="bulk client: send this many bytes (instead of for --seconds)")
     p.add_argument("--count", type=int, default=200)
     p.add_argument("--warmup-s", type=float, default=0.3)
     p.add_argument("--timeout-s", type=float, default=60.0)
@@ -109,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if not a.connect:
             p.error("client needs --connect")
-        res = _client(a.connect, a.port, a.mode, a.seconds, a.count, a.timeout_s)
+        if a.nbytes is not None and a.nbytes < 1:
+            p.error(f"--bytes must be >= 1, got {a.nbytes}")
+        res = _client(a.connect, a.port, a.mode, a.seconds, a.count, a.timeout_s, a.nbytes)
     print(json.dumps(res), flush=True)
     return 0
 

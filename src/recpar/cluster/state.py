@@ -72,24 +72,27 @@ class ClusterState:
 
     def topology(self, nodes: int | None = None) -> Topology:
         """The cluster as a Topology; `nodes`: a run on its first `nodes` nodes (default all),
-        which picks the concurrent-streams rate calibrated for that many."""
+        which picks the concurrent-streams rates calibrated for that many."""
         nodes = self.nodes if nodes is None else nodes
         base = LinkShape.from_dict(self.base_shape)
         intra = LinkShape.from_dict(self.intra_shape) if self.intra_shape is not None else None
         cal = self.calibration or {}
         intra_cal = cal.get("intra_node") or {}
-        concurrent = next((c.get("rate_bit_per_s") for c in cal.get("concurrent") or []
-                           if c.get("nodes") == nodes), None)
+        def at(entries: list | None) -> float | None:
+            return next((c.get("rate_bit_per_s") for c in entries or []
+                         if c.get("nodes") == nodes), None)
         return Topology(kind="emulated", nodes=self.nodes, ranks_per_node=self.ranks_per_node,
                         inter_rate_bit_per_s=base.rate_bit_per_s,
                         inter_latency_s=base.latency_s, inter_loss=base.loss,
                         calibrated_rate_bit_per_s=cal.get("rate_bit_per_s"),
                         calibrated_latency_s=cal.get("latency_s"),
-                        calibrated_concurrent_rate_bit_per_s=concurrent,
+                        calibrated_concurrent_rate_bit_per_s=at(cal.get("concurrent")),
                         intra_rate_bit_per_s=intra.rate_bit_per_s if intra else None,
                         intra_latency_s=intra.latency_s if intra else None,
                         calibrated_intra_rate_bit_per_s=intra_cal.get("rate_bit_per_s"),
                         calibrated_intra_latency_s=intra_cal.get("latency_s"),
+                        calibrated_intra_concurrent_rate_bit_per_s=at(
+                            intra_cal.get("concurrent")),
                         scale_model=self.scale_model)
 
     def save(self, state_dir: str | os.PathLike | None = None) -> Path:

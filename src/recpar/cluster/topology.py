@@ -37,9 +37,10 @@ class Topology:
     calibrated_latency_s: float | None = None
     """Measured one-way latency node 0 <-> node 1 (half a TCP ping-pong round trip), s."""
     calibrated_concurrent_rate_bit_per_s: float | None = None
-    """Measured TCP goodput per stream, bit/s, when each of the run's nodes sends to the next at
-    once (every link busy both ways, as in a ring or all-to-all step; the slowest stream;
-    recpar.cluster.calibrate.measure_concurrent). None until calibrated, or one node."""
+    """Measured rate per stream, bit/s, when each of the run's nodes sends the same bytes to the
+    next at once (every link busy both ways, as in a ring or all-to-all step; bytes over the time
+    until the last stream is done; recpar.cluster.calibrate.measure_streams). None until
+    calibrated, or one node."""
     intra_rate_bit_per_s: float | None = None
     """Configured rate of each device's intra-node link, bit/s (None: the ranks of a node talk
     over its loopback, unshaped; recpar.cluster.device_links)."""
@@ -49,6 +50,10 @@ class Topology:
     """Measured TCP goodput node 0 device 0 -> device 1, bit/s (`recpar cluster calibrate`)."""
     calibrated_intra_latency_s: float | None = None
     """Measured one-way latency node 0 device 0 <-> device 1, s."""
+    calibrated_intra_concurrent_rate_bit_per_s: float | None = None
+    """Measured rate per stream, bit/s, when inside each of the run's nodes every device sends
+    the same bytes to the next at once (every intra-node link busy both ways, as a
+    tensor-parallel all-reduce in every node makes them; recpar.cluster.calibrate)."""
     scale_model: dict | None = None
     """The scale model the links were scaled from (profile, measured device FLOP/s, dilation
     D, profile and scaled links; recpar.perfmodel.dilation), None when not a scale model."""
@@ -66,7 +71,8 @@ class Topology:
                      "calibrated_rate_bit_per_s", "calibrated_latency_s",
                      "calibrated_concurrent_rate_bit_per_s", "intra_rate_bit_per_s",
                      "intra_latency_s",
-                     "calibrated_intra_rate_bit_per_s", "calibrated_intra_latency_s"):
+                     "calibrated_intra_rate_bit_per_s", "calibrated_intra_latency_s",
+                     "calibrated_intra_concurrent_rate_bit_per_s"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
                                   or not math.isfinite(v) or v < 0):
@@ -100,7 +106,10 @@ class Topology:
                    "configured": {"rate_bit_per_s": self.intra_rate_bit_per_s,
                                   "latency_s": self.intra_latency_s},
                    "calibrated": {"rate_bit_per_s": self.calibrated_intra_rate_bit_per_s,
-                                  "latency_s": self.calibrated_intra_latency_s}}}),
+                                  "latency_s": self.calibrated_intra_latency_s,
+                                  **({} if self.calibrated_intra_concurrent_rate_bit_per_s
+                                     is None else {"concurrent_rate_bit_per_s":
+                                     self.calibrated_intra_concurrent_rate_bit_per_s})}}}),
             **({} if self.scale_model is None else {"scale_model": self.scale_model}),
         }
 
@@ -127,6 +136,8 @@ class Topology:
                    intra_latency_s=intra.get("latency_s"),
                    calibrated_intra_rate_bit_per_s=intra_cal.get("rate_bit_per_s"),
                    calibrated_intra_latency_s=intra_cal.get("latency_s"),
+                   calibrated_intra_concurrent_rate_bit_per_s=intra_cal.get(
+                       "concurrent_rate_bit_per_s"),
                    scale_model=rec.get("scale_model"))
 
     def to_env(self) -> dict[str, str]:

@@ -93,7 +93,7 @@ def _link(section: Mapping[str, Any] | None) -> LinkCost | None:
     """A topology section's calibrated link (rate in bit/s, one-way latency in s), or None.
     The rate is the concurrent streams' one where the calibration measured it (every node of
     the run sending at once, each link busy both ways, as in an all-to-all:
-    recpar.cluster.calibrate.measure_concurrent), else one stream's alone."""
+    recpar.cluster.calibrate.measure_streams), else one stream's alone."""
     cal = (section or {}).get("calibrated") or {}
     rate = cal.get("concurrent_rate_bit_per_s") or cal.get("rate_bit_per_s")
     latency = cal.get("latency_s")
