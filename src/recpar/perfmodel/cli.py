@@ -407,7 +407,7 @@ def cmd_step_check(args: argparse.Namespace) -> int:
                 try:
                     c = check_step(size, precision, comp, batch=args.batch, n_items=args.items,
                                    device=args.device, steps=args.steps, warmup=args.warmup,
-                                   gemm_n=args.gemm_n)
+                                   gemm_n=args.gemm_n, chunk_size=args.chunk)
                 except Exception as e:  # report every configuration, then fail
                     failed += 1
                     print(f"{size} {precision} compile={comp}: FAILED {type(e).__name__}: {e}",
@@ -753,6 +753,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sc.add_argument("--steps", type=int, default=10, help="timed steps")
     sc.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation)")
     sc.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    sc.add_argument("--chunk", type=int, default=0,
+                    help="positions per chunk of the memory-lean loss (model.overrides."
+                         "cross_entropy_chunk_size); 0 (default): the whole logits at once")
     sc.add_argument("--gemm-n", type=int, default=None,
                     help="matrix size of the measured GEMM peak (default: 8192 on CUDA, 1024 on "
                          "CPU)")

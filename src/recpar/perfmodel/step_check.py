@@ -60,6 +60,8 @@ class StepCheck:
     """fp32 or bf16 (autocast)."""
     compile: bool
     """The loss function ran through torch.compile."""
+    cross_entropy_chunk_size: int
+    """Positions per chunk of the memory-lean loss; 0: the whole logits at once."""
     device_name: str
     """torch's name for the device (a CPU is `cpu`)."""
     batch: int
@@ -93,10 +95,13 @@ class StepCheck:
 
 def check_step(size: str, precision: str, compile: bool, *, batch: int, n_items: int,
                device: str = "cpu", steps: int = 10, warmup: int = 3, gemm_n: int | None = None,
-               seed: int = 0, compile_backend: str = "inductor") -> StepCheck:
+               seed: int = 0, compile_backend: str = "inductor",
+               chunk_size: int = 0) -> StepCheck:
     """Build the model at `size`, run `warmup` then `steps` training steps on random item
     sequences of max_seq_len, and measure (StepCheck's fields). `compile_backend`: torch.compile's
-    backend (`eager` traces with dynamo but generates no code: the tests' cheap stand-in)."""
+    backend (`eager` traces with dynamo but generates no code: the tests' cheap stand-in).
+    `chunk_size`: the model's cross_entropy_chunk_size (0: the whole [B, L, n_items + 1]
+    logits at once; N: the memory-lean loss, N positions at a time)."""
     import resource
 
     import torch
@@ -115,7 +120,7 @@ def check_step(size: str, precision: str, compile: bool, *, batch: int, n_items:
     train_cfg = TrainConfig(device=device, precision=precision).validate()
     dev = torch.device(device)
     dtype = train_cfg.autocast_dtype()
-    cfg = ModelConfig.named(size, dropout=0.0, text_dim=0)
+    cfg = ModelConfig.named(size, dropout=0.0, text_dim=0, cross_entropy_chunk_size=chunk_size)
     torch.manual_seed(seed)
     model = Recommender(cfg, n_items).to(dev).train()
     opt = build_adamw(model, train_cfg)
@@ -159,7 +164,8 @@ def check_step(size: str, precision: str, compile: bool, *, batch: int, n_items:
         ModelShape.from_config(cfg, n_items), PlanShape(), batch,
         Precision(activation_bytes=2 if dtype is not None else 4), zero_stage=0)
     return StepCheck(
-        size=size, precision=train_cfg.resolved_precision(), compile=compile, device_name=name,
+        size=size, precision=train_cfg.resolved_precision(), compile=compile,
+        cross_entropy_chunk_size=chunk_size, device_name=name,
         batch=batch, n_items=n_items, steps=steps, step_ms=1e3 * s, samples_per_s=batch / s,
         model_tflops_per_s=flops_per_s / 1e12, gemm_peak_tflops_per_s=gemm / 1e12,
         mfu_pct_measured_gemm=100 * flops_per_s / gemm,
@@ -172,6 +178,7 @@ def format_row(c: StepCheck) -> str:
     """One line of the check's table."""
     sheet = "—" if c.mfu_pct_datasheet is None else f"{c.mfu_pct_datasheet:.1f}"
     return (f"{c.size:>5} {c.precision:>4} compile={'on ' if c.compile else 'off'} "
+            f"chunk {c.cross_entropy_chunk_size or 'off'} "
             f"b{c.batch} items {c.n_items}: {c.step_ms:9.1f} ms/step "
             f"{c.samples_per_s:9.1f} samples/s {c.model_tflops_per_s:8.3f} TFLOP/s | "
             f"MFU {sheet} % of datasheet, {c.mfu_pct_measured_gemm:.1f} % of measured GEMM "
