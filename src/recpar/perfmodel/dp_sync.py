@@ -168,9 +168,9 @@ def _all_reduce(grad_bytes: float, dp: int, sync: GradSync, hw: HardwareProfile,
     node."""
     nodes, local = group_span(dp, stride, ranks_per_node)
     if sync.algorithm == "hierarchical" and nodes > 1:
-        intra = hw.intra_link()
+        intra = hw.intra_link(loaded=True)
         # every DP rank of a node runs its own inter-node ring at once
-        inter = hw.inter_link(groups_per_node * local)
+        inter = hw.inter_link(groups_per_node * local, loaded=True)
 
         def hierarchical(n: float) -> float:
             return C.hierarchical_all_reduce(n, nodes, local, intra, inter, hw.collectives)

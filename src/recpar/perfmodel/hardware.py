@@ -139,6 +139,14 @@ class LinkProfile:
     """Achievable bandwidth per direction of one stream (bytes/s)."""
     nics_per_node: Figure | None = None
     """inter_node only: NICs per node; concurrent cross-node streams share them."""
+    loaded_bandwidth_bytes_per_s: Figure | None = None
+    """Bandwidth per stream while every stream of a collective step runs at once (bytes/s;
+    recpar.perfmodel.loaded_links sets it from a run record); None: `bandwidth_bytes_per_s`.
+    Collectives are priced with it, point-to-point sends with `bandwidth_bytes_per_s`."""
+
+    def bandwidth(self, loaded: bool) -> float:
+        fig = self.loaded_bandwidth_bytes_per_s if loaded else None
+        return (fig or self.bandwidth_bytes_per_s).value
 
 
 @dataclass(frozen=True)
@@ -267,6 +275,13 @@ class HardwareProfile:
     shared_host: SharedHost | None = None
     """Set when all ranks of a run share one host's cores (emulated cluster); None: every rank
     has its own device at sustained_flops_per_s (the A100 profile)."""
+    links_under_load: str | None = None
+    """`run_record`: the profile describes the cluster that ran, and a run's links are priced
+    at the rates its own record's calibration measured under a collective step's load
+    (`topology.*.calibrated.concurrent_rate_bit_per_s`, for the run's node count) where the
+    record has them (recpar.perfmodel.loaded_links); None: at the links above."""
+    links_under_load_source: str = ""
+    """Why (the profile's `links_under_load.source`)."""
     path: str = ""
     """File the profile was read from."""
     figures: dict[str, Figure] = field(default_factory=dict, compare=False)
@@ -300,17 +315,18 @@ class HardwareProfile:
         """The cost formulas of the profile's collective library."""
         return LIBRARIES[self.collective_library]
 
-    def intra_link(self) -> LinkCost:
+    def intra_link(self, loaded: bool = False) -> LinkCost:
+        """Device-to-device link in a node; `loaded`: for a collective (LinkProfile.bandwidth)."""
         return LinkCost(self.intra_node.latency_s.value,
-                        1.0 / self.intra_node.bandwidth_bytes_per_s.value, self.gamma_s_per_byte)
+                        1.0 / self.intra_node.bandwidth(loaded), self.gamma_s_per_byte)
 
-    def inter_link(self, streams_per_node: int = 1) -> LinkCost:
-        """Cross-node link for one stream when `streams_per_node` streams leave each node."""
+    def inter_link(self, streams_per_node: int = 1, loaded: bool = False) -> LinkCost:
+        """Cross-node link for one stream when `streams_per_node` streams leave each node;
+        `loaded`: for a collective (LinkProfile.bandwidth)."""
         nics = int(self.inter_node.nics_per_node.value) if self.inter_node.nics_per_node else 1
         share = max(1, math.ceil(streams_per_node / nics))
         return LinkCost(self.inter_node.latency_s.value,
-                        share / self.inter_node.bandwidth_bytes_per_s.value,
-                        self.gamma_s_per_byte)
+                        share / self.inter_node.bandwidth(loaded), self.gamma_s_per_byte)
 
     def rank_flops_per_s(self, ranks_on_host: int, sequences: float | None = None,
                          flops_per_sequence: float | None = None) -> float:
@@ -511,7 +527,7 @@ def profile_from_mapping(data: Any, where: str = "<profile>") -> HardwareProfile
     r = _Reader(where)
     top = r.mapping(data, "(top level)")
     known = {"name", "description", "devices_per_node", "max_nodes", "device", "links",
-             "shared_host", "collective_library"}
+             "shared_host", "collective_library", "links_under_load"}
     unknown = sorted(set(top) - known)
     if unknown:
         raise r.fail(unknown[0], f"unknown key; known: {', '.join(sorted(known))}")
@@ -559,6 +575,7 @@ def profile_from_mapping(data: Any, where: str = "<profile>") -> HardwareProfile
     inter = _link(r, links, "inter_node", inter=True)
     shared = _shared_host(r, top["shared_host"]) if top.get("shared_host") is not None else None
     library, library_source = _collective_library(r, top.get("collective_library"))
+    under_load, under_load_source = _links_under_load(r, top.get("links_under_load"))
     return HardwareProfile(
         name=name, description=description, devices_per_node=devices_per_node,
         device_name=device_name, compute_dtype=dtype, peak_flops_per_s=peaks,
@@ -566,7 +583,29 @@ def profile_from_mapping(data: Any, where: str = "<profile>") -> HardwareProfile
         reduce_bytes_per_s=reduce_bw, memory_bandwidth_bytes_per_s=mem_bw, max_nodes=max_nodes,
         **rates,
         collective_library=library, collective_library_source=library_source,
-        shared_host=shared, path=where, figures=dict(r.figures))
+        shared_host=shared, links_under_load=under_load,
+        links_under_load_source=under_load_source, path=where, figures=dict(r.figures))
+
+
+LINKS_UNDER_LOAD = ("run_record",)
+
+
+def _links_under_load(r: _Reader, node: Any) -> tuple[str | None, str]:
+    if node is None:
+        return None, ""
+    m = r.mapping(node, "links_under_load")
+    unknown = sorted(set(m) - {"value", "source"})
+    if unknown:
+        raise r.fail("links_under_load", f"unknown field(s) {', '.join(unknown)}; expected "
+                                         "value, source")
+    if m.get("value") not in LINKS_UNDER_LOAD:
+        raise r.fail("links_under_load.value", f"must be one of {', '.join(LINKS_UNDER_LOAD)}"
+                                               f", got {m.get('value')!r}")
+    source = m.get("source")
+    if not isinstance(source, str) or not source.strip():
+        raise r.fail("links_under_load.source", "missing: say why the runs' own calibrations "
+                                                "describe their links")
+    return m["value"], source.strip()
 
 
 GLOO_LIBRARY = {"value": "gloo",

@@ -303,7 +303,8 @@ def _tied_embedding_all_reduce_s(shape: ModelShape, plan: PlanShape, hw: Hardwar
     tp, dp = plan.tensor_model_parallel_size, plan.data_parallel_size
     if plan.pipeline_model_parallel_size == 1 or not shape.tied_output:
         return 0.0
-    link = hw.inter_link(min(ranks_per_node, tp * dp)) if pp_crosses_nodes else hw.intra_link()
+    link = (hw.inter_link(min(ranks_per_node, tp * dp), loaded=True) if pp_crosses_nodes
+            else hw.intra_link(loaded=True))
     return hw.collectives.all_reduce(shape.vocab_size * shape.d_model / tp
                                      * precision.grad_bytes, 2, link)
 

@@ -42,12 +42,13 @@ def group_span(size: int, stride: int, ranks_per_node: int) -> tuple[int, int]:
 
 def group_link(hw: HardwareProfile, size: int, stride: int, ranks_per_node: int,
                streams_per_node: int) -> tuple[C.LinkCost, bool]:
-    """Slowest link one stream of the group sees, and whether it crosses nodes."""
+    """Slowest link one stream of the group's collectives sees (every stream of a collective
+    step runs at once: the links' loaded bandwidth), and whether it crosses nodes."""
     nodes, _ = group_span(size, stride, ranks_per_node)
-    intra = hw.intra_link()
+    intra = hw.intra_link(loaded=True)
     if nodes == 1:
         return intra, False
-    inter = hw.inter_link(streams_per_node)
+    inter = hw.inter_link(streams_per_node, loaded=True)
     return C.LinkCost(max(intra.alpha_s, inter.alpha_s),
                       max(intra.beta_s_per_byte, inter.beta_s_per_byte),
                       intra.gamma_s_per_byte), True

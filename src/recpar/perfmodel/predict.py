@@ -134,10 +134,13 @@ def scenario_from_record(record: Mapping[str, Any], where: str = "<record>",
 def predict_record(record: Mapping[str, Any], hw: HardwareProfile, where: str = "<record>",
                    overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Projected iteration time, comm time/share and throughput for one run record."""
+    from recpar.perfmodel.loaded_links import links_for_record
+
     sc = scenario_from_record(record, where, overrides)
+    hw, link_rates = links_for_record(hw, record)
     cost = sc.cost(hw)
     out = {"kind": KIND, "hardware": hw.name, "run_id": record.get("run_id"),
-           "scheme": record.get("scheme"), **cost.to_dict()}
+           "scheme": record.get("scheme"), "link_rates": link_rates, **cost.to_dict()}
     return out
 
 

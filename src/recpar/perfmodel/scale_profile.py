@@ -9,7 +9,10 @@ form `recpar.perfmodel.hardware` reads, every figure from a measurement of it:
   scale-model`), efficiency 1 (that figure is already the achieved rate, not a datasheet peak);
 - the intra-node and inter-node links = `recpar cluster calibrate` of the cluster that ran,
   TCP goodput and half the ping-pong round trip, not the configured values;
-- no `shared_host` section: every device has its own budget, so ranks do not time-share.
+- no `shared_host` section: every device has its own budget, so ranks do not time-share;
+- `links_under_load: run_record`: a run's links are priced at the rates its own record's
+  calibration measured with every stream of a collective step running at once, where the record
+  has them (recpar.perfmodel.loaded_links); the links above are one stream's.
 
 Predictions against this profile are then in the emulation's seconds; a ratio (speedup,
 communication share) is the same in the profile's seconds (recpar.perfmodel.dilation).
@@ -96,6 +99,11 @@ def scale_profile_mapping(scale: Mapping[str, Any], calibration: Mapping[str, An
             },
         },
         "collective_library": dict(GLOO_LIBRARY),
+        "links_under_load": {
+            "value": "run_record",
+            "source": "the scale model's runs used the cluster calibrated here; each record "
+                      "carries that calibration's rates under a collective step's load for "
+                      "its own node count (recpar.perfmodel.loaded_links)"},
     }
     profile_from_mapping(m, where)
     return m

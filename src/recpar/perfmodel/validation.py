@@ -14,6 +14,8 @@ Every row says:
 - which profile entries the prediction read that came from a run record's measured outcome
   (`record_derived_inputs`, hardware.figure_provenance), and the run-to-run spread of the
   calibration it read (`calibration_spread_pct`);
+- which link rates priced its communication (`link_rates`: the profile's, or the rates the
+  run's own record measured under a collective's load, recpar.perfmodel.loaded_links);
 - whether the prediction is a test at all: a single-rank record priced by a loaded-step line
   is the calibration's own timing of the same workload (`row_role` "calibration workload");
   a record the model cannot price gets `row_role` "not predicted" and the reason. Neither
@@ -27,6 +29,7 @@ from typing import Any, Mapping
 from recpar.perfmodel.hardware import (HardwareProfile, ProfileError, compress_codec,
                                        figure_provenance)
 from recpar.perfmodel.iteration import IterationCost
+from recpar.perfmodel.loaded_links import links_for_record
 from recpar.perfmodel.predict import KIND, Scenario, scenario_from_record
 from recpar.perfmodel.shapes import CostInputError
 from recpar.train.measured_comm import comm_parts
@@ -139,9 +142,11 @@ def figures_used(hw: HardwareProfile, sc: Scenario, cost: IterationCost) -> list
                  f"{step}.per_sequence_s"]
     if world > 1:
         if sc.topology.ranks_per_node > 1:
-            keys += ["links.intra_node.latency_s", "links.intra_node.bandwidth_bytes_per_s"]
+            keys += ["links.intra_node.latency_s", "links.intra_node.bandwidth_bytes_per_s",
+                     "links.intra_node.loaded_bandwidth_bytes_per_s"]
         if sc.topology.nodes > 1:
             keys += ["links.inter_node.latency_s", "links.inter_node.bandwidth_bytes_per_s",
+                     "links.inter_node.loaded_bandwidth_bytes_per_s",
                      "links.inter_node.nics_per_node"]
         keys += ["device.reduce_bytes_per_s", "device.memory_bandwidth_bytes_per_s"]
     if sc.plan.data_parallel_size > 1 and sc.grad_sync.compression != "none":
@@ -190,7 +195,7 @@ def _base_row(name: str, record: Mapping[str, Any], grid: str | None, role: str,
         "predicted_comm_ms_per_iter": None, "measured_comm_ms_per_iter": None,
         "comm_error_pct": None, "comm_verdict": NOT_JUDGED, "comm_basis": None,
         "compute_basis": None, "calibration_repeats": None, "calibration_spread_pct": None,
-        "record_derived_inputs": None, "note": "",
+        "record_derived_inputs": None, "link_rates": None, "note": "",
     }
 
 
@@ -208,6 +213,7 @@ def validation_row(name: str, record: Mapping[str, Any], hw: HardwareProfile, *,
         return row
     try:
         sc = scenario_from_record(record, name, overrides)
+        hw, link_rates = links_for_record(hw, record)
         cost = sc.cost(hw)
     except (CostInputError, ProfileError) as e:
         row.update(row_role=NOT_PREDICTED, note=f"not predicted: {e}")
@@ -218,7 +224,8 @@ def validation_row(name: str, record: Mapping[str, Any], hw: HardwareProfile, *,
                global_batch_size=sc.global_batch_size, algorithm=sc.grad_sync.algorithm,
                compression=sc.grad_sync.compression, predicted_iter_ms=cost.iter_ms,
                compute_basis=cost.detail.get("compute_basis"),
-               record_derived_inputs="; ".join(derived) or "none")
+               record_derived_inputs="; ".join(derived) or "none",
+               link_rates=link_rates if sc.plan.world_size > 1 else None)
     if derived:
         notes.append(f"prediction read {len(derived)} profile entr"
                      f"{'y' if len(derived) == 1 else 'ies'} taken from a run record's "
