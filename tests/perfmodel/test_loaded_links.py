@@ -94,6 +94,11 @@ def test_a_validation_row_says_which_rates_priced_it(scale_hw):
     assert loaded["link_rates"] == "under load: intra_node, inter_node"
     assert plain["link_rates"].startswith("one stream")
     assert loaded["predicted_iter_ms"] > plain["predicted_iter_ms"]  # slower links
+    from recpar.perfmodel.validation_summary import summary_markdown
+
+    text = summary_markdown([loaded, {**plain, "run_id": "other"}])
+    assert "- under load: intra_node, inter_node: `dp4-ring-tiny-n2`" in text
+    assert "- one stream (the record has no rate under load): `other`" in text
 
 
 def _strip(rec: dict) -> dict:

@@ -139,6 +139,15 @@ def _grid_section(grid: str, role: str, rows: list[Mapping[str, Any]]) -> list[s
     out += ["", "Predictions that read a profile entry taken from a run record's measured "
             "outcome (`record_derived_inputs`):", ""]
     out += [f"- `{r['run_id']}`: {r['record_derived_inputs']}" for r in derived] or ["- none"]
+    rates: dict[str, list[str]] = {}
+    for r in rows:
+        if r.get("link_rates"):
+            rates.setdefault(r["link_rates"], []).append(r["run_id"])
+    out += ["", "Link rates that priced the communication (`link_rates`): the profile's, or the "
+            "rates the run's own record measured with every stream of a collective step at "
+            "once (recpar.perfmodel.loaded_links):", ""]
+    out += [f"- {basis}: " + ", ".join(f"`{run}`" for run in runs)
+            for basis, runs in rates.items()] or ["- not recorded"]
     out += ["", "| run | scheme | row role | iteration predicted / measured (ms) | error | "
             "verdict | communication predicted / measured (ms) | error | verdict |",
             "|---|---|---|---|---|---|---|---|---|"]
