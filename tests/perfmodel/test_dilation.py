@@ -77,3 +77,34 @@ def test_scale_model_command_measures_a_budgeted_device(tmp_path, a100):
     assert sm["dilation"] == pytest.approx(sm["device_flops_per_s"] / a100.sustained_flops_per_s)
     assert sm["inter_node"]["rate_bit_per_s"] == pytest.approx(1e11 * sm["dilation"])
     assert rec["cpu_budget"]["quota_us"] == 5000
+    assert dev["model_size"] == "tiny" and dev["model_overrides"] == {}
+
+
+def test_scale_model_command_measures_the_grids_own_model_and_refuses_a_bad_override(
+        monkeypatch, tmp_path):
+    """The measured step is the runs' model, overrides included (its FLOP/s per core depends on
+    its shape); an unknown field fails before any device process starts."""
+    from recpar.perfmodel import device_step
+
+    seen = {}
+
+    def fake_run_devices(n, budget, steps, shape, overrides):
+        seen.update(shape=shape, overrides=overrides)
+        flops = device_step.step_flops(*shape, overrides)
+        return {"device_flops_per_s_mean": 2.0 * flops, "model_size": shape[0],
+                "model_overrides": overrides, "step_flops": flops}
+
+    monkeypatch.setattr(device_step, "run_devices", fake_run_devices)
+    monkeypatch.setattr("recpar.cluster.cpu_budget.unavailable_reason", lambda: None)
+    monkeypatch.setattr("recpar.cluster.cpu_budget.find_controller",
+                        lambda make_top: type("C", (), {"mechanism": "test"})())
+    out = tmp_path / "scale.json"
+    assert recpar_main(["perfmodel", "scale-model", "--cpu-budget", "0.25", "--model-override",
+                        "d_model=128", "--model-override", "d_ff=512", "--out", str(out)]) == 0
+    assert seen["overrides"] == {"d_model": 128, "d_ff": 512}
+    dev = json.loads(out.read_text())["device_measurement"]
+    # 128 wide: more FLOPs per step than the named tiny's 64
+    assert dev["step_flops"] > device_step.step_flops("tiny", 1682, 32)
+    with pytest.raises(SystemExit, match="--model-override"):
+        recpar_main(["perfmodel", "scale-model", "--cpu-budget", "0.25",
+                     "--model-override", "d_modle=128"])

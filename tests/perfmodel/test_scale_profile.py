@@ -28,6 +28,11 @@ def test_profile_reads_the_measured_device_and_the_calibrated_links():
     assert hw.inter_node.bandwidth_bytes_per_s.value == pytest.approx(3.3e6 / 8)
     assert hw.inter_node.latency_s.value == pytest.approx(0.0295)
     assert m["devices_per_node"]["value"] == 2 and "shared_host" not in m
+    assert f"D = {5.5e9 / 1.248e14:.4g}," in m["description"]
+    # a device measured again after the runs: the description keeps the D the cluster that
+    # ran was scaled by (the records'), the device figure is the new measurement
+    again = scale_profile_mapping(SCALE, {**CALIBRATION, "dilation": 3.1e-5}, 2)
+    assert "D = 3.1e-05," in again["description"]
     assert m["links"]["inter_node"]["latency_s"]["provenance"] == "cluster"
 
 

@@ -133,21 +133,26 @@ def test_scale_model_grid_measures_a_device_scales_every_link_and_validates():
 
 
 def test_scale_model_held_out_grid_differs_in_budget_batch_and_model():
-    """config/scale_model_heldout.yaml: its own sweep, judged held out, with another budget
-    (so other link rates), batch and model shape than the development grid."""
+    """config/scale_model_heldout2.yaml (the second held-out grid; the first,
+    scale_model_heldout.yaml, has the same form): its own sweep, judged held out, with another
+    budget (so other link rates), batch and model shape than the development grid; the device
+    is measured on the runs' own model, overrides included."""
     r = _snakemake("-n", "-p", "--cores", "1", "--forceall", "--configfile",
-                   "config/scale_model_heldout.yaml")
+                   "config/scale_model_heldout2.yaml")
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
     lines = out.splitlines()
     measure = next(line for line in lines if "recpar perfmodel scale-model" in line)
-    assert "--cpu-budget 0.3 --model-size small" in measure
+    assert ("--cpu-budget 0.25 --model-size tiny --model-override d_model=128 "
+            "--model-override n_layers=2 --model-override n_heads=4 "
+            "--model-override d_ff=512 --data") in measure
     runs = [line for line in lines if "recpar train --run-id" in line]
-    assert len(runs) == 7 and all('"cpu_budget":0.3' in line for line in runs)
-    assert all("--set global_batch_size=96 " in line for line in runs)
+    assert len(runs) == 7 and all('"cpu_budget":0.25' in line for line in runs)
+    assert all("--set global_batch_size=144 " in line and "--model-override d_model=128" in line
+               for line in runs)
     assert "results/movielens-100k/scale-model/" not in out
     check = next(line for line in lines if "recpar perfmodel scale-profile" in line)
-    assert "--grid scale-model-heldout --grid-role held-out" in check
+    assert "--grid scale-model-heldout2 --grid-role held-out" in check
 
 
 def test_held_out_grid_is_its_own_sweep_and_says_so():

@@ -19,6 +19,9 @@ rule scale_model:
         profile=lambda w: config["cluster"]["scale_model"]["profile"],
         budget=lambda w: config["cluster"]["scale_model"]["cpu_budget"],
         size=MODEL_SIZE,
+        # the grid's model.overrides: the measured step is the runs' own model
+        overrides=lambda w: "".join(f" --model-override {k}={v}"
+                                    for k, v in config["model"].get("overrides", {}).items()),
         data=lambda w, input: os.path.dirname(input.stats),
     # alone on the machine: a job beside it would slow the measured device
     threads: workflow.cores
@@ -26,7 +29,8 @@ rule scale_model:
         timing_slot=1,
     shell:
         "recpar perfmodel scale-model --hardware {params.profile} --cpu-budget {params.budget}"
-        " --model-size {params.size} --data {params.data} --out {output} > {log} 2>&1"
+        " --model-size {params.size}{params.overrides} --data {params.data} --out {output}"
+        " > {log} 2>&1"
 
 
 rule cluster_up:

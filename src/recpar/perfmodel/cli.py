@@ -213,7 +213,7 @@ def cmd_summarize(args: argparse.Namespace) -> int:
 
 def cmd_scale_model(args: argparse.Namespace) -> int:
     from recpar.cluster.cpu_budget import CpuBudget, find_controller, unavailable_reason
-    from recpar.perfmodel.device_step import run_devices
+    from recpar.perfmodel.device_step import run_devices, step_flops
     from recpar.perfmodel.dilation import scale_model
 
     try:
@@ -230,7 +230,21 @@ def cmd_scale_model(args: argparse.Namespace) -> int:
         if not isinstance(stats.get("items"), int):
             raise _fail(f"{args.data}/stats.json: no integer `items`")
         n_items = stats["items"]
-    measured = run_devices(1, budget, args.steps, (args.model_size, n_items, args.batch))
+    overrides = {}
+    for pair in args.model_override:
+        k, sep, v = pair.partition("=")
+        if not sep or not k:
+            raise _fail(f"--model-override expects KEY=VALUE, got {pair!r}")
+        try:
+            overrides[k] = json.loads(v)
+        except ValueError:
+            raise _fail(f"--model-override {k}: expected a number, got {v!r}") from None
+    try:  # an unknown or bad override fails here, before any device process starts
+        step_flops(args.model_size, n_items, args.batch, overrides)
+    except (TypeError, ValueError) as e:
+        raise _fail(f"--model-override: {e}") from None
+    measured = run_devices(1, budget, args.steps, (args.model_size, n_items, args.batch),
+                           overrides)
     try:
         sm = scale_model(profile, measured["device_flops_per_s_mean"])
     except ValueError as e:
@@ -628,6 +642,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sm.add_argument("--model-size", default="tiny",
                     help="model whose training step is measured (the grid's model: its FLOP/s "
                          "per core depends on its shape)")
+    sm.add_argument("--model-override", action="append", default=[], metavar="KEY=VALUE",
+                    help="a ModelConfig field replacing the size's (the grid's "
+                         "model.overrides), repeatable")
     sm.add_argument("--n-items", type=int, default=1682, help="item vocabulary of that model")
     sm.add_argument("--data", default=None, metavar="DIR",
                     help="a prepared dataset whose item count replaces --n-items")

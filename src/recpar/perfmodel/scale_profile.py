@@ -43,7 +43,10 @@ def calibration_from_records(records: list[tuple[str, Mapping[str, Any]]]
                 and None not in (inter.get("rate_bit_per_s"), inter.get("latency_s"),
                                  intra.get("rate_bit_per_s"), intra.get("latency_s"))):
             return ({"rate_bit_per_s": inter["rate_bit_per_s"], "latency_s": inter["latency_s"],
-                     "intra_node": dict(intra)}, int(topo["ranks_per_node"]), path)
+                     "intra_node": dict(intra),
+                     # the dilation the links of the cluster that ran were scaled by
+                     "dilation": (topo["scale_model"] or {}).get("dilation")},
+                    int(topo["ranks_per_node"]), path)
     raise ValueError(f"none of the {len(records)} record(s) is a multi-node scale-model run "
                      f"with calibrated inter- and intra-node links")
 
@@ -65,14 +68,17 @@ def scale_profile_mapping(scale: Mapping[str, Any], calibration: Mapping[str, An
         raise ValueError(f"{where}: the cluster calibration lacks {', '.join(missing)} "
                          f"(run `recpar cluster calibrate` on a cluster with intra-node links)")
     budget = scale["cpu_budget"]["cores_per_device"]
-    step = (f"measured: recpar's training step ({meas['model_size']}, {meas['n_items']} items, "
+    shape = meas["model_size"] + "".join(f", {k} {v}" for k, v in
+                                         (meas.get("model_overrides") or {}).items())
+    step = (f"measured: recpar's training step ({shape}, {meas['n_items']} items, "
             f"batch {meas['batch']}) on a CPU budget of {budget:g} core(s), "
             f"`recpar perfmodel scale-model`")
     cal = "measured: `recpar cluster calibrate` (TCP goodput; half the ping-pong round trip)"
     m = {
         "name": f"scale-{sm['profile']}",
         "description": (f"scale model of {sm['profile']}: devices on {budget:g}-core budgets, "
-                        f"links scaled by D = {sm['dilation']:.4g}, as calibrated"),
+                        f"links scaled by D = {calibration.get('dilation') or sm['dilation']:.4g}"
+                        f", as calibrated"),
         "devices_per_node": _fig(devices_per_node, "the scale model's topology", "config"),
         "device": {
             "name": f"CPU budget of {budget:g} core(s)",
