@@ -127,8 +127,8 @@ def price(topo: Mapping[str, Any], ep: int, num_experts: int, token_bytes: float
     shared = (None if inter is None  # the uplink shared by this node's `local` streams
               else LinkCost(inter.alpha_s, inter.beta_s_per_byte * local))
     link = ep_link(intra, shared, ep, rpn)
-    concurrent = ((topo.get("inter_node") or {}).get("calibrated") or {}).get(
-        "concurrent_rate_bit_per_s")
+    concurrent = any(((topo.get(k) or {}).get("calibrated") or {}).get(
+        "concurrent_rate_bit_per_s") for k in ("inter_node", "intra_node"))
     return {"link_rate_measured_as": "concurrent streams" if concurrent else "one stream",
             "predicted_ms": 1e3 * forward_all_to_all_s(token_bytes, num_experts, ep, link),
             "textbook_ms": 1e3 * forward_all_to_all_s(token_bytes, num_experts, ep, link,
