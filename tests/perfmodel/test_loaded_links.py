@@ -9,13 +9,8 @@ from recpar.perfmodel.hardware import ProfileError
 from recpar.perfmodel.loaded_links import links_for_record
 from recpar.perfmodel.placement import group_link
 from recpar.perfmodel.scale_profile import scale_profile_mapping
+from tests.perfmodel.test_scale_profile import SCALE  # a measured scale model
 
-SCALE = {
-    "scale_model": {"profile": "paper-a100", "device_flops_per_s": 5.5e9,
-                    "profile_flops_per_s": 1.248e14, "dilation": 5.5e9 / 1.248e14},
-    "cpu_budget": {"cores_per_device": 0.2},
-    "device_measurement": {"model_size": "tiny", "n_items": 1349, "batch": 32},
-}
 CALIBRATION = {"rate_bit_per_s": 12e6, "latency_s": 0.008,
                "intra_node": {"rate_bit_per_s": 300e6, "latency_s": 0.008}}
 

@@ -590,22 +590,27 @@ def profile_from_mapping(data: Any, where: str = "<profile>") -> HardwareProfile
 LINKS_UNDER_LOAD = ("run_record",)
 
 
+def _sourced_choice(r: _Reader, node: Any, key: str, allowed: Any, why: str) -> tuple[str, str]:
+    """A profile entry {value: one of `allowed`, source: why (, note)}: (value, source)."""
+    m = r.mapping(node, key)
+    unknown = sorted(set(m) - {"value", "source", "note"})
+    if unknown:
+        raise r.fail(key, f"unknown field(s) {', '.join(unknown)}; expected value, source (and "
+                          f"optional note)")
+    if m.get("value") not in allowed:
+        raise r.fail(f"{key}.value", f"must be one of {', '.join(allowed)}, "
+                                     f"got {m.get('value')!r}")
+    source = m.get("source")
+    if not isinstance(source, str) or not source.strip():
+        raise r.fail(f"{key}.source", f"missing: say why {why}")
+    return m["value"], source.strip()
+
+
 def _links_under_load(r: _Reader, node: Any) -> tuple[str | None, str]:
     if node is None:
         return None, ""
-    m = r.mapping(node, "links_under_load")
-    unknown = sorted(set(m) - {"value", "source"})
-    if unknown:
-        raise r.fail("links_under_load", f"unknown field(s) {', '.join(unknown)}; expected "
-                                         "value, source")
-    if m.get("value") not in LINKS_UNDER_LOAD:
-        raise r.fail("links_under_load.value", f"must be one of {', '.join(LINKS_UNDER_LOAD)}"
-                                               f", got {m.get('value')!r}")
-    source = m.get("source")
-    if not isinstance(source, str) or not source.strip():
-        raise r.fail("links_under_load.source", "missing: say why the runs' own calibrations "
-                                                "describe their links")
-    return m["value"], source.strip()
+    return _sourced_choice(r, node, "links_under_load", LINKS_UNDER_LOAD,
+                           "the runs' own calibrations describe their links")
 
 
 GLOO_LIBRARY = {"value": "gloo",
@@ -617,19 +622,8 @@ GLOO_LIBRARY = {"value": "gloo",
 def _collective_library(r: _Reader, node: Any) -> tuple[str, str]:
     if node is None:
         return "nccl", HardwareProfile.collective_library_source
-    m = r.mapping(node, "collective_library")
-    unknown = sorted(set(m) - {"value", "source", "note"})
-    if unknown:
-        raise r.fail("collective_library", f"unknown field(s) {', '.join(unknown)}; "
-                                            "expected value, source (and optional note)")
-    if m.get("value") not in LIBRARIES:
-        raise r.fail("collective_library.value", f"must be one of {', '.join(LIBRARIES)}, "
-                                                  f"got {m.get('value')!r}")
-    source = m.get("source")
-    if not isinstance(source, str) or not source.strip():
-        raise r.fail("collective_library.source", "missing: say why this library prices the "
-                                                   "communication")
-    return m["value"], source.strip()
+    return _sourced_choice(r, node, "collective_library", LIBRARIES,
+                           "this library prices the communication")
 
 
 def packaged_profiles() -> list[str]:
