@@ -78,6 +78,7 @@ class ClusterState:
         intra = LinkShape.from_dict(self.intra_shape) if self.intra_shape is not None else None
         cal = self.calibration or {}
         intra_cal = cal.get("intra_node") or {}
+
         def at(entries: list | None) -> float | None:
             return next((c.get("rate_bit_per_s") for c in entries or []
                          if c.get("nodes") == nodes), None)
