@@ -195,8 +195,10 @@ OPTIONS = SCHEMA["properties"]["ablation_options"]["properties"]
 COMMANDS = {"scale_model": "scale-model", "allreduce": "allreduce-ablation",
             "compression": "compression-ablation", "pipeline": "pipeline-ablation",
             "straggler": "straggler-ablation"}
-SET_BY_RULE = {"data", "out", "scale_model", "quality", "work_dir", "model_size", "n_items"}
-"""Options the rules set themselves (model_size only for scale-model: the compression's)."""
+SET_BY_RULE = {"data", "out", "scale_model", "quality", "work_dir", "model_size", "n_items",
+               "model_override"}
+"""Options the rules set themselves (model_size only for scale-model: the compression's; and
+no model_override, as the compression ablation trains its named size as it is)."""
 
 
 def _command_options(command: str) -> set[str]:
