@@ -230,16 +230,10 @@ def cmd_scale_model(args: argparse.Namespace) -> int:
         if not isinstance(stats.get("items"), int):
             raise _fail(f"{args.data}/stats.json: no integer `items`")
         n_items = stats["items"]
-    overrides = {}
-    for pair in args.model_override:
-        k, sep, v = pair.partition("=")
-        if not sep or not k:
-            raise _fail(f"--model-override expects KEY=VALUE, got {pair!r}")
-        try:
-            overrides[k] = json.loads(v)
-        except ValueError:
-            raise _fail(f"--model-override {k}: expected a number, got {v!r}") from None
+    from recpar.train.cli import parse_kv  # the same KEY=VALUE values as `recpar train`'s
+
     try:  # an unknown or bad override fails here, before any device process starts
+        overrides = parse_kv(args.model_override, "--model-override")
         step_flops(args.model_size, n_items, args.batch, overrides)
     except (TypeError, ValueError) as e:
         raise _fail(f"--model-override: {e}") from None

@@ -132,7 +132,8 @@ def parse_value(text: str):
     return yaml.safe_load(text)
 
 
-def _parse_kv(items: list[str], what: str) -> dict:
+def parse_kv(items: list[str], what: str) -> dict:
+    """`KEY=VALUE` flags (`what` names them in errors) as a mapping of parse_value's values."""
     out = {}
     for item in items:
         if "=" not in item:
@@ -158,9 +159,9 @@ def _spec(args, scheme: str):
         if not isinstance(loaded, dict):
             raise ValueError(f"{args.train_config}: expected a mapping of TrainConfig fields")
         train_values.update(loaded)
-    train_values.update(_parse_kv(args.train_set, "--set"))
+    train_values.update(parse_kv(args.train_set, "--set"))
     train = TrainConfig.from_mapping(train_values)
-    model = ModelConfig.named(args.model_size, **_parse_kv(args.model_override,
+    model = ModelConfig.named(args.model_size, **parse_kv(args.model_override,
                                                            "--model-override"))
     dp, tp, pp = (getattr(args, k, 1) for k in ("dp", "tp", "pp"))
     if scheme in ("baseline", "dp", "zero", "async") and (tp, pp) != (1, 1):
