@@ -86,7 +86,9 @@ class ModelParallelEngine(Engine):
 
     def __init__(self, ctx: EngineContext):
         super().__init__(ctx)
-        from megatron.core import parallel_state as ps
+        from recpar import megatron_core
+
+        ps = megatron_core.load().parallel_state
 
         from recpar.parallel import process_groups as pg
         from recpar.parallel.pipeline_parallel import apply_pp
