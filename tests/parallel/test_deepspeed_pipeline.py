@@ -27,10 +27,10 @@ from .dsp_workers import (CASES, GLOBAL_BATCH, N_ITEMS, STEPS, TRAIN_CFG, WORLD_
                           dsp_worker, make_batches, make_model)
 from recpar.parallel.deepspeed_layers import (TIED_KEY, FinalNorm, GlobalMeanLoss, ItemTable,
                                               PipeBlock, PositionEmbedding, recommender_key)
-from recpar.parallel.deepspeed_pipeline import (DS_REDUCE_BUCKET_SIZE, deepspeed_pipeline_config,
-                                                deepspeed_topology, topology_mismatches,
-                                                validate_deepspeed_plan)
+from recpar.parallel.deepspeed_pipeline import (deepspeed_pipeline_config, deepspeed_topology,
+                                                topology_mismatches, validate_deepspeed_plan)
 from recpar.parallel.plan import ParallelPlan, PlanError
+from recpar.parallel.zero import DS_REDUCE_BUCKET_SIZE
 
 ATOL = 1e-5
 GRAD_ATOL = 1e-6

@@ -18,7 +18,7 @@ from ..comm.mp_launch import skip_unless_ranks, spawn_ranks
 from .zero_workers import (CASES, RESUME_STAGES, STEPS, TAIL_CASES, TRAIN_CFG, WORLD_SIZE,
                            make_batches, make_model, zero_worker)
 from recpar.parallel.plan import ParallelPlan, PlanError
-from recpar.parallel.zero import deepspeed_config, gradient_accumulation_steps
+from recpar.parallel.zero import DS_REDUCE_BUCKET_SIZE, deepspeed_config, gradient_accumulation_steps
 
 ATOL = 1e-5
 pytestmark = pytest.mark.multiprocess
@@ -116,6 +116,16 @@ def test_deepspeed_config_mirrors_train_config():
     assert not cfg["fp16"]["enabled"] and not cfg["bf16"]["enabled"]
     assert cfg["train_batch_size"] == TRAIN_CFG.global_batch_size == \
         cfg["train_micro_batch_size_per_gpu"] * cfg["gradient_accumulation_steps"] * plan.dp
+
+
+def test_zero_gradient_bucket_is_capped_at_the_model_size():
+    """A bucket of DeepSpeed's default 5e8 elements is NaN-filled under deterministic
+    algorithms (zero.reduce_bucket_size); a model's own size holds every gradient."""
+    plan = ParallelPlan(scheme="zero", dp=2)
+    small = deepspeed_config(TRAIN_CFG, plan, 3, micro_batch_per_rank=2, n_params=1234)
+    assert small["zero_optimization"]["reduce_bucket_size"] == 1234
+    big = deepspeed_config(TRAIN_CFG, plan, 1, micro_batch_per_rank=2, n_params=10**10)
+    assert big["zero_optimization"]["reduce_bucket_size"] == DS_REDUCE_BUCKET_SIZE == 5 * 10**8
 
 
 @pytest.mark.parametrize("stage", [0, 4, True, "2"])

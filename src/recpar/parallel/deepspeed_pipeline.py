@@ -134,7 +134,8 @@ from recpar.model.recommender import Recommender
 from recpar.parallel.deepspeed_layers import GlobalMeanLoss, layer_specs, recommender_key
 from recpar.parallel.plan import ParallelPlan, PlanError
 from recpar.parallel.tensor_parallel import validate_tp
-from recpar.parallel.zero import TrainSettings, adamw_fp32_config, init_deepspeed
+from recpar.parallel.zero import (TrainSettings, adamw_fp32_config, init_deepspeed,
+                                  reduce_bucket_size)
 
 PARTITION_METHODS = {"uniform": "type:PipeBlock", "balanced": "parameters"}
 """ParallelPlan.partition_method -> DeepSpeed PipelineModule partition_method (module docstring)."""
@@ -144,10 +145,6 @@ ZERO_STAGE = 1
 
 MEGATRON_TO_DEEPSPEED_AXIS = {"tp": "model", "pp": "pipe", "dp": "data"}
 """megatron parallel_state group name -> DeepSpeed ProcessTopology axis of the same ranks."""
-
-DS_REDUCE_BUCKET_SIZE = 500_000_000
-"""DeepSpeed's default zero_optimization.reduce_bucket_size (elements)."""
-
 
 # --- plan and config -------------------------------------------------------------------------
 
@@ -180,20 +177,14 @@ def deepspeed_pipeline_config(train_cfg: TrainSettings, plan: ParallelPlan,
     """DeepSpeed config: global batch = micro × m × dp, m = plan.num_microbatches accumulation
     steps, ZeRO-1, the baseline's AdamW, clipping and fp32 (`zero.adamw_fp32_config`).
 
-    n_params (the model's parameter count) caps ZeRO's reduce_bucket_size: under pipeline
-    parallelism ZeRO-1 allocates a fresh gradient bucket of reduce_bucket_size elements every
-    step (`reduce_gradients(pipeline_parallel=True)`), and with
-    torch.use_deterministic_algorithms (the loop's default) torch fills every new tensor with
-    NaN: with DeepSpeed's default of 5e8 elements that is 2 GB written per rank and step
-    (measured on the shared 2-core dev machine: torch.empty(5e8) 1.7 s with deterministic
-    algorithms; a tiny-model pp2 run took 17 s per step at 4.2 GiB RSS, 0.18 s at 0.5 GiB with
-    the cap). A bucket of the whole model holds every gradient, as the default does for any
-    model below 5e8 parameters, so the reductions are the same: one bucket per step.
+    n_params (the model's parameter count) caps ZeRO's reduce_bucket_size
+    (`zero.reduce_bucket_size`: under pipeline parallelism ZeRO-1 allocates a fresh gradient
+    bucket of that many elements every step, `reduce_gradients(pipeline_parallel=True)`).
     """
     micro = validate_deepspeed_plan(plan, train_cfg)
     zero: dict[str, Any] = {"stage": ZERO_STAGE}
     if n_params is not None:
-        zero["reduce_bucket_size"] = max(1, min(DS_REDUCE_BUCKET_SIZE, int(n_params)))
+        zero["reduce_bucket_size"] = reduce_bucket_size(n_params)
     return adamw_fp32_config(train_cfg, micro, plan.num_microbatches, zero)
 
 
