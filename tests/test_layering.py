@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "recpar"
 
 LAYERS: list[set[str]] = [  # bottom -> top; a module may import its own layer or lower ones
     {"atomic_write", "rank_threads", "rank_exit", "device", "constants", "published",
-     "megatron_core"},  # small helpers
+     "import_without_compile"},  # small helpers
     {"model", "eval"},
     {"data", "comm", "cluster"},
     {"parallel"},

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from recpar import megatron_core
+from recpar import import_without_compile
 from recpar.model.config import ModelConfig
 from recpar.model.mlp import MLP
 
@@ -84,7 +84,7 @@ class MoEMLP(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        megatron_core.load()  # forward's routing helpers are megatron-core's (moe_utils)
+        import_without_compile.megatron_core()  # forward routes with megatron-core (moe_utils)
         self.num_experts = cfg.num_moe_experts
         self.topk = cfg.moe_router_topk
         self.capacity_factor = cfg.moe_expert_capacity_factor

@@ -41,9 +41,9 @@ def init_parallel_groups(plan: ParallelPlan, *, order: str = DEFAULT_ORDER,
         raise RuntimeError("init_parallel_groups: torch.distributed is not initialised; "
                            "call torch.distributed.init_process_group (gloo on CPU) first")
     plan.validate(world_size=dist.get_world_size())
-    from recpar import megatron_core
+    from recpar import import_without_compile
 
-    ps = megatron_core.load().parallel_state
+    ps = import_without_compile.megatron_core().parallel_state
 
     if ps.model_parallel_is_initialized():
         have = (ps.get_tensor_model_parallel_world_size(),

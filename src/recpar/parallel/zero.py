@@ -40,6 +40,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from recpar import import_without_compile
 from recpar.constants import PAD_ITEM
 from recpar.device import forward_context
 from recpar.model.loss import mean_divisor, valid_positions
@@ -228,6 +229,7 @@ def init_deepspeed(device: str, caller: str = "apply_zero"):
                            f"train.device is {device!r} (set DS_ACCELERATOR="
                            f"{device} before DeepSpeed is first imported)")
     _skip_shm_op_build()
+    import_without_compile.deepspeed_muon()  # initialize imports it; uncompiled, ~2.5 s less
     deepspeed.init_distributed(dist_backend=dist.get_backend())  # adopts the existing group
     return deepspeed
 

@@ -86,9 +86,9 @@ class ModelParallelEngine(Engine):
 
     def __init__(self, ctx: EngineContext):
         super().__init__(ctx)
-        from recpar import megatron_core
+        from recpar import import_without_compile
 
-        ps = megatron_core.load().parallel_state
+        ps = import_without_compile.megatron_core().parallel_state
 
         from recpar.parallel import process_groups as pg
         from recpar.parallel.pipeline_parallel import apply_pp
