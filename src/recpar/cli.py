@@ -20,8 +20,23 @@ GROUP_MODULES = (
     "recpar.report.cli",
 )
 
+COMMAND_MODULES = {
+    "data": "recpar.data.cli",
+    "train": "recpar.train.cli",
+    "eval": "recpar.train.cli",
+    "bench": "recpar.comm.cli",
+    "cluster": "recpar.cluster.cli",
+    "perfmodel": "recpar.perfmodel.cli",
+    "report": "recpar.report.cli",
+}
+"""First argument -> the module that registers it. `recpar <command> ...` registers that
+module's commands only: registering `data` alone imports pandas for its source list (0.7 s),
+which every `recpar train` (the parent of each run, each pipeline job) would pay for nothing.
+`recpar`, `recpar --help` and anything not listed here get the whole parser."""
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `recpar` parser; `command` (a COMMAND_MODULES key): only its module's commands."""
     import recpar
 
     parser = argparse.ArgumentParser(prog="recpar", description=__doc__.splitlines()[0])
@@ -29,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--traceback", action="store_true",
                         help="show the full Python traceback instead of a one-line error")
     sub = parser.add_subparsers(dest="group", metavar="<group>", required=True)
-    for name in GROUP_MODULES:
+    names = (COMMAND_MODULES[command],) if command in COMMAND_MODULES else GROUP_MODULES
+    for name in names:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:
@@ -41,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
