@@ -34,6 +34,16 @@ def small_prepared(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def uninterrupted_dp2_run(small_prepared, tmp_path_factory) -> Path:
+    """The elastic-restart tests' reference (tests/train/restart_checks.RUN without a fault,
+    on loopback), run once for the session: the loopback and the emulated-cluster restart
+    tests compare their recovered runs with the same run."""
+    from tests.train.restart_checks import run_uninterrupted
+
+    return run_uninterrupted(small_prepared, tmp_path_factory.mktemp("elastic") / "reference")
+
+
 def build_prepared(rows, n_users: int, n_items: int, n_train: int,
                    n_valid: int) -> PreparedDataset:
     """rows: (user, item, ts) triples. Global order = sort by (ts, user, item); the first

@@ -31,7 +31,6 @@ from ..train.restart_checks import (
     check_recovered_run,
     committed_step,
     mid_epoch,
-    run_uninterrupted,
     settled_progress,
     wait_for,
 )
@@ -55,9 +54,10 @@ def _write_spec(data, out, nodes: int):
 
 
 @pytest.mark.multiprocess
-def test_a_rank_killed_on_node_1_is_restarted_across_nodes(cluster, small_prepared, tmp_path):
+def test_a_rank_killed_on_node_1_is_restarted_across_nodes(cluster, small_prepared, tmp_path,
+                                                             request):
     st = cluster(2, 1, LinkShape(1e9))
-    reference = run_uninterrupted(small_prepared, tmp_path / "uninterrupted")
+    reference = request.getfixturevalue("uninterrupted_dp2_run")
     out = tmp_path / "run"
     spec = _write_spec(small_prepared, out, nodes=2)
     state_dir = str(cluster.state_dir)

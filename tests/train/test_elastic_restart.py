@@ -29,7 +29,6 @@ from .restart_checks import (
     check_recovered_run,
     committed_step,
     mid_epoch,
-    run_uninterrupted,
     settled_progress,
     train_cmd,
     wait_for,
@@ -38,9 +37,9 @@ from .restart_checks import (
 
 @pytest.mark.multiprocess
 def test_a_killed_rank_is_restarted_and_the_run_ends_as_if_uninterrupted(small_prepared,
-                                                                         tmp_path):
+                                                                         tmp_path, request):
     skip_unless_ranks(2)
-    uninterrupted = run_uninterrupted(small_prepared, tmp_path / "uninterrupted")
+    uninterrupted = request.getfixturevalue("uninterrupted_dp2_run")
     out = tmp_path / "run"
     log = tmp_path / "train.log"
     with log.open("w") as f:
