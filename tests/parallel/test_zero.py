@@ -18,7 +18,8 @@ from ..comm.mp_launch import skip_unless_ranks, spawn_ranks
 from .zero_workers import (CASES, RESUME_STAGES, STEPS, TAIL_CASES, TRAIN_CFG, WORLD_SIZE,
                            make_batches, make_model, zero_worker)
 from recpar.parallel.plan import ParallelPlan, PlanError
-from recpar.parallel.zero import DS_REDUCE_BUCKET_SIZE, deepspeed_config, gradient_accumulation_steps
+from recpar.parallel.zero import (DS_REDUCE_BUCKET_SIZE, deepspeed_config,
+                                  gradient_accumulation_steps)
 
 ATOL = 1e-5
 pytestmark = pytest.mark.multiprocess
