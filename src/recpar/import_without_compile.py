@@ -35,7 +35,7 @@ from types import ModuleType
 _LOCK = threading.Lock()
 
 DEEPSPEED_MUON = "deepspeed.runtime.zero.muon.muon_optimizer"
-"""The module deepspeed.initialize imports to check ZeRO support (DeepSpeed 0.18)."""
+"""The module deepspeed.initialize imports to check ZeRO support (DeepSpeed 0.19)."""
 
 
 def _identity_compile(model=None, **_options):
