@@ -133,6 +133,22 @@ def test_resume_with_another_config_is_refused(small_prepared, tmp_path):
     assert not (tmp_path / "run").exists()
     rec = train(_spec(small_prepared, tmp_path / "run", train=other), progress=False)
     assert rec["config"]["train"]["lr"] == 0.5 and not rec["notes"]
+    # The same settings on another cluster (brought up again: calibrated anew) start afresh
+    # too; resuming a finished run there would record nothing trained.
+    same = _spec(small_prepared, tmp_path / "run", train=other)
+    assert loop.replace_stale_run(same) is None
+    emulated = {"kind": "emulated", "nodes": 1, "ranks_per_node": 1,
+                "inter_node": {"configured": {"rate_bit_per_s": 1e8},
+                               "calibrated": {"rate_bit_per_s": 9.4e7}}}
+    on_cluster = dataclasses.replace(same, topology=emulated)
+    assert loop.run_fingerprint(on_cluster, PreparedDataset.load(small_prepared)) == \
+        loop.run_fingerprint(dataclasses.replace(on_cluster, topology={
+            **emulated, "world_size": 1}), PreparedDataset.load(small_prepared))  # not identity
+    recalibrated = dataclasses.replace(on_cluster, topology={**emulated, "inter_node": {
+        **emulated["inter_node"], "calibrated": {"rate_bit_per_s": 9.1e7}}})
+    assert loop.run_fingerprint(on_cluster, PreparedDataset.load(small_prepared)) != \
+        loop.run_fingerprint(recalibrated, PreparedDataset.load(small_prepared))
+    assert loop.replace_stale_run(recalibrated).name.startswith("run.replaced-")
 
 
 def test_missing_embeddings_name_the_file(small_prepared, tmp_path):

@@ -400,6 +400,14 @@ def cmd_train(args) -> int:
 
     restart_args(args.max_restarts)  # a bad count fails here, not in torchrun
     spec = _spec(args, args.scheme)  # everything validated before any rank starts
+    if spec.topology["kind"] == "emulated":  # the cluster's links, as the ranks will see them
+        from recpar.cluster.state import ClusterState
+        from recpar.train.loop import EMULATED_LINK_KEYS
+
+        links = ClusterState.load(args.cluster_prefix, args.cluster_state_dir).topology(
+            spec.topology["nodes"]).to_record()
+        spec.topology = {**spec.topology,
+                         **{k: links[k] for k in EMULATED_LINK_KEYS if k in links}}
     if args.replace_stale:
         from recpar.train.loop import replace_stale_run
 

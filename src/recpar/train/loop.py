@@ -127,7 +127,12 @@ def _model_config(spec: RunSpec, ds: PreparedDataset) -> ModelConfig:
 def run_fingerprint(spec: RunSpec, ds: PreparedDataset, model_cfg: ModelConfig | None = None
                     ) -> str:
     """What a run's checkpoints must match to be resumed: model, training settings, plan, seed,
-    gradient sync, ZeRO stage, async settings, data statistics, text on/off."""
+    gradient sync, ZeRO stage, async settings, data statistics, text on/off, and the topology
+    the run was launched on (an emulated cluster's configured links and their calibration:
+    the same cluster instance, as calibrated). A run whose cluster was brought up again
+    starts afresh instead of resuming: Snakemake re-runs a finished run when its cluster state
+    changes, and resuming its completed checkpoint wrote a record with nothing trained and no
+    timing window (stop 33, the MoE emulated grid)."""
     model_cfg = model_cfg or _model_config(spec, ds)
     cfg = spec.train
     return checkpoint.fingerprint({
@@ -137,7 +142,22 @@ def run_fingerprint(spec: RunSpec, ds: PreparedDataset, model_cfg: ModelConfig |
         **({"async_ps": {k: v for k, v in asdict(spec.async_ps).items()
                          if k != "timeout_s"}}  # timeout: may change
            if spec.plan.scheme == "async" else {}),
-        "data": str(ds.stats), "use_text": spec.use_text})
+        "data": str(ds.stats), "use_text": spec.use_text,
+        "topology": _cluster_identity(spec.topology)})
+
+
+def _cluster_identity(topology: dict) -> dict:
+    """The part of a run's topology its checkpoints must match: the layout and, on an emulated
+    cluster, its links as configured and calibrated (`recpar train` puts them in the spec
+    before any rank starts; each rank gets the same from the launcher)."""
+    ident = {k: topology.get(k) for k in ("kind", "nodes", "ranks_per_node")}
+    if topology.get("kind") == "emulated":
+        ident.update({k: topology.get(k) for k in EMULATED_LINK_KEYS})
+    return ident
+
+
+EMULATED_LINK_KEYS = ("inter_node", "intra_node", "scale_model")
+"""Topology record keys that describe an emulated cluster's links (configured and calibrated)."""
 
 
 def replace_stale_run(spec: RunSpec) -> Path | None:
@@ -150,7 +170,9 @@ def replace_stale_run(spec: RunSpec) -> Path | None:
     if stored is None or stored == run_fingerprint(spec, PreparedDataset.load(spec.data_dir)):
         return None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    dest = out.with_name(f"{out.name}.replaced-{stamp}")
+    dest, k = out.with_name(f"{out.name}.replaced-{stamp}"), 1
+    while dest.exists():  # replaced twice within a second
+        dest, k = out.with_name(f"{out.name}.replaced-{stamp}-{k}"), k + 1
     out.rename(dest)
     return dest
 
