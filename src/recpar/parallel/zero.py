@@ -128,11 +128,12 @@ def reduce_bucket_size(n_params: int) -> int:
     under pipeline parallelism in every step, `reduce_gradients`), and with
     torch.use_deterministic_algorithms (the loop's default) torch fills every new tensor with
     NaN: with the default of 5e8 elements that is 2 GB written and held per rank. Measured on
-    the shared 2-core dev machine: torch.empty(5e8) 1.7 s with deterministic algorithms; a tiny-model deepspeed pp2 run took 17 s per step at
-    4.2 GiB RSS, 0.18 s at 0.5 GiB with the cap; a tiny-model zero dp2 run held 2.35 GiB per
-    rank, and ZeRO-1's timed window counted the fill as communication (1.4 s per step). A bucket
-    of the whole model holds every gradient, as the default does for any model below 5e8
-    parameters, so the reductions are the same: one bucket per step.
+    the shared 2-core dev machine: torch.empty(5e8) 1.7 s with deterministic algorithms; a
+    tiny-model deepspeed pp2 run took 17 s per step at 4.2 GiB RSS, 0.18 s at 0.5 GiB with the
+    cap; a tiny-model zero dp2 run held 2.35 GiB per rank, and ZeRO-1's timed window counted
+    the fill as communication (1.4 s per step). A bucket of the whole model holds every
+    gradient, as the default does for any model below 5e8 parameters, so the reductions are the
+    same: one bucket per step.
     """
     return max(1, min(DS_REDUCE_BUCKET_SIZE, int(n_params)))
 
