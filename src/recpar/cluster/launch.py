@@ -181,6 +181,29 @@ def _kill_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
+def with_cluster_links(topology: Topology, state: ClusterState) -> Topology:
+    """A run's topology on the emulated cluster `state`: the links as configured and as the
+    calibration measured them for the run's node count, next to its own layout (what the ranks
+    and the record see; `recpar train` puts the same in the spec before any rank starts)."""
+    cal = state.topology(topology.nodes)
+    return Topology(**{**topology.__dict__,
+                       "calibrated_rate_bit_per_s": cal.calibrated_rate_bit_per_s,
+                       "calibrated_latency_s": cal.calibrated_latency_s,
+                       "calibrated_concurrent_rate_bit_per_s":
+                           cal.calibrated_concurrent_rate_bit_per_s,
+                       "inter_rate_bit_per_s": cal.inter_rate_bit_per_s,
+                       "inter_latency_s": cal.inter_latency_s,
+                       "inter_loss": cal.inter_loss,
+                       "intra_rate_bit_per_s": cal.intra_rate_bit_per_s,
+                       "intra_latency_s": cal.intra_latency_s,
+                       "calibrated_intra_rate_bit_per_s":
+                           cal.calibrated_intra_rate_bit_per_s,
+                       "calibrated_intra_latency_s": cal.calibrated_intra_latency_s,
+                       "calibrated_intra_concurrent_rate_bit_per_s":
+                           cal.calibrated_intra_concurrent_rate_bit_per_s,
+                       "scale_model": cal.scale_model})
+
+
 def launch(topology: Topology, argv: list[str], env: dict[str, str] | None = None,
            log_dir: str | os.PathLike | None = None, *, prefix: str = netns.DEFAULT_PREFIX,
            state_dir: str | os.PathLike | None = None, rdzv_port: int = DEFAULT_RDZV_PORT,
@@ -207,24 +230,7 @@ def launch(topology: Topology, argv: list[str], env: dict[str, str] | None = Non
     elif topology.kind == "emulated":
         netns.require_root_and_iproute2("cluster launch")
         state = ClusterState.load(prefix, state_dir)
-        # The record gets the measured link next to the configured one.
-        cal = state.topology(topology.nodes)
-        topology = Topology(**{**topology.__dict__,
-                               "calibrated_rate_bit_per_s": cal.calibrated_rate_bit_per_s,
-                               "calibrated_latency_s": cal.calibrated_latency_s,
-                               "calibrated_concurrent_rate_bit_per_s":
-                                   cal.calibrated_concurrent_rate_bit_per_s,
-                               "inter_rate_bit_per_s": cal.inter_rate_bit_per_s,
-                               "inter_latency_s": cal.inter_latency_s,
-                               "inter_loss": cal.inter_loss,
-                               "intra_rate_bit_per_s": cal.intra_rate_bit_per_s,
-                               "intra_latency_s": cal.intra_latency_s,
-                               "calibrated_intra_rate_bit_per_s":
-                                   cal.calibrated_intra_rate_bit_per_s,
-                               "calibrated_intra_latency_s": cal.calibrated_intra_latency_s,
-                               "calibrated_intra_concurrent_rate_bit_per_s":
-                                   cal.calibrated_intra_concurrent_rate_bit_per_s,
-                               "scale_model": cal.scale_model})
+        topology = with_cluster_links(topology, state)
     elif fault_schedule:
         raise ValueError("launch: fault schedules need the emulated topology")
     if topology.kind != "slurm":

@@ -401,13 +401,14 @@ def cmd_train(args) -> int:
     restart_args(args.max_restarts)  # a bad count fails here, not in torchrun
     spec = _spec(args, args.scheme)  # everything validated before any rank starts
     if spec.topology["kind"] == "emulated":  # the cluster's links, as the ranks will see them
+        from recpar.cluster.launch import with_cluster_links
         from recpar.cluster.state import ClusterState
-        from recpar.train.loop import EMULATED_LINK_KEYS
+        from recpar.cluster.topology import Topology
 
-        links = ClusterState.load(args.cluster_prefix, args.cluster_state_dir).topology(
-            spec.topology["nodes"]).to_record()
-        spec.topology = {**spec.topology,
-                         **{k: links[k] for k in EMULATED_LINK_KEYS if k in links}}
+        layout = Topology(kind="emulated", nodes=spec.topology["nodes"],
+                          ranks_per_node=spec.topology["ranks_per_node"])
+        state = ClusterState.load(args.cluster_prefix, args.cluster_state_dir)
+        spec.topology = {**spec.topology, **with_cluster_links(layout, state).to_record()}
     if args.replace_stale:
         from recpar.train.loop import replace_stale_run
 
