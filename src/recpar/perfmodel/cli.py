@@ -234,6 +234,9 @@ def cmd_scale_model(args: argparse.Namespace) -> int:
 
     try:  # an unknown or bad override fails here, before any device process starts
         overrides = parse_kv(args.model_override, "--model-override")
+    except ValueError as e:  # names the flag and the value itself
+        raise _fail(str(e)) from None
+    try:
         step_flops(args.model_size, n_items, args.batch, overrides)
     except (TypeError, ValueError) as e:
         raise _fail(f"--model-override: {e}") from None
