@@ -119,6 +119,37 @@ def test_interrupted_run_resumes_to_the_same_result(small_prepared, tmp_path, mo
     assert all(torch.equal(w_ref[k], w_run[k]) for k in w_ref)
 
 
+def test_a_cpu_budget_is_joined_after_set_up_before_the_first_step(small_prepared, tmp_path,
+                                                                   monkeypatch):
+    """The scale model's budget paces training steps: a run joins its group (the launcher's
+    RECPAR_CPU_BUDGET_DIR) once set-up is done and before its first epoch, measures its
+    device's GEMM peak (train.measure_mfu) inside it, so a budgeted device's MFU is against
+    the budgeted peak, and leaves it for the final evaluation. Without the variable nothing is
+    joined."""
+    from recpar import device
+    from recpar.cluster import cpu_budget
+
+    events = []
+    real_set_up, real_epoch = loop._set_up, loop._train_epoch
+    monkeypatch.setattr(loop, "_set_up", lambda *a: (events.append("set-up"), real_set_up(*a))[1])
+    monkeypatch.setattr(loop, "_train_epoch",
+                        lambda *a: (events.append("epoch"), real_epoch(*a))[1])
+    monkeypatch.setattr(cpu_budget, "join",
+                        lambda group_dir, rank: events.append(("join", str(group_dir), rank)))
+    monkeypatch.setattr(cpu_budget, "release", lambda: events.append("release") or False)
+    monkeypatch.setattr(device, "gemm_flops_per_s",
+                        lambda *a, **kw: events.append("gemm peak") or 1e9)
+    one_epoch = dataclasses.replace(TRAIN, max_epochs=1, measure_mfu=True)
+    monkeypatch.setenv(cpu_budget.ENV_DIR, "/budget/run")
+    rec = train(_spec(small_prepared, tmp_path / "run", train=one_epoch), progress=False)
+    assert events == ["set-up", ("join", "/budget/run", 0), "epoch", "gemm peak", "release"]
+    assert rec["metrics"]["gemm_peak_tflops_per_s"] == 1e-3
+    events.clear()
+    monkeypatch.delenv(cpu_budget.ENV_DIR)
+    train(_spec(small_prepared, tmp_path / "run2", train=one_epoch), progress=False)
+    assert events == ["set-up", "epoch", "gemm peak", "release"]
+
+
 def test_resume_with_another_config_is_refused(small_prepared, tmp_path):
     short = dataclasses.replace(TRAIN, max_epochs=1)
     train(_spec(small_prepared, tmp_path / "run", train=short), progress=False)

@@ -4,7 +4,7 @@ whatever the number of devices (the scale model: N budgeted devices can be up to
 
     budget = CpuBudget(cores=0.2)               # 0.2 CPU-s per wall-s, 10 ms CFS period
     with budget_groups(budget, ranks=4, tag="dp4-ring-tiny-n2") as groups:
-        env = {ENV_DIR: str(groups.dir)}        # each rank calls join_from_env() first thing
+        env = {ENV_DIR: str(groups.dir)}        # a rank joins (join_from_env) as training starts
         ...launch the ranks...
         groups.throttling()                     # per-rank CFS statistics, before removal
 

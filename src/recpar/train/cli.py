@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -472,23 +473,25 @@ def _launch_ranks(spec, args) -> dict:
 
 
 def _train_here(spec, progress: bool) -> dict:
-    """A single-device run in this process; with a CPU budget, inside its own group (left and
-    removed afterwards, also on an error)."""
+    """A single-device run in this process; with a CPU budget, in its own group, which
+    `train` joins when training starts, as a rank does (left and removed afterwards, also on
+    an error)."""
     from recpar.train.loop import train
 
     if spec.cpu_budget is None:
         return train(spec, progress=progress)
     import torch
 
-    from recpar.cluster.cpu_budget import budget_groups, join, leave
+    from recpar.cluster.cpu_budget import ENV_DIR, budget_groups, leave
 
     with budget_groups(spec.cpu_budget, 1, spec.run_id) as groups:
-        join(groups.path, 0)
         threads = torch.get_num_threads()
         torch.set_num_threads(spec.cpu_budget.intra_op_threads)
+        os.environ[ENV_DIR] = str(groups.dir)
         try:
             return train(spec, progress=progress)
         finally:
+            del os.environ[ENV_DIR]
             torch.set_num_threads(threads)
             leave()
 

@@ -191,6 +191,10 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
     run.timeline = StepTimeline()
     if run.rank == 0 and spec.fault_schedule is not None:
         injected_faults.mark_training_started(run.out)  # the fault schedule's clock starts
+    # A device's CPU budget (the scale model) paces training from here: the set-up above
+    # (imports, data, model, process groups) is not what a device is timed on, and at a
+    # device's pace it took most of a budgeted run's wall time.
+    cpu_budget.join_from_env(run.rank)
     t_train0 = time.perf_counter()
     for epoch in range(state.start_epoch, run.cfg.max_epochs):
         t_epoch0 = time.perf_counter()
@@ -214,8 +218,8 @@ def train(spec: RunSpec, progress: bool = True) -> dict | None:
             break
     measured = _gather_measurements(run, timed, t_train0)  # reads the CPU throttling, too
     if cpu_budget.release():  # the budget paced training; the final evaluation runs unpaced
-        state.notes.append("validation and the final evaluation ran outside the device's CPU "
-                           "budget (the budget applies to the training steps)")
+        state.notes.append("set-up, validation and the final evaluation ran outside the "
+                           "device's CPU budget (the budget applies to the training steps)")
     if run.rank != 0:
         return None
     return _write_record(run, state, timed, measured, scorer, _final_quality(run, scorer))
@@ -305,6 +309,10 @@ class _Measured:
     moe: dict | None = None
     """An MoE model's router load over the training steps (recpar.model.moe.moe_record),
     taken before the engine's after-training replays, which also run forwards."""
+    gemm_peak_flops_per_s: float | None = None
+    """Rank 0's device's measured GEMM peak (train.measure_mfu), taken on the device as it
+    trained: inside its CPU budget, if it has one, so the MFU of a budgeted device is against
+    the budgeted peak."""
 
 
 def _set_up(spec: RunSpec, progress: bool) -> _Run:
@@ -467,25 +475,22 @@ def _validate(run: _Run, state: _Progress, scorer: EvalCopy | None, epoch: int,
                            f"{cfg.early_stopping_metric} for {cfg.patience} epochs")
 
 
-def _model_flops_metrics(run: _Run, timing: dict) -> dict:
+def _model_flops_metrics(run: _Run, timing: dict, peak: float | None) -> dict:
     """Model FLOP/s of the whole run over the timing window (ModelConfig.model_flops: one
-    definition) and, with train.measure_mfu, rank 0's device's measured GEMM peak in the run's
-    precision (fp32, or bf16 under bf16 autocast, whose FLOPs are nearly all bf16 matmuls) and the
-    MFU = model FLOP/s / (devices × that peak). MFU is model FLOPs (what the math needs) over
-    peak, the metric of PaLM, Megatron and TorchTitan; the paper's "GPU utilisation" is the
-    share of time a kernel runs, another quantity. It assumes a device per rank (GPUs, or CPU
-    budgets); ranks time-sharing the same cores (topology local) each measure the shared peak,
-    so their MFU is understated."""
+    definition) and, with train.measure_mfu, rank 0's device's measured GEMM peak `peak`
+    (_Measured) in the run's precision (fp32, or bf16 under bf16 autocast, whose FLOPs are
+    nearly all bf16 matmuls) and the MFU = model FLOP/s / (devices × that peak). MFU is model
+    FLOPs (what the math needs) over peak, the metric of PaLM, Megatron and TorchTitan; the
+    paper's "GPU utilisation" is the share of time a kernel runs, another quantity. It
+    assumes a device per rank (GPUs, or CPU budgets); ranks time-sharing the same cores
+    (topology local) each measure the shared peak, so their MFU is understated."""
     samples_per_s, iter_ms = timing.get("throughput_samples_per_s"), timing.get("iter_ms")
     if not samples_per_s or not iter_ms:
         return {}
     flops_per_s = run.model_cfg.model_flops(run.ds.n_items, samples=samples_per_s,
                                             steps=1e3 / iter_ms)
     out = {"model_tflops_per_s": flops_per_s / 1e12}
-    if run.cfg.measure_mfu:
-        from recpar.device import gemm_flops_per_s
-
-        peak = gemm_flops_per_s(run.cfg.resolved_precision(), device=run.device.type)
+    if peak is not None:
         out.update(gemm_peak_tflops_per_s=peak / 1e12,
                    mfu_pct=100.0 * flops_per_s / (run.world * peak))
     return out
@@ -573,8 +578,14 @@ def _gather_measurements(run: _Run, timed: _Timed, t_train0: float) -> _Measured
         all_ranks = [None] * run.world
         dist.all_gather_object(all_ranks, rank_metrics)
     engine.close()
+    peak = None
+    if run.cfg.measure_mfu and run.rank == 0:
+        from recpar.device import gemm_flops_per_s
+
+        peak = gemm_flops_per_s(run.cfg.resolved_precision(), device=run.device.type)
     return _Measured(timing=timing_metrics, comm_stats=timed.comm_stats, this_rank=rank_metrics,
-                     all_ranks=all_ranks, total_train_s=total_train_s, moe=moe)
+                     all_ranks=all_ranks, total_train_s=total_train_s, moe=moe,
+                     gemm_peak_flops_per_s=peak)
 
 
 def _final_quality(run: _Run, scorer: EvalCopy) -> dict:
@@ -599,7 +610,8 @@ def _write_record(run: _Run, state: _Progress, timed: _Timed, measured: _Measure
     if run.engine.loss_is_estimate:
         state.notes.append("train_loss with dp > 1 is rank 0's share x dp (an estimate of the "
                            "global mean)")
-    metrics.update(_model_flops_metrics(run, measured.timing))
+    metrics.update(_model_flops_metrics(run, measured.timing,
+                                        measured.gemm_peak_flops_per_s))
     metrics.update(run.restarts.metrics())
     metrics.update(run.timeline.metrics())
     state.notes.extend(run.restarts.notes(run.spec.plan.scheme))

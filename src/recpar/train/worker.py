@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from recpar.cluster.cpu_budget import join_from_env
 from recpar.comm.collective_trace import CollectiveTrace, describe_failure
 from recpar.train.spec import spec_from_dict
 
@@ -30,7 +29,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     spec = spec_from_dict(json.loads(Path(argv[0]).read_text()))
     backend = "nccl" if spec.train.device == "cuda" else "gloo"
-    join_from_env(int(os.environ.get("RANK", "0")))  # its CPU budget, before any work
     timeout_s = spec.train.collective_timeout_s
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     trace = CollectiveTrace().install()
