@@ -39,3 +39,17 @@ rule all:
         chaos_target(),
         perfmodel_validation_target(),
         ablation_targets(),
+
+
+rule sweep:
+    # The config's sweep alone: its runs, tables and figures, its quality against
+    # sweep.reference, its chaos table and the cost model's validation; not Table I, the
+    # headline baseline or the ablations (`snakemake sweep --configfile config/<grid>.yaml`,
+    # e.g. the scale model's slice that `make reproduce` runs after the default pipeline).
+    input:
+        sweep_records(),
+        expand("paper_tables/{sweep}/{name}", sweep=SWEEP_NAME, name=REPORT_TABLES + REPORT_FIGURES),
+        quality_delta_target(),
+        moe_report_target(),
+        chaos_target(),
+        perfmodel_validation_target(),

@@ -77,3 +77,21 @@ def test_check_without_root_says_local_and_why(monkeypatch, capsys):
     assert _main(["cluster", "check"]) == 1
     out = capsys.readouterr().out
     assert out.startswith("topology local (auto: ") and "needs root" in out
+    assert _main(["cluster", "check", "--scale-model"]) == 1
+
+
+def test_check_scale_model_names_what_is_missing(monkeypatch, capsys):
+    """`make reproduce` runs the scale model's slice only where `check --scale-model` passes
+    and prints its reason where it does not."""
+    from recpar.cluster import cpu_budget, emulated, vde
+
+    monkeypatch.setattr(emulated, "resolve_topology", lambda requested: ("emulated", "auto: ok"))
+    monkeypatch.setattr(cpu_budget, "unavailable_reason", lambda: "no cgroup cpu controller")
+    monkeypatch.setattr(vde, "unavailable_reason", lambda: None)
+    assert _main(["cluster", "check"]) == 0
+    assert _main(["cluster", "check", "--scale-model"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == "scale model unavailable: no cgroup cpu controller"
+    monkeypatch.setattr(cpu_budget, "unavailable_reason", lambda: None)
+    assert _main(["cluster", "check", "--scale-model"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("scale model available")

@@ -155,6 +155,34 @@ def test_scale_model_held_out_grid_differs_in_budget_batch_and_model():
     assert "--grid scale-model-heldout2 --grid-role held-out" in check
 
 
+def test_scale_model_slice_is_the_grid_at_two_nodes_and_target_sweep_runs_only_it():
+    """config/scale_model_n2.yaml, the slice `make reproduce` runs after the default pipeline:
+    config/scale_model.yaml's runs at 1-2 nodes with the same options and settings on a
+    2 x 2 scaled cluster; target `sweep` runs the sweep, its tables and the cost model's
+    validation, not Table I or the headline baseline."""
+    grid = yaml.safe_load((ROOT / "config/scale_model.yaml").read_text())
+    piece = yaml.safe_load((ROOT / "config/scale_model_n2.yaml").read_text())
+    assert piece["sweep"]["train"] == grid["sweep"]["train"]
+    assert piece["cluster"] == {**grid["cluster"], "nodes": 2}
+    assert piece["sweep"]["runs"] and all(grid["sweep"]["runs"][k] == v
+                                          for k, v in piece["sweep"]["runs"].items())
+    assert {v.get("nodes", 1) for v in piece["sweep"]["runs"].values()} == {1, 2}
+    r = _snakemake("-n", "-p", "--cores", "1", "--forceall", "sweep", "--configfile",
+                   "config/scale_model_n2.yaml")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    lines = out.splitlines()
+    runs = [line for line in lines if "recpar train --run-id" in line]
+    assert sorted(line.split("--run-id ")[1].split()[0] for line in runs) == sorted(
+        piece["sweep"]["runs"])
+    assert all("results/movielens-100k/scale-model-n2/" in line for line in runs)
+    assert "--nodes 2 --ranks-per-node 2 --scale-model" in next(
+        line for line in lines if "recpar cluster up" in line)
+    assert "--grid scale-model-n2 --grid-role development" in out
+    assert "paper_tables/scale-model-n2/table3.md" in out
+    assert "recpar data table1" not in out and "baseline-tiny-n1 " not in out
+
+
 def test_held_out_grid_is_its_own_sweep_and_says_so():
     """config/emulated_heldout.yaml: its own sweep (records and tables apart from the
     development grid's), every scheme, rank counts 1, 2, 4, role held-out; its run ids spell out
@@ -206,8 +234,9 @@ def _merged(base: dict, over: dict) -> dict:
 @pytest.mark.parametrize("config_path", ["config/config.yaml", ".test/config/config.yaml",
                                          "config/emulated.yaml", "config/quality_ablation.yaml",
                                          "config/ablations.yaml", "config/chaos.yaml",
-                                         "config/scale_model.yaml",
-                                         "config/scale_model_heldout.yaml", "config/moe.yaml"])
+                                         "config/scale_model.yaml", "config/scale_model_n2.yaml",
+                                         "config/scale_model_heldout.yaml",
+                                         "config/scale_model_heldout2.yaml", "config/moe.yaml"])
 def test_sweep_run_ids_spell_out_what_runs(config_path):
     """Each sweep key is the id `recpar train` gives its options, and the options validate
     (plan against the model, batch divisibility with the sweep's train settings). A run with a

@@ -77,11 +77,21 @@ def _cmd_up(a: argparse.Namespace) -> int:
 
 
 def _cmd_check(a: argparse.Namespace) -> int:
+    from recpar.cluster import cpu_budget, vde
     from recpar.cluster.emulated import resolve_topology
 
     kind, why = resolve_topology("auto")
     print(f"topology {kind} ({why})")
-    return 0 if kind == "emulated" else 1
+    if kind != "emulated":
+        return 1
+    if a.scale_model:
+        # every device of the scale model is a cgroup, every intra-node link a vde2 hub
+        reasons = [r for r in (cpu_budget.unavailable_reason(), vde.unavailable_reason()) if r]
+        if reasons:
+            print(f"scale model unavailable: {'; '.join(reasons)}")
+            return 1
+        print("scale model available (CPU budgets and vde2 work here)")
+    return 0
 
 
 def _cmd_down(a: argparse.Namespace) -> int:
@@ -261,6 +271,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("check", help="say which topology `auto` resolves to here and why; "
                                      "exit 0 when an emulated cluster can be built (root)")
+    p.add_argument("--scale-model", action="store_true",
+                   help="also require what the scale model needs (a cgroup cpu controller for "
+                        "the device budgets, vde2 for the device links); exit 0 when it can run")
     p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("down", help="remove every namespace/link/qdisc with the prefix")
