@@ -45,7 +45,7 @@ rule sweep:
     # The config's sweep alone: its runs, tables and figures, its quality against
     # sweep.reference, its chaos table and the cost model's validation; not Table I, the
     # headline baseline or the ablations (`snakemake sweep --configfile config/<grid>.yaml`,
-    # e.g. the scale model's slice that `make reproduce` runs after the default pipeline).
+    # e.g. the scale model's 2-node slice, config/scale_model_n2.yaml).
     input:
         sweep_records(),
         expand("paper_tables/{sweep}/{name}", sweep=SWEEP_NAME, name=REPORT_TABLES + REPORT_FIGURES),
