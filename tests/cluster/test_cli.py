@@ -81,8 +81,8 @@ def test_check_without_root_says_local_and_why(monkeypatch, capsys):
 
 
 def test_check_scale_model_names_what_is_missing(monkeypatch, capsys):
-    """`make reproduce` runs the scale model's slice only where `check --scale-model` passes
-    and prints its reason where it does not."""
+    """`make reproduce-scale-model-n2` runs the scale model's slice only where `check
+    --scale-model` passes; where it does not, the check prints the reason."""
     from recpar.cluster import cpu_budget, emulated, vde
 
     monkeypatch.setattr(emulated, "resolve_topology", lambda requested: ("emulated", "auto: ok"))

@@ -157,9 +157,9 @@ def test_scale_model_held_out_grid_differs_in_budget_batch_and_model():
 
 def test_scale_model_slice_is_the_grid_at_two_nodes_and_target_sweep_runs_only_it():
     """config/scale_model_n2.yaml (`make reproduce-scale-model-n2`): config/scale_model.yaml's
-    runs at 1-2 nodes with the same options and settings on a
-    2 x 2 scaled cluster; target `sweep` runs the sweep, its tables and the cost model's
-    validation, not Table I or the headline baseline."""
+    runs at 1-2 nodes with the same options and settings on a 2 x 2 scaled cluster; target
+    `sweep` runs the sweep, its tables and the cost model's validation, not Table I or the
+    headline baseline."""
     grid = yaml.safe_load((ROOT / "config/scale_model.yaml").read_text())
     piece = yaml.safe_load((ROOT / "config/scale_model_n2.yaml").read_text())
     assert piece["sweep"]["train"] == grid["sweep"]["train"]
