@@ -31,9 +31,9 @@ $(STAMP): envs/requirements-cpu.txt pyproject.toml
 reproduce: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH snakemake --cores $(CORES) --profile profiles/local
 
-# Debian's packages for the scale model (iproute2: namespaces and tc; vde2: link latency and the
-# devices' links), installed as root where apt-get is (as .ci/run does for the tests); without
-# them the slice below is skipped with its reason.
+# Debian's packages for the emulated cluster and the scale model (iproute2: namespaces and tc;
+# vde2: link latency and the devices' links), installed as root where apt-get is (.ci/run and
+# the slice below); without them the tests and the slice that need them skip with the reason.
 system-packages:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		missing=""; \

@@ -31,13 +31,8 @@ rule all:
     input:
         "paper_tables/table1.md",
         BASELINE_QUALITY,
-        sweep_records(),
-        expand("paper_tables/{sweep}/{name}", sweep=SWEEP_NAME, name=REPORT_TABLES + REPORT_FIGURES),
-        quality_delta_target(),
+        sweep_targets(),
         quality_ablation_target(),
-        moe_report_target(),
-        chaos_target(),
-        perfmodel_validation_target(),
         ablation_targets(),
 
 
@@ -47,9 +42,4 @@ rule sweep:
     # headline baseline or the ablations (`snakemake sweep --configfile config/<grid>.yaml`,
     # e.g. the scale model's 2-node slice, config/scale_model_n2.yaml).
     input:
-        sweep_records(),
-        expand("paper_tables/{sweep}/{name}", sweep=SWEEP_NAME, name=REPORT_TABLES + REPORT_FIGURES),
-        quality_delta_target(),
-        moe_report_target(),
-        chaos_target(),
-        perfmodel_validation_target(),
+        sweep_targets(),

@@ -293,6 +293,17 @@ def perfmodel_validation_target():
     return [f"paper_tables/{SWEEP_NAME}/perfmodel/{name}" for name in PERFMODEL_OUTPUTS]
 
 
+def sweep_targets():
+    """What the config's sweep makes: its runs' records, tables and figures, its quality against
+    sweep.reference, its MoE and chaos tables and the cost model's validation (rule `sweep`;
+    rule `all` asks for them too)."""
+    return [sweep_records(),
+            expand("paper_tables/{sweep}/{name}", sweep=SWEEP_NAME,
+                   name=REPORT_TABLES + REPORT_FIGURES),
+            quality_delta_target(), moe_report_target(), chaos_target(),
+            perfmodel_validation_target()]
+
+
 def perfmodel_schemes(wildcards):
     """Every scheme of the sweep (`recpar perfmodel validate --schemes`)."""
     return ",".join(validation_runs.sweep_schemes(SWEEP["runs"]))
